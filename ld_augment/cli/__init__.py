@@ -1,0 +1,1 @@
+"""Stage: cli (see DEVELOPERS.md)."""

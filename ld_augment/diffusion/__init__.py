@@ -1,0 +1,1 @@
+"""Stage: diffusion (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""Stage: engines (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""NIfTI input/output, CT standardization and geometry (the first stage of the data flow)."""

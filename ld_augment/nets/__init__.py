@@ -1,0 +1,1 @@
+"""Stage: nets (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""Stage: organs (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""Stage: placement (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""Stage: reports (see DEVELOPERS.md)."""

@@ -1,0 +1,1 @@
+"""Stage: text (see DEVELOPERS.md)."""

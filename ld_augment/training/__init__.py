@@ -1,0 +1,1 @@
+"""Stage: training (see DEVELOPERS.md)."""
