@@ -1,1 +1,1 @@
-"""Stage: cli (see DEVELOPERS.md)."""
+"""Command line: `ld-augment <job>`; parsing only, the work is done by ld_augment.pipeline functions."""
