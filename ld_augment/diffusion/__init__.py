@@ -1,1 +1,21 @@
-"""Stage: diffusion (see DEVELOPERS.md)."""
+"""Stage: diffusion (see DEVELOPERS.md). DDPM schedule, DDIM + masked DDIM samplers, training noising.
+
+Never imports ``nets``: samplers take any ``model_fn(x, t_batch, context) -> eps``.
+"""
+
+from ld_augment.diffusion.noising import LINetLoss, linet_loss, lmnet_loss, masked_q_sample, q_sample, soft_dice_loss
+from ld_augment.diffusion.samplers import (
+    SamplerOutput,
+    StepOutput,
+    ddim_step,
+    paste_known,
+    sample_ddim,
+    sample_masked_ddim,
+)
+from ld_augment.diffusion.schedules import DDIMSchedule, DDPMSchedule, ddim_timesteps, make_beta_schedule
+
+__all__ = [
+    "DDIMSchedule", "DDPMSchedule", "LINetLoss", "SamplerOutput", "StepOutput", "ddim_step", "ddim_timesteps",
+    "linet_loss", "lmnet_loss", "make_beta_schedule", "masked_q_sample", "paste_known", "q_sample",
+    "sample_ddim", "sample_masked_ddim", "soft_dice_loss",
+]  # fmt: skip
