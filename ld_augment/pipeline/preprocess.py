@@ -1,0 +1,158 @@
+"""`preprocess_case`: healthy CT + lesion wish -> standardized CT, organs, report and lesion boxes.
+
+What LesionDiffusion's preprocess.py did, without its faults: the input is never modified, the standardized
+grid has a correct affine, and case.json records how to map results back into the user's own grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from ld_augment.errors import ConfigError, InputError
+from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
+from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map
+from ld_augment.io.preview import save_bbox_preview
+from ld_augment.io.standardize import SourceGeometry, standardize_image
+from ld_augment.organs.masks import detect_label_version, organ_mask
+from ld_augment.organs.registry import normalize_organ_name
+from ld_augment.organs.totalseg import segment_organs
+from ld_augment.placement.bboxes import BBox, bbox_map, place_lesions
+from ld_augment.reports.model import LesionReport, save_reports
+from ld_augment.reports.writers import OfflineReportWriter, ReportWriter
+from ld_augment.pipeline.case import CASE_FILES, CASE_FORMAT, PreprocessedCase
+
+log = logging.getLogger(__name__)
+
+ImageArg = str | Path | nib.Nifti1Image
+
+
+def _case_id_for(image: ImageArg) -> str:
+    if isinstance(image, (str, Path)):
+        name = Path(image).name
+        for suffix in (".nii.gz", ".nii"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        return name.removesuffix("_0000")
+    return "case"
+
+
+def _organ_extent(mask: np.ndarray) -> tuple[int, int, int]:
+    coords = np.nonzero(mask)
+    return tuple(int(c.max() - c.min() + 1) for c in coords)  # type: ignore[return-value]
+
+
+def _obtain_segmentation(image: ImageArg, ct_img: nib.Nifti1Image, seg: ImageArg | None, organ: str,
+                         workdir: Path, segment_options: dict[str, Any]) -> tuple[nib.Nifti1Image, str]:
+    """The user's organ segmentation (checked against the CT's grid), or TotalSegmentator's."""
+    if seg is not None:
+        seg_img = load_label_map(seg, name=str(seg) if not isinstance(seg, nib.Nifti1Image) else "segmentation")
+        check_same_grid(ct_img, seg_img, name_a=str(image), name_b=str(seg))
+        return seg_img, "user"
+    if not isinstance(image, (str, Path)):
+        ct_path = workdir / "ct_for_totalseg.nii.gz"
+        nib.save(ct_img, str(ct_path))
+    else:
+        ct_path = Path(image)
+    out = segment_organs(ct_path, workdir / "totalseg.nii.gz", organs=[organ], **segment_options)
+    return load_label_map(out, name="TotalSegmentator output"), "totalsegmentator"
+
+
+def preprocess_case(
+    image: ImageArg,
+    out_dir: str | Path,
+    *,
+    organ: str,
+    lesion_type: str,
+    seg: ImageArg | None = None,
+    attributes: dict[str, str] | None = None,
+    num_lesions: int = 1,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    report_writer: ReportWriter | None = None,
+    seed: int = 0,
+    shrink: bool = False,
+    avoid: ImageArg | None = None,
+    case_id: str | None = None,
+    preview: bool = True,
+    label_version: str | None = None,
+    segment_options: dict[str, Any] | None = None,
+) -> PreprocessedCase:
+    """Standardize one CT, find the organ, write its report and place `num_lesions` boxes into `out_dir`.
+
+    `seg` is the user's organ segmentation (TotalSegmentator v1/v2 ids, or a binary organ mask) in the CT's
+    grid; without it TotalSegmentator runs (needs its weights). `avoid` marks voxels (> 0) no box may touch.
+    """
+    if num_lesions < 1:
+        raise ConfigError(f"num_lesions must be >= 1, got {num_lesions}")
+    if len(spacing) != 3 or min(float(s) for s in spacing) <= 0:
+        raise ConfigError(f"spacing must be three positive numbers in mm, got {tuple(spacing)}")
+    organ = normalize_organ_name(organ)
+    out_dir = Path(out_dir)
+    case_id = case_id or _case_id_for(image)
+    rng = np.random.default_rng(seed)
+
+    ct_img = load_ct(image, name=str(image) if isinstance(image, (str, Path)) else "CT")
+    source = SourceGeometry.from_image(image if isinstance(image, (str, Path)) else None, ct_img)
+    with tempfile.TemporaryDirectory(prefix="ld_pre_") as tmp:
+        seg_img, seg_origin = _obtain_segmentation(image, ct_img, seg, organ, Path(tmp), segment_options or {})
+        std_ct = standardize_image(ct_img, spacing, is_label=False)
+        std_seg = standardize_image(seg_img, spacing, is_label=True)
+    seg_arr = np.asarray(std_seg.dataobj)
+    version = label_version or detect_label_version(seg_arr)
+    target = organ_mask(seg_arr, organ, version=version)
+
+    occupied = np.zeros(target.shape, dtype=bool)
+    if avoid is not None:
+        avoid_img = load_label_map(avoid, name=str(avoid) if isinstance(avoid, (str, Path)) else "avoid mask")
+        check_same_grid(ct_img, avoid_img, name_a=str(image), name_b=str(avoid))
+        occupied = np.asarray(standardize_image(avoid_img, spacing, is_label=True).dataobj) > 0
+
+    writer = report_writer or OfflineReportWriter()
+    report = writer.write(organ=organ, lesion_type=lesion_type, organ_extent=_organ_extent(target),
+                          overrides=attributes, seed=seed, num_lesions=num_lesions)
+    boxes = place_lesions(target, [report.size] * num_lesions, cavity=report.cavity, rng=rng,
+                          occupied=occupied, shrink=shrink, organ_name=organ,
+                          spacing=tuple(float(s) for s in std_ct.header.get_zooms()[:3]))
+    report = replace(report, bbox_centers=[b.center for b in boxes], bbox_sizes=[b.size for b in boxes],
+                     size=boxes[0].size)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save_nifti(std_ct, out_dir / CASE_FILES["ct"])
+    atomic_save_nifti(std_seg, out_dir / CASE_FILES["organs"])
+    atomic_save_nifti(nib.Nifti1Image(bbox_map(target.shape, boxes).astype(np.uint8), std_ct.affine),
+                      out_dir / CASE_FILES["bboxes"])
+    save_reports([report], out_dir / CASE_FILES["report"])
+    if avoid is not None:
+        atomic_save_nifti(nib.Nifti1Image(occupied.astype(np.uint8), std_ct.affine), out_dir / "avoid.nii.gz")
+    if preview:
+        ct_arr = np.asarray(std_ct.dataobj, dtype=np.float32)
+        save_bbox_preview(ct_arr, target, boxes, out_dir / CASE_FILES["preview"],
+                          title=f"{case_id}: {organ}, {lesion_type}")
+    meta = {
+        "format": CASE_FORMAT,
+        "case_id": case_id,
+        "organ": organ,
+        "lesion_type": lesion_type,
+        "seed": int(seed),
+        "source": source.to_dict(),
+        "segmentation": {
+            "path": str(Path(seg).resolve()) if isinstance(seg, (str, Path)) else None,
+            "origin": seg_origin,
+            "label_version": version,
+        },
+        "spacing": [float(s) for s in spacing],
+        "organ_voxels_std": int(target.sum()),
+        "has_avoid_mask": avoid is not None,
+        "bboxes": [b.to_dict() for b in boxes],
+    }
+    # case.json last: its presence marks a complete case folder.
+    atomic_write_json(out_dir / CASE_FILES["case"], meta)
+    log.info("%s: %d lesion box(es) in %s", case_id, len(boxes), organ)
+    return PreprocessedCase(case_dir=out_dir, meta=meta)
