@@ -1,0 +1,96 @@
+"""Measure the organ around a lesion: its reference HU and its noise (level and spatial correlation).
+
+The texture engine paints relative to these numbers so a "hypodense" lesion is hypodense in THIS scan's
+liver (contrast phase, kVp and reconstruction kernel all shift organ HU), and the synthetic noise looks like
+the scan's own noise rather than a generic level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ld_augment.engines.procedural.fields import mask_slices, robust_std
+
+#: Width (mm) of the Gaussian that estimates the smooth trend removed before measuring noise.
+TREND_MM = 2.0
+
+
+@dataclass(frozen=True)
+class OrganStats:
+    median_hu: float
+    noise_std: float  # robust std of organ voxels after removing the smooth trend
+    noise_sigma_vox: tuple[float, float, float]  # Gaussian correlation length of the noise, per axis
+    voxels: int
+
+
+def _trend_sigma(spacing: Sequence[float]) -> tuple[float, ...]:
+    return tuple(TREND_MM / float(s) for s in spacing)
+
+
+def _correlation_sigma(residual: np.ndarray, valid: np.ndarray) -> tuple[float, float, float]:
+    """Per-axis sigma of Gaussian-smoothed white noise with the residual's lag-1 autocorrelation rho.
+
+    Smoothing white noise with a Gaussian of sigma s gives lag-1 correlation exp(-1 / (4 s^2)), so
+    s = sqrt(-1 / (4 ln rho)).
+    """
+    sigmas = []
+    for ax in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[ax], b[ax] = slice(None, -1), slice(1, None)
+        both = valid[tuple(a)] & valid[tuple(b)]
+        if both.sum() < 50:
+            sigmas.append(0.0)
+            continue
+        x, y = residual[tuple(a)][both], residual[tuple(b)][both]
+        rho = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
+        rho = min(rho, 0.95)
+        sigmas.append(float(np.sqrt(-1.0 / (4.0 * np.log(rho)))) if rho > 0.05 else 0.0)
+    return tuple(sigmas)  # type: ignore[return-value]
+
+
+def organ_stats(
+    ct: np.ndarray,
+    organ_mask: np.ndarray,
+    exclude: np.ndarray,
+    region: tuple[slice, ...],
+    spacing: Sequence[float],
+    *,
+    min_voxels: int = 200,
+) -> OrganStats:
+    """Statistics of organ voxels in ``region`` (minus ``exclude`` and the organ's boundary layer).
+
+    Falls back to the whole organ's bounding box when the neighbourhood holds fewer than ``min_voxels``
+    usable voxels (a lesion filling a small organ).
+    """
+    organ = organ_mask[region] & ~exclude[region]
+    if organ.sum() < min_voxels:
+        free = organ_mask & ~exclude
+        region = mask_slices(free if free.any() else organ_mask, (2, 2, 2))
+        organ = organ_mask[region] & ~exclude[region]
+        if not organ.any():
+            organ = organ_mask[region]
+    inner = ndimage.binary_erosion(organ)
+    valid = inner if inner.sum() >= min_voxels else organ
+    values = ct[region].astype(np.float32)
+    residual = values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
+    return OrganStats(
+        median_hu=float(np.median(values[valid])),
+        noise_std=robust_std(residual[valid]),
+        noise_sigma_vox=_correlation_sigma(residual, valid),
+        voxels=int(valid.sum()),
+    )
+
+
+def matched_noise(shape: Sequence[int], stats: OrganStats, spacing: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """Noise with the organ's correlation whose detrended robust std equals the organ's (same measurement)."""
+    noise = rng.standard_normal(tuple(shape)).astype(np.float32)
+    if any(s > 0 for s in stats.noise_sigma_vox):
+        noise = ndimage.gaussian_filter(noise, stats.noise_sigma_vox)
+    residual = noise - ndimage.gaussian_filter(noise, _trend_sigma(spacing))
+    measured = robust_std(residual)
+    return noise * (stats.noise_std / measured if measured > 0 else 0.0)

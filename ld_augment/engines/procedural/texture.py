@@ -1,0 +1,158 @@
+"""Procedural lesion texture: a report-driven intensity field blended into the CT around the mask.
+
+Inside the lesion the CT is replaced by ``design field + matched noise``; a blend weight from the signed
+distance to the mask's surface gives partial volume at the edge (well-defined margin) or a wide transition
+(ill-defined). The design field starts from a target mean set relative to the measured organ (or the report's
+CT value) and adds the report's features (rim, heterogeneity, dark/bright areas, stones). A final shift of the
+shiftable part makes the lesion's measured mean land on the target despite blending and spots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ld_augment.engines.attributes import LesionSpec, is_bone, is_lung, lesion_spec
+from ld_augment.engines.base import LesionContext, TextureEngine
+from ld_augment.engines.procedural.fields import mask_slices, signed_distance, smooth_noise
+from ld_augment.engines.procedural.stats import OrganStats, matched_noise, organ_stats
+from ld_augment.errors import ConfigError
+
+#: Blend half-width (mm) of the edge transition per margin kind.
+MARGIN_MM = {"well": 1.0, "default": 1.5, "ill": 4.0}
+
+
+class ProceduralTextureEngine(TextureEngine):
+    """Weight-free texture engine following the report's density, variations, features and margin."""
+
+    name = "procedural"
+
+    def __init__(self, *, hu_range: tuple[float, float] = (-1024.0, 3071.0), neighbourhood_mm: float = 15.0) -> None:
+        if hu_range[0] >= hu_range[1]:
+            raise ConfigError(f"hu_range must be (low, high) with low < high, got {hu_range}")
+        self.hu_range = (float(hu_range[0]), float(hu_range[1]))
+        self.neighbourhood_mm = float(neighbourhood_mm)
+
+    def provenance(self) -> dict:
+        return {"engine": self.name, "options": {"hu_range": list(self.hu_range), "neighbourhood_mm": self.neighbourhood_mm}}
+
+    def render(self, ctx: LesionContext, lesion_mask: np.ndarray, report: Any, rng: np.random.Generator) -> np.ndarray:
+        lesion_mask = np.asarray(lesion_mask, dtype=bool)
+        if lesion_mask.shape != ctx.ct.shape or not lesion_mask.any():
+            raise ConfigError(f"lesion mask must be a non-empty bool array of shape {ctx.ct.shape}")
+        spec = lesion_spec(report)
+        spacing = ctx.spacing
+        margin = [int(np.ceil(self.neighbourhood_mm / s)) for s in spacing]
+        region = mask_slices(lesion_mask, margin)
+        stats = organ_stats(ctx.ct, ctx.organ_mask, lesion_mask | ctx.occupied, region, spacing)
+
+        ct = ctx.ct[region].astype(np.float32)
+        mask = lesion_mask[region]
+        sd = signed_distance(mask, spacing)
+        half = MARGIN_MM[spec.margin]
+        t = np.clip(0.5 + sd / (2.0 * half), 0.0, 1.0)
+        alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: 0.5 on the surface
+        alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # soft margins spread into the organ, not its neighbours
+        alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
+
+        design, target = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng)
+        stone_weight, stone_hu = self._stones(spec, mask, sd, spacing, rng)
+        field = design + matched_noise(ct.shape, stats, spacing, rng)
+        if spec.ct_value is not None:
+            target = spec.ct_value
+        elif target is None:
+            target = float(((1 - stone_weight) * design + stone_weight * stone_hu)[mask].mean())
+
+        low, high = self.hu_range
+        shiftable = (alpha * (1.0 - stone_weight))[mask].mean()
+        for _ in range(3):  # shift the design so the blended, clipped lesion mean lands on the target
+            inside = (1.0 - stone_weight) * field + stone_weight * stone_hu
+            blended = np.clip((1.0 - alpha) * ct + alpha * inside, low, high)
+            error = target - float(blended[mask].mean())
+            if abs(error) < 0.25 or shiftable <= 0:
+                break
+            field += error / shiftable
+        out = ctx.ct.astype(np.float32, copy=True)
+        out[region] = np.where(alpha > 0, blended, ct)
+        return out
+
+    def _design(
+        self,
+        spec: LesionSpec,
+        stats: OrganStats,
+        organ_name: str,
+        mask: np.ndarray,
+        sd: np.ndarray,
+        spacing: tuple[float, float, float],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, float | None]:
+        """Noise-free intensity field (float32, crop shape) and the target mean (None: the field's own mean)."""
+        ref = stats.median_hu
+        depth = float(sd[mask].max()) if mask.any() else 1.0
+        field = np.full(mask.shape, self._base_hu(spec, ref, organ_name, rng), dtype=np.float32)
+        contrast = abs(float(field.flat[0]) - ref)
+        if spec.density == "ring":
+            rim = np.clip(0.25 * depth, 1.5, 4.0)
+            core_hu = ref - rng.uniform(30.0, 50.0)
+            rim_hu = ref + rng.uniform(20.0, 40.0)
+            field = np.where(sd <= rim, rim_hu, core_hu).astype(np.float32)
+            field = ndimage.gaussian_filter(field, [0.6 / s for s in spacing])
+            contrast = abs(rim_hu - core_hu) / 2
+        elif spec.density == "soft_tissue_ggo":  # solid core with a ground-glass halo
+            field[sd < 0.4 * depth] = rng.uniform(-650.0, -500.0)
+        elif spec.shape == "cystic":  # thin, slightly denser wall around the fluid
+            field[sd <= 1.5] += rng.uniform(8.0, 15.0)
+        sigma_mm = lambda mm: [mm / s for s in spacing]  # noqa: E731
+        if spec.heterogeneous or spec.density == "mixed":
+            amplitude = max(20.0, 0.6 * contrast) if spec.density == "mixed" else max(8.0, 0.35 * contrast)
+            field += amplitude * smooth_noise(mask.shape, sigma_mm(2.5), rng)
+        for wanted, sign in ((spec.dark_areas, -1.0), (spec.bright_areas, 1.0)):
+            if wanted:  # a few soft blobs: high values of a smooth field
+                blobs = np.clip((smooth_noise(mask.shape, sigma_mm(3.0), rng) - 0.9) / 0.5, 0.0, 1.0)
+                field += sign * rng.uniform(20.0, 40.0) * blobs
+        return field.astype(np.float32), None
+
+    @staticmethod
+    def _base_hu(spec: LesionSpec, ref: float, organ_name: str, rng: np.random.Generator) -> float:
+        """Target lesion HU before features: relative to the organ's reference, with organ-specific physics."""
+        if spec.ct_value is not None:
+            return spec.ct_value
+        if spec.density == "fluid":
+            return rng.uniform(0.0, 15.0)
+        if spec.density == "ground_glass" and is_lung(organ_name):
+            return rng.uniform(-700.0, -500.0)
+        if is_lung(organ_name) or spec.density in ("soft_tissue", "soft_tissue_ggo"):
+            return rng.uniform(25.0, 45.0)  # solid nodules are soft tissue whatever the wording
+        if is_bone(organ_name):
+            if spec.density in ("hypo", "ground_glass"):  # lytic: bone replaced by soft tissue
+                return rng.uniform(20.0, 60.0) if ref > 150 else ref - rng.uniform(40.0, 80.0)
+            if spec.density == "hyper":  # sclerotic
+                return ref + rng.uniform(300.0, 600.0)
+        if spec.density in ("hypo", "ground_glass"):
+            return ref - rng.uniform(25.0, 50.0)
+        if spec.density == "hyper":
+            return ref + rng.uniform(20.0, 45.0)
+        if spec.density == "mixed":
+            return ref - rng.uniform(0.0, 15.0)
+        return ref + rng.uniform(-5.0, 5.0)  # iso (ring builds its own profile)
+
+    @staticmethod
+    def _stones(
+        spec: LesionSpec, mask: np.ndarray, sd: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator
+    ) -> tuple[np.ndarray, float]:
+        """Weight map (0..1) of calcified spots and their HU; zero weight when the report names no stone."""
+        weight = np.zeros(mask.shape, np.float32)
+        if not spec.stone:
+            return weight, 0.0
+        candidates = np.flatnonzero(mask & (sd > 1.0))
+        if candidates.size == 0:
+            candidates = np.flatnonzero(mask)
+        grid = np.ogrid[tuple(slice(0, n) for n in mask.shape)]
+        for _ in range(int(rng.integers(1, 4))):
+            centre = np.unravel_index(candidates[rng.integers(candidates.size)], mask.shape)
+            radius = rng.uniform(1.0, 3.0)
+            dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)))
+            weight = np.maximum(weight, np.clip(radius - dist + 0.5, 0.0, 1.0))
+        return weight * mask, float(rng.uniform(300.0, 900.0))
