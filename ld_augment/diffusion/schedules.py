@@ -136,11 +136,12 @@ class DDPMSchedule:
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, discretization: str = "uniform") -> torch.Tensor:
-    """DDPM indices visited by DDIM, ascending (int64): ``range(0, T, T // S) + 1``.
+    """DDPM indices visited by DDIM, ascending (int64): ``range(0, T, T // S) + 1``, as the original.
 
-    The ``+ 1`` makes the last step land on t=1 (the final ``alphas_prev`` is ``alphas_cumprod[0]``), as in the
-    original. Because of it, ``num_steps >= T/2`` must stay below T (t=T would be out of range): the full
-    one-step-per-DDPM-step path is ``num_steps = T - 1``.
+    Two consequences of that rule, kept for fidelity and checked here instead of crashing later: the number of
+    steps actually taken is ``ceil(T / (T // S))``, which equals S only when S divides T (S=400 takes 500 steps);
+    and a stride whose last entry lands on t=T (every S > T/2, or e.g. S=300 for T=1000) is out of range, so it
+    is a ConfigError. Divisors of T (10, 50, 200, 500 for T=1000) are always valid.
     """
     if discretization not in DDIM_DISCRETIZATIONS:
         raise ConfigError(f"unknown DDIM discretization {discretization!r}; valid: {', '.join(DDIM_DISCRETIZATIONS)}")
@@ -150,8 +151,9 @@ def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, discretizati
     steps = torch.arange(0, num_train_timesteps, stride, dtype=torch.int64) + 1
     if int(steps[-1]) >= num_train_timesteps:
         raise ConfigError(
-            f"num_steps={num_steps} with the uniform '+1' offset visits t={int(steps[-1])}, outside the "
-            f"{num_train_timesteps}-step schedule; use num_steps <= {num_train_timesteps - 1}"
+            f"num_steps={num_steps} (stride {stride}) with the uniform '+1' offset visits t={int(steps[-1])}, outside "
+            f"the {num_train_timesteps}-step schedule; use a divisor of {num_train_timesteps} up to "
+            f"{num_train_timesteps // 2} (e.g. 10, 50, 200)"
         )
     return steps
 
@@ -178,10 +180,23 @@ class DDIMSchedule:
 
     @classmethod
     def from_ddpm(cls, ddpm: DDPMSchedule, num_steps: int, eta: float = 0.0) -> DDIMSchedule:
-        """DDIM sub-schedule of ``num_steps`` uniform steps with stochasticity ``eta`` (0 = deterministic)."""
+        """The original's DDIM sub-schedule: ``num_steps`` uniform steps, stochasticity ``eta`` (0 = deterministic)."""
+        return cls.from_timesteps(ddpm, ddim_timesteps(num_steps, ddpm.num_timesteps), eta)
+
+    @classmethod
+    def from_timesteps(cls, ddpm: DDPMSchedule, timesteps: torch.Tensor, eta: float = 0.0) -> DDIMSchedule:
+        """Any strictly increasing timesteps in [1, T); the step from ``timesteps[0]`` lands on abar_0.
+
+        ``torch.arange(1, T)`` is the one-DDIM-step-per-DDPM-step path (which the uniform rule cannot produce):
+        with eta=1 it is DDPM ancestral sampling (posterior mean + posterior std).
+        """
         if eta < 0:
             raise ConfigError(f"DDIM eta must be >= 0, got {eta}")
-        ts = ddim_timesteps(num_steps, ddpm.num_timesteps)
+        ts = torch.as_tensor(timesteps, dtype=torch.int64)
+        if ts.ndim != 1 or ts.numel() == 0 or int(ts[0]) < 1 or int(ts[-1]) >= ddpm.num_timesteps:
+            raise ConfigError(f"DDIM timesteps must be a non-empty 1-D range inside [1, {ddpm.num_timesteps})")
+        if ts.numel() > 1 and not bool((ts.diff() > 0).all()):
+            raise ConfigError("DDIM timesteps must be strictly increasing")
         ac = ddpm.alphas_cumprod.to(torch.float32)
         alphas = ac[ts]
         alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]]).to(torch.float64)
