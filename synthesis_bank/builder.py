@@ -1,0 +1,190 @@
+"""`build_bank`: run the pipeline over a recipe's plan and write an nnU-Net v2 raw dataset plus a manifest.
+
+Crash safety: each case is made in `out_dir/.work/<case_id>/`, its image and label are moved into
+imagesTr/labelsTr with `os.replace` (no temporary names ever appear there for nnU-Net to pick up), and only
+then is its manifest line appended. A case is finished iff it has an "ok" line AND both files; anything else
+is redone by `--resume`, so a kill -9 at any point costs at most the case in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ld_augment.errors import ConfigError, MissingDependencyError
+
+from synthesis_bank import case_runner
+from synthesis_bank.manifest import (
+    ManifestWriter, case_files_exist, image_path, label_path, latest_by_case, manifest_name, read_manifest,
+    write_dataset_json,
+)
+from synthesis_bank.plan import WorkItem, plan_build, resolve_shard, select_shard
+from synthesis_bank.recipe import Recipe, load_recipe
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+
+
+@dataclass
+class BuildSummary:
+    """What one `build_bank` run did (this shard only)."""
+
+    out_dir: Path
+    manifest: Path
+    shard: tuple[int, int] | None
+    planned: int                      # cases in the whole plan
+    assigned: int                     # cases of this shard
+    done: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)   # finished by an earlier run, skipped
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (case_id, source_id, error)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def format_table(self) -> str:
+        """A plain-text summary: counts by status, then one row per failed case with its error."""
+        scope = f"shard {self.shard[0]}/{self.shard[1]}: " if self.shard else ""
+        rows = [("synthesized", len(self.done)), ("already done (resume)", len(self.resumed)),
+                ("failed", len(self.failed)), ("total", self.assigned)]
+        lines = [f"synthesis bank {self.out_dir} ({scope}{self.assigned} of {self.planned} planned cases, "
+                 f"{self.seconds:.1f} s)"]
+        lines += [f"  {name:<24}{count:>6}" for name, count in rows]
+        if self.failed:
+            width = max(len(c) for c, _, _ in self.failed)
+            lines.append("  failed cases:")
+            lines += [f"    {c:<{width}}  source {s}: {e}" for c, s, e in self.failed]
+        lines.append(f"  manifest: {self.manifest}")
+        return "\n".join(lines)
+
+
+def _default_pipeline() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    try:
+        from ld_augment.pipeline import preprocess_case, synthesize_case
+    except ImportError as exc:
+        raise MissingDependencyError(f"ld_augment.pipeline is not importable ({exc}); reinstall ld-augment") from exc
+    return preprocess_case, synthesize_case
+
+
+def _dataset_base(recipe: Recipe) -> dict[str, Any]:
+    """dataset.json fields besides numTraining (which write_dataset_json derives from the manifest)."""
+    from ld_augment import __version__
+
+    return {
+        "channel_names": {"0": "CT"},
+        "labels": dict(recipe.label_scheme),
+        "numTraining": 0,
+        "file_ending": ".nii.gz",
+        "name": recipe.dataset_name,
+        "description": recipe.description,
+        "ld_augment": {"kind": "synthesis-bank", "version": __version__, "dataset_id": recipe.dataset_id,
+                       "recipe_file": recipe.origin, "recipe": recipe.to_dict()},
+    }
+
+
+def _remove_case_files(out_dir: Path, case_id: str) -> None:
+    for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png"):
+        path.unlink(missing_ok=True)
+
+
+def build_bank(
+    recipe: Recipe | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    preprocess_fn: Callable[..., Any] | None = None,
+    synthesize_fn: Callable[..., Any] | None = None,
+) -> BuildSummary:
+    """Synthesize this shard's cases of `recipe` into the nnU-Net raw dataset `out_dir`.
+
+    `shard=(i, n)` (0-based) takes the cases whose stable hash falls in shard i; without it torchrun's
+    RANK/WORLD_SIZE decide, else the whole plan. `preprocess_fn`/`synthesize_fn` replace
+    `ld_augment.pipeline.preprocess_case`/`synthesize_case` (same signatures), e.g. for tests.
+    Failed cases are recorded, not raised; check `summary.ok`.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    out_dir = Path(out_dir).resolve()
+    shard = resolve_shard(shard)
+    all_items = plan_build(recipe)  # enumerates and checks sources before anything is written
+    items = select_shard(all_items, shard)
+    manifest_path = out_dir / manifest_name(shard)
+    previous = latest_by_case(read_manifest(manifest_path))
+    if previous and not resume:
+        raise ConfigError(f"{manifest_path} already lists {len(previous)} case(s); pass --resume to finish that "
+                          "build, or choose an empty output folder")
+    _check_resume_matches(previous, items, manifest_path)
+    if preprocess_fn is None or synthesize_fn is None:
+        default_pre, default_syn = _default_pipeline()
+        preprocess_fn, synthesize_fn = preprocess_fn or default_pre, synthesize_fn or default_syn
+    for sub in ("imagesTr", "labelsTr", "previews"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    base = _dataset_base(recipe)
+    write_dataset_json(out_dir, base)  # valid (possibly empty) dataset from the first moment on
+
+    summary = BuildSummary(out_dir, manifest_path, shard, len(all_items), len(items))
+    runner = case_runner.CaseRunner(recipe, out_dir, out_dir / WORK_DIR, preprocess_fn, synthesize_fn)
+    todo = []
+    for item in items:
+        entry = previous.get(item.case_id)
+        if entry is not None and entry.get("status") == "ok" and case_files_exist(out_dir, item.case_id):
+            summary.resumed.append(item.case_id)
+        else:
+            todo.append(item)
+    with ManifestWriter(manifest_path) as writer:
+        for item in _progress(todo, progress, shard):
+            entry = runner.run(item)
+            if entry["status"] != "ok":
+                _remove_case_files(out_dir, item.case_id)  # leftovers of an earlier partial attempt
+            writer.append(entry)
+            if entry["status"] == "ok":
+                summary.done.append(item.case_id)
+            else:
+                summary.failed.append((item.case_id, item.source.source_id, entry["error"]))
+                log.warning("case %s (source %s) failed: %s", item.case_id, item.source.source_id, entry["error"])
+    _cleanup_work(out_dir / WORK_DIR)
+    write_dataset_json(out_dir, base)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _check_resume_matches(previous: dict[str, dict[str, Any]], items: list[WorkItem], manifest: Path) -> None:
+    """A resumed build must be the same recipe: same case ids must carry the same source and seed."""
+    by_id = {item.case_id: item for item in items}
+    for case_id, entry in previous.items():
+        item = by_id.get(case_id)
+        if item is not None and (entry.get("seed") != item.seed or entry.get("source_id") != item.source.source_id):
+            raise ConfigError(
+                f"{manifest}: case {case_id} was built with seed {entry.get('seed')} from source "
+                f"{entry.get('source_id')!r}, but the recipe now plans seed {item.seed} from {item.source.source_id!r}; "
+                "the recipe changed since that build: use a new output folder"
+            )
+
+
+def _progress(items: list[WorkItem], enabled: bool, shard: tuple[int, int] | None):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    desc = f"bank {shard[0]}/{shard[1]}" if shard else "bank"
+    return tqdm(items, desc=desc, unit="case", dynamic_ncols=True)
+
+
+def _cleanup_work(work: Path) -> None:
+    """Remove the work folder if no other shard is using it."""
+    try:
+        work.rmdir()
+    except OSError:
+        pass
+    if work.is_dir() and not any(work.iterdir()):
+        shutil.rmtree(work, ignore_errors=True)

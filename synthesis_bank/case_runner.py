@@ -1,0 +1,206 @@
+"""One bank case: preprocess -> synthesize -> (label union) -> move files into place -> manifest entry.
+
+Kept apart from the builder's loop so the crash-safety order (files first, manifest line after) reads in one
+place, and so any error of one source becomes a "failed" entry instead of ending the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synthesis_bank.labels import existing_lesions, label_dtype, union_labels
+from synthesis_bank.manifest import image_path, label_path
+from synthesis_bank.plan import WorkItem
+from synthesis_bank.recipe import LlmWriter, Recipe
+
+ENTRY_FORMAT = "ld-augment-bank-case/1"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the directory entry), so a crash cannot undo a move the manifest relies on."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    with open(src, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def make_report_writer(recipe: Recipe) -> Any:
+    """None for the offline writer (the pipeline's default); the LLM writer built from the recipe otherwise."""
+    if not isinstance(recipe.report_writer, LlmWriter):
+        return None
+    from ld_augment.errors import MissingDependencyError
+
+    try:
+        from ld_augment.reports.llm import LLMReportWriter  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise MissingDependencyError(f"{recipe.origin}: report_writer llm needs ld_augment.reports.llm ({exc})") from exc
+    return LLMReportWriter(base_url=recipe.report_writer.base_url, model=recipe.report_writer.model)
+
+
+class CaseRunner:
+    """Runs work items of one recipe; caches what all variants of a source share (hashes, the avoid mask)."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, work_root: Path,
+                 preprocess_fn: Callable[..., Any], synthesize_fn: Callable[..., Any]) -> None:
+        self.recipe = recipe
+        self.out_dir = out_dir
+        self.work_root = work_root
+        self.preprocess_fn = preprocess_fn
+        self.synthesize_fn = synthesize_fn
+        self._sha: dict[Path, str] = {}
+        self._writer: Any = None
+        self._writer_ready = False
+        self.checkpoints = {name: self._hash(path) for name, path in recipe.engine.checkpoints.items()}
+
+    def _hash(self, path: Path) -> str:
+        if path not in self._sha:
+            self._sha[path] = sha256_file(path)
+        return self._sha[path]
+
+    def _report_writer(self) -> Any:
+        if not self._writer_ready:
+            self._writer, self._writer_ready = make_report_writer(self.recipe), True
+        return self._writer
+
+    def _base_entry(self, item: WorkItem) -> dict[str, Any]:
+        engine = self.recipe.engine
+        return {
+            "format": ENTRY_FORMAT,
+            "case_id": item.case_id,
+            "source_id": item.source.source_id,
+            "source_file": str(item.source.image),
+            "source_label": str(item.source.label) if item.source.label else None,
+            "variant": item.variant,
+            "seed": item.seed,
+            "organ": item.organ,
+            "lesion_type": item.lesion_type,
+            "num_lesions": item.num_lesions,
+            "attributes": dict(item.attributes),
+            "engine": {"mask": engine.mask, "texture": engine.texture},
+            "checkpoints": dict(self.checkpoints),
+        }
+
+    def run(self, item: WorkItem) -> dict[str, Any]:
+        """Make one case; never raises for a problem of this case (returns a "failed" entry)."""
+        entry = self._base_entry(item)
+        work = self.work_root / item.case_id
+        t0 = time.perf_counter()
+        try:
+            entry["source_sha256"] = self._hash(item.source.image)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            entry.update(self._make(item, work, t0))
+            entry["status"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - a bad source is logged and skipped, the batch goes on
+            entry.setdefault("source_sha256", None)
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc(limit=6),
+                         timings={"total_s": round(time.perf_counter() - t0, 3)})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return entry
+
+    def _make(self, item: WorkItem, work: Path, t0: float) -> dict[str, Any]:
+        import nibabel as nib
+
+        recipe = self.recipe
+        avoid = None
+        source_label = None
+        if item.source.label is not None:
+            label_img = nib.load(str(item.source.label))
+            source_label = np.asarray(label_img.dataobj)
+            avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
+                                    label_img.affine, label_img.header)
+        case_dir, synth_dir = work / "case", work / "synth"
+        self.preprocess_fn(
+            str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,
+            seg=str(item.source.seg) if item.source.seg else None, attributes=dict(item.attributes) or None,
+            num_lesions=item.num_lesions, spacing=recipe.spacing, report_writer=self._report_writer(),
+            seed=item.seed, avoid=avoid, case_id=item.case_id, preview=False,
+        )
+        t1 = time.perf_counter()
+        options = {}
+        if recipe.engine.checkpoints:
+            ckpts = {k: str(v) for k, v in recipe.engine.checkpoints.items()}
+            options["engine_options"] = {"mask": {"checkpoints": ckpts}, "texture": {"checkpoints": ckpts}}
+        result = self.synthesize_fn(
+            case_dir, synth_dir, mask_engine=recipe.engine.mask, texture_engine=recipe.engine.texture,
+            seed=item.seed, label_scheme=dict(recipe.label_scheme), device=recipe.engine.device, preview=True,
+            **options,
+        )
+        t2 = time.perf_counter()
+        label_file = synth_dir / "label.nii.gz"
+        if source_label is not None:
+            label_file = self._union(source_label, item, label_file, work)
+        record = _read_json(synth_dir / "synthesis.json") or dict(getattr(result, "record", None) or {})
+        case_meta = _read_json(case_dir / "case.json") or {}
+        report = _read_json(synth_dir / "report.json")
+
+        _move_into_place(synth_dir / "ct.nii.gz", image_path(self.out_dir, item.case_id))
+        _move_into_place(label_file, label_path(self.out_dir, item.case_id))
+        preview = synth_dir / "preview.png"
+        if preview.is_file():
+            os.replace(preview, self.out_dir / "previews" / f"{item.case_id}.png")
+        t3 = time.perf_counter()
+        lesions = record.get("lesions") or []
+        return {
+            "reports": report if report is not None else record.get("report"),
+            "bboxes": case_meta.get("bboxes", []),
+            "engine_provenance": record.get("engine"),
+            "adherence": [lesion.get("adherence") for lesion in lesions],
+            "timings": {"preprocess_s": round(t1 - t0, 3), "synthesize_s": round(t2 - t1, 3),
+                        "write_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+        }
+
+    def _union(self, source_label: np.ndarray, item: WorkItem, synth_label: Path, work: Path) -> Path:
+        """Existing labels kept, new lesions added; written next to the synthesized label, in its grid."""
+        import nibabel as nib
+
+        from ld_augment.errors import InputError
+        from ld_augment.io.atomic import atomic_save_nifti
+
+        synth_img = nib.load(str(synth_label))
+        synth = np.asarray(synth_img.dataobj)
+        if synth.shape != source_label.shape:
+            raise InputError(f"{item.source.label}: label shape {source_label.shape} differs from its CT "
+                             f"{item.source.image} ({synth.shape})")
+        merged = union_labels(source_label, synth, self.recipe.label_scheme).astype(label_dtype(self.recipe.label_scheme))
+        img = nib.Nifti1Image(merged, synth_img.affine, synth_img.header)
+        img.set_data_dtype(merged.dtype)
+        return atomic_save_nifti(img, work / "label_union.nii.gz")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))

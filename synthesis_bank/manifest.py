@@ -1,0 +1,198 @@
+"""The bank manifest (JSON lines, one per finished or failed case) and the dataset.json derived from it.
+
+Crash safety without locks: each shard process is the only writer of its own manifest file; a line is written
+with one `write()` on an O_APPEND descriptor and fsynced, and only after the case's files are in place. A kill
+can therefore leave at most one torn final line, which readers ignore and the next writer truncates away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from ld_augment.errors import ConfigError, InputError
+from ld_augment.io.atomic import atomic_write_json, atomic_write_text
+
+MANIFEST = "manifest.jsonl"
+DATASET_JSON = "dataset.json"
+FILE_ENDING = ".nii.gz"
+_SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
+# Fields that identify what a case is; two "ok" lines for one case_id that differ here are a real conflict.
+IDENTITY_KEYS = ("source_id", "source_sha256", "seed", "engine", "checkpoints")
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def image_path(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"
+
+
+def label_path(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / "labelsTr" / f"{case_id}{FILE_ENDING}"
+
+
+def case_files_exist(out_dir: Path, case_id: str) -> bool:
+    return image_path(out_dir, case_id).is_file() and label_path(out_dir, case_id).is_file()
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """All complete lines of a manifest. An unterminated or unparseable LAST line (a write torn by a kill) is
+    ignored; a bad line before the end is real corruption and raises InputError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return _parse(path.read_bytes(), path)[0]
+
+
+def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(entries, length of the valid prefix of `data`)."""
+    entries: list[dict[str, Any]] = []
+    pos = 0
+    lineno = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # torn final line
+        lineno += 1
+        raw = data[pos:end]
+        if raw.strip():
+            try:
+                entry = json.loads(raw)
+                if not isinstance(entry, dict) or "case_id" not in entry:
+                    raise ValueError("not an object with a case_id")
+            except ValueError as exc:
+                if end + 1 >= len(data) or not data[end + 1:].strip():
+                    break  # a garbled last line (e.g. zero-filled after a crash) counts as torn
+                raise InputError(f"{path}:{lineno}: corrupt manifest line ({exc})") from None
+            entries.append(entry)
+        pos = end + 1
+    return entries, pos
+
+
+def latest_by_case(entries: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """case_id -> its last line (a resumed run appends a newer line for a case it redid)."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        out[entry["case_id"]] = entry
+    return out
+
+
+class ManifestWriter:
+    """Appends one fsynced line per case to a manifest that only this process writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _repair(self) -> None:
+        """Cut a torn final line so the next append starts on a fresh line (never a glued, corrupt one)."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        keep = _parse(data, self.path)[1]
+        if keep < len(data):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, sort_keys=False, default=_jsonable) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        if written != len(line):  # regular files write fully; anything else is a disk problem worth surfacing
+            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def manifest_files(out_dir: str | Path) -> list[Path]:
+    """manifest.jsonl (if any) then the shard manifests in (n, i) order."""
+    out_dir = Path(out_dir)
+    shards = []
+    for path in out_dir.glob("manifest.shard-*-of-*.jsonl"):
+        match = _SHARD_RE.match(path.name)
+        if match:
+            shards.append(((int(match.group(2)), int(match.group(1))), path))
+    main = [out_dir / MANIFEST] if (out_dir / MANIFEST).is_file() else []
+    return main + [p for _, p in sorted(shards)]
+
+
+def collect_entries(out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """One entry per case over every manifest in `out_dir`: "ok" beats "failed"; two different "ok" entries for
+    one case (same id, different source/seed/engine) raise ConfigError, since the files could be either."""
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[str, Path] = {}
+    for path in manifest_files(out_dir):
+        for case_id, entry in latest_by_case(read_manifest(path)).items():
+            old = merged.get(case_id)
+            if old is None or (old.get("status") != "ok" and entry.get("status") == "ok"):
+                merged[case_id], origin[case_id] = entry, path
+            elif old.get("status") == "ok" and entry.get("status") == "ok":
+                diff = [k for k in IDENTITY_KEYS if old.get(k) != entry.get(k)]
+                if diff:
+                    raise ConfigError(
+                        f"case {case_id} is 'ok' in both {origin[case_id]} and {path} but differs in {diff}; "
+                        "remove one of the runs' outputs before merging"
+                    )
+    return merged
+
+
+def merge_manifests(out_dir: str | Path) -> Path:
+    """Join manifest.jsonl and all manifest.shard-*-of-*.jsonl into manifest.jsonl (one line per case, deduped)
+    and rewrite dataset.json. The shard files are kept, so merging again is harmless."""
+    out_dir = Path(out_dir)
+    if not manifest_files(out_dir):
+        raise ConfigError(f"{out_dir}: no manifest.jsonl or manifest.shard-*-of-*.jsonl to merge")
+    merged = collect_entries(out_dir)
+    text = "".join(json.dumps(e, default=_jsonable) + "\n" for e in sorted(merged.values(), key=lambda e: e["case_id"]))
+    atomic_write_text(out_dir / MANIFEST, text)
+    write_dataset_json(out_dir)
+    return out_dir / MANIFEST
+
+
+def write_dataset_json(out_dir: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """(Re)write dataset.json atomically with numTraining = the "ok" cases whose image and label exist.
+
+    `base` carries labels/name/description/provenance (the builder passes them); without it the existing
+    dataset.json supplies them (merge)."""
+    out_dir = Path(out_dir)
+    target = out_dir / DATASET_JSON
+    if base is None:
+        if not target.is_file():
+            raise ConfigError(f"{out_dir}: no dataset.json to update; run `synthesis-bank build` first")
+        base = json.loads(target.read_text(encoding="utf-8"))
+    entries = collect_entries(out_dir)
+    ok = sorted(cid for cid, e in entries.items() if e.get("status") == "ok" and case_files_exist(out_dir, cid))
+    failed = sorted(cid for cid, e in entries.items() if e.get("status") != "ok")
+    dataset = dict(base)
+    dataset.update({"channel_names": {"0": "CT"}, "numTraining": len(ok), "file_ending": FILE_ENDING})
+    provenance = dict(dataset.get("ld_augment") or {})
+    provenance.update({"num_failed": len(failed), "manifest": MANIFEST})
+    dataset["ld_augment"] = provenance
+    atomic_write_json(out_dir / DATASET_JSON, dataset)
+    return dataset

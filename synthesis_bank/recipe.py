@@ -1,0 +1,351 @@
+"""Bank recipes: what to synthesize, loaded from YAML/JSON into a validated, frozen `Recipe`.
+
+Every value is checked when the recipe is loaded (not hours into a build), and every error names the recipe
+file, the offending key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ld_augment.errors import ConfigError
+
+from synthesis_bank import vocabulary
+
+DEFAULT_LABEL_SCHEME = {"background": 0, "organ": 1, "lesion": 2}
+SOURCE_KINDS = ("folder", "list_file", "nnunet_raw")
+SEGMENTATION_MODES = ("totalsegmentator", "error")
+LLM = "llm"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the source CTs come from. `kind` is one of SOURCE_KINDS; `path` is absolute."""
+
+    kind: str
+    path: Path
+    segmentations: Path | None = None
+
+
+@dataclass(frozen=True)
+class LlmWriter:
+    base_url: str
+    model: str
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    mask: str = "procedural"
+    texture: str = "procedural"
+    checkpoints: Mapping[str, Path] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated bank recipe. Weighted choices are stored as {value: probability} (normalized)."""
+
+    sources: Sources
+    organs: Mapping[str, float]
+    lesion_types: Mapping[str, float]
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # str | {value: p} | "llm"
+    report_writer: str | LlmWriter = "offline"
+    lesions_per_case: tuple[int, int] = (1, 1)
+    variants_per_source: int = 1
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    seed: int = 0
+    label_scheme: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LABEL_SCHEME))
+    segmentation: str = "totalsegmentator"
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    dataset_name: str = "LesionBank"
+    dataset_id: int | None = None
+    description: str = "Synthetic lesion bank built by ld-augment"
+    origin: str = "<dict>"  # the recipe file, for messages
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str | Path = "<dict>", base_dir: Path | None = None) -> "Recipe":
+        """Validate a parsed recipe. Relative paths resolve against `base_dir` (the recipe's folder)."""
+        origin = str(origin)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{origin}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+        valid = [f.name for f in fields(cls) if f.name != "origin"]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ConfigError(f"{origin}: unknown recipe key(s) {unknown}; valid keys: {valid}")
+        for required in ("sources", "organs", "lesion_types"):
+            if required not in data:
+                raise ConfigError(f"{origin}: missing required key '{required}'")
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        v = _Validator(origin, base)
+        writer = v.report_writer(data.get("report_writer", "offline"))
+        attributes = v.attributes(data.get("attributes") or {}, writer)
+        return cls(
+            sources=v.sources(data["sources"]),
+            organs=v.organs(data["organs"]),
+            lesion_types=v.weighted("lesion_types", data["lesion_types"], vocabulary.lesion_type_choices()),
+            attributes=attributes,
+            report_writer=writer,
+            lesions_per_case=v.count_range("lesions_per_case", data.get("lesions_per_case", 1)),
+            variants_per_source=v.positive_int("variants_per_source", data.get("variants_per_source", 1)),
+            engine=v.engine(data.get("engine") or {}),
+            seed=v.non_negative_int("seed", data.get("seed", 0)),
+            label_scheme=v.label_scheme(data.get("label_scheme", DEFAULT_LABEL_SCHEME)),
+            segmentation=v.one_of("segmentation", data.get("segmentation", "totalsegmentator"), SEGMENTATION_MODES),
+            spacing=v.spacing(data.get("spacing", (1.0, 1.0, 1.0))),
+            dataset_name=v.dataset_name(data.get("dataset_name", "LesionBank")),
+            dataset_id=v.dataset_id(data.get("dataset_id")),
+            description=v.string("description", data.get("description", cls.description)),
+            origin=origin,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (for dataset.json provenance); not guaranteed to round-trip relative paths."""
+        writer: Any = self.report_writer
+        if isinstance(writer, LlmWriter):
+            writer = {"llm": {"base_url": writer.base_url, "model": writer.model}}
+        return {
+            "sources": {"kind": self.sources.kind, "path": str(self.sources.path),
+                        "segmentations": str(self.sources.segmentations) if self.sources.segmentations else None},
+            "organs": dict(self.organs), "lesion_types": dict(self.lesion_types),
+            "attributes": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.attributes.items()},
+            "report_writer": writer, "lesions_per_case": list(self.lesions_per_case),
+            "variants_per_source": self.variants_per_source,
+            "engine": {"mask": self.engine.mask, "texture": self.engine.texture, "device": self.engine.device,
+                       "checkpoints": {k: str(p) for k, p in self.engine.checkpoints.items()}},
+            "seed": self.seed, "label_scheme": dict(self.label_scheme), "segmentation": self.segmentation,
+            "spacing": list(self.spacing), "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
+        }
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load a recipe from a .yaml/.yml/.json file; relative paths inside resolve against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: both mean "not a parseable recipe"
+        raise ConfigError(f"{path}: cannot parse recipe: {exc}") from exc
+    return Recipe.from_dict(data or {}, origin=path, base_dir=path.resolve().parent)
+
+
+class _Validator:
+    """One method per recipe field; each returns the normalized value or raises ConfigError naming the file."""
+
+    def __init__(self, origin: str, base: Path) -> None:
+        self.origin = origin
+        self.base = base
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.origin}: '{key}': {problem}")
+
+    def path(self, key: str, value: Any, *, kind: str) -> Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise self.fail(key, f"expected a path, got {value!r}")
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else (self.base / p)
+        ok = p.is_dir() if kind == "dir" else p.is_file()
+        if not ok:
+            raise self.fail(key, f"{'folder' if kind == 'dir' else 'file'} not found: {p}")
+        return p.resolve()
+
+    def sources(self, value: Any) -> Sources:
+        if not isinstance(value, Mapping):
+            raise self.fail("sources", f"expected a mapping with one of {list(SOURCE_KINDS)}, got {value!r}")
+        kinds = [k for k in SOURCE_KINDS if k in value]
+        unknown = sorted(set(value) - set(SOURCE_KINDS) - {"segmentations"})
+        if unknown:
+            raise self.fail("sources", f"unknown key(s) {unknown}; valid keys: {list(SOURCE_KINDS) + ['segmentations']}")
+        if len(kinds) != 1:
+            raise self.fail("sources", f"give exactly one of {list(SOURCE_KINDS)}, got {kinds or 'none'}")
+        kind = kinds[0]
+        kind_of_path = "file" if kind == "list_file" else "dir"
+        path = self.path(f"sources.{kind}", value[kind], kind=kind_of_path)
+        segs = value.get("segmentations")
+        if segs is not None and kind == "list_file":
+            raise self.fail("sources.segmentations", "a list file names each segmentation on its line ('ct,seg')")
+        seg_path = self.path("sources.segmentations", segs, kind="dir") if segs is not None else None
+        if kind == "nnunet_raw":
+            for sub in ("imagesTr", "labelsTr"):
+                if not (path / sub).is_dir():
+                    raise self.fail("sources.nnunet_raw", f"{path} is not an nnU-Net raw dataset (no {sub}/ folder)")
+        return Sources(kind=kind, path=path, segmentations=seg_path)
+
+    def choices(self, key: str, value: Any) -> dict[str, float]:
+        """A string, a list (uniform) or {value: weight} -> {value: probability}."""
+        if isinstance(value, str):
+            value = {value: 1.0}
+        elif isinstance(value, (list, tuple)):
+            if len(set(value)) != len(value):
+                raise self.fail(key, f"duplicate entries in {list(value)}")
+            value = {v: 1.0 for v in value}
+        if not isinstance(value, Mapping) or not value:
+            raise self.fail(key, f"expected a value, a list, or {{value: weight}}, got {value!r}")
+        out: dict[str, float] = {}
+        for name, weight in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise self.fail(key, f"choice names must be non-empty strings, got {name!r}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+                raise self.fail(key, f"weight of {name!r} must be a positive number, got {weight!r}")
+            out[name] = float(weight)
+        total = sum(out.values())
+        return {k: w / total for k, w in out.items()}
+
+    def weighted(self, key: str, value: Any, allowed: list[str] | None) -> dict[str, float]:
+        out = self.choices(key, value)
+        if allowed is not None:
+            bad = [k for k in out if k not in allowed]
+            if bad:
+                raise self.fail(key, f"unknown value(s) {bad}; choices: {allowed}")
+        return out
+
+    def organs(self, value: Any) -> dict[str, float]:
+        raw = self.choices("organs", value)
+        out: dict[str, float] = {}
+        for name, p in raw.items():
+            try:
+                canonical = vocabulary.normalize_organ(name)
+            except ConfigError as exc:
+                raise self.fail("organs", str(exc)) from None
+            out[canonical] = out.get(canonical, 0.0) + p
+        return out
+
+    def attributes(self, value: Any, writer: str | LlmWriter) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail("attributes", f"expected a mapping of attribute -> value | {{choices: ...}} | 'llm', got {value!r}")
+        out: dict[str, Any] = {}
+        for name, spec in value.items():
+            key = f"attributes.{name}"
+            try:
+                attr = vocabulary.normalize_attribute_name(str(name))
+            except ConfigError as exc:
+                raise self.fail(key, str(exc)) from None
+            if spec == LLM:
+                if not isinstance(writer, LlmWriter):
+                    raise self.fail(key, "'llm' needs report_writer: {llm: {base_url, model}}")
+                out[attr] = LLM
+                continue
+            if isinstance(spec, Mapping):
+                if set(spec) != {"choices"}:
+                    raise self.fail(key, f"a mapping must be {{choices: {{value: weight}}}}, got keys {sorted(spec)}")
+                choices = self.choices(key, spec["choices"])
+            elif isinstance(spec, str):
+                choices = {spec: 1.0}
+            else:
+                raise self.fail(key, f"expected a value, {{choices: {{value: weight}}}} or 'llm', got {spec!r}")
+            normalized: dict[str, float] = {}
+            for val, p in choices.items():
+                try:
+                    canonical = vocabulary.normalize_attribute_value(attr, val)
+                except ConfigError as exc:
+                    raise self.fail(key, str(exc)) from None
+                normalized[canonical] = normalized.get(canonical, 0.0) + p
+            out[attr] = next(iter(normalized)) if len(normalized) == 1 else normalized
+        return out
+
+    def report_writer(self, value: Any) -> str | LlmWriter:
+        if value == "offline":
+            return "offline"
+        if isinstance(value, Mapping) and set(value) == {"llm"} and isinstance(value["llm"], Mapping):
+            llm = value["llm"]
+            unknown = sorted(set(llm) - {"base_url", "model"})
+            if unknown or not all(isinstance(llm.get(k), str) and llm.get(k) for k in ("base_url", "model")):
+                raise self.fail("report_writer.llm", f"needs exactly base_url and model (strings), got {dict(llm)}")
+            return LlmWriter(base_url=llm["base_url"], model=llm["model"])
+        raise self.fail("report_writer", f"expected 'offline' or {{llm: {{base_url, model}}}}, got {value!r}")
+
+    def count_range(self, key: str, value: Any) -> tuple[int, int]:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            lo, hi = (self.positive_int(key, v) for v in value)
+            if lo > hi:
+                raise self.fail(key, f"[min, max] needs min <= max, got {list(value)}")
+            return lo, hi
+        n = self.positive_int(key, value)
+        return n, n
+
+    def _int(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}")
+        return value
+
+    def positive_int(self, key: str, value: Any) -> int:
+        if self._int(key, value) < 1:
+            raise self.fail(key, f"must be >= 1, got {value}")
+        return value
+
+    def non_negative_int(self, key: str, value: Any) -> int:
+        if self._int(key, value) < 0:
+            raise self.fail(key, f"must be >= 0, got {value}")
+        return value
+
+    def one_of(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.fail(key, f"unknown value {value!r}; choices: {list(allowed)}")
+        return value
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {value!r}")
+        return value
+
+    def engine(self, value: Any) -> EngineSpec:
+        if not isinstance(value, Mapping):
+            raise self.fail("engine", f"expected a mapping, got {value!r}")
+        valid = ["mask", "texture", "checkpoints", "device"]
+        unknown = sorted(set(value) - set(valid))
+        if unknown:
+            raise self.fail("engine", f"unknown key(s) {unknown}; valid keys: {valid}")
+        mask = self.one_of("engine.mask", value.get("mask", "procedural"), vocabulary.engine_names("mask"))
+        texture = self.one_of("engine.texture", value.get("texture", "procedural"), vocabulary.engine_names("texture"))
+        ckpts = value.get("checkpoints") or {}
+        if not isinstance(ckpts, Mapping):
+            raise self.fail("engine.checkpoints", f"expected {{name: path}}, got {ckpts!r}")
+        checkpoints = {str(k): self.path(f"engine.checkpoints.{k}", p, kind="file") for k, p in ckpts.items()}
+        device = self.string("engine.device", value.get("device", "cpu"))
+        return EngineSpec(mask=mask, texture=texture, checkpoints=checkpoints, device=device)
+
+    def label_scheme(self, value: Any) -> dict[str, int]:
+        allowed = ("background", "organ", "lesion")
+        if not isinstance(value, Mapping):
+            raise self.fail("label_scheme", f"expected {{background: 0, organ: 1, lesion: 2}}, got {value!r}")
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise self.fail("label_scheme", f"unknown class name(s) {unknown}; valid: {list(allowed)}")
+        if value.get("background") != 0 or "lesion" not in value:
+            raise self.fail("label_scheme", f"needs background: 0 and a lesion label, got {dict(value)}")
+        ids = [self.non_negative_int(f"label_scheme.{k}", v) for k, v in value.items()]
+        if sorted(ids) != list(range(len(ids))):
+            raise self.fail("label_scheme", f"label ids must be distinct and consecutive from 0 (nnU-Net), got {dict(value)}")
+        return dict(sorted(value.items(), key=lambda kv: kv[1]))
+
+    def spacing(self, value: Any) -> tuple[float, float, float]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * 3
+        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value
+        ):
+            raise self.fail("spacing", f"expected three positive numbers (mm), got {value!r}")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+    def dataset_name(self, value: Any) -> str:
+        name = self.string("dataset_name", value)
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise self.fail("dataset_name", f"use letters, digits, '_' or '-' (an nnU-Net dataset name), got {name!r}")
+        return name
+
+    def dataset_id(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        if self._int("dataset_id", value) < 1 or value > 999:
+            raise self.fail("dataset_id", f"nnU-Net dataset ids are 1..999, got {value}")
+        return value

@@ -1,0 +1,151 @@
+"""Enumerate a recipe's source CTs (folder, list file, or nnU-Net raw dataset) into `Source` records.
+
+Done eagerly, before any case is synthesized, so a missing file or a mismatched label set stops the build at
+once instead of after hours; a source that exists but is unreadable is the builder's business (logged, skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ld_augment.errors import ConfigError
+
+from synthesis_bank.recipe import Recipe
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source CT. `label` is set for already-labelled training cases (nnU-Net raw sources)."""
+
+    source_id: str
+    image: Path
+    seg: Path | None = None
+    label: Path | None = None
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _find_seg(folder: Path | None, file_name: str, source_id: str) -> Path | None:
+    """A segmentation with the same file name as the CT (or `<source_id>.nii.gz`), if any."""
+    if folder is None:
+        return None
+    for candidate in (folder / file_name, folder / f"{source_id}.nii.gz", folder / f"{source_id}.nii"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _from_folder(recipe: Recipe) -> list[Source]:
+    out = []
+    for path in sorted(recipe.sources.path.iterdir()):
+        source_id = strip_nifti_suffix(path.name)
+        if source_id is None or not path.is_file() or path.name.startswith("."):
+            continue
+        out.append(Source(source_id, path, _find_seg(recipe.sources.segmentations, path.name, source_id)))
+    return out
+
+
+def _from_list_file(recipe: Recipe) -> list[Source]:
+    list_file = recipe.sources.path
+    out = []
+    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) > 2 or not parts[0]:
+            raise ConfigError(f"{list_file}:{lineno}: expected 'ct_path[,seg_path]', got {line!r}")
+        paths = []
+        for p in parts:
+            path = Path(p).expanduser()
+            path = path if path.is_absolute() else list_file.parent / path
+            if not path.is_file():
+                raise ConfigError(f"{list_file}:{lineno}: file not found: {path}")
+            paths.append(path.resolve())
+        source_id = strip_nifti_suffix(paths[0].name) or paths[0].stem
+        out.append(Source(source_id, paths[0], paths[1] if len(paths) == 2 else None))
+    return out
+
+
+def _from_nnunet_raw(recipe: Recipe) -> list[Source]:
+    root = recipe.sources.path
+    ds_file = root / "dataset.json"
+    if not ds_file.is_file():
+        raise ConfigError(f"{root}: nnU-Net raw dataset has no dataset.json")
+    try:
+        ds = json.loads(ds_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{ds_file}: not valid JSON: {exc}") from exc
+    ending = ds.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_SUFFIXES:
+        raise ConfigError(f"{ds_file}: file_ending {ending!r} is not supported; choices: {list(NIFTI_SUFFIXES)}")
+    channels = ds.get("channel_names") or ds.get("modality") or {}
+    if len(channels) != 1:
+        raise ConfigError(f"{ds_file}: lesion synthesis needs a single CT channel, got channel_names {channels}")
+    _check_labels_fit(ds_file, ds.get("labels") or {}, recipe)
+    out = []
+    for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
+        case_id = image.name[: -len(f"_0000{ending}")]
+        label = root / "labelsTr" / f"{case_id}{ending}"
+        if not label.is_file():
+            raise ConfigError(f"{root}: case {case_id} has no label file {label}")
+        out.append(Source(case_id, image, _find_seg(recipe.sources.segmentations, f"{case_id}{ending}", case_id), label))
+    return out
+
+
+def _check_labels_fit(ds_file: Path, labels: dict, recipe: Recipe) -> None:
+    """The bank's labels are the union of the source labels and new lesions, so every source label id must
+    exist in the recipe's label_scheme, or the bank's dataset.json would not describe its label maps."""
+    ids = []
+    for name, value in labels.items():
+        if not isinstance(value, int):
+            raise ConfigError(f"{ds_file}: region-based label {name}: {value} is not supported as a bank source")
+        ids.append(value)
+    scheme_ids = set(recipe.label_scheme.values())
+    missing = sorted(set(ids) - scheme_ids)
+    if missing:
+        raise ConfigError(
+            f"{recipe.origin}: label_scheme {dict(recipe.label_scheme)} lacks label id(s) {missing} used by the "
+            f"source dataset {ds_file} (labels {labels}); map the source classes onto background/organ/lesion ids"
+        )
+
+
+_SOURCE_READERS = {"folder": _from_folder, "list_file": _from_list_file, "nnunet_raw": _from_nnunet_raw}
+
+
+def enumerate_sources(recipe: Recipe) -> list[Source]:
+    """All sources in a stable order; raises ConfigError for an empty set, duplicate ids, or missing organ masks."""
+    sources = _SOURCE_READERS[recipe.sources.kind](recipe)
+    if not sources:
+        raise ConfigError(f"{recipe.origin}: no source CTs (*.nii.gz) found in {recipe.sources.path}")
+    seen: dict[str, Path] = {}
+    for src in sources:
+        if src.source_id in seen:
+            raise ConfigError(
+                f"{recipe.origin}: two sources share the id {src.source_id!r} ({seen[src.source_id]} and {src.image}); "
+                "source ids (file names without .nii.gz) must be unique"
+            )
+        seen[src.source_id] = src.image
+    if recipe.segmentation == "error":
+        missing = [s.source_id for s in sources if s.seg is None]
+        if missing:
+            raise ConfigError(
+                f"{recipe.origin}: segmentation: error, but {len(missing)} source(s) have no organ segmentation "
+                f"(first: {missing[:5]}); give them or set segmentation: totalsegmentator"
+            )
+    return sources
+
+
+def safe_id(source_id: str) -> str:
+    """A file-name-safe form of a source id for case ids (nnU-Net identifiers become file names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", source_id)
