@@ -84,15 +84,33 @@ def _as_3d(data: np.ndarray, name: str, what: str) -> np.ndarray:
     return data
 
 
-def _check_geometry(img: nib.spatialimages.SpatialImage, name: str, what: str) -> None:
+def _raw_zooms(path: Path) -> tuple[float, ...] | None:
+    """pixdim[1:4] exactly as stored: nibabel's loader silently turns 0 into 1 and negatives into abs."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+        return tuple(float(z) for z in header["pixdim"][1:4])
+    except Exception:  # NIfTI-2 or unusual files: the loaded header's zooms are checked instead
+        return None
+
+
+def _check_geometry(
+    img: nib.spatialimages.SpatialImage, name: str, what: str, raw_zooms: tuple[float, ...] | None = None
+) -> None:
     """Spacing must be positive and finite both in the header zooms and in the affine actually used."""
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = raw_zooms or tuple(float(z) for z in img.header.get_zooms()[:3])
     affine = np.asarray(img.affine, dtype=float)
     columns = np.linalg.norm(affine[:3, :3], axis=0)
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise InputError(f"{what} {name} has invalid voxel spacing {zooms} (must be positive and finite)")
     if not np.all(np.isfinite(affine)) or not np.all(columns > 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{what} {name} has a degenerate affine (voxel spacing {tuple(columns.round(4))}):\n{affine}")
+
+
+def _stored_zooms(img_or_path: ImageLike, img: nib.spatialimages.SpatialImage) -> tuple[float, ...] | None:
+    if isinstance(img_or_path, (str, os.PathLike)) and isinstance(img, nib.Nifti1Image):
+        return _raw_zooms(Path(img_or_path))
+    return None
 
 
 def _rebuild(img: nib.spatialimages.SpatialImage, data: np.ndarray) -> nib.Nifti1Image:
@@ -115,7 +133,7 @@ def load_ct(img_or_path: ImageLike, *, name: str = "CT") -> nib.Nifti1Image:
     """
     img, data, label = _open(img_or_path, name)
     data = _as_3d(data, label, name)
-    _check_geometry(img, label, name)
+    _check_geometry(img, label, name, _stored_zooms(img_or_path, img))
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise InputError(f"{name} {label} has non-numeric voxel type {data.dtype}")
     if np.issubdtype(data.dtype, np.floating):
@@ -148,7 +166,7 @@ def load_label_map(img_or_path: ImageLike, *, name: str = "segmentation") -> nib
     """
     img, data, label = _open(img_or_path, name)
     data = _as_3d(data, label, name)
-    _check_geometry(img, label, name)
+    _check_geometry(img, label, name, _stored_zooms(img_or_path, img))
     if data.dtype == bool:
         data = data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
