@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ld_augment.errors import ConfigError
-from ld_augment.reports._organs import cavities_for, organ_name as _v1_organ_name
+from ld_augment.reports._organs import default_cavity, organ_name as _v1_organ_name
 from ld_augment.reports.model import (
     CAVITY, CT_VALUE, DENSITY, DENSITY_VARIATIONS, LOCATION, SIZE, SPECIFIC_FEATURES, LesionReport,
 )
@@ -33,7 +33,7 @@ def conditioning_attributes(report: LesionReport, *, purpose: Purpose, organ_nam
     """The attribute dict a network is conditioned on (keys kept so callers can log or inspect it).
 
     ``organ_name`` defaults to the v1 class name of ``report.organ_id``. For LMNet a report without a cavity
-    gets the organ kind's default ("within the lumen of a hollow organ" / "within the parenchymal organ").
+    gets the organ registry's default (the one placement assumes too).
     """
     if purpose not in PURPOSES:
         raise ConfigError(f"unknown conditioning purpose {purpose!r}; valid: {', '.join(PURPOSES)}")
@@ -49,7 +49,7 @@ def conditioning_attributes(report: LesionReport, *, purpose: Purpose, organ_nam
         if SPECIFIC_FEATURES in attrs and not attrs[SPECIFIC_FEATURES].strip(" ,"):
             del attrs[SPECIFIC_FEATURES]
         if not attrs.get(CAVITY, "").strip(" ,"):
-            attrs[CAVITY] = report.cavity or cavities_for(report.organ_id)[0]
+            attrs[CAVITY] = default_cavity(report.organ_id)
     return attrs
 
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ld_augment.reports._organs import HOLLOW_ORGANS, cavities_for
+from ld_augment.reports._organs import default_cavity, is_hollow
 from ld_augment.reports.model import (
     CAVITY, CT_VALUE, DENSITY, DENSITY_VARIATIONS, ENHANCEMENT, RELATIONSHIP, SHAPE, SPECIFIC_FEATURES, SURFACE,
     LesionReport, Vec3,
@@ -63,12 +63,12 @@ class OfflineReportWriter(ReportWriter):
         return finalize_report(organ=name, organ_extent=extent, values=values, sizes=sizes, overrides=user)
 
     def _sample_attributes(self, rng: np.random.Generator, profile: LesionProfile, organ_name: str) -> dict[str, Any]:
-        hollow = organ_name in HOLLOW_ORGANS
+        hollow = is_hollow(organ_name)
         shapes = {k: w for k, w in profile.shape.items() if hollow or k not in HOLLOW_ONLY_SHAPES}
         if not shapes:  # e.g. a hollow-organ cancer profile asked for a solid organ
             shapes = {"irregular": 0.5, "round-like": 0.5}
         kind = "hollow" if hollow else "solid"
-        cavity_weights = profile.cavity.get(kind) or {c: 1.0 for c in cavities_for(organ_name)[:1]}
+        cavity_weights = profile.cavity.get(kind) or {default_cavity(organ_name): 1.0}
         feature = _choose(rng, profile.features)
         lo, hi = profile.ct_range
         return {

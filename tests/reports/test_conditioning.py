@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ld_augment.errors import ConfigError
+from ld_augment.organs.registry import default_cavity
 from ld_augment.reports.conditioning import conditioning_attributes, conditioning_texts
 from ld_augment.reports.model import load_reports, reports_from_type_json
 
@@ -29,9 +30,10 @@ def test_lmnet_drops_empty_specific_features_and_keeps_a_given_cavity(shared_dat
     (report,) = load_reports(shared_data / "lesions" / "bladder_cancer" / "report.json")
     attrs = conditioning_attributes(report, purpose="lmnet", organ_name="urinary bladder")
     assert "specific features" not in attrs
-    assert attrs["cavity"] == "within the lumen of a hollow organ"  # hollow-organ default
-    walled = report.with_values(cavity="wall thickening")
-    assert conditioning_texts(walled, purpose="lmnet", organ_name="urinary bladder")[-1] == "wall thickening"
+    assert attrs["cavity"] == default_cavity("urinary_bladder")  # the registry's default, as placement uses
+    lumen = report.with_values(cavity="within the lumen of a hollow organ")
+    assert conditioning_texts(lumen, purpose="lmnet")[-1] == "within the lumen of a hollow organ"
+    assert conditioning_texts(lumen, purpose="lmnet")[1] == "urinary bladder"  # the original's organ text
 
 
 def test_linet_drops_only_size(shared_data: Path) -> None:
