@@ -20,7 +20,7 @@ from ld_augment.errors import ConfigError
 from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 
 #: Amplitude (in units of the normalized radius) of the surface deformation per shape kind.
-DEFORMATION = {"round": 0.04, "cystic": 0.02, "punctate": 0.05, "irregular": 0.22, "wall": 0.15}
+DEFORMATION = {"round": 0.04, "cystic": 0.02, "punctate": 0.05, "irregular": 0.28, "wall": 0.15}
 
 
 class ProceduralMaskEngine(MaskEngine):
@@ -69,16 +69,9 @@ class ProceduralMaskEngine(MaskEngine):
         if spec.shape == "punctate":
             semi = np.minimum(semi, np.maximum(self.punctate_max_mm / 2.0 / spacing, 0.5))
 
-        grid = np.ogrid[tuple(slice(0, n) for n in crop_shape)]
-        radius = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, semi))).astype(np.float32)
-        amplitude = DEFORMATION[spec.shape] * (1.5 if spec.spiculated else 1.0)
-        if amplitude > 0:
-            radius += amplitude * smooth_noise(crop_shape, self.deformation_scale * semi, rng)
-            if spec.spiculated:  # thin high-frequency spikes on top of the lobulation
-                radius -= 0.12 * np.clip(smooth_noise(crop_shape, 0.12 * semi + 0.5, rng), 0, None)
         in_box = np.zeros(crop_shape, bool)
         in_box[tuple(slice(a - o, b - o) for a, b, o in zip(bbox.start(shape), bbox.stop(shape), origin.astype(int)))] = True
-        lesion = (radius <= 1.0) & in_box
+        lesion = self._level_set(crop_shape, centre, semi, spec, rng) & in_box
 
         organ = ctx.organ_mask[crop]
         if spec.shape == "wall" or rule == WALL:
@@ -97,6 +90,34 @@ class ProceduralMaskEngine(MaskEngine):
         out = np.zeros(shape, bool)
         out[crop] = lesion
         return out
+
+    def _level_set(
+        self, crop_shape: tuple[int, ...], centre: np.ndarray, semi: np.ndarray, spec: Any, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The deformed ellipsoid: ``r (1 + A) + A tanh(noise) <= 1`` with ``r`` the normalized radius.
+
+        The tanh keeps every bump within ``r <= 1``, so bumps stay inside the box instead of being cut flat by
+        its faces. Because inward bumps shrink the extent, a second pass widens the semi-axes by the measured
+        shortfall (same noise field, at most 30 %), so the mask's extent follows the report's size.
+        """
+        grid = np.ogrid[tuple(slice(0, n) for n in crop_shape)]
+        amplitude = DEFORMATION[spec.shape] * (1.5 if spec.spiculated else 1.0)
+        bumps = smooth_noise(crop_shape, self.deformation_scale * semi, rng)
+        if spec.spiculated:  # thin high-frequency spikes on top of the lobulation
+            bumps = 0.7 * bumps + 0.7 * smooth_noise(crop_shape, 0.1 * semi + 0.5, rng)
+        bumps = amplitude * np.tanh(bumps)
+
+        def level(axes: np.ndarray) -> np.ndarray:
+            radius = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, axes))).astype(np.float32)
+            return radius * (1.0 + amplitude) + bumps <= 1.0
+
+        lesion = level(semi)
+        if lesion.any():
+            extent = np.array([np.ptp(i) + 1 for i in np.nonzero(lesion)], dtype=np.float64)
+            gain = np.clip(2.0 * semi / extent, 1.0, 1.3)
+            if gain.max() > 1.02:
+                lesion = level(semi * gain)
+        return lesion
 
     def _wall_band(self, organ: np.ndarray, semi: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Organ voxels within a (slightly varying) thickness of the organ surface: the crescent of a thickened wall."""
