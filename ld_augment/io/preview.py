@@ -42,6 +42,8 @@ def _panel(ax: Any, volume: np.ndarray, axis: int, index: int, spacing: Sequence
               aspect=spacing[v] / spacing[h], interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    if h == 0:  # radiological convention: the patient's right (+x in RAS) on the viewer's left
+        ax.invert_xaxis()
     return sl
 
 
