@@ -7,9 +7,7 @@ grid has a correct affine, and case.json records how to map results back into th
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,8 +21,8 @@ from ld_augment.io.preview import save_bbox_preview
 from ld_augment.io.standardize import SourceGeometry, standardize_image
 from ld_augment.organs.masks import detect_label_version, organ_mask
 from ld_augment.organs.registry import normalize_organ_name
-from ld_augment.organs.totalseg import segment_organs
-from ld_augment.placement.bboxes import BBox, bbox_map, place_lesions
+from ld_augment.placement.bboxes import bbox_map, place_lesions
+from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
 from ld_augment.reports.model import LesionReport, save_reports
 from ld_augment.reports.writers import OfflineReportWriter, ReportWriter
 from ld_augment.pipeline.case import CASE_FILES, CASE_FORMAT, PreprocessedCase
@@ -44,6 +42,35 @@ def _case_id_for(image: ImageArg) -> str:
     return "case"
 
 
+def _user_gave(attributes: dict[str, str] | None, name: str) -> bool:
+    return any(k.lower().replace("_", " ").strip() == name for k in (attributes or {}))
+
+
+def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: np.random.Generator) -> LesionReport:
+    """Make a sampled CT value agree with the report's density class relative to this CT's organ.
+
+    Report writers do not see the CT, so a sampled "CT value" can contradict "hypodense" for this patient
+    (e.g. 72 HU in a 45 HU liver). The density words are the primary attribute; a CT value the user gave
+    is never changed (callers skip this then).
+    """
+    hu = report.ct_value
+    if hu is None:
+        return report
+    spec = lesion_spec(report)
+    sign = expected_contrast_sign(spec, organ)
+    if spec.density == "fluid":
+        ok, new = -5.0 <= hu <= 20.0, float(rng.uniform(0.0, 15.0))
+    elif sign == -1:
+        ok, new = hu <= organ_hu - 15.0, organ_hu - float(rng.uniform(20.0, 50.0))
+    elif sign == 1:
+        ok, new = hu >= organ_hu + 15.0, organ_hu + float(rng.uniform(20.0, 50.0))
+    elif sign == 0:
+        ok, new = abs(hu - organ_hu) <= 10.0, organ_hu + float(rng.uniform(-5.0, 5.0))
+    else:
+        return report
+    return report if ok else report.with_values(ct_value=float(round(new)))
+
+
 def _organ_extent(mask: np.ndarray) -> tuple[int, int, int]:
     coords = np.nonzero(mask)
     return tuple(int(c.max() - c.min() + 1) for c in coords)  # type: ignore[return-value]
@@ -56,6 +83,8 @@ def _obtain_segmentation(image: ImageArg, ct_img: nib.Nifti1Image, seg: ImageArg
         seg_img = load_label_map(seg, name=str(seg) if not isinstance(seg, nib.Nifti1Image) else "segmentation")
         check_same_grid(ct_img, seg_img, name_a=str(image), name_b=str(seg))
         return seg_img, "user"
+    from ld_augment.organs.totalseg import segment_organs  # only when no segmentation is given
+
     if not isinstance(image, (str, Path)):
         ct_path = workdir / "ct_for_totalseg.nii.gz"
         nib.save(ct_img, str(ct_path))
@@ -117,11 +146,15 @@ def preprocess_case(
     writer = report_writer or OfflineReportWriter()
     report = writer.write(organ=organ, lesion_type=lesion_type, organ_extent=_organ_extent(target),
                           overrides=attributes, seed=seed, num_lesions=num_lesions)
-    boxes = place_lesions(target, [report.size] * num_lesions, cavity=report.cavity, rng=rng,
-                          occupied=occupied, shrink=shrink, organ_name=organ,
+    if not _user_gave(attributes, "ct value"):
+        organ_hu = float(np.median(np.asarray(std_ct.dataobj, dtype=np.float32)[target]))
+        report = harmonize_ct_value(report, organ_hu, organ, rng)
+    sizes = list(report.bbox_sizes) if len(report.bbox_sizes) == num_lesions else [report.size] * num_lesions
+    boxes = place_lesions(target, sizes, cavity=report.cavity, rng=rng,
+                          # a sampled size may shrink to fit this organ; a size the user asked for only with shrink
+                          occupied=occupied, shrink=shrink or not _user_gave(attributes, "size"), organ_name=organ,
                           spacing=tuple(float(s) for s in std_ct.header.get_zooms()[:3]))
-    report = replace(report, bbox_centers=[b.center for b in boxes], bbox_sizes=[b.size for b in boxes],
-                     size=boxes[0].size)
+    report = report.with_bboxes([b.center for b in boxes], [b.size for b in boxes])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_save_nifti(std_ct, out_dir / CASE_FILES["ct"])
@@ -133,7 +166,8 @@ def preprocess_case(
         atomic_save_nifti(nib.Nifti1Image(occupied.astype(np.uint8), std_ct.affine), out_dir / "avoid.nii.gz")
     if preview:
         ct_arr = np.asarray(std_ct.dataobj, dtype=np.float32)
-        save_bbox_preview(ct_arr, target, boxes, out_dir / CASE_FILES["preview"],
+        save_bbox_preview(ct_arr, target, [(b.start(target.shape), b.stop(target.shape)) for b in boxes],
+                          out_dir / CASE_FILES["preview"],
                           title=f"{case_id}: {organ}, {lesion_type}")
     meta = {
         "format": CASE_FORMAT,
