@@ -146,7 +146,7 @@ class CaseRunner:
             str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,
             seg=str(item.source.seg) if item.source.seg else None, attributes=dict(item.attributes) or None,
             num_lesions=item.num_lesions, spacing=recipe.spacing, report_writer=self._report_writer(),
-            seed=item.seed, avoid=avoid, case_id=item.case_id, preview=False,
+            seed=item.seed, shrink=recipe.shrink, avoid=avoid, case_id=item.case_id, preview=False,
         )
         t1 = time.perf_counter()
         options = {}

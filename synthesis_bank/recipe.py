@@ -61,6 +61,7 @@ class Recipe:
     label_scheme: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LABEL_SCHEME))
     segmentation: str = "totalsegmentator"
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    shrink: bool = False  # let placement shrink boxes that do not fit small organs/crops
     dataset_name: str = "LesionBank"
     dataset_id: int | None = None
     description: str = "Synthetic lesion bank built by ld-augment"
@@ -96,6 +97,7 @@ class Recipe:
             label_scheme=v.label_scheme(data.get("label_scheme", DEFAULT_LABEL_SCHEME)),
             segmentation=v.one_of("segmentation", data.get("segmentation", "totalsegmentator"), SEGMENTATION_MODES),
             spacing=v.spacing(data.get("spacing", (1.0, 1.0, 1.0))),
+            shrink=v.boolean("shrink", data.get("shrink", False)),
             dataset_name=v.dataset_name(data.get("dataset_name", "LesionBank")),
             dataset_id=v.dataset_id(data.get("dataset_id")),
             description=v.string("description", data.get("description", cls.description)),
@@ -117,7 +119,7 @@ class Recipe:
             "engine": {"mask": self.engine.mask, "texture": self.engine.texture, "device": self.engine.device,
                        "checkpoints": {k: str(p) for k, p in self.engine.checkpoints.items()}},
             "seed": self.seed, "label_scheme": dict(self.label_scheme), "segmentation": self.segmentation,
-            "spacing": list(self.spacing), "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
+            "spacing": list(self.spacing), "shrink": self.shrink, "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
         }
 
 
@@ -291,6 +293,11 @@ class _Validator:
     def one_of(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
             raise self.fail(key, f"unknown value {value!r}; choices: {list(allowed)}")
+        return value
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
         return value
 
     def string(self, key: str, value: Any) -> str:

@@ -21,7 +21,7 @@ def _affine() -> np.ndarray:
 
 
 def make_ct(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(CT in HU as int16, organ seg with the liver = 5): soft tissue body, an ellipsoid liver, noise."""
+    """(CT in HU as int16, organ seg with the liver = 5): air, soft-tissue body, spine, ellipsoid liver, noise."""
     rng = np.random.default_rng(seed)
     grid = np.indices(SHAPE).astype(float)
     center = np.array([20, 20, 20]).reshape(3, 1, 1, 1) + rng.integers(-2, 3, size=(3, 1, 1, 1))
@@ -31,6 +31,8 @@ def make_ct(seed: int) -> tuple[np.ndarray, np.ndarray]:
     body = (((grid - 20) / 19) ** 2).sum(0) <= 1.0
     ct[body] = 40.0
     ct[liver] = 60.0
+    spine = ((grid[0] - 20) ** 2 + (grid[1] - 34) ** 2) <= 9
+    ct[spine & body] = 400.0  # bone: a real CT's range reaches well above soft tissue
     ct += rng.normal(0, 5, SHAPE)
     seg = np.where(liver, 5, 0).astype(np.uint8)
     return ct.astype(np.int16), seg

@@ -65,6 +65,7 @@ def test_unknown_key_lists_valid_keys_and_names_the_file(recipe_dict, write_reci
     ("attributes", {"density": LLM}, "llm"),
     ("attributes", {"density": {"choice": {"hypodense lesion": 1}}}, "choices"),
     ("spacing", [1, 1], "three positive"),
+    ("shrink", "yes", "true or false"),
     ("dataset_name", "my bank", "letters"),
     ("dataset_id", 1000, "1..999"),
 ])
