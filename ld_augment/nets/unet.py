@@ -48,6 +48,8 @@ class UNet3D(nn.Module):
 
         def transformer(ch: int) -> SpatialTransformer:
             heads, dim_head = cfg.heads_for(ch)
+            if ch % 32:
+                raise ConfigError(f"attention at width {ch}: the transformer's GroupNorm needs a multiple of 32")
             if cfg.skip_context and ch != cfg.context_dim:
                 raise ConfigError(
                     f"skip_context=True needs attention width == context_dim, got {ch} != {cfg.context_dim}"

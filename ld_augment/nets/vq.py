@@ -40,7 +40,7 @@ class ResnetBlock(nn.Module):
 
 
 class _Down(nn.Module):
-    """Pad one voxel on the high side of each axis, then a stride-2 valid conv (odd sizes round up)."""
+    """Pad one voxel on the high side of each axis, then a stride-2 valid conv (size n -> n // 2)."""
 
     def __init__(self, ch: int) -> None:
         super().__init__()
