@@ -1,7 +1,12 @@
-"""Engine fixtures: the real CT around the liver resampled to 1 mm, a generated CT, and report builders."""
+"""Engine fixtures: the real CT around the liver at 1 mm, a generated CT, and builders for cases and reports.
+
+Helpers are handed out as fixtures because pytest runs with --import-mode=importlib (test folders are not
+importable).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,11 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nibabel.processing import resample_to_output
+from scipy import ndimage
 
 from ld_augment.engines.base import LesionContext
 from ld_augment.reports import LesionReport
 
-LIVER_V1, STOMACH_V1 = 5, 6
+LIVER_V1 = 5
 ABDOMEN_LABELS = (4, 5, 6)  # TotalSegmentator v2: gallbladder, liver, stomach
 
 
@@ -29,12 +35,22 @@ class Case:
                              spacing=self.spacing, occupied=np.zeros_like(organ) if occupied is None else occupied)
 
 
-def make_report(organ_id: int = LIVER_V1, **values) -> LesionReport:
-    """A report with typed values (the reports stage renders the original's texts)."""
+def _make_report(organ_id: int = LIVER_V1, **values) -> LesionReport:
+    """A report with typed values (the reports stage renders the original's texts); None drops a default."""
     defaults = {"shape": "round-like", "density": "hypodense lesion", "density_variations": "homogeneous",
                 "surface_characteristics": "well-defined margin", "size": (16, 16, 16)}
     defaults.update(values)
     return LesionReport(organ_id=organ_id).with_values(**{k: v for k, v in defaults.items() if v is not None})
+
+
+@pytest.fixture(scope="session")
+def make_report() -> Callable[..., LesionReport]:
+    return _make_report
+
+
+@pytest.fixture(scope="session")
+def make_case() -> type[Case]:
+    return Case
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +72,6 @@ def generated_case() -> Case:
     shape = (90, 80, 50)
     grid = np.ogrid[tuple(slice(0, n) for n in shape)]
     organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, (45, 40, 25), (38, 32, 21))) <= 1.0
-    from scipy import ndimage
-
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.8) * 25.0
     ct = np.where(organ, 60.0, -100.0) + noise
     return Case(ct.astype(np.float32), organ.astype(np.int16) * LIVER_V1, (1.0, 1.0, 1.5))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import make_report
 
 from ld_augment.engines.adherence import measure_adherence
 
@@ -20,7 +19,7 @@ def _scene():
     return before, organ, lesion
 
 
-def test_contrast_ct_value_size_and_fraction() -> None:
+def test_contrast_ct_value_size_and_fraction(make_report) -> None:
     before, organ, lesion = _scene()
     after = before.copy()
     after[lesion] = 20.0
@@ -36,7 +35,7 @@ def test_contrast_ct_value_size_and_fraction() -> None:
     json.dumps(adh)  # stored in synthesis.json
 
 
-def test_wrong_sign_fraction_outside_and_rim() -> None:
+def test_wrong_sign_fraction_outside_and_rim(make_report) -> None:
     before, organ, _ = _scene()
     lesion = np.zeros_like(organ)
     lesion[0:10, 10:20, 10:20] = True  # half outside the organ (x < 5)
@@ -57,7 +56,7 @@ def test_wrong_sign_fraction_outside_and_rim() -> None:
     assert adh["contrast_ok"] is None
 
 
-def test_empty_mask() -> None:
+def test_empty_mask(make_report) -> None:
     before, organ, lesion = _scene()
     adh = measure_adherence(before, before, np.zeros_like(lesion), organ, make_report(), (1.0, 1.0, 1.0))
     assert adh["lesion_voxels"] == 0

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import make_report
 
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
 
 
-def test_reads_shape_density_margin_and_features() -> None:
+def test_reads_shape_density_margin_and_features(make_report) -> None:
     spec = lesion_spec(make_report(shape="irregular", density="low density lesion", density_variations="heterogeneous",
                                    surface_characteristics="ill-defined margin", ct_value=57,
                                    specific_features=["presence of increased density areas", "stone"]))
@@ -16,7 +15,7 @@ def test_reads_shape_density_margin_and_features() -> None:
     assert spec.size == (16, 16, 16)
 
 
-def test_special_densities_and_shapes() -> None:
+def test_special_densities_and_shapes(make_report) -> None:
     assert lesion_spec(make_report(density="ring enhancement")).density == "ring"
     assert lesion_spec(make_report(shape="cystic", density=None)).density == "fluid"
     assert lesion_spec(make_report(density="hypodense fluid-like lesion")).density == "fluid"
@@ -26,7 +25,7 @@ def test_special_densities_and_shapes() -> None:
     assert lesion_spec(make_report(density="high attenuation lesion")).density == "hyper"
 
 
-def test_expected_contrast_sign() -> None:
+def test_expected_contrast_sign(make_report) -> None:
     hypo = lesion_spec(make_report())
     assert expected_contrast_sign(hypo, "liver") == -1
     assert expected_contrast_sign(lesion_spec(make_report(density="isodense lesion")), "liver") == 0

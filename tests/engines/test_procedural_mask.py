@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LIVER_V1, STOMACH_V1, Case, make_report
 from scipy import ndimage
 
 from ld_augment.engines.procedural import ProceduralMaskEngine
@@ -12,14 +11,15 @@ from ld_augment.errors import ConfigError
 from ld_augment.organs.registry import CAVITY_PARENCHYMA, CAVITY_PROTRUDING, CAVITY_WALL
 from ld_augment.placement.bboxes import BBox, place_lesions
 
-LIVER_V2, STOMACH_V2 = 5, 6
+LIVER_V2 = LIVER = 5  # TotalSegmentator liver (v1 and v2)
+STOMACH_V2 = 6
 
 
 def _extent(mask: np.ndarray) -> np.ndarray:
     return np.array([np.ptp(i) + 1 for i in np.nonzero(mask)])
 
 
-def _draw(case: Case, label: int, organ: str, report, seed: int, occupied=None):
+def _draw(case, label: int, organ: str, report, seed: int, occupied=None):
     ctx = case.context(label, organ, occupied)
     rng = np.random.default_rng(seed)
     (box,) = place_lesions(ctx.organ_mask, [report.size], cavity=report.cavity, rng=rng, organ_name=organ,
@@ -28,7 +28,7 @@ def _draw(case: Case, label: int, organ: str, report, seed: int, occupied=None):
 
 
 @pytest.mark.parametrize("shape", ["round-like", "irregular", "cystic"])
-def test_within_liver_inside_box_and_sized(real_case: Case, shape: str) -> None:
+def test_within_liver_inside_box_and_sized(real_case, shape: str, make_report) -> None:
     report = make_report(shape=shape, size=(24, 20, 18), cavity=CAVITY_PARENCHYMA)
     for seed in range(3):
         ctx, box, mask = _draw(real_case, LIVER_V2, "liver", report, seed)
@@ -42,9 +42,9 @@ def test_within_liver_inside_box_and_sized(real_case: Case, shape: str) -> None:
         assert ndimage.label(mask)[1] == 1
 
 
-def test_shapes_differ_round_vs_irregular(generated_case: Case) -> None:
+def test_shapes_differ_round_vs_irregular(generated_case, make_report) -> None:
     """An irregular lesion deviates more from its bbox's inscribed ellipsoid than a round-like one."""
-    ctx = generated_case.context(LIVER_V1, "liver")
+    ctx = generated_case.context(LIVER, "liver")
     box = BBox((45, 40, 25), (30, 30, 20))
     grid = np.ogrid[tuple(slice(0, n) for n in ctx.ct.shape)]
     ellipsoid = sum(((g - c + 0.5) / (s / 2)) ** 2 for g, c, s in zip(grid, box.center, box.size)) <= 1.0
@@ -56,16 +56,16 @@ def test_shapes_differ_round_vs_irregular(generated_case: Case) -> None:
     assert mismatch("irregular") > 2 * mismatch("round-like")
 
 
-def test_punctate_is_small(generated_case: Case) -> None:
-    ctx = generated_case.context(LIVER_V1, "liver")
+def test_punctate_is_small(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
     mask = ProceduralMaskEngine(punctate_max_mm=8.0).generate_mask(
         ctx, BBox((45, 40, 25), (30, 30, 20)), make_report(shape="punctate"), np.random.default_rng(0))
     extent_mm = _extent(mask) * np.array(ctx.spacing)
     assert np.all(extent_mm <= 8.0 + 1.5)
 
 
-def test_protruding_leaves_organ_but_not_body(generated_case: Case) -> None:
-    ctx = generated_case.context(LIVER_V1, "liver")
+def test_protruding_leaves_organ_but_not_body(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
     box = BBox((45 + 36, 40, 25), (16, 16, 12))  # centre just inside the organ's +x surface
     assert ctx.organ_mask[box.center]
     mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(cavity=CAVITY_PROTRUDING), np.random.default_rng(0))
@@ -75,8 +75,8 @@ def test_protruding_leaves_organ_but_not_body(generated_case: Case) -> None:
     assert not (within & ~ctx.organ_mask).any() and within.sum() < mask.sum()
 
 
-def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case: Case) -> None:
-    report = make_report(organ_id=STOMACH_V1, shape="irregular wall thickening", size=(24, 24, 20), cavity=CAVITY_WALL)
+def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case, make_report) -> None:
+    report = make_report(organ_id=STOMACH_V2, shape="irregular wall thickening", size=(24, 24, 20), cavity=CAVITY_WALL)
     ctx, box, mask = _draw(real_case, STOMACH_V2, "stomach", report, 0)
     depth = ndimage.distance_transform_edt(ctx.organ_mask)
     assert mask.any() and not (mask & ~ctx.organ_mask).any()
@@ -86,7 +86,7 @@ def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case: Case) -> N
     assert mask.sum() < 0.8 * (ball & ctx.organ_mask).sum()  # a band, not the whole box
 
 
-def test_seeded_identical_and_seeds_differ(real_case: Case) -> None:
+def test_seeded_identical_and_seeds_differ(real_case, make_report) -> None:
     report = make_report(shape="irregular", size=(20, 20, 20))
     ctx, box, first = _draw(real_case, LIVER_V2, "liver", report, 5)
     engine = ProceduralMaskEngine()
@@ -95,7 +95,7 @@ def test_seeded_identical_and_seeds_differ(real_case: Case) -> None:
     assert not np.array_equal(again, engine.generate_mask(ctx, box, report, np.random.default_rng(12)))
 
 
-def test_two_lesions_do_not_overlap(real_case: Case) -> None:
+def test_two_lesions_do_not_overlap(real_case, make_report) -> None:
     report = make_report(shape="irregular", size=(22, 22, 22))
     ctx = real_case.context(LIVER_V2, "liver")
     rng = np.random.default_rng(3)
@@ -110,10 +110,10 @@ def test_two_lesions_do_not_overlap(real_case: Case) -> None:
     assert not (third & first).any()
 
 
-def test_fully_occupied_box_is_a_clear_error(generated_case: Case) -> None:
+def test_fully_occupied_box_is_a_clear_error(generated_case, make_report) -> None:
     box = BBox((45, 40, 25), (10, 10, 10))
     occupied = np.zeros(generated_case.ct.shape, bool)
     occupied[box.slices(occupied.shape)] = True
-    ctx = generated_case.context(LIVER_V1, "liver", occupied)
+    ctx = generated_case.context(LIVER, "liver", occupied)
     with pytest.raises(ConfigError, match="empty"):
         ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LIVER_V1, Case, make_report
 from scipy import ndimage
 
 from ld_augment.engines.adherence import measure_adherence
@@ -12,10 +11,10 @@ from ld_augment.engines.procedural import ProceduralMaskEngine, ProceduralTextur
 from ld_augment.engines.procedural.fields import robust_std
 from ld_augment.placement.bboxes import BBox, place_lesions
 
-LIVER_V2 = 5
+LIVER_V2 = LIVER = 5  # TotalSegmentator liver (v1 and v2)
 
 
-def _synthesize(case: Case, label: int, organ: str, report, seed: int, texture: ProceduralTextureEngine | None = None):
+def _synthesize(case, label: int, organ: str, report, seed: int, texture: ProceduralTextureEngine | None = None):
     ctx = case.context(label, organ)
     rng = np.random.default_rng(seed)
     (box,) = place_lesions(ctx.organ_mask, [report.size], cavity=report.cavity, rng=rng, organ_name=organ)
@@ -27,33 +26,33 @@ def _synthesize(case: Case, label: int, organ: str, report, seed: int, texture: 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("density", "sign"), [("hypodense lesion", -1), ("hyperdense lesion", 1)])
-def test_hypo_lower_hyper_higher_on_real_liver(real_case: Case, density: str, sign: int, seed: int) -> None:
+def test_hypo_lower_hyper_higher_on_real_liver(real_case, density: str, sign: int, seed: int, make_report) -> None:
     report = make_report(density=density, shape="irregular", density_variations="heterogeneous")
     _, _, _, adh = _synthesize(real_case, LIVER_V2, "liver", report, seed)
     assert adh["requested_contrast_sign"] == sign and adh["contrast_ok"] is True
     assert sign * adh["measured_contrast_hu"] > 15.0
 
 
-def test_isodense_stays_close(real_case: Case) -> None:
+def test_isodense_stays_close(real_case, make_report) -> None:
     _, _, _, adh = _synthesize(real_case, LIVER_V2, "liver", make_report(density="isodense lesion"), 0)
     assert abs(adh["measured_contrast_hu"]) < 15.0 and adh["contrast_ok"] is True
 
 
 @pytest.mark.parametrize("ct_value", [-5.0, 20.0, 95.0])
-def test_given_ct_value_within_10_hu(real_case: Case, ct_value: float) -> None:
+def test_given_ct_value_within_10_hu(real_case, ct_value: float, make_report) -> None:
     report = make_report(ct_value=ct_value, shape="irregular", density_variations="heterogeneous",
                          surface_characteristics="ill-defined margin", specific_features=["stone"])
     _, _, _, adh = _synthesize(real_case, LIVER_V2, "liver", report, 4)
     assert adh["requested_ct_value"] == ct_value and abs(adh["ct_value_error_hu"]) <= 10.0
 
 
-def test_ring_enhancement_rim_brighter_than_core(real_case: Case) -> None:
+def test_ring_enhancement_rim_brighter_than_core(real_case, make_report) -> None:
     _, _, _, adh = _synthesize(real_case, LIVER_V2, "liver", make_report(density="ring enhancement", size=(26, 26, 24)), 0)
     assert adh["rim_core_contrast_hu"] > 15.0
 
 
 @pytest.mark.parametrize("shape", ["round-like", "irregular"])
-def test_sizes_within_25_percent_and_inside_organ(real_case: Case, shape: str) -> None:
+def test_sizes_within_25_percent_and_inside_organ(real_case, shape: str, make_report) -> None:
     for seed in range(3):
         _, _, _, adh = _synthesize(real_case, LIVER_V2, "liver", make_report(shape=shape, size=(30, 24, 20)), seed)
         assert all(0.75 <= r <= 1.25 for r in adh["size_ratio"]), adh["size_ratio"]
@@ -61,7 +60,7 @@ def test_sizes_within_25_percent_and_inside_organ(real_case: Case, shape: str) -
 
 
 @pytest.mark.parametrize("margin", ["well-defined margin", "ill-defined margin"])
-def test_ct_unchanged_away_from_the_lesion(real_case: Case, margin: str) -> None:
+def test_ct_unchanged_away_from_the_lesion(real_case, margin: str, make_report) -> None:
     ctx, mask, after, _ = _synthesize(real_case, LIVER_V2, "liver", make_report(surface_characteristics=margin), 1)
     assert after.dtype == np.float32 and after.shape == ctx.ct.shape
     changed = after != ctx.ct
@@ -70,8 +69,8 @@ def test_ct_unchanged_away_from_the_lesion(real_case: Case, margin: str) -> None
     assert not (changed & ~mask & ~ctx.organ_mask).any()  # soft margins never spill into neighbours
 
 
-def test_ill_defined_margin_is_wider(generated_case: Case) -> None:
-    ctx = generated_case.context(LIVER_V1, "liver")
+def test_ill_defined_margin_is_wider(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
     box = BBox((45, 40, 25), (20, 20, 14))
     mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))
     spread = []
@@ -82,7 +81,7 @@ def test_ill_defined_margin_is_wider(generated_case: Case) -> None:
     assert spread[1] > 2 * spread[0] > 0
 
 
-def test_seeded_render_identical(real_case: Case) -> None:
+def test_seeded_render_identical(real_case, make_report) -> None:
     report = make_report(shape="irregular", density_variations="heterogeneous",
                          specific_features=["presence of decreased density areas"])
     first = _synthesize(real_case, LIVER_V2, "liver", report, 9)[2]
@@ -90,8 +89,8 @@ def test_seeded_render_identical(real_case: Case) -> None:
     assert not np.array_equal(first, _synthesize(real_case, LIVER_V2, "liver", report, 10)[2])
 
 
-def test_noise_matches_the_organ(generated_case: Case) -> None:
-    ctx = generated_case.context(LIVER_V1, "liver")
+def test_noise_matches_the_organ(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
     box = BBox((45, 40, 25), (30, 30, 20))
     mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))
     after = ProceduralTextureEngine().render(ctx, mask, make_report(), np.random.default_rng(0))
@@ -103,8 +102,8 @@ def test_noise_matches_the_organ(generated_case: Case) -> None:
     assert 0.75 < lesion_noise / organ_noise < 1.33
 
 
-def test_fluid_stone_and_hu_range(generated_case: Case) -> None:
-    ctx = generated_case.context(LIVER_V1, "liver")
+def test_fluid_stone_and_hu_range(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
     box = BBox((45, 40, 25), (24, 24, 16))
     mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(shape="cystic"), np.random.default_rng(0))
     fluid = ProceduralTextureEngine().render(ctx, mask, make_report(shape="cystic", density="hypodense fluid-like lesion"),
@@ -117,7 +116,7 @@ def test_fluid_stone_and_hu_range(generated_case: Case) -> None:
     assert capped[mask].max() <= 100.0
 
 
-def test_lung_ground_glass_and_bone_lytic_sclerotic() -> None:
+def test_lung_ground_glass_and_bone_lytic_sclerotic(make_report, make_case) -> None:
     shape = (60, 60, 40)
     rng = np.random.default_rng(0)
     grid = np.ogrid[tuple(slice(0, n) for n in shape)]
@@ -130,7 +129,7 @@ def test_lung_ground_glass_and_bone_lytic_sclerotic() -> None:
         ("vertebrae_L1", 300.0, "hyperdense lesion", 550.0, 1000.0),
     ]:
         ct = (np.where(organ, organ_hu, -100.0) + 15.0 * rng.standard_normal(shape)).astype(np.float32)
-        case = Case(ct, organ.astype(np.int16), (1.0, 1.0, 1.0))
+        case = make_case(ct, organ.astype(np.int16), (1.0, 1.0, 1.0))
         ctx = case.context(1, name)
         report = make_report(density=density)
         mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(1))

@@ -19,6 +19,12 @@ def ellipsoid(shape: tuple[int, int, int], centre, semi_axes) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def make_ellipsoid():
+    """The ellipsoid builder (a fixture: pytest's importlib mode makes test folders non-importable)."""
+    return ellipsoid
+
+
+@pytest.fixture(scope="session")
 def solid_organ() -> np.ndarray:
     return ellipsoid((80, 70, 60), (40, 35, 30), (30, 25, 22))
 

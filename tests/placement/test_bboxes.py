@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ellipsoid
 from scipy import ndimage
 
 from ld_augment.errors import ConfigError, InputError
@@ -100,8 +99,8 @@ def test_deterministic_given_rng(solid_organ: np.ndarray) -> None:
     assert run(7) != run(8)
 
 
-def test_too_small_and_absent_organ_errors() -> None:
-    small = ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
+def test_too_small_and_absent_organ_errors(make_ellipsoid) -> None:
+    small = make_ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
     with pytest.raises(ConfigError, match=r"kidney_left.*\(15, 15, 15\)"):
         place_lesions(small, [(15, 15, 15)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(0),
                       organ_name="kidney_left")
@@ -110,8 +109,8 @@ def test_too_small_and_absent_organ_errors() -> None:
                       rng=np.random.default_rng(0), organ_name="spleen")
 
 
-def test_shrink_reduces_size_until_it_fits() -> None:
-    small = ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
+def test_shrink_reduces_size_until_it_fits(make_ellipsoid) -> None:
+    small = make_ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
     (box,) = place_lesions(small, [(15, 15, 15)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(0),
                            shrink=True)
     assert max(box.size) < 15 and _box_voxels(small, box).all()
