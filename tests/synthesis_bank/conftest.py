@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,30 @@ def save(array: np.ndarray, path: Path) -> Path:
     img.set_sform(_affine(), code=1)
     nib.save(img, str(path))
     return path
+
+
+def _load_fakes():
+    """bank_fakes.py by file path: pytest runs with --import-mode=importlib, so test folders are not on sys.path."""
+    spec = importlib.util.spec_from_file_location("ld_bank_fakes", Path(__file__).with_name("bank_fakes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bank_fakes():
+    """The fake pipeline module (fake_preprocess, fake_synthesize, FAKES = build_bank keyword arguments)."""
+    return _load_fakes()
+
+
+@pytest.fixture(scope="session")
+def fakes(bank_fakes) -> dict[str, Callable[..., Any]]:
+    return dict(bank_fakes.FAKES)
+
+
+@pytest.fixture(scope="session")
+def save_nifti() -> Callable[[np.ndarray, Path], Path]:
+    return save
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bank_fakes import FAKES
-from conftest import save
 from ld_augment.errors import ConfigError
 from synthesis_bank.builder import build_bank
 from synthesis_bank.manifest import merge_manifests, read_manifest
@@ -29,9 +27,9 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_build_writes_an_nnunet_raw_dataset(recipe_dict, tmp_path):
+def test_build_writes_an_nnunet_raw_dataset(recipe_dict, tmp_path, fakes):
     out = tmp_path / "Dataset501_LiverBank"
-    summary = build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+    summary = build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     assert summary.ok and len(summary.done) == 6 and summary.assigned == summary.planned == 6
     entries = read_manifest(out / "manifest.jsonl")
     assert len(entries) == 6
@@ -53,19 +51,19 @@ def test_build_writes_an_nnunet_raw_dataset(recipe_dict, tmp_path):
     assert "synthesized" in summary.format_table()
 
 
-def test_dataset_passes_nnunet_integrity_check(recipe_dict, tmp_path):
+def test_dataset_passes_nnunet_integrity_check(recipe_dict, tmp_path, fakes):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     out = tmp_path / "Dataset501_LiverBank"
-    build_bank(_recipe(dict(recipe_dict, variants_per_source=1)), out, progress=False, **FAKES)
+    build_bank(_recipe(dict(recipe_dict, variants_per_source=1)), out, progress=False, **fakes)
     verify_dataset_integrity(str(out), num_processes=1)  # raises (assert/RuntimeError) on any problem
 
 
-def test_bad_source_is_skipped_and_reported(recipe_dict, ct_folder, tmp_path):
+def test_bad_source_is_skipped_and_reported(recipe_dict, ct_folder, tmp_path, fakes):
     cts, segs = ct_folder
     (cts / "case_b.nii.gz").write_bytes(b"this is not a nifti file")
     out = tmp_path / "bank"
-    summary = build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+    summary = build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     assert not summary.ok
     assert sorted(c for c, _, _ in summary.failed) == ["case_b_syn000", "case_b_syn001"]
     assert len(summary.done) == 4
@@ -76,12 +74,12 @@ def test_bad_source_is_skipped_and_reported(recipe_dict, ct_folder, tmp_path):
     assert "case_b_syn000" in summary.format_table()
 
 
-def test_labelled_sources_keep_their_labels(recipe_dict, nnunet_raw, tmp_path):
+def test_labelled_sources_keep_their_labels(recipe_dict, nnunet_raw, tmp_path, fakes):
     root, segs = nnunet_raw
     data = dict(recipe_dict, sources={"nnunet_raw": str(root), "segmentations": str(segs)}, variants_per_source=3,
                 lesions_per_case=3)
     out = tmp_path / "bank"
-    summary = build_bank(_recipe(data), out, progress=False, **FAKES)
+    summary = build_bank(_recipe(data), out, progress=False, **fakes)
     assert summary.ok, summary.format_table()
     for e in read_manifest(out / "manifest.jsonl"):
         source = np.asarray(nib.load(root / "labelsTr" / f"{e['source_id']}.nii.gz").dataobj)
@@ -95,21 +93,21 @@ def test_labelled_sources_keep_their_labels(recipe_dict, nnunet_raw, tmp_path):
         assert set(np.unique(bank)) <= {0, 1, 2}
 
 
-def test_existing_output_needs_resume(recipe_dict, tmp_path):
+def test_existing_output_needs_resume(recipe_dict, tmp_path, fakes):
     out = tmp_path / "bank"
-    build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     with pytest.raises(ConfigError, match="--resume"):
-        build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+        build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     with pytest.raises(ConfigError, match="recipe changed"):
-        build_bank(_recipe(dict(recipe_dict, seed=8)), out, resume=True, progress=False, **FAKES)
+        build_bank(_recipe(dict(recipe_dict, seed=8)), out, resume=True, progress=False, **fakes)
 
 
-def test_resume_redoes_partial_and_failed_cases_only(recipe_dict, ct_folder, tmp_path):
+def test_resume_redoes_partial_and_failed_cases_only(recipe_dict, ct_folder, tmp_path, fakes):
     cts, _ = ct_folder
     good = (cts / "case_b.nii.gz").read_bytes()
     (cts / "case_b.nii.gz").write_bytes(b"broken")
     out = tmp_path / "bank"
-    build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     # Simulate a kill between moving a case's files and writing its line: files present, no manifest line.
     lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
     partial = json.loads(lines[-1])["case_id"]
@@ -118,7 +116,7 @@ def test_resume_redoes_partial_and_failed_cases_only(recipe_dict, ct_folder, tmp
     before = {c: ((out / "imagesTr" / f"{c}_0000.nii.gz").stat().st_mtime_ns,
                   _digest(out / "labelsTr" / f"{c}.nii.gz")) for c in finished}
     (cts / "case_b.nii.gz").write_bytes(good)  # the bad source was fixed
-    summary = build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **FAKES)
+    summary = build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **fakes)
     assert summary.ok and sorted(summary.resumed) == sorted(finished)
     assert sorted(summary.done) == sorted({partial, "case_b_syn000", "case_b_syn001"})
     for c, (mtime, digest) in before.items():
@@ -129,9 +127,9 @@ def test_resume_redoes_partial_and_failed_cases_only(recipe_dict, ct_folder, tmp
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 6
 
 
-def test_shards_build_disjoint_parts_that_merge_into_the_whole(recipe_dict, tmp_path):
+def test_shards_build_disjoint_parts_that_merge_into_the_whole(recipe_dict, tmp_path, fakes):
     out = tmp_path / "bank"
-    summaries = [build_bank(_recipe(recipe_dict), out, shard=(i, 3), progress=False, **FAKES) for i in range(3)]
+    summaries = [build_bank(_recipe(recipe_dict), out, shard=(i, 3), progress=False, **fakes) for i in range(3)]
     parts = [set(s.done) for s in summaries]
     assert sum(len(p) for p in parts) == 6 and len(set.union(*parts)) == 6
     assert not (out / "manifest.jsonl").exists()
@@ -143,18 +141,18 @@ def test_shards_build_disjoint_parts_that_merge_into_the_whole(recipe_dict, tmp_
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 6
 
 
-def test_torchrun_environment_selects_the_shard(recipe_dict, tmp_path, monkeypatch):
+def test_torchrun_environment_selects_the_shard(recipe_dict, tmp_path, monkeypatch, fakes):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     out = tmp_path / "bank"
-    summary = build_bank(_recipe(recipe_dict), out, progress=False, **FAKES)
+    summary = build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
     assert summary.shard == (1, 2) and (out / "manifest.shard-1-of-2.jsonl").is_file()
 
 
-def test_missing_organ_fails_that_case_only(recipe_dict, ct_folder, tmp_path):
+def test_missing_organ_fails_that_case_only(recipe_dict, ct_folder, tmp_path, fakes, save_nifti):
     cts, segs = ct_folder
     seg = np.asarray(nib.load(segs / "case_c.nii.gz").dataobj)
-    save(np.zeros_like(seg), segs / "case_c.nii.gz")
-    summary = build_bank(_recipe(recipe_dict), tmp_path / "bank", progress=False, **FAKES)
+    save_nifti(np.zeros_like(seg), segs / "case_c.nii.gz")
+    summary = build_bank(_recipe(recipe_dict), tmp_path / "bank", progress=False, **fakes)
     assert {c for c, _, _ in summary.failed} == {"case_c_syn000", "case_c_syn001"}
     assert all("not found" in err for _, _, err in summary.failed)

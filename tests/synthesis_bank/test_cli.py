@@ -8,13 +8,12 @@ import json
 import pytest
 
 import synthesis_bank.builder as builder
-from bank_fakes import fake_preprocess, fake_synthesize
 from synthesis_bank.cli import add_bank_parsers, main
 
 
 @pytest.fixture
-def fake_pipeline(monkeypatch):
-    monkeypatch.setattr(builder, "_default_pipeline", lambda: (fake_preprocess, fake_synthesize))
+def fake_pipeline(monkeypatch, bank_fakes):
+    monkeypatch.setattr(builder, "_default_pipeline", lambda: (bank_fakes.fake_preprocess, bank_fakes.fake_synthesize))
 
 
 def test_build_then_resume_exit_zero(fake_pipeline, recipe_dict, write_recipe, tmp_path, capsys):

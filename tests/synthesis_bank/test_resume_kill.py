@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from bank_fakes import FAKES
 from synthesis_bank.builder import build_bank
 from synthesis_bank.manifest import read_manifest
 from synthesis_bank.recipe import load_recipe
@@ -31,7 +30,7 @@ build_bank({recipe!r}, {out!r}, progress=False, **FAKES)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
-def test_sigkill_mid_case_then_resume(recipe_dict, write_recipe, tmp_path):
+def test_sigkill_mid_case_then_resume(recipe_dict, write_recipe, tmp_path, fakes):
     recipe_path = write_recipe(recipe_dict)
     out = tmp_path / "bank"
     marker = tmp_path / "hanging"
@@ -62,7 +61,7 @@ def test_sigkill_mid_case_then_resume(recipe_dict, write_recipe, tmp_path):
     assert not (out / "imagesTr" / "case_b_syn001_0000.nii.gz").exists()
     before = {e["case_id"]: (_stat(out, e["case_id"])) for e in first}
 
-    summary = build_bank(load_recipe(recipe_path), out, resume=True, progress=False, **FAKES)
+    summary = build_bank(load_recipe(recipe_path), out, resume=True, progress=False, **fakes)
     assert summary.ok
     assert sorted(summary.resumed) == sorted(before)
     assert sorted(summary.done) == ["case_b_syn001", "case_c_syn000", "case_c_syn001"]
