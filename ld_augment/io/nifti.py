@@ -144,7 +144,8 @@ def load_ct(img_or_path: ImageLike, *, name: str = "CT") -> nib.Nifti1Image:
     if hi < CT_MAX_AT_LEAST or lo > CT_MIN_AT_MOST:
         raise InputError(
             f"{name} {label} does not look like a CT in Hounsfield units: intensity range [{lo:g}, {hi:g}] "
-            f"(a CT has air near -1000 HU, so min <= {CT_MIN_AT_MOST:g}, and tissue/bone, so max >= {CT_MAX_AT_LEAST:g})"
+            f"(a CT has air near -1000 HU, so min <= {CT_MIN_AT_MOST:g}, "
+            f"and tissue/bone, so max >= {CT_MAX_AT_LEAST:g})"
         )
     return _rebuild(img, np.array(data, copy=True))
 
@@ -211,5 +212,6 @@ def check_same_grid(
         raise InputError(
             f"{name_a} ({describe(img_a)}) and {name_b} ({describe(img_b)}) have different affines "
             f"(max difference {diff:.4g} > {atol:g}); they must be on the same voxel grid.\n"
-            f"{name_a} affine:\n{np.asarray(img_a.affine).round(4)}\n{name_b} affine:\n{np.asarray(img_b.affine).round(4)}"
+            f"{name_a} affine:\n{np.asarray(img_a.affine).round(4)}\n"
+            f"{name_b} affine:\n{np.asarray(img_b.affine).round(4)}"
         )

@@ -1,8 +1,8 @@
 """PNG previews for a human check of a case: where the lesion boxes are, and what the synthesis changed.
 
 Figures are built with the object-oriented API on an Agg canvas, never through pyplot: no global backend
-switch, no figure registry to leak, safe in worker threads. Arrays are in voxel order (x, y, z) of the standardized RAS grid; panels are drawn with x to the right and
-z/y upwards, so anatomy appears upright. Images may be nibabel images (spacing taken from the header, used
+switch, no figure registry to leak, safe in worker threads. Arrays are in voxel order (x, y, z) of the
+standardized RAS grid; panels are drawn in radiological convention (patient's right on the left) with z/y upwards, so anatomy appears upright. Images may be nibabel images (spacing taken from the header, used
 for the aspect ratio) or numpy arrays (spacing argument, default isotropic).
 """
 
@@ -34,7 +34,9 @@ def _array_and_spacing(img: Any, spacing: Sequence[float] | None) -> tuple[np.nd
     return np.asarray(img), tuple(spacing) if spacing is not None else (1.0, 1.0, 1.0)
 
 
-def _panel(ax: Any, volume: np.ndarray, axis: int, index: int, spacing: Sequence[float], shown: tuple[int, int]) -> np.ndarray:
+def _panel(
+    ax: Any, volume: np.ndarray, axis: int, index: int, spacing: Sequence[float], shown: tuple[int, int]
+) -> np.ndarray:
     """Draw one slice of `volume` (CT window) and return the 2D slice index tuple for overlays."""
     sl = np.take(volume, index, axis=axis).astype(np.float32)
     h, v = shown

@@ -27,6 +27,12 @@ from ld_augment.io.geometry import (  # noqa: F401  (re-exported: the write-back
 )
 from ld_augment.io.nifti import ImageLike, describe, label_dtype, load_ct, sha256_file
 
+__all__ = [
+    "DEFAULT_SPACING", "SourceGeometry", "standardize_image", "standardize_ct", "resample_to_grid", "is_standard",
+    # write-back helpers, defined in geometry.py and re-exported so callers find them beside standardization
+    "VoxelBox", "as_voxel_box", "region_affine", "resample_region_to_source", "source_region_for_std_box",
+]
+
 DEFAULT_SPACING = (1.0, 1.0, 1.0)
 
 

@@ -59,7 +59,8 @@ _SYNONYMS = {
     "oesophagus": "esophagus", "large_intestine": "colon", "large_bowel": "colon",
     "small_intestine": "small_bowel", "kidneys": "kidney", "lungs": "lung", "adrenal": "adrenal_gland",
     "adrenal_glands": "adrenal_gland", "suprarenal_gland": "adrenal_gland", "thyroid": "thyroid_gland",
-    "ivc": "inferior_vena_cava", "common_iliac_artery": "iliac_artery", "common_iliac_vein": "iliac_vena", "portal_vein": "portal_vein_and_splenic_vein", "hepar": "liver",
+    "ivc": "inferior_vena_cava", "common_iliac_artery": "iliac_artery", "common_iliac_vein": "iliac_vena",
+    "portal_vein": "portal_vein_and_splenic_vein", "hepar": "liver",
     "pancreatic": "pancreas", "hepatic": "liver", "renal": "kidney", "splenic": "spleen", "gastric": "stomach",
 }
 _SIDES = ("left", "right")

@@ -104,17 +104,26 @@ def roi_subset_for(organs: Sequence[str]) -> list[str]:
         canonical = normalize_organ_name(organ)
         members = [canonical] if canonical in v2_names else [m for m in GROUPS.get(canonical, ()) if m in v2_names]
         if not members:
-            raise ConfigError(f"organ {canonical!r} is not a TotalSegmentator v2 ('total') class; it cannot be segmented")
+            raise ConfigError(
+                f"organ {canonical!r} is not a TotalSegmentator v2 ('total') class; it cannot be segmented"
+            )
         names.extend(m for m in members if m not in names)
     if not names:
         raise ConfigError("segment_organs: give at least one organ")
     return names
 
 
-def _check_device(device: str) -> str:
-    if not re.fullmatch(r"cpu|gpu|mps|cuda(:\d+)?", device):
-        raise ConfigError(f"unknown device {device!r}; choose cpu, gpu, cuda, cuda:N or mps")
-    return device
+def totalseg_device(device: str) -> str:
+    """Our device names (torch style: cpu, cuda, cuda:N, mps; or gpu, gpu:N) in TotalSegmentator's spelling.
+
+    Its API accepts only cpu, mps, gpu and gpu:N; "cuda:0" would crash inside it.
+    """
+    match = re.fullmatch(r"(cpu|mps)|(?:gpu|cuda)(?::(\d+))?", str(device))
+    if not match:
+        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda, cuda:N, gpu, gpu:N or mps")
+    if match.group(1):
+        return match.group(1)
+    return f"gpu:{match.group(2)}" if match.group(2) is not None else "gpu"
 
 
 def _run_subprocess(cmd: list[str], *, env: dict[str, str], timeout: float) -> "subprocess.CompletedProcess[str]":
@@ -155,7 +164,7 @@ def segment_organs(
     ct = Path(ct_path)
     load_ct(ct)  # fail on a bad CT here, with our message, not deep inside TotalSegmentator
     roi = roi_subset_for(organs)
-    _check_device(device)
+    ts_device = totalseg_device(device)
     if importlib.util.find_spec("totalsegmentator") is None:
         raise MissingDependencyError("TotalSegmentator is not installed: pip install 'TotalSegmentator>=2.4,<3'")
     folder = check_weights(weights_dir, fast=fast, roi_subset=True)
@@ -163,7 +172,7 @@ def segment_organs(
     with tempfile.TemporaryDirectory(prefix="ld_totalseg_") as tmp, atomic_path(out_path) as out_tmp:
         args_file = Path(tmp) / "args.json"
         args_file.write_text(json.dumps({"input": str(ct.resolve()), "output": str(out_tmp), "fast": fast,
-                                         "roi_subset": roi, "device": device}), encoding="utf-8")
+                                         "roi_subset": roi, "device": ts_device}), encoding="utf-8")
         cmd = [sys.executable, "-m", "ld_augment.organs._totalseg_worker", str(args_file)]
         try:
             result = run(cmd, env=_child_env(folder, statistics, Path(tmp) / "home"), timeout=timeout_s)

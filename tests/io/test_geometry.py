@@ -80,7 +80,8 @@ def test_region_affine_points_at_the_region_start() -> None:
 def test_intensities_resampled_onto_a_region_match_the_source(std: nib.Nifti1Image) -> None:
     box = VoxelBox((8, 8, 10), (20, 18, 22))
     region = source_region_for_std_box(box, std.affine, SOURCE_SHAPE, SOURCE_AFFINE)
-    out = resample_region_to_source(np.asanyarray(std.dataobj), std.affine, SOURCE_SHAPE, SOURCE_AFFINE, region, order=1)
+    data = np.asanyarray(std.dataobj)
+    out = resample_region_to_source(data, std.affine, SOURCE_SHAPE, SOURCE_AFFINE, region, order=1)
     assert out.shape == region.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, source_ramp()[region.slices], atol=2e-2)
 

@@ -34,7 +34,8 @@ def read_png(path: Path) -> np.ndarray:
 
 def test_bbox_preview_draws_each_box(tmp_path: Path) -> None:
     ct, organ = phantom()
-    one = read_png(save_bbox_preview(ct, organ, [VoxelBox((14, 13, 12), (20, 19, 17))], tmp_path / "one.png", title="liver"))
+    box = VoxelBox((14, 13, 12), (20, 19, 17))
+    one = read_png(save_bbox_preview(ct, organ, [box], tmp_path / "one.png", title="liver"))
     boxes = [((14, 13, 12), (20, 19, 17)), Box((10, 10, 10), (14, 15, 13))]
     two = read_png(save_bbox_preview(ct, organ, boxes, tmp_path / "two.png", title="liver"))
     assert two.shape[0] > 1.5 * one.shape[0]  # one row of panels per box

@@ -67,7 +67,8 @@ def test_intensity_at_every_world_point_is_preserved(name: str, spacing: tuple[f
     # the standardized grid spans the source's world extent (both boxes of voxel centres)
     corners = world_of(affine, SHAPE).reshape(-1, 3)
     std_world = world_of(std.affine, std.shape).reshape(-1, 3)
-    assert np.all(std_world.min(0) <= corners.min(0) + 1e-4) and np.all(std_world.max(0) >= corners.max(0) - np.array(spacing))
+    assert np.all(std_world.min(0) <= corners.min(0) + 1e-4)
+    assert np.all(std_world.max(0) >= corners.max(0) - np.array(spacing))
 
 
 @pytest.mark.parametrize("name", list(AFFINES))
@@ -86,7 +87,8 @@ def blobs(shape=SHAPE) -> np.ndarray:
     """Three ellipsoids with TotalSegmentator-like ids (liver 5, a kidney 3, bladder 104)."""
     idx = np.indices(shape).astype(float)
     out = np.zeros(shape, np.uint8)
-    for label, centre, radii in ((5, (8, 9, 8), (5, 6, 4)), (3, (17, 18, 9), (4, 4, 5)), (104, (12, 20, 13), (3, 3, 3))):
+    specs = ((5, (8, 9, 8), (5, 6, 4)), (3, (17, 18, 9), (4, 4, 5)), (104, (12, 20, 13), (3, 3, 3)))
+    for label, centre, radii in specs:
         d = sum(((idx[a] - centre[a]) / radii[a]) ** 2 for a in range(3))
         out[d <= 1] = label
     return out

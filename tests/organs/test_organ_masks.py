@@ -17,7 +17,8 @@ from ld_augment.organs.registry import organ_label_ids
 def symmetric_map(version: str) -> np.ndarray:
     """Liver, both kidneys, both psoas muscles and pancreas written with `version` ids."""
     seg = np.zeros((20, 20, 10), np.uint8)
-    for i, organ in enumerate(["liver", "kidney_left", "kidney_right", "iliopsoas_left", "iliopsoas_right", "pancreas"]):
+    organs = ["liver", "kidney_left", "kidney_right", "iliopsoas_left", "iliopsoas_right", "pancreas"]
+    for i, organ in enumerate(organs):
         seg[i * 3:i * 3 + 2, 2:8, 2:8] = organ_label_ids(organ, version)[0]
     return seg
 

@@ -20,6 +20,7 @@ from ld_augment.organs.totalseg import (
     TRAINER_FAST,
     TRAINER_FULL,
     check_weights,
+    totalseg_device,
     required_models,
     roi_subset_for,
     segment_organs,
@@ -130,7 +131,7 @@ def test_present_weights_run_the_isolated_child(tmp_path: Path, ct_path: Path) -
     assert call["cmd"][1:3] == ["-m", "ld_augment.organs._totalseg_worker"]
     assert call["timeout"] == 123
     assert call["args"]["roi_subset"] == ["liver", "kidney_left", "kidney_right", "urinary_bladder"]
-    assert call["args"]["fast"] is True and call["args"]["device"] == "cuda:0"
+    assert call["args"]["fast"] is True and call["args"]["device"] == "gpu:0"
     assert call["args"]["input"] == str(ct_path.resolve()) and call["args"]["output"] != str(out)
     assert call["env"]["TOTALSEG_WEIGHTS_PATH"] == str(root)
     assert call["config"]["send_usage_stats"] is False  # a private config: statistics off
@@ -138,7 +139,9 @@ def test_present_weights_run_the_isolated_child(tmp_path: Path, ct_path: Path) -
     assert [p.name for p in out.parent.iterdir()] == ["seg.nii.gz"]  # no temporary file left
 
 
-def test_statistics_switch_keeps_the_users_config(tmp_path: Path, ct_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statistics_switch_keeps_the_users_config(
+    tmp_path: Path, ct_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "userhome"))
     runner = FakeRunner()
     segment_organs(ct_path, tmp_path / "seg.nii.gz", organs=["liver"], statistics=True,
@@ -158,6 +161,14 @@ def test_child_failures_become_external_service_errors(tmp_path: Path, ct_path: 
         segment_organs(ct_path, target, organs=["liver"], weights_dir=install_fake_weights(tmp_path / "w"),
                        runner=runner, timeout_s=7)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("ours, theirs", [("cpu", "cpu"), ("mps", "mps"), ("cuda", "gpu"), ("gpu", "gpu"),
+                                          ("cuda:1", "gpu:1"), ("gpu:2", "gpu:2")])
+def test_devices_are_translated_for_totalsegmentator(ours: str, theirs: str) -> None:
+    assert totalseg_device(ours) == theirs
+    api = pytest.importorskip("totalsegmentator.python_api")
+    assert api.validate_device_type_api(theirs) == theirs
 
 
 def test_bad_arguments_fail_before_the_weight_check(tmp_path: Path, ct_path: Path) -> None:
@@ -206,3 +217,11 @@ def test_real_subprocess_with_a_stub_totalsegmentator(tmp_path: Path, ct_path: P
     assert record["kwargs"] == {"ml": True, "fast": True, "roi_subset": ["liver"], "device": "cpu", "quiet": True,
                                 "statistics": False, "task": "total"}
     assert os.environ["nnUNet_results"] == "/mine"  # the child's rewrite stayed in the child
+
+
+def test_worker_passes_only_arguments_totalsegmentator_accepts() -> None:
+    import inspect
+
+    api = pytest.importorskip("totalsegmentator.python_api")
+    accepted = set(inspect.signature(api.totalsegmentator).parameters)
+    assert {"input", "output", "ml", "fast", "roi_subset", "device", "quiet", "statistics", "task"} <= accepted
