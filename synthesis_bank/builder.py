@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +180,8 @@ def _progress(items: list[WorkItem], enabled: bool, shard: tuple[int, int] | Non
 
 
 def _cleanup_work(work: Path) -> None:
-    """Remove the work folder if no other shard is using it."""
+    """Remove the (empty) work folder; another shard still working in it keeps it non-empty, so it stays."""
     try:
         work.rmdir()
     except OSError:
         pass
-    if work.is_dir() and not any(work.iterdir()):
-        shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,26 @@
 """Bank recipes: what to synthesize, loaded from YAML/JSON into a validated, frozen `Recipe`.
 
 Every value is checked when the recipe is loaded (not hours into a build), and every error names the recipe
-file, the offending key and the valid choices.
+file, the offending key and the valid choices. Example (relative paths resolve against the recipe's folder):
+
+```yaml
+sources: {nnunet_raw: ../nnUNet_raw/Dataset003_Liver, segmentations: ../totalseg}  # or {folder: cts/,
+#   segmentations: segs/} (matched by file name) or {list_file: cases.txt} (lines "ct_path[,seg_path]")
+organs: [liver]                                  # or {liver: 0.8, kidney_left: 0.2}
+lesion_types: {hepatocellular carcinoma: 0.6, cyst: 0.4}
+attributes:
+  density: {choices: {hypodense lesion: 0.7, hyperdense lesion: 0.3}}
+  density variations: homogeneous                # a fixed value; "llm" lets the LLM writer choose
+report_writer: offline                           # or {llm: {base_url: http://..., model: ...}}
+lesions_per_case: [1, 3]
+variants_per_source: 4
+engine: {mask: procedural, texture: procedural, checkpoints: {}, device: cpu}
+seed: 0
+label_scheme: {background: 0, organ: 1, lesion: 2}
+segmentation: totalsegmentator                   # for sources without a segmentation; or "error"
+dataset_name: LiverBank
+dataset_id: 501
+```
 """
 
 from __future__ import annotations

@@ -156,3 +156,23 @@ def test_missing_organ_fails_that_case_only(recipe_dict, ct_folder, tmp_path, fa
     summary = build_bank(_recipe(recipe_dict), tmp_path / "bank", progress=False, **fakes)
     assert {c for c, _, _ in summary.failed} == {"case_c_syn000", "case_c_syn001"}
     assert all("not found" in err for _, _, err in summary.failed)
+
+
+def test_scheme_without_organ_class(recipe_dict, tmp_path, fakes):
+    data = dict(recipe_dict, variants_per_source=1, label_scheme={"background": 0, "lesion": 1})
+    out = tmp_path / "bank"
+    assert build_bank(_recipe(data), out, progress=False, **fakes).ok
+    for e in read_manifest(out / "manifest.jsonl"):
+        label = np.asarray(nib.load(out / "labelsTr" / f"{e['case_id']}.nii.gz").dataobj)
+        assert set(np.unique(label)) == {0, 1}
+    assert json.loads((out / "dataset.json").read_text())["labels"] == {"background": 0, "lesion": 1}
+
+
+def test_list_file_sources(recipe_dict, ct_folder, tmp_path, fakes):
+    cts, segs = ct_folder
+    listing = tmp_path / "lists" / "sources.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"../cts/case_a.nii.gz,../segs/case_a.nii.gz\n\n{cts / 'case_c.nii.gz'},{segs / 'case_c.nii.gz'}\n")
+    data = dict(recipe_dict, sources={"list_file": str(listing)}, variants_per_source=1)
+    summary = build_bank(_recipe(data), tmp_path / "bank", progress=False, **fakes)
+    assert sorted(summary.done) == ["case_a_syn000", "case_c_syn000"]
