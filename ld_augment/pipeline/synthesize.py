@@ -142,7 +142,8 @@ def synthesize_case(
     if avoid_path.is_file():
         occupied |= np.asarray(nib.load(str(avoid_path)).dataobj) > 0
     source_img, source_path = _source_image(case, source_image)
-    hu_range = (max(CT_HU_RANGE[0], float(ct_before.min())), CT_HU_RANGE[1])
+    # The valid range always contains the CT's own values, so clipping never alters an untouched voxel.
+    hu_range = (min(CT_HU_RANGE[0], float(ct_before.min())), max(CT_HU_RANGE[1], float(ct_before.max())))
 
     rng = np.random.default_rng(seed)
     ct = ct_before.copy()
