@@ -1,0 +1,58 @@
+"""The trainer class against the installed nnU-Net: overridden signatures, variants, lookup by name."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from nnunet_trainers.shim import ext_trainer_dir
+
+trainer_mod = pytest.importorskip("nnunet_trainers.trainer")
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
+
+Base = trainer_mod.nnUNetTrainerLesionDiffusion
+
+
+def _shape(fn) -> list[tuple]:
+    """Names, kinds and defaults: what callers rely on (annotations are strings on our side)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, v in vars(Base).items()
+                                        if callable(v) and hasattr(nnUNetTrainer, n)))
+def test_overridden_signatures_match_parent(name):
+    # Fails on an nnU-Net upgrade that changes a hook we override: re-check the override, then update.
+    assert _shape(getattr(Base, name)) == _shape(getattr(nnUNetTrainer, name)), name
+
+
+def test_overrides_stay_few():
+    overridden = {n for n, v in vars(Base).items() if callable(v) and hasattr(nnUNetTrainer, n)}
+    assert overridden == {"__init__", "get_tr_and_val_datasets", "train_step", "on_train_epoch_end"}
+    assert "get_training_transforms" not in vars(Base) and "get_dataloaders" not in vars(Base)
+
+
+def test_variants_set_one_thing():
+    assert trainer_mod.nnUNetTrainerLesionDiffusion_ratio25.bank_ratio == 0.25
+    assert trainer_mod.nnUNetTrainerLesionDiffusion_ratio75.bank_ratio == 0.75
+    for name in ("nnUNetTrainerLesionDiffusion_ratio25", "nnUNetTrainerLesionDiffusion_ratio75"):
+        assert set(vars(getattr(trainer_mod, name))) - {"__module__", "__doc__", "__qualname__"} == {"bank_ratio"}
+    short = trainer_mod.nnUNetTrainerLesionDiffusion_5iters
+    assert short.ld_num_epochs * short.ld_iterations_per_epoch <= 20
+    for n in trainer_mod.EPOCH_VARIANTS:
+        cls = getattr(trainer_mod, f"nnUNetTrainerLesionDiffusion_{n}epochs")
+        assert cls.ld_num_epochs == n and issubclass(cls, Base) and cls.__module__ == trainer_mod.__name__
+
+
+def test_ext_trainer_dir_holds_only_the_shim():
+    files = sorted(p.name for p in ext_trainer_dir().iterdir() if p.name != "__pycache__")
+    assert files == ["ld_augment_trainers.py"]
+
+
+def test_found_through_nnUNet_extTrainer(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(ext_trainer_dir()))
+    for name in ("nnUNetTrainerLesionDiffusion", "nnUNetTrainerLesionDiffusion_ratio25"):
+        cls = recursive_find_trainer_class_by_name(name)
+        assert cls is getattr(trainer_mod, name)
