@@ -23,7 +23,7 @@ from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.io.atomic import atomic_path
 from ld_augment.nets.config import LINET_RELEASED, LMNET_RELEASED, VQ_RELEASED, UNetConfig, VQConfig, config_from_dict
 from ld_augment.nets.lightning import (
-    KINDS, ExtractedState, check_state_matches, extract_unet_state, extract_vq_state,
+    KINDS, ExtractedState, check_state_matches, extract_unet_state, extract_vq_state, kind_hint,
 )
 from ld_augment.nets.precision import resolve_device
 from ld_augment.nets.unet import UNet3D
@@ -74,9 +74,11 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
             return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) file
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
+            lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
+            reason = (lines[0] if lines else str(exc).splitlines()[0]).removeprefix("WeightsUnpickler error: ")
             raise CheckpointError(
                 f"{p}: the file holds pickled Python objects besides tensors, which weights_only=True refuses "
-                f"({str(exc).splitlines()[0]}). Lightning checkpoints can carry hyper-parameters this way. If the "
+                f"({reason.split('. ')[0]}). Lightning checkpoints can carry hyper-parameters this way. If the "
                 "file comes from a source you trust, pass allow_pickle=True (this runs code stored in the file), "
                 "or re-save only its 'state_dict'."
             ) from None
@@ -106,13 +108,17 @@ def extract_lightning_state(sd: Mapping[str, torch.Tensor], kind: str, *, use_em
     if kind not in KINDS:
         raise CheckpointError(f"unknown checkpoint kind {kind!r}; valid kinds: {list(KINDS)}")
     cfg = config if config is not None else DEFAULT_CONFIGS[kind]
+    wanted = VQConfig if kind == "vq" else UNetConfig
+    if not isinstance(cfg, wanted):
+        raise ConfigError(f"kind={kind!r} needs a {wanted.__name__}, got {type(cfg).__name__}")
+    skeleton = build_network(cfg, "meta")
     if kind == "vq":
-        if not isinstance(cfg, VQConfig):
-            raise ConfigError(f"kind='vq' needs a VQConfig, got {type(cfg).__name__}")
-        return extract_vq_state(sd, source=source), cfg
-    if not isinstance(cfg, UNetConfig):
-        raise ConfigError(f"kind={kind!r} needs a UNetConfig, got {type(cfg).__name__}")
-    return extract_unet_state(sd, build_network(cfg, "meta"), kind, use_ema=use_ema, source=source), cfg
+        extracted = extract_vq_state(sd, source=source)
+    else:
+        extracted = extract_unet_state(sd, skeleton, kind, use_ema=use_ema, source=source)
+    check_state_matches(skeleton, extracted.state, what=kind, source=source, hint=kind_hint(sd, kind),
+                        names=extracted.mapping)
+    return extracted, cfg
 
 
 def load_lightning_state_dict(sd: Mapping[str, torch.Tensor], kind: str, *, use_ema: bool = True,
@@ -165,7 +171,7 @@ def save_checkpoint(path: str | os.PathLike, module: nn.Module, cfg: UNetConfig 
         raise CheckpointError("save_checkpoint: the module has no weights (meta tensors)")
     payload = {
         "format": FORMAT, "network": "unet" if isinstance(cfg, UNetConfig) else "vq", "config": cfg.to_dict(),
-        "encoder_id": encoder_id, "extra": _plain(dict(extra or {}), "extra"), "torch_version": torch.__version__,
+        "encoder_id": encoder_id, "extra": _plain(dict(extra or {}), "extra"), "torch_version": str(torch.__version__),
         "state_dict": state,
     }
     with atomic_path(path, suffix=".tmp") as tmp:

@@ -58,7 +58,7 @@ def guess_kind(sd: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _kind_hint(sd: Mapping[str, torch.Tensor], kind: str) -> str:
+def kind_hint(sd: Mapping[str, torch.Tensor], kind: str) -> str:
     guess = guess_kind(sd)
     if guess and guess != kind:
         return f" The file looks like a {guess!r} checkpoint; pass kind={guess!r}." if guess in KINDS else ""
@@ -79,7 +79,7 @@ def extract_unet_state(sd: Mapping[str, torch.Tensor], module: nn.Module, kind: 
     if prefix is None:
         raise CheckpointError(
             f"{source}: no UNet weights found for kind={kind!r} (expected keys starting with 'model.' or a bare "
-            f"UNet state dict; first keys: {_preview(list(sd), 5)}).{_kind_hint(sd, kind)}"
+            f"UNet state dict; first keys: {_preview(list(sd), 5)}).{kind_hint(sd, kind)}"
         )
     ema = {k[len(EMA_PREFIX):]: k for k in sd if k.startswith(EMA_PREFIX) and k not in EMA_META}
     model_keys = [k for k in sd if k.startswith(prefix)] if prefix else [
@@ -101,7 +101,7 @@ def extract_unet_state(sd: Mapping[str, torch.Tensor], module: nn.Module, kind: 
                 f"{source}: EMA weights do not match the {kind} network: "
                 + (f"{len(missing)} parameter(s) without an EMA copy ({_preview(missing)}); " if missing else "")
                 + (f"{len(unknown)} unexpected EMA entr(y/ies) ({_preview(unknown)})" if unknown else "")
-                + f". Pass use_ema=False to load the raw '{prefix}' weights.{_kind_hint(sd, kind)}"
+                + f". Pass use_ema=False to load the raw '{prefix}' weights.{kind_hint(sd, kind)}"
             )
         mapping = {n: EMA_PREFIX + s for s, n in squashed.items()}
         buffer_names = [n for n, _ in module.named_buffers()]
@@ -116,7 +116,7 @@ def extract_unet_state(sd: Mapping[str, torch.Tensor], module: nn.Module, kind: 
     if leftovers:
         raise CheckpointError(
             f"{source}: {len(leftovers)} unexpected key(s) for a {kind} checkpoint: {_preview(leftovers)}."
-            f"{_kind_hint(sd, kind)}"
+            f"{kind_hint(sd, kind)}"
         )
     ignored = [k for k in sd if k not in used]
     return ExtractedState({n: sd[k] for n, k in mapping.items()}, mapping, weights, prefix, ignored)
@@ -135,20 +135,25 @@ def extract_vq_state(sd: Mapping[str, torch.Tensor], *, source: str) -> Extracte
         raise CheckpointError(
             f"{source}: no VQ weights found (expected 'encoder.*'/'decoder.*'/'quantize.*' keys, or "
             f"'first_stage_model.*' inside a LINet checkpoint; first keys: {_preview(list(sd), 5)})."
-            f"{_kind_hint(sd, 'vq')}"
+            f"{kind_hint(sd, 'vq')}"
         )
     used = set(mapping.values())
     return ExtractedState({n: sd[k] for n, k in mapping.items()}, mapping, "model", prefix,
                           [k for k in sd if k not in used])
 
 
-def check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, source: str) -> None:
-    """Raise one readable CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+def check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, source: str,
+                        hint: str = "", names: Mapping[str, str] | None = None) -> None:
+    """Raise one readable CheckpointError listing missing keys, unexpected keys and shape mismatches.
+
+    `names` maps network keys to the checkpoint's own key names, which are shown for unexpected entries.
+    """
+    names = names or {}
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    unexpected = [names.get(k, k) for k in state if k not in expected]
     mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)} vs network {list(expected[k].shape)}"
+        f"{names.get(k, k)}: checkpoint {list(state[k].shape)} vs network {list(expected[k].shape)}"
         for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if not (missing or unexpected or mismatched):
@@ -163,4 +168,5 @@ def check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], *,
     raise CheckpointError(
         f"{source}: the weights do not fit the {what} network ({'; '.join(parts)}). "
         "Check `kind` and `config` (the config must describe the network the checkpoint was trained with)."
+        + hint
     )
