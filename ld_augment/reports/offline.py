@@ -30,9 +30,13 @@ def _choose(rng: np.random.Generator, choices: Mapping[str, float]) -> str:
 
 
 def sample_size(rng: np.random.Generator, profile: LesionProfile, organ_extent: tuple[int, int, int]) -> Vec3:
-    """One lesion box: a fraction of the organ's median extent, jittered per axis, within [3, extent]."""
+    """One lesion box: a fraction of the organ's smallest extent, jittered per axis, within [3, extent].
+
+    The smallest axis, not the median: a box must fit *inside* the organ (placement's parenchyma rule), and
+    an organ's bbox is far larger than the boxes it contains (a liver fills about a third of its bbox).
+    """
     extent = np.asarray(organ_extent, dtype=float)
-    base = float(np.median(extent)) * rng.uniform(*profile.size_fraction)
+    base = float(extent.min()) * rng.uniform(*profile.size_fraction)
     base = min(base, float(profile.max_size))
     axes = base * rng.uniform(1.0 - SIZE_JITTER, 1.0 + SIZE_JITTER, size=3)
     lower = np.minimum(MIN_SIZE, extent)

@@ -15,7 +15,11 @@ Choices = dict[str, float]  # canonical value -> weight
 
 @dataclass(frozen=True)
 class LesionProfile:
-    """Weighted attribute choices, a CT range (HU) and a size range as a fraction of the organ extent."""
+    """Weighted attribute choices, a CT range (HU) and a size range as a fraction of the organ's smallest extent.
+
+    Fractions stay below ~0.3: the largest box that fits inside a real organ is about a quarter to a half of
+    its bbox's smallest side (kidney ~0.25, spleen ~0.3, liver ~0.5 on the bundled TotalSegmentator case).
+    """
 
     name: str
     keywords: tuple[str, ...]
@@ -42,7 +46,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         shape={"punctate": 0.6, "round-like": 0.4},
         density={"hyperdense lesion": 1.0}, density_variations={"homogeneous": 0.9, "heterogeneous": 0.1},
         margin={"well": 1.0}, features={"stone": 1.0}, ct_range=(250.0, 900.0),
-        size_fraction=(0.04, 0.15), max_size=25,
+        size_fraction=(0.04, 0.12), max_size=25,
         cavity={"hollow": _HOLLOW_LUMEN, "solid": {"within the parenchymal organ": 1.0}}, close_relationship=0.0,
     ),
     LesionProfile(
@@ -51,7 +55,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypoattenuating fluid-like lesion": 0.6, "hypodense lesion": 0.4},
         density_variations={"homogeneous": 0.9, "heterogeneous": 0.1},
         margin={"well": 0.9, "ill": 0.1}, features={"": 0.85, "presence of decreased density areas": 0.15},
-        ct_range=(0.0, 20.0), size_fraction=(0.08, 0.3), max_size=70, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(0.0, 20.0), size_fraction=(0.06, 0.22), max_size=70, cavity={"solid": _SOLID_DEFAULT},
         close_relationship=0.05,
     ),
     LesionProfile(
@@ -62,7 +66,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         margin={"ill": 0.6, "well": 0.4},
         features={_MIXED_AREAS: 0.3, "presence of decreased density areas": 0.3,
                   "presence of increased density areas": 0.15, "": 0.25},
-        ct_range=(35.0, 75.0), size_fraction=(0.12, 0.4), max_size=100, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(35.0, 75.0), size_fraction=(0.08, 0.28), max_size=100, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "metastasis", ("metasta", "secondary"),
@@ -70,14 +74,14 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypodense lesion": 0.7, "ring enhancement": 0.15, "mixed-density lesion": 0.15},
         density_variations={"homogeneous": 0.5, "heterogeneous": 0.5},
         margin={"well": 0.5, "ill": 0.5}, features={"": 0.7, "presence of decreased density areas": 0.3},
-        ct_range=(25.0, 60.0), size_fraction=(0.05, 0.2), max_size=50, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(25.0, 60.0), size_fraction=(0.04, 0.15), max_size=50, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "abscess", ("abscess",),
         shape={"round-like": 0.6, "irregular": 0.4},
         density={"ring enhancement": 0.6, "hypodense lesion": 0.4}, density_variations={"heterogeneous": 1.0},
         margin={"ill": 0.6, "well": 0.4}, features={"presence of decreased density areas": 0.7, "": 0.3},
-        ct_range=(10.0, 35.0), size_fraction=(0.1, 0.3), max_size=70, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(10.0, 35.0), size_fraction=(0.08, 0.22), max_size=70, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "lung nodule", ("nodule", "ground-glass", "ground glass", "ggo"),
@@ -86,7 +90,7 @@ PROFILES: tuple[LesionProfile, ...] = (
                  "isodense soft tissue mass with peripheral low-density ground-glass opacity": 0.2},
         density_variations={"homogeneous": 0.6, "heterogeneous": 0.4},
         margin={"well": 0.6, "ill": 0.4}, features={"": 0.7, "spiculated margins": 0.3},
-        ct_range=(-600.0, 40.0), size_fraction=(0.04, 0.15), max_size=30, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(-600.0, 40.0), size_fraction=(0.03, 0.12), max_size=30, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "hollow-organ cancer", ("bladder", "gastric", "stomach", "esophag", "oesophag", "colon", "colorectal",
@@ -95,7 +99,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"isodense lesion": 0.5, "isodense soft tissue mass": 0.3, "mixed-density lesion": 0.2},
         density_variations={"heterogeneous": 0.6, "homogeneous": 0.4},
         margin={"ill": 0.6, "well": 0.4}, features={"": 0.8, "presence of decreased density areas": 0.2},
-        ct_range=(30.0, 60.0), size_fraction=(0.15, 0.45), max_size=80,
+        ct_range=(30.0, 60.0), size_fraction=(0.08, 0.28), max_size=80,
         cavity={"hollow": _HOLLOW_WALL, "solid": _SOLID_DEFAULT}, close_relationship=0.3,
     ),
     LesionProfile(
@@ -104,7 +108,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypodense lesion": 0.7, "isodense lesion": 0.3},
         density_variations={"heterogeneous": 0.7, "homogeneous": 0.3},
         margin={"ill": 0.7, "well": 0.3}, features={"": 0.6, "retention of pancreatic fluid": 0.4},
-        ct_range=(25.0, 55.0), size_fraction=(0.15, 0.4), max_size=60, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(25.0, 55.0), size_fraction=(0.1, 0.28), max_size=60, cavity={"solid": _SOLID_DEFAULT},
         close_relationship=0.4,
     ),
     LesionProfile(
@@ -115,7 +119,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density_variations={"heterogeneous": 0.75, "homogeneous": 0.25},
         margin={"ill": 0.65, "well": 0.35},
         features={"": 0.5, "presence of decreased density areas": 0.3, _MIXED_AREAS: 0.2},
-        ct_range=(30.0, 65.0), size_fraction=(0.12, 0.4), max_size=90,
+        ct_range=(30.0, 65.0), size_fraction=(0.08, 0.25), max_size=90,
         cavity={"hollow": _HOLLOW_WALL, "solid": _SOLID_DEFAULT}, close_relationship=0.3,
     ),
 )
@@ -126,7 +130,7 @@ GENERIC = LesionProfile(
     density={"hypodense lesion": 0.6, "isodense lesion": 0.2, "mixed-density lesion": 0.2},
     density_variations={"homogeneous": 0.5, "heterogeneous": 0.5},
     margin={"well": 0.5, "ill": 0.5}, features={"": 0.7, "presence of decreased density areas": 0.3},
-    ct_range=(20.0, 60.0), size_fraction=(0.08, 0.3), max_size=70,
+    ct_range=(20.0, 60.0), size_fraction=(0.05, 0.2), max_size=70,
     cavity={"hollow": _HOLLOW_LUMEN, "solid": _SOLID_DEFAULT},
 )
 
