@@ -57,12 +57,13 @@ class ProceduralTextureEngine(TextureEngine):
         alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # soft margins spread into the organ, not its neighbours
         alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
 
-        design, target = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng)
+        design = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng)
         stone_weight, stone_hu = self._stones(spec, mask, sd, spacing, rng)
         field = design + matched_noise(ct.shape, stats, spacing, rng)
+        # The report's CT value when given, else the design's own mean (which blending would otherwise dilute).
         if spec.ct_value is not None:
             target = spec.ct_value
-        elif target is None:
+        else:
             target = float(((1 - stone_weight) * design + stone_weight * stone_hu)[mask].mean())
 
         low, high = self.hu_range
@@ -87,8 +88,8 @@ class ProceduralTextureEngine(TextureEngine):
         sd: np.ndarray,
         spacing: tuple[float, float, float],
         rng: np.random.Generator,
-    ) -> tuple[np.ndarray, float | None]:
-        """Noise-free intensity field (float32, crop shape) and the target mean (None: the field's own mean)."""
+    ) -> np.ndarray:
+        """Noise-free intensity field (float32, crop shape): base HU plus rim, halo, wall, heterogeneity, blobs."""
         ref = stats.median_hu
         depth = float(sd[mask].max()) if mask.any() else 1.0
         field = np.full(mask.shape, self._base_hu(spec, ref, organ_name, rng), dtype=np.float32)
@@ -112,7 +113,7 @@ class ProceduralTextureEngine(TextureEngine):
             if wanted:  # a few soft blobs: high values of a smooth field
                 blobs = np.clip((smooth_noise(mask.shape, sigma_mm(3.0), rng) - 0.9) / 0.5, 0.0, 1.0)
                 field += sign * rng.uniform(20.0, 40.0) * blobs
-        return field.astype(np.float32), None
+        return field.astype(np.float32)
 
     @staticmethod
     def _base_hu(spec: LesionSpec, ref: float, organ_name: str, rng: np.random.Generator) -> float:
