@@ -114,3 +114,43 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) ->
         raise AssertionError(f"{cmd[-1] if cmd[0] != sys.executable else cmd}\nrc={proc.returncode}\n"
                              f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def tiny_plans(dataset_name: str, patch=(12, 12, 12), spacing=(2.0, 1.5, 1.5)) -> dict:
+    """A hand-written 3d_fullres plan of the kind nnUNetv2_plan_experiment writes (for in-process tests)."""
+    resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    return {
+        "dataset_name": dataset_name, "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": [20, 24, 24],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 100.0, "mean": 55.0, "median": 58.0, "min": -15.0, "percentile_00_5": -4.0,
+            "percentile_99_5": 85.0, "std": 17.0}},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": [20.0, 24.0, 24.0],
+            "spacing": list(spacing), "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": resample,
+            "resampling_fn_seg_kwargs": dict(resample, is_seg=True, order=1),
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": dict(resample, order=1),
+            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": {}, "_kw_requires_import": []},
+            "batch_dice": False}},
+    }
+
+
+def make_planned_target(root: Path, dataset_id: int = 501, name: str = "Tiny") -> str:
+    """nnUNet_raw + nnUNet_preprocessed folders with dataset.json and a hand-written plan (no preprocessing)."""
+    ds_name = f"Dataset{dataset_id:03d}_{name}"
+    (root / "nnUNet_raw" / ds_name).mkdir(parents=True, exist_ok=True)
+    pre = root / "nnUNet_preprocessed" / ds_name
+    pre.mkdir(parents=True, exist_ok=True)
+    ds = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 0, "file_ending": ".nii.gz"}
+    for folder in (root / "nnUNet_raw" / ds_name, pre):
+        (folder / "dataset.json").write_text(json.dumps(ds))
+    (pre / "nnUNetPlans.json").write_text(json.dumps(tiny_plans(ds_name)))
+    (root / "nnUNet_results").mkdir(exist_ok=True)
+    return ds_name

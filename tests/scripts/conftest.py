@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "tests" / "nnunet_trainers"))
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"ld_script_{name}", REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

@@ -1,0 +1,107 @@
+"""prepare_bank with nnU-Net's own preprocessor against a (hand-planned) target, in-process and single-worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ld_augment.errors import ConfigError, InputError
+from synthesis_bank.nnunet_io import load_prepared_record, sha256_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nnunet_trainers"))
+from nnunet_fixtures import make_bank, make_planned_target, save  # noqa: E402
+
+pytest.importorskip("nnunetv2")
+from synthesis_bank.prepare import add_prepare_parser, prepare_bank  # noqa: E402
+
+SHAPE = (12, 12, 10)
+
+
+@pytest.fixture()
+def target(tmp_path, monkeypatch):
+    name = make_planned_target(tmp_path)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    return tmp_path, name
+
+
+def test_prepare_writes_target_format_and_record(target):
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    root, name = target
+    bank = make_bank(root / "bank", ["case_000", "case_001", "ext"], failed=1, shape=SHAPE)
+    result = prepare_bank(bank, 501, num_processes=1)
+    assert result.target_dataset == name and sorted(result.prepared) == ["ld_case_000_v0", "ld_case_001_v0",
+                                                                         "ld_ext_v0"]
+    folder = bank / "nnUNet_preprocessed" / name / "nnUNetPlans_3d_fullres"
+    assert result.output_folder == folder
+    cls = infer_dataset_class(str(folder))                          # only files nnU-Net expects in there
+    data, seg, _, props = cls(str(folder)).load_case("ld_ext_v0")
+    assert data.shape[0] == 1 and set(np.unique(seg[...])) <= {0, 1, 2} and "class_locations" in props
+    assert abs(float(np.mean(data[...]))) < 5                         # CT-normalized like the target
+    plans = json.loads((root / "nnUNet_preprocessed" / name / "nnUNetPlans.json").read_text())
+    rec = load_prepared_record(bank, name, "nnUNetPlans_3d_fullres", configuration="3d_fullres",
+                               plans_identifier="nnUNetPlans")
+    assert rec["plans_sha256"] == sha256_json(plans) and len(rec["manifest_sha256"]) == 64
+    assert rec["cases"] == ["ld_case_000_v0", "ld_case_001_v0", "ld_ext_v0"]
+    assert not any(p.name.startswith(".staging") for p in folder.parent.iterdir())
+
+    again = prepare_bank(bank, name, num_processes=1)                # finished cases are skipped ...
+    assert again.prepared == [] and len(again.skipped) == 3
+    time.sleep(0.01)
+    img = bank / "imagesTr" / "ld_ext_v0_0000.nii.gz"
+    os.utime(img, None)                                              # ... unless their input changed
+    assert prepare_bank(bank, name, num_processes=1).prepared == ["ld_ext_v0"]
+
+
+def test_label_scheme_mismatch(target):
+    root, _ = target
+    bank = make_bank(root / "bank", ["a"], labels={"background": 0, "liver": 1, "lesion": 3}, shape=SHAPE)
+    with pytest.raises(InputError, match="labels do not match") as err:
+        prepare_bank(bank, 501, num_processes=1)
+    assert "'liver'" in str(err.value) and "'lesion'" in str(err.value)
+
+
+def test_label_values_outside_target(target):
+    root, _ = target
+    bank = make_bank(root / "bank", ["a"], shape=SHAPE)
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[2:5, 2:5, 2:5] = 7
+    save(lab, bank / "labelsTr" / "ld_a_v0.nii.gz")
+    with pytest.raises(InputError, match=r"label values \[7\]"):
+        prepare_bank(bank, 501, num_processes=1)
+
+
+def test_target_errors(target, monkeypatch):
+    root, name = target
+    bank = make_bank(root / "bank", ["a"], shape=SHAPE)
+    with pytest.raises(ConfigError, match="3d_fullres"):
+        prepare_bank(bank, 501, configuration="2d", num_processes=1)
+    with pytest.raises(ConfigError, match="nnUNetv2_plan_and_preprocess -d 501"):
+        prepare_bank(bank, 501, plans_identifier="OtherPlans", num_processes=1)
+    with pytest.raises(ConfigError, match="not found"):
+        prepare_bank(bank, 999, num_processes=1)
+    with pytest.raises(InputError, match="not a bank folder"):
+        prepare_bank(root / "nnUNet_raw", 501, num_processes=1)
+    (bank / "imagesTr" / "ld_a_v0_0000.nii.gz").unlink()
+    with pytest.raises(InputError, match="lists case ld_a_v0 as ok"):
+        prepare_bank(bank, 501, num_processes=1)
+    monkeypatch.delenv("nnUNet_preprocessed")
+    with pytest.raises(ConfigError, match="nnUNet_preprocessed is not set"):
+        prepare_bank(bank, 501, num_processes=1)
+
+
+def test_cli_mount():
+    parser = argparse.ArgumentParser(prog="synthesis-bank")
+    add_prepare_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["prepare", "--bank", "B", "--target", "3", "-c", "2d", "-np", "2"])
+    assert (args.bank, args.target, args.configuration, args.num_processes, args.plans_identifier) == \
+        ("B", "3", "2d", 2, "nnUNetPlans")
+    assert callable(args.func)
