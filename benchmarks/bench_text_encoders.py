@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     phrases = _phrases()
-    print(f"device: CPU ({platform.processor() or platform.machine()}), {args.threads} threads; torch {torch.__version__}")
+    cpu = platform.processor() or platform.machine()
+    print(f"device: CPU ({cpu}), {args.threads} threads; torch {torch.__version__}")
     print(f"closed vocabulary: {len(phrases)} distinct phrases; typical batch {len(BATCH)} x {len(BATCH[0])}")
     rows = []
 
@@ -97,8 +98,8 @@ def main() -> None:
               f"(x{t_full / t_trim:.1f}); max |diff| {float((full - trim).abs().max()):.2e}")
         t_all, _ = _timed(lambda: clip.encode_texts(phrases))  # cold cache
         t_batch, _ = _timed(lambda: clip.encode_attributes(BATCH), repeat=100)  # warm cache
-        rows.append(("biomedclip (random weights)", t_build, sum(p.numel() for p in clip.parameters()), 512,
-                     t_all, t_batch, "n/a (random weights)"))
+        n_clip = sum(p.numel() for p in clip.parameters())
+        rows.append(("biomedclip (random weights)", t_build, n_clip, 512, t_all, t_batch, "n/a (random weights)"))
 
     minilm_dir = args.minilm_dir
     if minilm_dir is None:

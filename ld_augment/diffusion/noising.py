@@ -34,7 +34,9 @@ def masked_q_sample(
     return mask * q_sample(x0, t, noise, schedule) + (1 - mask) * x0
 
 
-def lmnet_loss(eps_pred: torch.Tensor, eps: torch.Tensor, bbox: torch.Tensor, *, fg_weight: float = 1000.0) -> torch.Tensor:
+def lmnet_loss(
+    eps_pred: torch.Tensor, eps: torch.Tensor, bbox: torch.Tensor, *, fg_weight: float = 1000.0
+) -> torch.Tensor:
     """LMNet eps loss: squared error weighted ``fg_weight`` inside the bounding box (bbox == 1), 1 elsewhere.
 
     Mean over voxels per sample, then over the batch. The heavy weight keeps the small lesion from being drowned

@@ -54,12 +54,16 @@ def ddim_step(
     pred_x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)
     x_prev  = sqrt(a_prev) * pred_x0 + sqrt(1 - a_prev - sigma^2) * eps + sigma * noise
     ``index`` is the position in ``schedule`` (0 = least noisy). ``noise`` is required when sigma > 0 (pass
-    zeros for the mean). Pure: mutates nothing and keeps no step counter.
+    zeros for the mean). Pure: mutates nothing and keeps no step counter. Computes in at least float32 (an
+    fp16 sample or model output gives a float32 result; keep latents float32 and autocast only the network).
     """
     if not 0 <= index < schedule.num_steps:
         raise IndexError(f"DDIM step index {index} outside [0, {schedule.num_steps})")
-    if model_output.shape != sample.shape:
+    if model_output.shape != sample.shape:  # checked before any cast
         raise ValueError(f"model output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
+    # 0-d coefficients do not promote a half tensor, so lift the operands themselves (no-op for float32).
+    compute_dtype = torch.promote_types(sample.dtype, torch.float32)
+    sample, model_output = sample.to(compute_dtype), model_output.to(compute_dtype)
     a_t = _coef(schedule.alphas, index, sample)
     a_prev = _coef(schedule.alphas_prev, index, sample)
     sigma = _coef(schedule.sigmas, index, sample)
@@ -151,6 +155,7 @@ def sample_masked_ddim(
         raise ValueError(f"known latent shape {tuple(known.shape)} != x_T shape {tuple(x_T.shape)}")
     if mask.ndim != x_T.ndim or mask.shape[1] != 1 or mask.shape[2:] != x_T.shape[2:]:
         raise ValueError(f"mask must be [B, 1, *spatial of x_T]; got {tuple(mask.shape)} for x_T {tuple(x_T.shape)}")
+    mask = mask.to(x_T.dtype)  # a bool mask becomes 0/1 (needed for 1 - mask and the model's extra channel)
     channels = x_T.shape[1]
     x = x_T
     out = SamplerOutput(sample=x_T, timesteps=[])

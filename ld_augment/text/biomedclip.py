@@ -38,7 +38,9 @@ def _import_open_clip() -> tuple[Any, Any]:
         from open_clip.hf_model import HFTextEncoder
         from open_clip.tokenizer import HFTokenizer
     except ImportError as exc:  # open_clip present but transformers missing raises at construction instead
-        raise MissingDependencyError(f"the BiomedCLIP text encoder needs open_clip and transformers ({_INSTALL_HINT}): {exc}")
+        raise MissingDependencyError(
+            f"the BiomedCLIP text encoder needs open_clip and transformers ({_INSTALL_HINT}): {exc}"
+        ) from exc
     return HFTextEncoder, HFTokenizer
 
 
@@ -73,7 +75,9 @@ def load_text_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     text = {k: v for k, v in text.items() if not k.endswith("position_ids")}
     if not text:
         sample = ", ".join(list(map(str, raw))[:5])
-        raise CheckpointError(f"{path} has no 'text.*' keys (is it an open_clip BiomedCLIP checkpoint?); first keys: {sample}")
+        raise CheckpointError(
+            f"{path} has no 'text.*' keys (is it an open_clip BiomedCLIP checkpoint?); first keys: {sample}"
+        )
     return text
 
 
@@ -82,7 +86,9 @@ def build_text_tower(config_dir: str | Path | None = None) -> tuple[Any, Any]:
     folder = Path(config_dir) if config_dir is not None else biomedclip_dir()
     missing = [name for name in _TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:
-        raise InputError(f"BiomedCLIP config folder {folder} lacks {', '.join(missing)} (needs {', '.join(_TOKENIZER_FILES)})")
+        raise InputError(
+            f"BiomedCLIP config folder {folder} lacks {', '.join(missing)} (needs {', '.join(_TOKENIZER_FILES)})"
+        )
     HFTextEncoder, HFTokenizer = _import_open_clip()
     try:
         tower = HFTextEncoder(str(folder), output_dim=OUTPUT_DIM, proj_type="mlp",

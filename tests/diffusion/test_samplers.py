@@ -59,7 +59,9 @@ def test_eta0_is_deterministic_and_ignores_generator(ddpm: DDPMSchedule) -> None
 def test_eta1_noise_comes_from_the_generator(ddpm: DDPMSchedule) -> None:
     sched = DDIMSchedule.from_ddpm(ddpm, 10, eta=1.0)
     x_T = _randn(0, *SHAPE)
-    run = lambda seed: sample_ddim(_toy_model(), x_T, sched, generator=torch.Generator().manual_seed(seed)).sample  # noqa: E731
+    def run(seed: int) -> torch.Tensor:
+        return sample_ddim(_toy_model(), x_T, sched, generator=torch.Generator().manual_seed(seed)).sample
+
     assert torch.equal(run(5), run(5))
     assert not torch.equal(run(5), run(6))
 
@@ -159,3 +161,22 @@ def test_masked_sampling_rejects_bad_shapes(ddpm: DDPMSchedule) -> None:
         sample_masked_ddim(_toy_model(), x, x, torch.ones(2, 3, 4, 5, 6), sched)
     with pytest.raises(ValueError, match="known"):
         sample_masked_ddim(_toy_model(), x, x[:1], torch.ones(2, 1, 4, 5, 6), sched)
+
+
+def test_half_precision_inputs_step_in_float32(ddpm: DDPMSchedule) -> None:
+    sched = DDIMSchedule.from_ddpm(ddpm, 10)
+    x, eps = _randn(0, *SHAPE), _randn(1, *SHAPE)
+    ref = ddim_step(eps, 9, x, sched)
+    half = ddim_step(eps.half(), 9, x.half(), sched)
+    assert half.prev_sample.dtype == torch.float32
+    torch.testing.assert_close(half.prev_sample, ref.prev_sample, rtol=0, atol=0.05 * ref.prev_sample.abs().max().item())
+
+
+def test_masked_sampling_accepts_a_bool_mask(ddpm: DDPMSchedule) -> None:
+    sched = DDIMSchedule.from_ddpm(ddpm, 10)
+    x_T, known = _randn(0, *SHAPE), _randn(1, *SHAPE)
+    mask = torch.zeros(SHAPE[0], 1, *SHAPE[2:], dtype=torch.bool)
+    mask[..., :2, :, :] = True
+    as_bool = sample_masked_ddim(_toy_model(SHAPE[1]), x_T, known, mask, sched).sample
+    as_float = sample_masked_ddim(_toy_model(SHAPE[1]), x_T, known, mask.float(), sched).sample
+    assert torch.equal(as_bool, as_float)
