@@ -60,6 +60,13 @@ def _fill(cfg: UNetConfig | VQConfig, state: Mapping[str, torch.Tensor], *, what
     return module.eval()
 
 
+def _first_reason(exc: Exception) -> str:
+    """The informative line of torch's long weights_only message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
+    reason = (lines[0] if lines else (str(exc).splitlines() or [""])[0]).removeprefix("WeightsUnpickler error: ")
+    return reason.split(". ")[0] or type(exc).__name__
+
+
 def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
     """torch.load with weights_only=True (mmap when possible); pickled objects only when allowed."""
     p = Path(path)
@@ -73,12 +80,12 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
                 raise
             return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) file
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # a torn/foreign file, not a refused Python object
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
         if not allow_pickle:
-            lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
-            reason = (lines[0] if lines else str(exc).splitlines()[0]).removeprefix("WeightsUnpickler error: ")
             raise CheckpointError(
                 f"{p}: the file holds pickled Python objects besides tensors, which weights_only=True refuses "
-                f"({reason.split('. ')[0]}). Lightning checkpoints can carry hyper-parameters this way. If the "
+                f"({_first_reason(exc)}). Lightning checkpoints can carry hyper-parameters this way. If the "
                 "file comes from a source you trust, pass allow_pickle=True (this runs code stored in the file), "
                 "or re-save only its 'state_dict'."
             ) from None
