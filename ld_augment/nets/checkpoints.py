@@ -81,7 +81,7 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
             return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) file
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # a torn/foreign file, not a refused Python object
-            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_first_reason(exc)})") from None
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated, corrupt or another format)") from None
         if not allow_pickle:
             raise CheckpointError(
                 f"{p}: the file holds pickled Python objects besides tensors, which weights_only=True refuses "
