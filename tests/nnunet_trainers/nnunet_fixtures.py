@@ -116,6 +116,14 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) ->
     return proc
 
 
+TINY_ARCH = {"n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv3d",
+             "kernel_sizes": [[3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1],
+             "n_conv_per_stage_decoder": [1], "conv_bias": True,
+             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+             "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+             "nonlin_kwargs": {"inplace": True}}
+
+
 def tiny_plans(dataset_name: str, patch=(12, 12, 12), spacing=(2.0, 1.5, 1.5)) -> dict:
     """A hand-written 3d_fullres plan of the kind nnUNetv2_plan_experiment writes (for in-process tests)."""
     resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
@@ -137,7 +145,8 @@ def tiny_plans(dataset_name: str, patch=(12, 12, 12), spacing=(2.0, 1.5, 1.5)) -
             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
             "resampling_fn_probabilities_kwargs": dict(resample, order=1),
             "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": {}, "_kw_requires_import": []},
+                             "arch_kwargs": TINY_ARCH, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op",
+                                                                               "nonlin"]},
             "batch_dice": False}},
     }
 

@@ -1,0 +1,114 @@
+"""The trainer's bank handling in-process on a tiny hand-planned target (seconds, not minutes).
+
+The real-nnU-Net subprocess run lives in test_e2e_nnunet.py (slow); this one drives the same hooks directly:
+`on_train_start` (datasets, loaders, record), `train_step` (counting) and `on_train_epoch_end` (logging).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ld_augment.errors import ConfigError
+from nnunet_fixtures import make_bank, make_case, make_planned_target, save
+
+pytest.importorskip("nnunetv2")
+from nnunet_trainers import trainer as T  # noqa: E402
+from synthesis_bank.prepare import prepare_bank  # noqa: E402
+
+SHAPE = (12, 12, 10)
+REAL = [f"case_{i:03d}" for i in range(5)]
+
+
+@pytest.fixture()
+def target(tmp_path, monkeypatch):
+    """Raw + preprocessed tiny target (our hand plan, nnU-Net's preprocessor), a prepared bank, env set."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    name = make_planned_target(tmp_path)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.delenv("LD_BANK_RATIO", raising=False)
+    raw, pre = tmp_path / "nnUNet_raw" / name, tmp_path / "nnUNet_preprocessed" / name
+    rng = np.random.default_rng(0)
+    for case in REAL:
+        ct, lab = make_case(rng, SHAPE)
+        save(ct, raw / "imagesTr" / f"{case}_0000.nii.gz")
+        save(lab, raw / "labelsTr" / f"{case}.nii.gz")
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    ds_json = json.loads((pre / "dataset.json").read_text())
+    (pre / cm.data_identifier).mkdir()
+    for case in REAL:
+        cm.preprocessor_class(verbose=False).run_case_save(
+            str(pre / cm.data_identifier / case), [str(raw / "imagesTr" / f"{case}_0000.nii.gz")],
+            str(raw / "labelsTr" / f"{case}.nii.gz"), pm, cm, ds_json)
+    (pre / "dataset_fingerprint.json").write_text("{}")
+    (pre / "splits_final.json").write_text(json.dumps([{"train": REAL[1:], "val": REAL[:1]}]))
+    bank = make_bank(tmp_path / "bank", REAL + ["external_x"], failed=1, shape=SHAPE)
+    prepare_bank(bank, name, num_processes=1)
+    monkeypatch.setenv("LD_BANK_DIR", str(bank))
+    return tmp_path, name, plans, ds_json, bank
+
+
+def _trainer(cls, target, fold=0):
+    _, _, plans, ds_json, _ = target
+    return cls(plans=dict(plans, continue_training=False), configuration="3d_fullres", fold=fold,
+               dataset_json=ds_json, device=torch.device("cpu"))
+
+
+def test_mixes_counts_and_records(target):
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion_ratio75, target)
+    tr.on_train_start()
+    rec_file = tr.output_folder + "/lesiondiffusion_bank.json"
+    rec = json.loads(open(rec_file).read())
+    assert rec["excluded_ids"] == ["ld_case_000_v0"] and rec["n_bank_used"] == 5 and rec["n_real_train"] == 4
+    assert rec["ratio"] == 0.75 and rec["ratio_source"] == "variant"
+    assert list(tr.dataloader_val.data_loader._data.identifiers) == ["case_000"]     # validation: real only
+    tr.on_train_epoch_start()
+    outputs = [tr.train_step(next(tr.dataloader_train)) for _ in range(30)]
+    tr.on_train_epoch_end(outputs)
+    rec = json.loads(open(rec_file).read())
+    (epoch,) = rec["epochs"]
+    assert epoch["samples"] == 30 * tr.batch_size
+    assert abs(epoch["fraction"] - 0.75) <= 4 * np.sqrt(0.75 * 0.25 / epoch["samples"])
+    assert "realized synthetic fraction" in open(tr.log_file).read()
+
+
+def test_ratio_zero_trains_real_only_without_bank(target, monkeypatch):
+    monkeypatch.delenv("LD_BANK_DIR")
+    monkeypatch.setenv("LD_BANK_RATIO", "0")
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    tr_ds, val_ds = tr.get_tr_and_val_datasets()
+    assert sorted(set(tr_ds.identifiers)) == REAL[1:] and list(val_ds.identifiers) == REAL[:1]
+
+
+def test_stale_bank_and_replanned_target_are_refused(target):
+    tmp_path, name, plans, _, bank = target
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    tr.dataset_class = None
+    with open(bank / "manifest.jsonl", "a") as fh:
+        fh.write('{"case_id": "late", "status": "failed"}\n')
+    with pytest.raises(ConfigError, match="manifest changed") as err:
+        tr.get_tr_and_val_datasets()
+    assert f"synthesis-bank prepare --bank {bank} --target {name}" in str(err.value)
+    prepare_bank(bank, name, num_processes=1)
+    changed = dict(plans, continue_training=False)
+    changed["foreground_intensity_properties_per_channel"] = {"0": dict(
+        plans["foreground_intensity_properties_per_channel"]["0"], mean=0.0)}
+    tr2 = T.nnUNetTrainerLesionDiffusion(plans=changed, configuration="3d_fullres", fold=0,
+                                         dataset_json=target[3], device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="different nnUNetPlans plans"):
+        tr2.get_tr_and_val_datasets()
+
+
+def test_unprepared_bank_is_refused(target, monkeypatch, tmp_path):
+    other = make_bank(tmp_path / "other_bank", ["x"], shape=SHAPE)
+    monkeypatch.setenv("LD_BANK_DIR", str(other))
+    with pytest.raises(ConfigError, match="not prepared for Dataset501_Tiny"):
+        _trainer(T.nnUNetTrainerLesionDiffusion, target).get_tr_and_val_datasets()
