@@ -14,7 +14,6 @@ OUT/results.md and OUT/gain.png. The bank must be prepared for the dataset (`syn
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os

@@ -83,10 +83,18 @@ def manifest_path(bank_dir: str | Path) -> Path:
     return Path(bank_dir) / MANIFEST
 
 
+def _missing_manifest(bank_dir: str | Path) -> InputError:
+    path = manifest_path(bank_dir)
+    if any(Path(bank_dir).glob("manifest.shard-*-of-*.jsonl")):
+        return InputError(f"{path}: not found, only shard manifests; join them first: "
+                          f"synthesis-bank merge {bank_dir}")
+    return InputError(f"{path}: bank manifest not found; is {bank_dir} a bank folder (synthesis-bank build)?")
+
+
 def manifest_sha256(bank_dir: str | Path) -> str:
     path = manifest_path(bank_dir)
     if not path.is_file():
-        raise InputError(f"{path}: bank manifest not found; is {bank_dir} a bank folder (synthesis-bank build)?")
+        raise _missing_manifest(bank_dir)
     return sha256_file(path)
 
 
@@ -98,7 +106,7 @@ def read_bank_cases(bank_dir: str | Path) -> list[BankCase]:
     """
     path = manifest_path(bank_dir)
     if not path.is_file():
-        raise InputError(f"{path}: bank manifest not found; is {bank_dir} a bank folder (synthesis-bank build)?")
+        raise _missing_manifest(bank_dir)
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     latest: dict[str, dict[str, Any]] = {}

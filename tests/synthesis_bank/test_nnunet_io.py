@@ -56,3 +56,9 @@ def test_unprepared_bank_error_says_how_to_fix(tmp_path):
         load_prepared_record(tmp_path, "Dataset501_Tiny", "nnUNetPlans_3d_fullres", configuration="3d_fullres",
                              plans_identifier="nnUNetPlans")
     assert f"synthesis-bank prepare --bank {tmp_path} --target Dataset501_Tiny -c 3d_fullres" in str(err.value)
+
+
+def test_unmerged_shards_point_to_merge(tmp_path):
+    (tmp_path / "manifest.shard-0-of-2.jsonl").write_text('{"case_id": "a"}\n')
+    with pytest.raises(InputError, match="synthesis-bank merge"):
+        read_bank_cases(tmp_path)
