@@ -19,9 +19,11 @@ Factory = Union[Callable[..., Any], str]
 
 MASK_ENGINES: dict[str, Factory] = {
     "procedural": "ld_augment.engines.procedural.mask:ProceduralMaskEngine",
+    "diffusion": "ld_augment.engines.diffusion.mask:DiffusionMaskEngine",
 }
 TEXTURE_ENGINES: dict[str, Factory] = {
     "procedural": "ld_augment.engines.procedural.texture:ProceduralTextureEngine",
+    "diffusion": "ld_augment.engines.diffusion.texture:DiffusionTextureEngine",
 }
 
 

@@ -1,0 +1,73 @@
+"""Where a network meets a sampler: the LMNet and LINet DDIM loops, ~20 lines each (as diffusers' pipeline_ddim).
+
+The caller passes the torch.Generator and device, so a seeded engine call is repeatable and the loops hold no
+state. Latents stay float32 (the samplers' coefficients reach 1e-4); only the network runs under autocast
+when ``precision`` asks for bf16/fp16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ld_augment.diffusion import DDIMSchedule, DDPMSchedule, sample_ddim, sample_masked_ddim
+from ld_augment.nets import VQModel3D, autocast_context
+
+
+def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    """A torch.Generator on ``device`` seeded from the caller's numpy rng (the engines take no global seed)."""
+    return torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+
+def ddim_schedule(steps: int, eta: float) -> DDIMSchedule:
+    """The released schedule (linear betas 0.0015..0.0195, 1000 steps) sub-sampled to ``steps`` DDIM steps."""
+    return DDIMSchedule.from_ddpm(DDPMSchedule.create(), num_steps=int(steps), eta=float(eta))
+
+
+def _model_fn(unet: nn.Module, precision: str, device: torch.device):
+    def fn(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        with autocast_context(device, precision):
+            return unet(x, t, context=context).float()
+
+    return fn
+
+
+@torch.inference_mode()
+def sample_lmnet(unet: nn.Module, cond: torch.Tensor, context: torch.Tensor | None, *, steps: int, eta: float,
+                 generator: torch.Generator, precision: str = "fp32") -> torch.Tensor:
+    """LMNet's MaskSampler: x_T ~ N(0, I), DDIM on cat([x_t, cond]) -> soft lesion mask [1, 1, *spatial]."""
+    device = cond.device
+    x_T = torch.randn((1, 1, *cond.shape[2:]), generator=generator, device=device)
+    schedule = ddim_schedule(steps, eta)
+    out = sample_ddim(_model_fn(unet, precision, device), x_T, schedule, context=context, concat=cond,
+                      generator=generator)
+    return out.sample
+
+
+@torch.inference_mode()
+def inpaint_linet(unet: nn.Module, vq: VQModel3D, image: torch.Tensor, mask: torch.Tensor,
+                  context: torch.Tensor | None, *, steps: int, eta: float, generator: torch.Generator,
+                  precision: str = "fp32") -> torch.Tensor:
+    """LINet's InpaintingSampler between VQ encode and decode: normalised crop [1,1,*S] -> generated crop.
+
+    ``mask`` is the lesion at latent resolution ([1, 1, *S/f], 1 = generate); outside it the clean latent z0
+    of the healthy crop is kept at every step, as the original does.
+    """
+    device = image.device
+    with autocast_context(device, precision):
+        z0 = vq.encode(image).float()
+    x_T = torch.randn(z0.shape, generator=generator, device=device)
+    schedule = ddim_schedule(steps, eta)
+    out = sample_masked_ddim(_model_fn(unet, precision, device), x_T, z0, mask.to(z0.dtype), schedule,
+                             context=context, generator=generator)
+    z_q, _, _ = vq.quantize_latent(out.sample[:, : z0.shape[1]])  # nearest codes in float32, never autocast
+    with autocast_context(device, precision):
+        return vq.decode_quantized(z_q).float()
+
+
+def to_tensor(arrays: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stack same-shaped arrays as channels of a [1, C, *spatial] float32 tensor on ``device``."""
+    return torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays])[None]).to(device)
