@@ -1,0 +1,74 @@
+"""Train or fine-tune LMNet, the lesion-mask diffusion UNet (ARCHITECTURE.md sections 3 and 5).
+
+One step: x0 = lesion mask crop, t ~ U{0..T-1}, x_t = q_sample(x0, t, eps); the UNet sees
+cat([x_t, organ map / 104, organ mask, box]) and the report's LMNet attribute texts, predicts eps, and the
+squared error is weighted `fg_weight` (1000) inside the box.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ld_augment.diffusion import DDPMSchedule, lmnet_loss, q_sample
+from ld_augment.nets import UNet3D, UNetConfig, save_checkpoint
+from ld_augment.text import AttributeEncoder
+from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
+from ld_augment.training.data import find_cases
+from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
+from ld_augment.training.setup import TrainResult, encoder_record, last_loss, make_encoder, start_network
+
+
+def train_lmnet(
+    data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, config: Any = None,
+    init: str | os.PathLike | None = None, encoder: str | AttributeEncoder = "vocab",
+    encoder_options: Mapping[str, Any] | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
+    ema_decay: float | None = 0.9999, device: str = "cpu", precision: str = "fp32", seed: int = 0,
+    save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["lmnet"],
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0), fg_weight: float = 1000.0, num_workers: int = 0,
+    progress: bool = True, allow_pickle: bool = False, callback: StepCallback | None = None,
+) -> TrainResult:
+    """Train LMNet on the cases of `data_dir` (layout: `ld_augment.training.data`); write `out_dir/lmnet.pt`.
+
+    config: "tiny", "released", a `nets.PRESETS` key, a JSON file or a UNetConfig (default: the init's config,
+    else "released"). init: our checkpoint or the authors' Lightning LMNet.ckpt to fine-tune (the encoder must
+    then be the one it was trained with; released = "biomedclip"). The EMA weights are what is saved for
+    inference; `out_dir/lmnet_train_state.pt` lets an interrupted run resume exactly (resume=True).
+    """
+    opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
+                        precision=precision, seed=seed, save_every=save_every, resume=resume,
+                        num_workers=num_workers, progress=progress)
+    cases = find_cases(data_dir, need=("label", "seg", "report"))
+    model, cfg, start = start_network("lmnet", config, init, seed, allow_pickle)
+    assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
+    crop = check_crop(crop_size, model.spatial_divisor, "LMNet")
+    enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)
+    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing)
+    model.to(opts.device)
+    schedule = DDPMSchedule.create()
+    uses_context = cfg.context_dim is not None and not cfg.skip_context
+
+    def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, cond = batch["x0"], batch["cond"]
+        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x0, cond, t, noise = (v.to(opts.device, non_blocking=True) for v in (x0, cond, t, noise))
+        x_t = q_sample(x0, t, noise, schedule)
+        with torch.no_grad():
+            context = enc.encode_attributes(batch["texts"]).to(opts.device) if uses_context else None
+        eps = model(torch.cat([x_t, cond], dim=1), t, context)
+        return lmnet_loss(eps.float(), noise, cond[:, 2:3], fg_weight=fg_weight), {}
+
+    meta = {"network": "lmnet", "config": cfg.to_dict(), "encoder": encoder_record(enc), "crop": list(crop),
+            "spacing": None if spacing is None else list(spacing), "fg_weight": fg_weight,
+            "cases": [c.case_id for c in cases], "init": None if init is None else str(init)}
+    final = fit("lmnet", model, loss_fn, dataset, opts, out_dir, meta, callback=callback)
+    paths = TrainPaths.for_run(out_dir, "lmnet")
+    extra = {"kind": "lmnet", "text_encoder": encoder_record(enc), "training": {
+        k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")} | {
+        "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "seed": seed,
+        "init_origin": None if start is None else start.origin}}
+    save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
+    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))

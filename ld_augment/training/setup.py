@@ -1,0 +1,200 @@
+"""What a training run starts from: the network config, the initial weights and the text encoder.
+
+Three starts are supported, as the product promises: from scratch (a preset or a JSON config), from one of our
+checkpoints (`save_checkpoint` files, e.g. to continue or fine-tune our own run) and from a released Lightning
+file of the original authors. The text encoder must be the one the initial weights were trained with: the
+released UNets were trained on BiomedCLIP embeddings, and a UNet fine-tuned on other embeddings would start
+from weights that have never seen its context.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.nets import (
+    LINET_RELEASED_TRAIN, LINET_TINY, LMNET_RELEASED, LMNET_TINY, PRESETS, VQ_RELEASED, VQ_TINY, UNetConfig,
+    VQConfig, build_network, config_from_dict, load_lightning_state_dict,
+)
+from ld_augment.nets.checkpoints import FORMAT, read_torch_file
+from ld_augment.text import AttributeEncoder, available_encoders, create_encoder
+from ld_augment.text.base import ENCODER_IDS
+from ld_augment.training.loop import seeded_build
+
+NetConfig = UNetConfig | VQConfig
+RELEASED_ENCODER = "biomedclip"  # the text encoder of the authors' released LMNet/LINet
+SIZE_PRESETS: dict[str, dict[str, NetConfig]] = {
+    "lmnet": {"tiny": LMNET_TINY, "released": LMNET_RELEASED},
+    "linet": {"tiny": LINET_TINY, "released": LINET_RELEASED_TRAIN},  # trained with cross-attention
+    "vq": {"tiny": VQ_TINY, "released": VQ_RELEASED},
+}
+
+
+def resolve_config(kind: str, config: str | os.PathLike | NetConfig | Mapping[str, Any] | None) -> NetConfig | None:
+    """A preset name ("tiny", "released" or a `nets.PRESETS` key), a JSON file, a dict or a config -> config.
+
+    None stays None (the caller takes the config of the initial weights, else "released").
+    """
+    if config is None or isinstance(config, (UNetConfig, VQConfig)):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = config_from_dict(config)
+    elif str(config) in SIZE_PRESETS[kind]:
+        cfg = SIZE_PRESETS[kind][str(config)]
+    elif str(config) in PRESETS:
+        cfg = PRESETS[str(config)]
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config {str(config)!r} is neither a preset ({', '.join(SIZE_PRESETS[kind])}, "
+                              f"{', '.join(PRESETS)}) nor an existing JSON file")
+        try:
+            cfg = config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON ({exc})") from None
+    if cfg is not None:
+        check_config(kind, cfg)
+    return cfg
+
+
+def check_config(kind: str, cfg: NetConfig) -> None:
+    """The channel layout each network needs (LMNet 4 -> 1; LINet latent + mask; the VQ any UNet-free config)."""
+    want = VQConfig if kind == "vq" else UNetConfig
+    if not isinstance(cfg, want):
+        raise ConfigError(f"{kind} needs a {want.__name__}, got a {type(cfg).__name__}")
+    if kind == "lmnet" and (cfg.in_channels, cfg.out_channels) != (4, 1):  # type: ignore[union-attr]
+        raise ConfigError(f"LMNet takes 4 input channels (x_t, organ map, organ mask, box) and predicts 1; the config "
+                          f"has {cfg.in_channels} -> {cfg.out_channels}")  # type: ignore[union-attr]
+    if kind == "linet" and cfg.out_channels != cfg.in_channels:  # type: ignore[union-attr]
+        raise ConfigError(f"LINet predicts its latent eps plus a mask logit, so out_channels must equal in_channels; "
+                          f"the config has {cfg.in_channels} -> {cfg.out_channels}")  # type: ignore[union-attr]
+
+
+@dataclass
+class InitWeights:
+    """The initial network and where it came from ("scratch", "checkpoint" or "released")."""
+
+    module: nn.Module
+    cfg: NetConfig
+    origin: str
+    encoder_id: str | None
+    text_encoder: Mapping[str, Any] | None  # {"name", "options"} recorded by our checkpoints
+
+
+def _load_into(cfg: NetConfig, state: Mapping[str, Any], source: str) -> nn.Module:
+    module = build_network(cfg)
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"the weights of {source} do not fit the requested config ({first}); leave the config "
+                          "out to use the checkpoint's own") from None
+    return module
+
+
+def load_init(kind: str, init: str | os.PathLike, cfg: NetConfig | None, *, allow_pickle: bool = False
+              ) -> InitWeights:
+    """Initial weights from our checkpoint or a released Lightning file (EMA weights preferred)."""
+    raw = read_torch_file(init, allow_pickle=allow_pickle)
+    if isinstance(raw, Mapping) and raw.get("format") == FORMAT:
+        try:
+            stored = config_from_dict(raw["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{init}: invalid stored config: {exc}") from None
+        check_config(kind, stored)
+        use = cfg if cfg is not None else stored
+        module = _load_into(use, raw["state_dict"], str(init))
+        extra = raw.get("extra") or {}
+        return InitWeights(module, use, "checkpoint", raw.get("encoder_id"), extra.get("text_encoder"))
+    sd = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{init}: neither an ld-augment checkpoint nor a Lightning checkpoint")
+    default = SIZE_PRESETS[kind]["released"]
+    module, used = load_lightning_state_dict(sd, kind, config=cfg or default, source=str(init))
+    return InitWeights(module, used, "released", None if kind == "vq" else _encoder_id(RELEASED_ENCODER), None)
+
+
+def _encoder_id(name: str) -> str:
+    available_encoders()  # registers the built-in encoders
+    by_name = {v: k for k, v in ENCODER_IDS.items()}
+    if name in ENCODER_IDS:
+        return name
+    if name not in by_name:
+        raise ConfigError(f"unknown text encoder {name!r}; valid: {', '.join(sorted(by_name))}")
+    return by_name[name]
+
+
+def make_encoder(encoder: str | AttributeEncoder, options: Mapping[str, Any] | None, cfg: UNetConfig,
+                 init: InitWeights | None) -> AttributeEncoder:
+    """The frozen text encoder for a UNet run, checked against the initial weights and the config.
+
+    The offline "vocab" encoder is kept frozen at its seeded initial vectors: the UNet's own bias-free context
+    projection (512 x 512) can map those linearly independent vectors anywhere, so training the table too adds
+    no capacity, and a frozen table is rebuilt exactly from the options recorded in the checkpoint.
+    """
+    wanted = encoder.encoder_id if isinstance(encoder, AttributeEncoder) else _encoder_id(encoder)
+    if init is not None and init.encoder_id is not None and init.encoder_id != wanted:
+        origin = ("a released LesionDiffusion checkpoint, trained on BiomedCLIP text embeddings"
+                  if init.origin == "released" else "a checkpoint trained with that encoder")
+        raise ConfigError(
+            f"the initial weights need text encoder {init.encoder_id!r} ({origin}), but {wanted!r} was chosen; "
+            f"use encoder={ENCODER_IDS.get(init.encoder_id, init.encoder_id)!r} (for BiomedCLIP pass its weights "
+            "file via encoder options / --encoder-weights) or train from scratch without init"
+        )
+    if isinstance(encoder, AttributeEncoder):
+        enc = encoder
+    else:
+        opts = dict(options or {})
+        recorded = dict((init.text_encoder or {}).get("options", {})) if init is not None else {}
+        name = ENCODER_IDS.get(wanted, wanted)
+        if name == "vocab":
+            for key, value in recorded.items():
+                opts.setdefault(key, value)
+            opts.setdefault("output_dim", cfg.context_dim or 512)
+        enc = create_encoder(name, **opts)
+    if cfg.context_dim is not None and not cfg.skip_context and enc.output_dim != cfg.context_dim:
+        raise ConfigError(f"text encoder {enc.encoder_id!r} gives {enc.output_dim}-d vectors but the network's "
+                          f"context_dim is {cfg.context_dim}")
+    return enc.eval().requires_grad_(False)
+
+
+def encoder_record(enc: AttributeEncoder) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild the encoder: create_encoder(name, **options)."""
+    return {"name": ENCODER_IDS.get(enc.encoder_id, enc.encoder_id), "id": enc.encoder_id,
+            "options": json.loads(json.dumps(enc.options(), default=str))}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run wrote its files, and how it ended."""
+
+    checkpoint: Path      # final weights (EMA when kept) in our format: load with nets.load_checkpoint
+    state: Path           # resumable training state
+    log: Path             # JSONL, one line per step
+    steps: int
+    encoder_id: str | None
+    last_loss: float | None
+
+
+def last_loss(log_path: Path) -> float | None:
+    """The loss of the last logged step (None before the first step)."""
+    lines = log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else []
+    return float(json.loads(lines[-1])["loss"]) if lines else None
+
+
+def start_network(kind: str, config: Any, init: str | os.PathLike | None, seed: int, allow_pickle: bool
+                  ) -> tuple[torch.nn.Module, Any, InitWeights | None]:
+    """(network on CPU, config, initial-weights record): from `init` when given, else seeded from scratch."""
+    cfg = resolve_config(kind, config)
+    if init is not None:
+        start = load_init(kind, init, cfg, allow_pickle=allow_pickle)
+        return start.module.train(), start.cfg, start
+    cfg = cfg if cfg is not None else resolve_config(kind, "released")
+    return seeded_build(lambda: build_network(cfg), seed).train(), cfg, None
