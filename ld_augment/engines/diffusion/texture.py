@@ -64,7 +64,8 @@ class DiffusionTextureEngine(TextureEngine):
     Weights: ``checkpoint`` (ld-augment format) or ``lightning_checkpoint`` (the released LINet.ckpt, EMA
     weights) for the UNet; the VQ-GAN from ``vq_checkpoint`` (ld-augment format), ``vq_lightning_checkpoint``
     (VQ.ckpt) or, when neither is given, the first stage stored inside the LINet Lightning file; ``config`` /
-    ``vq_config`` alone give random weights (tests, benchmarks). ``skip_context``: None keeps the loaded config's
+    ``vq_config`` describe the networks in those files (default: the released sizes) and, without any file,
+    give random weights (tests, benchmarks). ``skip_context``: None keeps the loaded config's
     choice -- for the released LINet that is True, the released test config's behaviour (the UNet ignores the
     text, so no text encoder or BiomedCLIP weights are needed); False uses the cross-attention as trained.
     """
@@ -111,7 +112,7 @@ class DiffusionTextureEngine(TextureEngine):
                              config=config, expected_encoder=encoder_id(encoder), device=self.device,
                              skip_context=skip_context, use_ema=use_ema, allow_pickle=allow_pickle,
                              init_seed=init_seed)
-        vq_from_linet = lightning_checkpoint if vq_checkpoint is None and vq_config is None else None
+        vq_from_linet = lightning_checkpoint if vq_checkpoint is None else None  # the LINet file holds the VQ
         vq = load_vq(checkpoint=vq_checkpoint, lightning_checkpoint=vq_lightning_checkpoint or vq_from_linet,
                      config=vq_config, device=self.device, allow_pickle=allow_pickle, init_seed=init_seed + 1)
         if vq is None:
