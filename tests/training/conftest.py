@@ -80,3 +80,14 @@ def real_cases_dir(shared_data: Path, tmp_path: Path) -> Path:
     for case in sorted(p for p in src.iterdir() if p.is_dir()):
         shutil.copytree(case, root / case.name)
     return root
+
+
+@pytest.fixture
+def make_case():
+    """write_case(folder, *, seed, shape, with_ct, lesion, seg_name) -> folder (importlib mode: no imports)."""
+    return write_case
+
+
+@pytest.fixture
+def case_affine() -> np.ndarray:
+    return AFFINE.copy()
