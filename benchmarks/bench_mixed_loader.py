@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     p.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--batches", type=int, default=60, help="batches per loader (alternating)")
+    p.add_argument("--batches", type=int, default=300, help="batches per loader (alternating)")
     p.add_argument("--transforms", action="store_true", help="include nnU-Net's training augmentation")
     args = p.parse_args(argv)
 
