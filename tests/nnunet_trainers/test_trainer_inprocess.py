@@ -73,6 +73,7 @@ def test_mixes_counts_and_records(target):
     tr.on_train_epoch_start()
     outputs = [tr.train_step(next(tr.dataloader_train)) for _ in range(30)]
     tr.on_train_epoch_end(outputs)
+    assert all(np.isfinite(o["loss"]) for o in outputs)
     rec = json.loads(open(rec_file).read())
     (epoch,) = rec["epochs"]
     assert epoch["samples"] == 30 * tr.batch_size
