@@ -84,11 +84,9 @@ def test_shapes_and_batch_independence(cfg: UNetConfig, spatial: tuple[int, int,
     ctx = torch.randn(2, 3, cfg.context_dim)
     with torch.no_grad():
         out = model(x, torch.tensor([5, 500]), ctx)
-        single = model(x[1:], torch.tensor([500]), ctx[1:])
-        scalar_t = model(x[:1], torch.tensor(5), ctx[:1])
+        single = model(x[1:], torch.tensor(500), ctx[1:])  # a 0-d timestep is broadcast over the batch
     assert out.shape == (2, cfg.out_channels, *spatial)
     assert torch.allclose(out[1:], single, atol=1e-5)
-    assert torch.allclose(out[:1], scalar_t, atol=1e-5)
 
 
 def test_bad_inputs_and_configs_are_readable() -> None:
