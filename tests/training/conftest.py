@@ -91,3 +91,14 @@ def make_case():
 @pytest.fixture
 def case_affine() -> np.ndarray:
     return AFFINE.copy()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny networks here run fastest on one thread; on a shared 2-core machine, 2 OpenMP threads spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
