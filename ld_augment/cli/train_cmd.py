@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default: the --init checkpoint's config, else released)")
     p.add_argument("--init", help="weights to fine-tune: our checkpoint or the authors' released .ckpt")
     p.add_argument("--vq", help="linet: the frozen VQ (our vq.pt, VQ.ckpt or LINet.ckpt; default: from --init)")
+    p.add_argument("--vq-config", help="linet: size of a released --vq file (tiny | released | JSON; default released)")
     p.add_argument("--encoder", default=None, help="text encoder for lmnet/linet: vocab (default) or biomedclip "
                    "(required with a released --init)")
     p.add_argument("--encoder-weights", help="BiomedCLIP open_clip_pytorch_model.bin (or its folder)")
@@ -71,18 +72,18 @@ def run(args: argparse.Namespace) -> int:
     if args.crop is not None:
         common["crop_size"] = args.crop
     if args.network == "vq":
-        if args.encoder or args.encoder_weights or args.vq:
-            raise ConfigError("train vq takes no --encoder/--encoder-weights/--vq (the VQ has no text input)")
+        if args.encoder or args.encoder_weights or args.vq or args.vq_config:
+            raise ConfigError("train vq takes no --encoder/--encoder-weights/--vq/--vq-config (use --init/--config)")
         result = train_vq(args.data, args.out, **common)
     else:
         common["encoder"] = args.encoder or "vocab"
         if args.encoder_weights:
             common["encoder_options"] = {"weights": args.encoder_weights}
         if args.network == "lmnet":
-            if args.vq:
-                raise ConfigError("--vq is for train linet (LMNet works in image space)")
+            if args.vq or args.vq_config:
+                raise ConfigError("--vq/--vq-config are for train linet (LMNet works in image space)")
             result = train_lmnet(args.data, args.out, **common)
         else:
-            result = train_linet(args.data, args.out, vq=args.vq, **common)
+            result = train_linet(args.data, args.out, vq=args.vq, vq_config=args.vq_config, **common)
     print(f"final weights: {result.checkpoint} (last loss {result.last_loss})")
     return 0

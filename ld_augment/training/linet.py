@@ -23,19 +23,22 @@ from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import find_cases
 from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
 from ld_augment.training.setup import (
-    TrainResult, encoder_record, last_loss, load_init, make_encoder, start_network,
+    TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, start_network,
 )
 
 
-def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None, *, allow_pickle: bool = False
-                   ) -> tuple[VQModel3D, str]:
-    """The VQ from `vq` (our checkpoint, VQ.ckpt or LINet.ckpt), else from a released LINet `init`."""
+def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None, *, config: Any = None,
+                   allow_pickle: bool = False) -> tuple[VQModel3D, str]:
+    """The VQ from `vq` (our checkpoint, VQ.ckpt or LINet.ckpt), else from a released LINet `init`.
+
+    `config` describes a released file's VQ (default: the released preset); our checkpoints carry their own.
+    """
     source = vq if vq is not None else init
     if source is None:
         raise ConfigError("LINet trains on the latent of a frozen VQ: pass vq=<our VQ checkpoint (ld-augment train "
                           "vq) or the released VQ.ckpt / LINet.ckpt> (--vq)")
     try:
-        start = load_init("vq", source, None, allow_pickle=allow_pickle)
+        start = load_init("vq", source, resolve_config("vq", config), allow_pickle=allow_pickle)
     except (CheckpointError, ConfigError) as exc:
         if vq is None:  # the VQ was only guessed from init
             raise ConfigError(f"no VQ given and none found in init {init} ({exc}); pass vq=... (--vq)") from None
@@ -47,7 +50,7 @@ def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None,
 
 def train_linet(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, vq: str | os.PathLike | None = None,
-    config: Any = None, init: str | os.PathLike | None = None, encoder: str | AttributeEncoder = "vocab",
+    vq_config: Any = None, config: Any = None, init: str | os.PathLike | None = None, encoder: str | AttributeEncoder = "vocab",
     encoder_options: Mapping[str, Any] | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
     ema_decay: float | None = 0.9999, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["linet"],
@@ -57,7 +60,7 @@ def train_linet(
     """Train LINet on the cases of `data_dir` (CT needed); write `out_dir/linet.pt`.
 
     vq: the frozen autoencoder (our checkpoint, or the released VQ.ckpt / LINet.ckpt; default: the VQ inside a
-    released LINet `init`). config "released" is the training config (cross-attention on the text); the
+    released LINet `init`); vq_config describes a released VQ file of another size. config "released" is the training config (cross-attention on the text); the
     released inference config ignores the text (skip_context). Other options as `train_lmnet`.
     """
     opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
@@ -66,14 +69,14 @@ def train_linet(
     cases = find_cases(data_dir, need=("label", "seg", "report", "ct"))
     model, cfg, start = start_network("linet", config, init, seed, allow_pickle)
     assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
-    vq_model, vq_source = load_frozen_vq(vq, init, allow_pickle=allow_pickle)
+    enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)  # checked before the (big) VQ loads
+    vq_model, vq_source = load_frozen_vq(vq, init, config=vq_config, allow_pickle=allow_pickle)
     latent_ch = vq_model.cfg.embed_dim
     if cfg.in_channels != latent_ch + 1:
         raise ConfigError(f"LINet config takes {cfg.in_channels} channels but the VQ latent has {latent_ch} (+1 mask "
                           f"channel = {latent_ch + 1})")
     factor = vq_model.cfg.downsampling_factor
     crop = check_crop(crop_size, factor * model.spatial_divisor, "LINet image")
-    enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)
     dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing)
     model.to(opts.device)
     vq_model.to(opts.device)

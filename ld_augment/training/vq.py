@@ -48,7 +48,7 @@ def train_vq(
         image = batch["image"].to(opts.device, non_blocking=True)
         recon, codebook = model(image)
         l1 = (recon.float() - image).abs().mean()
-        return l1 + codebook_weight * codebook.float(), {"l1": float(l1.detach()), "codebook": float(codebook)}
+        return l1 + codebook_weight * codebook.float(), {"l1": float(l1.detach()), "codebook": float(codebook.detach())}
 
     meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "codebook_weight": codebook_weight,
             "spacing": None if spacing is None else list(spacing), "cases": [c.case_id for c in cases],
