@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ld_augment.diffusion import DDPMSchedule, linet_loss, masked_q_sample
+from ld_augment.diffusion import DDPMSchedule, LINetLoss, linet_loss, masked_q_sample
 from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.nets import UNet3D, UNetConfig, VQModel3D, save_checkpoint
 from ld_augment.text import AttributeEncoder
@@ -46,6 +46,19 @@ def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None,
     module = start.module
     assert isinstance(module, VQModel3D)
     return module.eval().requires_grad_(False), str(source)
+
+
+def linet_batch_loss(model: torch.nn.Module, vq: VQModel3D, image: torch.Tensor, lesion: torch.Tensor,
+                     context: torch.Tensor | None, gen: torch.Generator, schedule: DDPMSchedule) -> LINetLoss:
+    """The LINet loss of one batch: frozen VQ encode, latent mask, masked noising, L1 + Dice."""
+    with torch.no_grad():
+        z0 = vq.encode(image).float()
+        mask = (F.interpolate(lesion, size=z0.shape[2:], mode="nearest") > 0.5).float()
+    t = torch.randint(0, schedule.num_timesteps, (z0.shape[0],), generator=gen).to(z0.device)
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+    x_t = masked_q_sample(z0, t, noise, mask, schedule)
+    out = model(torch.cat([x_t, mask], dim=1), t, context)
+    return linet_loss(out.float(), noise, mask)
 
 
 def train_linet(
@@ -84,17 +97,10 @@ def train_linet(
     uses_context = cfg.context_dim is not None and not cfg.skip_context
 
     def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        image = batch["image"].to(opts.device, non_blocking=True)
-        lesion = batch["lesion"].to(opts.device, non_blocking=True)
         with torch.no_grad():
-            z0 = vq_model.encode(image).float()
-            mask = (F.interpolate(lesion, size=z0.shape[2:], mode="nearest") > 0.5).float()
             context = enc.encode_attributes(batch["texts"]).to(opts.device) if uses_context else None
-        t = torch.randint(0, schedule.num_timesteps, (z0.shape[0],), generator=gen).to(opts.device)
-        noise = torch.randn(z0.shape, generator=gen).to(opts.device)
-        x_t = masked_q_sample(z0, t, noise, mask, schedule)
-        out = model(torch.cat([x_t, mask], dim=1), t, context)
-        parts = linet_loss(out.float(), noise, mask)
+        parts = linet_batch_loss(model, vq_model, batch["image"].to(opts.device, non_blocking=True),
+                                 batch["lesion"].to(opts.device, non_blocking=True), context, gen, schedule)
         return parts.total, {"l1": float(parts.l1.detach()), "dice": float(parts.dice.detach())}
 
     meta = {"network": "linet", "config": cfg.to_dict(), "encoder": encoder_record(enc), "crop": list(crop),

@@ -21,6 +21,16 @@ from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
 from ld_augment.training.setup import TrainResult, encoder_record, last_loss, make_encoder, start_network
 
 
+def lmnet_batch_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None,
+                     gen: torch.Generator, schedule: DDPMSchedule, *, fg_weight: float = 1000.0) -> torch.Tensor:
+    """The LMNet loss of one batch; t and eps are drawn on the CPU from `gen` (device-independent draws)."""
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    x_t = q_sample(x0, t, noise, schedule)
+    eps = model(torch.cat([x_t, cond], dim=1), t, context)
+    return lmnet_loss(eps.float(), noise, cond[:, 2:3], fg_weight=fg_weight)
+
+
 def train_lmnet(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, config: Any = None,
     init: str | os.PathLike | None = None, encoder: str | AttributeEncoder = "vocab",
@@ -51,15 +61,12 @@ def train_lmnet(
     uses_context = cfg.context_dim is not None and not cfg.skip_context
 
     def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, cond = batch["x0"], batch["cond"]
-        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        x0, cond, t, noise = (v.to(opts.device, non_blocking=True) for v in (x0, cond, t, noise))
-        x_t = q_sample(x0, t, noise, schedule)
         with torch.no_grad():
             context = enc.encode_attributes(batch["texts"]).to(opts.device) if uses_context else None
-        eps = model(torch.cat([x_t, cond], dim=1), t, context)
-        return lmnet_loss(eps.float(), noise, cond[:, 2:3], fg_weight=fg_weight), {}
+        loss = lmnet_batch_loss(model, batch["x0"].to(opts.device, non_blocking=True),
+                                batch["cond"].to(opts.device, non_blocking=True), context, gen, schedule,
+                                fg_weight=fg_weight)
+        return loss, {}
 
     meta = {"network": "lmnet", "config": cfg.to_dict(), "encoder": encoder_record(enc), "crop": list(crop),
             "spacing": None if spacing is None else list(spacing), "fg_weight": fg_weight,
