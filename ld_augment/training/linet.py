@@ -63,7 +63,8 @@ def linet_batch_loss(model: torch.nn.Module, vq: VQModel3D, image: torch.Tensor,
 
 def train_linet(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, vq: str | os.PathLike | None = None,
-    vq_config: Any = None, config: Any = None, init: str | os.PathLike | None = None, encoder: str | AttributeEncoder = "vocab",
+    vq_config: Any = None, config: Any = None, init: str | os.PathLike | None = None,
+    encoder: str | AttributeEncoder = "vocab",
     encoder_options: Mapping[str, Any] | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
     ema_decay: float | None = 0.9999, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["linet"],
@@ -73,8 +74,9 @@ def train_linet(
     """Train LINet on the cases of `data_dir` (CT needed); write `out_dir/linet.pt`.
 
     vq: the frozen autoencoder (our checkpoint, or the released VQ.ckpt / LINet.ckpt; default: the VQ inside a
-    released LINet `init`); vq_config describes a released VQ file of another size. config "released" is the training config (cross-attention on the text); the
-    released inference config ignores the text (skip_context). Other options as `train_lmnet`.
+    released LINet `init`); vq_config describes a released VQ file of another size. config "released" is the
+    training config (cross-attention on the text); the released inference config ignores the text
+    (skip_context). Other options as `train_lmnet`.
     """
     opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
                         precision=precision, seed=seed, save_every=save_every, resume=resume,
