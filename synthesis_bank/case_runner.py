@@ -6,7 +6,6 @@ place, and so any error of one source becomes a "failed" entry instead of ending
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,20 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ld_augment.io.nifti import sha256_file
+
 from synthesis_bank.labels import existing_lesions, label_dtype, union_labels
 from synthesis_bank.manifest import image_path, label_path
 from synthesis_bank.plan import WorkItem
 from synthesis_bank.recipe import LlmWriter, Recipe
 
 ENTRY_FORMAT = "ld-augment-bank-case/1"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ld_augment.errors import ConfigError, InputError
+from ld_augment.io.nifti import sha256_file
 
 PREPARED_FORMAT = "ld-augment-prepared/1"
 PREPARED_DIRNAME = "nnUNet_preprocessed"
@@ -64,14 +65,6 @@ def normalize_case_id(value: str) -> str:
             name = name[: -len(ending)]
             break
     return _CHANNEL_SUFFIX.sub("", name)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_json(obj: Any) -> str:
