@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "ld_augment.cli.synthesize_cmd",
     "ld_augment.cli.bank_cmd",
     "ld_augment.cli.nnunet_cmd",
+    "ld_augment.cli.train_cmd",
     "ld_augment.cli.quickstart_cmd",
 )
 
