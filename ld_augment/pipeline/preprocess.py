@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from ld_augment.errors import ConfigError, InputError
+from ld_augment.errors import ConfigError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
 from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map
 from ld_augment.io.preview import save_bbox_preview

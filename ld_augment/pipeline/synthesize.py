@@ -16,6 +16,7 @@ from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
+from ld_augment.io.geometry import VoxelBox, resample_region_to_source
 from ld_augment.io.nifti import load_ct, load_label_map, sha256_file
 from ld_augment.io.preview import save_before_after_preview
 from ld_augment.organs.masks import organ_mask
@@ -89,8 +90,6 @@ def _source_organ_mask(case: PreprocessedCase, source_img: nib.Nifti1Image, orga
     if seg_path and Path(seg_path).is_file():
         seg = np.asarray(load_label_map(seg_path, name=seg_path).dataobj)
         return organ_mask(seg, case.meta["organ"], version=seg_info["label_version"])
-    from ld_augment.io.geometry import VoxelBox, resample_region_to_source
-
     full = VoxelBox((0, 0, 0), tuple(int(n) for n in source_img.shape[:3]))  # type: ignore[arg-type]
     return resample_region_to_source(organ_std, std_affine, source_img.shape, source_img.affine, full, order=0,
                                      mode="constant")
@@ -179,7 +178,7 @@ def synthesize_case(
 
     ct_path = atomic_save_nifti(source_image_like(source_img, written.ct_raw), out_dir / "ct.nii.gz")
     label_path = atomic_save_nifti(label_img, out_dir / "label.nii.gz")
-    report_path = save_reports(reports, out_dir / "report.json") or out_dir / "report.json"
+    report_path = save_reports(reports, out_dir / "report.json")
     if keep_standardized:
         atomic_save_nifti(nib.Nifti1Image(ct, std_img.affine), out_dir / "standardized" / "ct.nii.gz")
         atomic_save_nifti(nib.Nifti1Image(lesion_ids, std_img.affine), out_dir / "standardized" / "lesions.nii.gz")
