@@ -207,6 +207,18 @@ def test_texture_grows_the_crop_for_a_large_lesion(texture_engine, ctx, report) 
     assert (out[lesion] != ctx.ct[lesion]).mean() > 0.9
 
 
+def test_texture_with_text_when_skip_context_is_off(ckpts, ctx, report) -> None:
+    """skip_context=False uses LINet's cross-attention as trained: the encoder must then match the checkpoint."""
+    engine = create_texture_engine("diffusion", checkpoint=ckpts["linet"], vq_checkpoint=ckpts["vq"], steps=1,
+                                   crop=TEX_CROP, skip_context=False, encoder="vocab")
+    assert engine.provenance()["options"]["skip_context"] is False and engine.provenance()["encoder_id"] == VOCAB_ID
+    lesion = np.zeros(SHAPE, bool)
+    lesion[18:22, 18:22, 18:22] = True
+    assert (engine.render(ctx, lesion, report, np.random.default_rng(0))[lesion] != ctx.ct[lesion]).any()
+    with pytest.raises(CheckpointError, match="trained with text encoder"):
+        create_texture_engine("diffusion", checkpoint=ckpts["linet"], vq_checkpoint=ckpts["vq"], skip_context=False)
+
+
 # ----------------------------------------------------------------------------------------------- loading
 def test_provenance_records_hashes_encoder_and_schedule(mask_engine, texture_engine, ckpts) -> None:
     p = mask_engine.provenance()
