@@ -33,7 +33,8 @@ def fit_crop(base: Sequence[int], needed: Sequence[int], divisor: int) -> Triple
     Growing (rather than cutting the lesion) keeps lesions larger than the trained crop whole; the UNets are
     fully convolutional, so a larger window only costs time.
     """
-    return tuple(max(int(b), math.ceil(int(n) / divisor) * divisor) for b, n in zip(base, needed))  # type: ignore[return-value]
+    grown = (max(int(b), math.ceil(int(n) / divisor) * divisor) for b, n in zip(base, needed))
+    return tuple(grown)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

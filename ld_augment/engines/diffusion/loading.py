@@ -130,7 +130,8 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
         if not cfg.skip_context and expected_encoder != RELEASED_ENCODER_ID:  # type: ignore[union-attr]
             raise CheckpointError(
                 f"{lightning_checkpoint}: the released {kind} was trained on BiomedCLIP embeddings "
-                f"({RELEASED_ENCODER_ID}) but the engine is configured with {expected_encoder!r}; use encoder='biomedclip'"
+                f"({RELEASED_ENCODER_ID}) but the engine is configured with {expected_encoder!r}; "
+                "use encoder='biomedclip'"
             )
         record.update(encoder_id=RELEASED_ENCODER_ID, weights="ema" if use_ema else "model")
     elif cfg is not None:
@@ -144,8 +145,8 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
         )
     in_channels = {"lmnet": 4, "linet": 5}[kind]
     if cfg.in_channels != in_channels:  # type: ignore[union-attr]
-        raise CheckpointError(f"{record.get('path', kind)}: expected a {kind} UNet with {in_channels} input channels, "
-                              f"got {cfg.in_channels}")  # type: ignore[union-attr]
+        raise CheckpointError(f"{record.get('path', kind)}: expected a {kind} UNet with {in_channels} input "
+                              f"channels, got {cfg.in_channels}")  # type: ignore[union-attr]
     record["config"] = cfg.to_dict()  # type: ignore[union-attr]
     return LoadedNetwork(module, cfg, record)  # type: ignore[arg-type]
 
@@ -213,5 +214,6 @@ def _load_encoder_weights(enc: AttributeEncoder, weights: PathArg) -> dict[str, 
     try:
         enc.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights}: does not fit the {enc.encoder_id} encoder ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"{weights}: does not fit the {enc.encoder_id} encoder ({reason})") from None
     return {"weights": str(weights), "weights_sha256": sha256_file(weights)}  # type: ignore[arg-type]

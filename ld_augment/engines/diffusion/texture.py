@@ -50,7 +50,10 @@ def latent_mask(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def blend_weight(mask: np.ndarray, keep: np.ndarray, dilate_voxels: float, blend_voxels: float) -> np.ndarray:
-    """1 on the lesion and within ``dilate_voxels`` of it, a smoothstep down to 0 over ``blend_voxels``; 0 on ``keep``."""
+    """1 on the lesion and within ``dilate_voxels`` of it, then a smoothstep to 0 over ``blend_voxels``.
+
+    ``keep`` voxels (earlier lesions) outside the mask get 0, so they are never overwritten.
+    """
     distance = ndimage.distance_transform_edt(~mask)
     t = np.clip(1.0 - (distance - dilate_voxels) / max(blend_voxels, 1e-6), 0.0, 1.0)
     weight = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
