@@ -153,7 +153,7 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
 
 def load_vq(*, checkpoint: PathArg, lightning_checkpoint: PathArg, config: ConfigArg, device: str | torch.device,
             allow_pickle: bool = False, init_seed: int = 0) -> LoadedNetwork | None:
-    """The VQ-GAN from our checkpoint, a Lightning VQ.ckpt / LINet.ckpt (first stage), or a config; None if none given."""
+    """The VQ-GAN from our checkpoint, a Lightning VQ.ckpt / LINet.ckpt (first stage) or a config; else None."""
     dev = resolve_device(device)
     cfg = resolve_config(config, VQConfig)
     if checkpoint is not None:
