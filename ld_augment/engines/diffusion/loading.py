@@ -120,6 +120,8 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
                 f"configured with {expected_encoder!r}; pass the matching encoder= (embeddings differ) or retrain"
             )
         record["encoder_id"] = stored
+        # how training built the text encoder (create_encoder(name, **options)), to rebuild it identically
+        record["text_encoder"] = (meta.get("extra") or {}).get("text_encoder")
         if skip_context is not None:
             cfg_loaded = dataclasses.replace(cfg_loaded, skip_context=bool(skip_context))
         module, cfg = _with_config(module, cfg_loaded, dev), cfg_loaded
@@ -184,9 +186,15 @@ def check_encoder_available(encoder: str | AttributeEncoder, weights: PathArg) -
         )
 
 
-def build_encoder(encoder: str | AttributeEncoder, *, weights: PathArg, context_dim: int | None,
-                  device: torch.device) -> tuple[AttributeEncoder, dict[str, Any]]:
-    """The text encoder whose output width must equal the UNet's ``context_dim``; returns it and its record."""
+def build_encoder(
+    encoder: str | AttributeEncoder, *, weights: PathArg, context_dim: int | None, device: torch.device,
+    recorded: Mapping[str, Any] | None = None,
+) -> tuple[AttributeEncoder, dict[str, Any]]:
+    """The text encoder whose output width must equal the UNet's ``context_dim``; returns it and its record.
+
+    ``recorded`` is the checkpoint's ``extra["text_encoder"]`` ({"name", "id", "options"}) written by
+    ld_augment.training: an offline encoder is rebuilt with those options so its vectors are the trained ones.
+    """
     check_encoder_available(encoder, weights)
     record: dict[str, Any] = {"name": encoder if isinstance(encoder, str) else type(encoder).__name__}
     if isinstance(encoder, AttributeEncoder):
@@ -195,7 +203,15 @@ def build_encoder(encoder: str | AttributeEncoder, *, weights: PathArg, context_
         enc = create_encoder("biomedclip", weights=weights)
         record["weights_sha256"] = sha256_file(enc.weights_path)  # type: ignore[attr-defined]
     else:
-        enc = create_encoder(encoder, output_dim=int(context_dim or 512))
+        options: dict[str, Any] = {"output_dim": int(context_dim or 512)}
+        if recorded and recorded.get("id") and recorded.get("options"):
+            kept = {k: v for k, v in recorded["options"].items() if k in ("output_dim", "extra_phrases", "seed")}
+            options.update(kept)
+        enc = create_encoder(encoder, **options)
+        if recorded and recorded.get("options", {}).get("vocab_fingerprint") not in (
+                None, enc.options().get("vocab_fingerprint")):
+            raise CheckpointError(f"the checkpoint's {encoder!r} text encoder was built from another vocabulary "
+                                  "(fingerprint differs); use the ld-augment version it was trained with")
         if weights is not None:
             record.update(_load_encoder_weights(enc, weights))
     if context_dim is not None and enc.output_dim != context_dim:

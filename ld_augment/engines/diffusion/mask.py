@@ -120,8 +120,9 @@ class DiffusionMaskEngine(MaskEngine):
         check_crop_divisible(self.crop, self.net.module.spatial_divisor, "crop")
         self.encoder, self.encoder_record = None, {"id": None}
         if uses_text(self.net.cfg):
-            self.encoder, self.encoder_record = build_encoder(encoder, weights=encoder_weights,
-                                                              context_dim=self.net.cfg.context_dim, device=self.device)
+            self.encoder, self.encoder_record = build_encoder(
+                encoder, weights=encoder_weights, recorded=self.net.record.get("text_encoder"),
+                context_dim=self.net.cfg.context_dim, device=self.device)
 
     def provenance(self) -> dict:
         return {

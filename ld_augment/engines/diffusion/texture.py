@@ -130,8 +130,9 @@ class DiffusionTextureEngine(TextureEngine):
         check_crop_divisible(self.crop, self.divisor, "crop")
         self.encoder, self.encoder_record = None, {"id": None, "note": "LINet ignores the text (skip_context)"}
         if uses_text(self.net.cfg):
-            self.encoder, self.encoder_record = build_encoder(encoder, weights=encoder_weights,
-                                                              context_dim=self.net.cfg.context_dim, device=self.device)
+            self.encoder, self.encoder_record = build_encoder(
+                encoder, weights=encoder_weights, recorded=self.net.record.get("text_encoder"),
+                context_dim=self.net.cfg.context_dim, device=self.device)
 
     def provenance(self) -> dict:
         return {
