@@ -23,6 +23,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from ld_augment.engines.diffusion.intensity import normalize_ct
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map
 from ld_augment.io.standardize import standardize_image
@@ -41,14 +42,8 @@ LAYOUT_HELP = (
 ORGAN, LESION = 1, 2
 V1_MAX_ID = 104  # the organ channel is seg / 104 (ARCHITECTURE.md 3)
 
-# HU -> [0, 1] knots of the VQ-GAN input (ARCHITECTURE.md 3); kept here so training does not depend on engines.
-HU_KNOTS = (-1000.0, -200.0, 200.0, 1000.0)
-NORM_KNOTS = (0.0, 0.2, 0.8, 1.0)
-
-
-def normalize_hu(hu: np.ndarray) -> np.ndarray:
-    """Piecewise-linear HU -> [0, 1] (float32), saturating outside [-1000, 1000] HU."""
-    return np.interp(np.asarray(hu, dtype=np.float64), HU_KNOTS, NORM_KNOTS).astype(np.float32)
+# Training must see CTs exactly as inference maps them: one HU -> [0, 1] map for both (ARCHITECTURE.md 3).
+normalize_hu = normalize_ct
 
 
 @dataclass(frozen=True)
