@@ -33,17 +33,26 @@ def parse_json_arg(text: str, what: str) -> dict:
     return value
 
 
-def parse_spacing(text: str) -> tuple[float, float, float]:
+def parse_triple(text: str, cast: type, what: str, example: str) -> tuple:
+    """'2', '1x1x3' or '1,1,3' -> a 3-tuple of `cast` values (one value is repeated on all axes)."""
     parts = [p for p in text.replace("x", ",").split(",") if p]
     try:
-        values = tuple(float(p) for p in parts)
+        values = tuple(cast(p) for p in parts)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"spacing must be numbers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"{what} must be {cast.__name__} values, got {text!r}") from exc
     if len(values) == 1:
         values = values * 3
     if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"spacing must be 1 or 3 positive numbers (mm), got {text!r}")
-    return values  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(f"{what} must be 1 or 3 positive values (e.g. {example}), got {text!r}")
+    return values
+
+
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    return parse_triple(text, float, "spacing (mm)", "1x1x1")
+
+
+def parse_crop(text: str) -> tuple[int, int, int]:
+    return parse_triple(text, int, "crop size", "64x152x152")
 
 
 def read_list_file(path: str | Path) -> list[str]:

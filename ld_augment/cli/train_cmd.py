@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ld_augment.cli.common import parse_crop
+
 NETWORKS = ("lmnet", "linet", "vq")
-
-
-def _crop(text: str) -> tuple[int, int, int]:
-    parts = [p for p in text.replace("x", ",").split(",") if p]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"crop size must be integers, got {text!r}") from exc
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"crop size must be 1 or 3 integers (e.g. 64x152x152), got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.9999; vq: no EMA); 0 = off")
-    p.add_argument("--crop", type=_crop, help="crop size in voxels, e.g. 64x152x152 (lmnet) or 128 (linet/vq)")
+    p.add_argument("--crop", type=parse_crop, help="crop size in voxels, e.g. 64x152x152 (lmnet) or 128 (linet/vq)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--seed", type=int, default=0)
