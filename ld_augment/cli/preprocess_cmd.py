@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-base-url", help="base URL for --llm (default: $OPENAI_BASE_URL)")
     p.add_argument("--fast", action="store_true", help="TotalSegmentator fast mode (when --seg is not given)")
     p.add_argument("--device", default="cpu", help="TotalSegmentator device")
+    p.add_argument("--totalseg-statistics", action="store_true",
+                   help="allow TotalSegmentator's usage statistics (off by default)")
     p.add_argument("--out", help="output case folder (single-CT form)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ld_augment.pipeline.batch import run_batch
     from ld_augment.pipeline.preprocess import preprocess_case
 
-    seg_opts = {"fast": args.fast, "device": args.device}
+    seg_opts = {"fast": args.fast, "device": args.device, "statistics": args.totalseg_statistics}
     if args.legacy:
         return _run_legacy(args, seg_opts)
     missing = [flag for flag, v in (("--image", args.image), ("--organ", args.organ),
