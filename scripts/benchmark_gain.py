@@ -69,7 +69,8 @@ def plan_steps(args: argparse.Namespace, arms: list[Arm], test_images: Path) -> 
     ext = str(REPO / "nnunet_trainers" / "ext_trainer_dir")
     steps = []
     for arm in arms:
-        env = {"nnUNet_results": str(out / "results" / arm.name), "nnUNet_extTrainer": ext}
+        # LD_BANK_RATIO=0 lets a LesionDiffusion variant serve as the real-only arm (stock trainers ignore it)
+        env = {"nnUNet_results": str(out / "results" / arm.name), "nnUNet_extTrainer": ext, "LD_BANK_RATIO": "0"}
         if arm.ratio > 0:
             env.update(LD_BANK_DIR=str(Path(args.bank).resolve()), LD_BANK_RATIO=str(arm.ratio))
         for fold in args.folds:

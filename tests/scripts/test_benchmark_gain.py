@@ -19,6 +19,7 @@ def test_dry_run_prints_one_train_and_predict_per_arm_and_fold(benchmark_gain_mo
     mixed = [ln for ln in lines if "-tr nnUNetTrainerLesionDiffusion_50epochs" in ln]
     assert len(real) == 4 and len(mixed) == 8
     assert all("LD_BANK_DIR" not in ln for ln in real)
+    assert all("LD_BANK_RATIO=0 " in ln for ln in real)  # a LesionDiffusion variant can be the real-only arm
     assert sum("LD_BANK_RATIO=0.25 " in ln for ln in mixed) == 4 and sum("LD_BANK_RATIO=0.5 " in ln for ln in mixed) == 4
     # every arm trains into its own nnUNet_results, so two ratios of one trainer never overwrite each other
     roots = {ln.split("nnUNet_results=")[1].split()[0] for ln in lines}
