@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ld_augment.engines.diffusion.crops import check_orientation
 from ld_augment.errors import ConfigError
 from ld_augment.reports import conditioning_texts
 from ld_augment.training.data import V1_MAX_ID, LoadedCase, TrainingCase, load_case, normalize_hu
@@ -110,7 +111,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, cases: Sequence[TrainingCase], kind: str, crop: Sequence[int], *, seed: int = 0,
                  spacing: Sequence[float] | None = (1.0, 1.0, 1.0), cache_size: int = 16,
-                 min_component_voxels: int = 10) -> None:
+                 min_component_voxels: int = 10, orientation: str = "RAS") -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown crop kind {kind!r}; valid: {list(KINDS)}")
         if not cases:
@@ -118,6 +119,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.cases, self.kind, self.crop, self.seed = list(cases), kind, tuple(int(c) for c in crop), int(seed)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.cache_size, self.min_component_voxels = max(1, int(cache_size)), int(min_component_voxels)
+        # the array orientation the network learns in (RAS: our grid; LPS: the released weights' data)
+        self.orientation = check_orientation(orientation, "orientation")
         self._cache: OrderedDict[int, tuple[LoadedCase, Any]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -141,6 +144,14 @@ class CropDataset(torch.utils.data.Dataset):
         return loaded, extra
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self._item(index)
+        if self.orientation == "LPS":  # mirror the first two spatial axes of every [C, D1, D2, D3] volume
+            for key in ("x0", "cond", "image", "lesion"):
+                if key in item:
+                    item[key] = torch.flip(item[key], dims=(1, 2))
+        return item
+
+    def _item(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, int(index)])
         loaded, extra = self.case(int(rng.integers(len(self.cases))))
         if self.kind == "vq":

@@ -18,7 +18,9 @@ from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import find_cases
 from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
-from ld_augment.training.setup import TrainResult, encoder_record, last_loss, make_encoder, start_network
+from ld_augment.training.setup import (
+    TrainResult, encoder_record, last_loss, make_encoder, start_network, training_orientation,
+)
 
 
 def lmnet_batch_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None,
@@ -55,7 +57,8 @@ def train_lmnet(
     assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
     crop = check_crop(crop_size, model.spatial_divisor, "LMNet")
     enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)
-    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing)
+    orientation = training_orientation(start)
+    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, orientation=orientation)
     model.to(opts.device)
     schedule = DDPMSchedule.create()
     uses_context = cfg.context_dim is not None and not cfg.skip_context
@@ -73,9 +76,9 @@ def train_lmnet(
             "cases": [c.case_id for c in cases], "init": None if init is None else str(init)}
     final = fit("lmnet", model, loss_fn, dataset, opts, out_dir, meta, callback=callback)
     paths = TrainPaths.for_run(out_dir, "lmnet")
-    extra = {"kind": "lmnet", "text_encoder": encoder_record(enc), "training": {
-        k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")} | {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "seed": seed,
-        "init_origin": None if start is None else start.origin}}
+    training = {k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")}
+    training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                    init_origin=None if start is None else start.origin)
+    extra = {"kind": "lmnet", "orientation": orientation, "text_encoder": encoder_record(enc), "training": training}
     save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
     return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))

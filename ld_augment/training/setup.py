@@ -86,6 +86,17 @@ class InitWeights:
     origin: str
     encoder_id: str | None
     text_encoder: Mapping[str, Any] | None  # {"name", "options"} recorded by our checkpoints
+    orientation: str | None = None  # array orientation recorded by our checkpoints
+
+
+def training_orientation(start: InitWeights | None) -> str:
+    """Array orientation to train in: the init's (LPS for the authors' released files, which were trained on
+    their LPS-stored volumes; what our checkpoint recorded), else RAS, our standardized grid."""
+    if start is None:
+        return "RAS"
+    if start.origin == "released":
+        return "LPS"
+    return start.orientation or "RAS"
 
 
 def _load_into(cfg: NetConfig, state: Mapping[str, Any], source: str) -> nn.Module:
@@ -112,7 +123,8 @@ def load_init(kind: str, init: str | os.PathLike, cfg: NetConfig | None, *, allo
         use = cfg if cfg is not None else stored
         module = _load_into(use, raw["state_dict"], str(init))
         extra = raw.get("extra") or {}
-        return InitWeights(module, use, "checkpoint", raw.get("encoder_id"), extra.get("text_encoder"))
+        return InitWeights(module, use, "checkpoint", raw.get("encoder_id"), extra.get("text_encoder"),
+                           extra.get("orientation"))
     sd = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{init}: neither an ld-augment checkpoint nor a Lightning checkpoint")

@@ -39,3 +39,25 @@ def test_engine_rebuilds_the_encoder_the_checkpoint_was_trained_with(cases_dir, 
     engine = create_mask_engine("diffusion", checkpoint=str(result.checkpoint), encoder="vocab", steps=2,
                                 crop=(16, 16, 16))
     assert engine.encoder.options()["seed"] == 3  # not the default 0: the vectors the UNet was trained on
+
+
+def test_orientation_from_scratch_is_ras_and_lps_crops_are_mirrored(cases_dir, tmp_path) -> None:
+    """From scratch the network learns our RAS grid (recorded, and used by the engine); LPS training crops
+    (used when fine-tuning the authors' released weights) are the same crops mirrored in x and y."""
+    import torch
+
+    from ld_augment.engines.registry import create_mask_engine
+    from ld_augment.nets import load_checkpoint
+    from ld_augment.training.crops import CropDataset
+    from ld_augment.training.data import find_cases
+
+    scratch = train_lmnet(cases_dir, tmp_path / "a", config="tiny", steps=1, crop_size=(16, 16, 16), progress=False)
+    assert load_checkpoint(scratch.checkpoint)[2]["extra"]["orientation"] == "RAS"
+    engine = create_mask_engine("diffusion", checkpoint=str(scratch.checkpoint), encoder="vocab", steps=1,
+                                crop=(16, 16, 16))
+    assert engine.provenance()["options"]["network_orientation"] == "RAS"
+    cases = find_cases(cases_dir, need=("label", "seg", "report"))
+    ras = CropDataset(cases, "lmnet", (16, 16, 16), seed=1)[5]
+    lps = CropDataset(cases, "lmnet", (16, 16, 16), seed=1, orientation="LPS")[5]
+    assert torch.equal(torch.flip(ras["cond"], dims=(1, 2)), lps["cond"])
+    assert torch.equal(torch.flip(ras["x0"], dims=(1, 2)), lps["x0"])

@@ -18,6 +18,23 @@ from ld_augment.errors import ConfigError
 
 Triple = tuple[int, int, int]
 
+#: Array orientations a network can have been trained in. Our standardized grid is RAS; the authors trained on
+#: their volumes as stored (LPS, like the released demo cases), i.e. the first two axes mirrored.
+ORIENTATIONS = ("RAS", "LPS")
+
+
+def check_orientation(value: str, what: str = "network_orientation") -> str:
+    if value not in ORIENTATIONS:
+        raise ConfigError(f"{what} must be one of {list(ORIENTATIONS)}, got {value!r}")
+    return value
+
+
+def to_network_axes(array: np.ndarray, orientation: str) -> np.ndarray:
+    """A RAS-grid crop as the network saw its training data (LPS: first two axes flipped); its own inverse."""
+    if orientation == "LPS":
+        return np.ascontiguousarray(np.flip(array, axis=(0, 1)))
+    return array
+
 
 def check_crop(crop: Sequence[int], what: str) -> Triple:
     """Validate a crop option: three positive integers."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ld_augment.engines.diffusion.crops import check_orientation
 from ld_augment.errors import CheckpointError, ConfigError, MissingDependencyError
 from ld_augment.io.nifti import sha256_file
 from ld_augment.nets import (
@@ -122,6 +123,7 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
         record["encoder_id"] = stored
         # how training built the text encoder (create_encoder(name, **options)), to rebuild it identically
         record["text_encoder"] = (meta.get("extra") or {}).get("text_encoder")
+        record["orientation"] = (meta.get("extra") or {}).get("orientation")
         if skip_context is not None:
             cfg_loaded = dataclasses.replace(cfg_loaded, skip_context=bool(skip_context))
         module, cfg = _with_config(module, cfg_loaded, dev), cfg_loaded
@@ -174,6 +176,16 @@ def load_vq(*, checkpoint: PathArg, lightning_checkpoint: PathArg, config: Confi
         return None
     record["config"] = cfg.to_dict()
     return LoadedNetwork(module, cfg, record)
+
+
+def network_orientation_of(requested: str | None, record: Mapping[str, Any]) -> str:
+    """The array orientation the network was trained in: as requested, else LPS for the authors' released files
+    (trained on their volumes as stored), else what our checkpoint recorded, else RAS (our standardized grid)."""
+    if requested is not None:
+        return check_orientation(requested)
+    if record.get("source") == "lightning":
+        return "LPS"
+    return check_orientation(record.get("orientation") or "RAS", "recorded orientation")
 
 
 def check_encoder_available(encoder: str | AttributeEncoder, weights: PathArg) -> None:

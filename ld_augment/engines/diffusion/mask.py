@@ -24,8 +24,10 @@ from ld_augment.engines.base import LesionContext, MaskEngine
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context, uses_text,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
-from ld_augment.engines.diffusion.loading import PathArg, build_encoder, check_encoder_available, encoder_id, load_unet
+from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
+from ld_augment.engines.diffusion.loading import (
+    PathArg, build_encoder, check_encoder_available, encoder_id, load_unet, network_orientation_of,
+)
 from ld_augment.engines.diffusion.sampling import sample_lmnet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import largest_component
 from ld_augment.errors import ConfigError
@@ -77,7 +79,9 @@ class DiffusionMaskEngine(MaskEngine):
     ``encoder_weights``), or only ``config`` (a preset name/UNetConfig: random weights, for tests and
     benchmarks). ``label_version`` ("auto", "v1", "v2", "binary") says how ``ctx.organ_seg`` is numbered; v2
     maps are converted to v1 ids, which is what the network was trained on. Randomness comes only from the rng
-    passed to ``generate_mask`` (it seeds a torch.Generator on ``device``).
+    passed to ``generate_mask`` (it seeds a torch.Generator on ``device``). ``network_orientation`` ("RAS",
+    "LPS"; default: LPS for the released files, else the checkpoint's recorded one) is the array orientation
+    the network was trained in; crops of our RAS grid are mirrored into it and the result mirrored back.
     """
 
     name = "diffusion"
@@ -102,6 +106,7 @@ class DiffusionMaskEngine(MaskEngine):
         use_ema: bool = True,
         allow_pickle: bool = False,
         init_seed: int = 0,
+        network_orientation: str | None = None,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
         self.crop = check_crop(crop, "crop")
@@ -118,6 +123,7 @@ class DiffusionMaskEngine(MaskEngine):
                              expected_encoder=encoder_id(encoder), device=self.device, use_ema=use_ema,
                              allow_pickle=allow_pickle, init_seed=init_seed)
         check_crop_divisible(self.crop, self.net.module.spatial_divisor, "crop")
+        self.orientation = network_orientation_of(network_orientation, self.net.record)
         self.encoder, self.encoder_record = None, {"id": None}
         if uses_text(self.net.cfg):
             self.encoder, self.encoder_record = build_encoder(
@@ -131,6 +137,7 @@ class DiffusionMaskEngine(MaskEngine):
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "label_version": self.label_version, "max_attempts": self.max_attempts,
                         "min_voxels": self.min_voxels, "body_threshold_hu": self.body_threshold_hu,
+                        "network_orientation": self.orientation,
                         "thresholds": list(THRESHOLDS)},
             "checkpoints": {"lmnet": self.net.record}, "encoder": self.encoder_record,
         }
@@ -143,7 +150,8 @@ class DiffusionMaskEngine(MaskEngine):
         rule = cavity_rule(getattr(report, "cavity", None), ctx.organ_name)
         size = fit_crop(self.crop, stop - start, self.net.module.spatial_divisor)
         window = CropWindow.around((start + stop - 1) / 2.0, size, shape)
-        cond = to_tensor(self._channels(ctx, bbox, report, window), self.device)
+        cond = to_tensor([to_network_axes(c, self.orientation) for c in self._channels(ctx, bbox, report, window)],
+                         self.device)
         allowed = self._allowed(ctx, rule, window)
         context = encode_context(self.encoder, conditioning_texts(report, purpose="lmnet"), self.device)
         reference = math.pi / 6.0 * float(np.prod(bbox.size))  # ellipsoid inscribed in the box
@@ -153,7 +161,8 @@ class DiffusionMaskEngine(MaskEngine):
         for _ in range(self.max_attempts):
             soft = sample_lmnet(self.net.module, cond, context, steps=self.steps, eta=self.eta,
                                 generator=generator, precision=self.precision)
-            lesion, _ = pick_threshold(soft[0, 0].float().cpu().numpy(), allowed, reference)
+            soft_ras = to_network_axes(soft[0, 0].float().cpu().numpy(), self.orientation)
+            lesion, _ = pick_threshold(soft_ras, allowed, reference)
             largest = max(largest, int(lesion.sum()))
             if lesion.sum() >= needed:
                 return window.paste(lesion, shape)

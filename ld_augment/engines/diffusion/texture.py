@@ -23,10 +23,10 @@ from ld_augment.engines.base import LesionContext, TextureEngine
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context, uses_text,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
+from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
 from ld_augment.engines.diffusion.intensity import HU_KNOTS, denormalize_ct, normalize_ct
 from ld_augment.engines.diffusion.loading import (
-    PathArg, build_encoder, check_encoder_available, encoder_id, load_unet, load_vq,
+    PathArg, build_encoder, check_encoder_available, encoder_id, load_unet, load_vq, network_orientation_of,
 )
 from ld_augment.engines.diffusion.sampling import inpaint_linet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import mask_slices
@@ -71,6 +71,7 @@ class DiffusionTextureEngine(TextureEngine):
     give random weights (tests, benchmarks). ``skip_context``: None keeps the loaded config's
     choice -- for the released LINet that is True, the released test config's behaviour (the UNet ignores the
     text, so no text encoder or BiomedCLIP weights are needed); False uses the cross-attention as trained.
+    ``network_orientation`` as for the mask engine (LPS for the released files: crops are mirrored in and out).
     """
 
     name = "diffusion"
@@ -99,6 +100,7 @@ class DiffusionTextureEngine(TextureEngine):
         use_ema: bool = True,
         allow_pickle: bool = False,
         init_seed: int = 0,
+        network_orientation: str | None = None,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
         self.crop = check_crop(crop, "crop")
@@ -125,6 +127,7 @@ class DiffusionTextureEngine(TextureEngine):
         if self.vq.cfg.embed_dim + 1 != self.net.cfg.in_channels:
             raise ConfigError(f"the VQ latent has {self.vq.cfg.embed_dim} channels but LINet takes "
                               f"{self.net.cfg.in_channels} = latent + 1 mask channel")
+        self.orientation = network_orientation_of(network_orientation, self.net.record)
         self.factor = self.vq.cfg.downsampling_factor
         self.divisor = self.factor * self.net.module.spatial_divisor
         check_crop_divisible(self.crop, self.divisor, "crop")
@@ -141,7 +144,7 @@ class DiffusionTextureEngine(TextureEngine):
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "skip_context": bool(self.net.cfg.skip_context), "dilate_voxels": self.dilate_voxels,
                         "blend_voxels": self.blend_voxels, "mean_shift": self.mean_shift,
-                        "hu_range": list(self.hu_range)},
+                        "hu_range": list(self.hu_range), "network_orientation": self.orientation},
             "checkpoints": {"linet": self.net.record, "vq": self.vq.record}, "encoder": self.encoder_record,
         }
 
@@ -159,12 +162,13 @@ class DiffusionTextureEngine(TextureEngine):
         ct_crop = window.extract(np.asarray(ctx.ct, dtype=np.float32), HU_KNOTS[0])
         valid = window.valid(shape)
         mask_crop = window.extract(lesion, False)
-        image = to_tensor([normalize_ct(ct_crop)], self.device)
-        mask_lat = to_tensor([latent_mask(mask_crop, self.factor)], self.device)
+        axes = self.orientation
+        image = to_tensor([to_network_axes(normalize_ct(ct_crop), axes)], self.device)
+        mask_lat = to_tensor([latent_mask(to_network_axes(mask_crop, axes), self.factor)], self.device)
         context = encode_context(self.encoder, conditioning_texts(report, purpose="linet"), self.device)
         generated = inpaint_linet(self.net.module, self.vq.module, image, mask_lat, context, steps=self.steps,
                                   eta=self.eta, generator=torch_generator(rng, self.device), precision=self.precision)
-        hu = denormalize_ct(generated[0, 0].cpu().numpy())
+        hu = to_network_axes(denormalize_ct(generated[0, 0].cpu().numpy()), axes)
         if self.mean_shift:
             hu += float(ct_crop[valid].mean() - hu[valid].mean())
 
