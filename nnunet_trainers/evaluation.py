@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ld_augment.io.atomic import atomic_write_json
+
 
 @dataclass
 class LesionCounts:
@@ -99,8 +101,7 @@ def evaluate_predictions(pred_dir: str | Path, ref_dir: str | Path, dataset_json
     summary = json.loads((pred_dir / "summary.json").read_text())   # the function itself returns None
     counts, per_case = detection_on_folder(pred_dir, ref_dir, list(lesion_labels),
                                            file_ending=dataset_json["file_ending"], min_overlap=min_overlap)
-    (pred_dir / "lesion_detection.json").write_text(json.dumps({"total": asdict(counts), "cases": per_case},
-                                                               indent=2))
+    atomic_write_json(pred_dir / "lesion_detection.json", {"total": asdict(counts), "cases": per_case})
     names = {str(v): k for k, v in dataset_json["labels"].items() if not isinstance(v, (list, tuple))}
     metrics = {f"dice_{names.get(str(k), k)}": float(v["Dice"]) for k, v in summary["mean"].items()}
     metrics["dice_foreground_mean"] = float(summary["foreground_mean"]["Dice"])
