@@ -14,13 +14,12 @@ released 200 steps, and the ratio to the procedural engine measured in the same 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import time
 
 import numpy as np
 import torch
+from _device import device_name
 
 from ld_augment.engines import LesionContext, create_mask_engine, create_texture_engine
 from ld_augment.placement.bboxes import BBox
@@ -42,13 +41,6 @@ def make_context(shape: tuple[int, int, int]) -> LesionContext:
     ct = (np.where(organ, 55.0, -80.0) + 20.0 * rng.standard_normal(shape)).astype(np.float32)
     return LesionContext(ct=ct, organ_seg=organ.astype(np.int16) * LIVER, organ_mask=organ, organ_name="liver",
                          spacing=(1.0, 1.0, 1.0), occupied=np.zeros(shape, bool))
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU {platform.processor() or platform.machine()} ({cores} cores, {torch.get_num_threads()} threads)"
 
 
 def timed(fn, repeats: int, device: str, warmup: bool = True) -> tuple[float, object]:

@@ -14,25 +14,15 @@ Target: overhead <= 3 %.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _device import device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def _device_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_cases(folder: Path, n: int, shape, patch, rng: np.random.Generator) -> list[str]:
@@ -134,7 +124,7 @@ def main(argv=None) -> int:
     med = {k: float(np.median(v)) for k, v in times.items()}
     mean = {k: float(np.mean(v)) for k, v in times.items()}
     c_stock, c_mixed = choice_cost(1000, 5000, 0.25, args.batch_size)
-    print(f"device: {_device_name()} | torch {torch.__version__} | numpy {np.__version__} | "
+    print(f"device: {device_name()} | torch {torch.__version__} | numpy {np.__version__} | "
           f"{args.cases} cases {tuple(args.shape)}, patch {tuple(args.patch)}, batch {args.batch_size}, "
           f"transforms={'nnU-Net training' if args.transforms else 'none'}")
     for k in ("stock", "mixed"):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import resource
 import time
 from typing import Any
+
+from _device import device_name
 
 SCALES = {"released": 1.0, "half": 0.5, "quarter": 0.25, "eighth": 0.125}
 # (network, released input shape [B, C, D1, D2, D3], divisor of each spatial size)
@@ -33,17 +34,6 @@ def _shape(case: str, scale: float) -> tuple[int, ...]:
     _, shape, div = CASES[case]
     spatial = [max(div, int(round(s * scale / div)) * div) for s in shape[2:]]
     return (*shape[:2], *spatial)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _measure(case: str, device: str, scale: float, precision: str, warmup: int, threads: int) -> dict[str, Any]:
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     warmup = args.warmup if args.warmup is not None else (1 if args.device.startswith("cuda") else 0)
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else _cpu_name()
+    name = device_name(args.device)
     print(f"device: {args.device} ({name}); torch {torch.__version__}; threads {args.threads or torch.get_num_threads()}; "
           f"size {args.size}; warm-up {warmup}")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import resource
 import time
 from typing import Any
+
+from _device import device_name
 
 # network -> (tiny config, tiny crop, released config, released crop); crops are image-space voxels
 SIZES = {
@@ -24,21 +25,6 @@ SIZES = {
     "vq": ("vq_tiny", (32, 32, 32), "vq", (128, 128, 128)),
 }
 VQ_FOR = {"linet_tiny": "vq_tiny", "linet_train": "vq"}
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def _measure(net: str, released: bool, device: str, precision: str, batch: int, steps: int, threads: int
@@ -130,7 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    print(f"device: {_device_name(args.device)} ({args.device}); torch {torch.__version__}; "
+    print(f"device: {device_name(args.device)} ({args.device}); torch {torch.__version__}; "
           f"{'released' if args.released else 'tiny'} size; batch {args.batch_size}")
     ctx = mp.get_context("spawn")
     rows = []

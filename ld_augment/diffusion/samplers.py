@@ -89,6 +89,37 @@ def _timestep_batch(schedule: DDIMSchedule, index: int, x: torch.Tensor) -> torc
     return torch.full((x.shape[0],), int(schedule.timesteps[index]), device=x.device, dtype=torch.long)
 
 
+def _run_ddim(
+    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_T: torch.Tensor,
+    schedule: DDIMSchedule,
+    *,
+    before_step: Callable[[torch.Tensor], torch.Tensor] | None,
+    generator: torch.Generator | None,
+    callback: StepCallback | None,
+    record_intermediates: bool,
+) -> SamplerOutput:
+    """The DDIM loop both samplers share: largest timestep first, optional ``before_step`` on x, eq. 12 step."""
+    x = x_T
+    out = SamplerOutput(sample=x_T, timesteps=[])
+    if record_intermediates:
+        out.intermediates.append(x_T)
+    for step_number, index in enumerate(reversed(range(schedule.num_steps))):
+        if before_step is not None:
+            x = before_step(x)
+        t = _timestep_batch(schedule, index, x)
+        result = ddim_step(eps_fn(x, t), index, x, schedule, noise=_step_noise(schedule, index, x, generator))
+        x = result.prev_sample
+        out.timesteps.append(int(t[0]))
+        if record_intermediates:
+            out.intermediates.append(x)
+            out.pred_x0.append(result.pred_x0)
+        if callback is not None:
+            callback(step_number, int(t[0]), x, result.pred_x0)
+    out.sample = x
+    return out
+
+
 def sample_ddim(
     model_fn: ModelFn,
     x_T: torch.Tensor,
@@ -106,24 +137,11 @@ def sample_ddim(
     no concatenation) and ``context`` (cross-attention text) to ``model_fn``; no masking or blending.
     ``generator`` drives the noise when eta > 0.
     """
-    x = x_T
-    out = SamplerOutput(sample=x_T, timesteps=[])
-    if record_intermediates:
-        out.intermediates.append(x_T)
-    for step_number, index in enumerate(reversed(range(schedule.num_steps))):
-        t = _timestep_batch(schedule, index, x)
-        model_input = x if concat is None else torch.cat([x, concat], dim=1)
-        eps = model_fn(model_input, t, context)
-        result = ddim_step(eps, index, x, schedule, noise=_step_noise(schedule, index, x, generator))
-        x = result.prev_sample
-        out.timesteps.append(int(t[0]))
-        if record_intermediates:
-            out.intermediates.append(x)
-            out.pred_x0.append(result.pred_x0)
-        if callback is not None:
-            callback(step_number, int(t[0]), x, result.pred_x0)
-    out.sample = x
-    return out
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model_fn(x if concat is None else torch.cat([x, concat], dim=1), t, context)
+
+    return _run_ddim(eps_fn, x_T, schedule, before_step=None, generator=generator, callback=callback,
+                     record_intermediates=record_intermediates)
 
 
 def paste_known(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,21 +175,11 @@ def sample_masked_ddim(
         raise ValueError(f"mask must be [B, 1, *spatial of x_T]; got {tuple(mask.shape)} for x_T {tuple(x_T.shape)}")
     mask = mask.to(x_T.dtype)  # a bool mask becomes 0/1 (needed for 1 - mask and the model's extra channel)
     channels = x_T.shape[1]
-    x = x_T
-    out = SamplerOutput(sample=x_T, timesteps=[])
-    if record_intermediates:
-        out.intermediates.append(x_T)
-    for step_number, index in enumerate(reversed(range(schedule.num_steps))):
-        x = paste_known(x, known, mask)
-        t = _timestep_batch(schedule, index, x)
-        eps = model_fn(torch.cat([x, mask], dim=1), t, context)[:, :channels]
-        result = ddim_step(eps, index, x, schedule, noise=_step_noise(schedule, index, x, generator))
-        x = result.prev_sample
-        out.timesteps.append(int(t[0]))
-        if record_intermediates:
-            out.intermediates.append(x)
-            out.pred_x0.append(result.pred_x0)
-        if callback is not None:
-            callback(step_number, int(t[0]), x, result.pred_x0)
-    out.sample = torch.cat([paste_known(x, known, mask), mask], dim=1)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model_fn(torch.cat([x, mask], dim=1), t, context)[:, :channels]
+
+    out = _run_ddim(eps_fn, x_T, schedule, before_step=lambda x: paste_known(x, known, mask), generator=generator,
+                    callback=callback, record_intermediates=record_intermediates)
+    out.sample = torch.cat([paste_known(out.sample, known, mask), mask], dim=1)
     return out
