@@ -149,16 +149,18 @@ def synthesize_case(
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
     lesions: list[dict[str, Any]] = []
     for k, box in enumerate(boxes, start=1):
+        # the report's size text follows its first lesion; each lesion is drawn and measured at its own box
+        lesion_report = report.with_values(size=box.size)
         ctx = LesionContext(ct=ct, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
                             occupied=occupied.copy())
         t0 = time.perf_counter()
-        mask = np.asarray(masker.generate_mask(ctx, box, report, rng), dtype=bool)
+        mask = np.asarray(masker.generate_mask(ctx, box, lesion_report, rng), dtype=bool)
         t1 = time.perf_counter()
         if not mask.any():
             raise InputError(f"case {case.case_id}: the mask engine drew an empty lesion in box {box.to_dict()}")
-        rendered = np.clip(np.asarray(texturer.render(ctx, mask, report, rng), dtype=np.float32), *hu_range)
+        rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
         t2 = time.perf_counter()
-        adherence = measure_adherence(ct, rendered, mask, target, report, spacing)
+        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing)
         ct = rendered
         occupied |= mask
         lesion_ids[mask] = k

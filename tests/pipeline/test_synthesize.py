@@ -110,3 +110,13 @@ def test_label_scheme_mapping_and_errors(ct_variants, tmp_path) -> None:
         synthesize_case(case.case_dir, tmp_path / "o2", label_scheme={"organ": 1})
     with pytest.raises(InputError, match="not a preprocessed case"):
         synthesize_case(tmp_path, tmp_path / "o3")
+
+
+def test_each_lesion_is_measured_against_its_own_box(ct_variants, tmp_path) -> None:
+    """Reports keep one size text (the first lesion's); adherence must use each lesion's own box size."""
+    ct, seg = ct_variants["ras"]
+    case = preprocess_case(ct, tmp_path / "case", organ="liver", lesion_type="metastasis", seg=seg, seed=0,
+                           num_lesions=2, preview=False, spacing=(1.5, 1.5, 1.5))
+    res = synthesize_case(case.case_dir, tmp_path / "out", seed=0, preview=False)
+    for lesion, box in zip(res.lesions, case.meta["bboxes"]):
+        assert lesion["adherence"]["requested_size_vox"] == box["size"]
