@@ -73,12 +73,28 @@ class CaseRunner:
         self._sha: dict[Path, str] = {}
         self._writer: Any = None
         self._writer_ready = False
+        self._engine_pair: tuple[Any, Any] | None = None
         self.checkpoints = {name: self._hash(path) for name, path in recipe.engine.checkpoints.items()}
 
     def _hash(self, path: Path) -> str:
         if path not in self._sha:
             self._sha[path] = sha256_file(path)
         return self._sha[path]
+
+    def _engines(self) -> tuple[Any, Any]:
+        """The recipe's engines, created once per build (loading and hashing weights once, not per case)."""
+        if self._engine_pair is None:
+            from ld_augment.engines.registry import create_mask_engine, create_texture_engine
+
+            spec = self.recipe.engine
+            mask_opts, tex_opts = dict(spec.mask_options), dict(spec.texture_options)
+            if spec.mask != "procedural":
+                mask_opts.setdefault("device", spec.device)
+            if spec.texture != "procedural":
+                tex_opts.setdefault("device", spec.device)
+            self._engine_pair = (create_mask_engine(spec.mask, **mask_opts),
+                                 create_texture_engine(spec.texture, **tex_opts))
+        return self._engine_pair
 
     def _report_writer(self) -> Any:
         if not self._writer_ready:
@@ -142,14 +158,10 @@ class CaseRunner:
             seed=item.seed, shrink=recipe.shrink, avoid=avoid, case_id=item.case_id, preview=False,
         )
         t1 = time.perf_counter()
-        options = {}
-        if recipe.engine.checkpoints:
-            ckpts = {k: str(v) for k, v in recipe.engine.checkpoints.items()}
-            options["engine_options"] = {"mask": {"checkpoints": ckpts}, "texture": {"checkpoints": ckpts}}
+        mask_engine, texture_engine = self._engines()
         result = self.synthesize_fn(
-            case_dir, synth_dir, mask_engine=recipe.engine.mask, texture_engine=recipe.engine.texture,
+            case_dir, synth_dir, mask_engine=mask_engine, texture_engine=texture_engine,
             seed=item.seed, label_scheme=dict(recipe.label_scheme), device=recipe.engine.device, preview=True,
-            **options,
         )
         t2 = time.perf_counter()
         label_file = synth_dir / "label.nii.gz"

@@ -14,7 +14,10 @@ attributes:
 report_writer: offline                           # or {llm: {base_url: http://..., model: ...}}
 lesions_per_case: [1, 3]
 variants_per_source: 4
-engine: {mask: procedural, texture: procedural, checkpoints: {}, device: cpu}
+engine: {mask: procedural, texture: procedural, device: cpu}
+#   the paper's networks: {mask: diffusion, texture: diffusion, device: cuda,
+#     mask_options: {lightning_checkpoint: LMNet.ckpt, encoder: biomedclip, encoder_weights: biomedclip/},
+#     texture_options: {lightning_checkpoint: LINet.ckpt, vq_lightning_checkpoint: VQ.ckpt, steps: 50}}
 seed: 0
 label_scheme: {background: 0, organ: 1, lesion: 2}
 segmentation: totalsegmentator                   # for sources without a segmentation; or "error"
@@ -56,12 +59,29 @@ class LlmWriter:
     model: str
 
 
+#: Engine options that name weight files (resolved against the recipe's folder; hashed into the manifest).
+WEIGHT_OPTIONS = ("checkpoint", "lightning_checkpoint", "vq_checkpoint", "vq_lightning_checkpoint", "encoder_weights")
+
+
 @dataclass(frozen=True)
 class EngineSpec:
+    """Engines by registry name plus the keyword options each is created with (e.g. checkpoint paths)."""
+
     mask: str = "procedural"
     texture: str = "procedural"
-    checkpoints: Mapping[str, Path] = field(default_factory=dict)
+    mask_options: Mapping[str, Any] = field(default_factory=dict)
+    texture_options: Mapping[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+
+    @property
+    def checkpoints(self) -> dict[str, Path]:
+        """Weight files named in the options, as {"mask.checkpoint": path, ...} (files only, not folders)."""
+        out = {}
+        for role, options in (("mask", self.mask_options), ("texture", self.texture_options)):
+            for key in WEIGHT_OPTIONS:
+                if key in options and Path(options[key]).is_file():
+                    out[f"{role}.{key}"] = Path(options[key])
+        return out
 
 
 @dataclass(frozen=True)
@@ -136,7 +156,8 @@ class Recipe:
             "report_writer": writer, "lesions_per_case": list(self.lesions_per_case),
             "variants_per_source": self.variants_per_source,
             "engine": {"mask": self.engine.mask, "texture": self.engine.texture, "device": self.engine.device,
-                       "checkpoints": {k: str(p) for k, p in self.engine.checkpoints.items()}},
+                       "mask_options": dict(self.engine.mask_options),
+                       "texture_options": dict(self.engine.texture_options)},
             "seed": self.seed, "label_scheme": dict(self.label_scheme), "segmentation": self.segmentation,
             "spacing": list(self.spacing), "shrink": self.shrink, "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
         }
@@ -327,18 +348,29 @@ class _Validator:
     def engine(self, value: Any) -> EngineSpec:
         if not isinstance(value, Mapping):
             raise self.fail("engine", f"expected a mapping, got {value!r}")
-        valid = ["mask", "texture", "checkpoints", "device"]
+        valid = ["mask", "texture", "mask_options", "texture_options", "device"]
         unknown = sorted(set(value) - set(valid))
         if unknown:
             raise self.fail("engine", f"unknown key(s) {unknown}; valid keys: {valid}")
         mask = self.one_of("engine.mask", value.get("mask", "procedural"), vocabulary.engine_names("mask"))
         texture = self.one_of("engine.texture", value.get("texture", "procedural"), vocabulary.engine_names("texture"))
-        ckpts = value.get("checkpoints") or {}
-        if not isinstance(ckpts, Mapping):
-            raise self.fail("engine.checkpoints", f"expected {{name: path}}, got {ckpts!r}")
-        checkpoints = {str(k): self.path(f"engine.checkpoints.{k}", p, kind="file") for k, p in ckpts.items()}
+        options = {role: self.engine_options(f"engine.{role}_options", value.get(f"{role}_options") or {})
+                   for role in ("mask", "texture")}
         device = self.string("engine.device", value.get("device", "cpu"))
-        return EngineSpec(mask=mask, texture=texture, checkpoints=checkpoints, device=device)
+        return EngineSpec(mask=mask, texture=texture, mask_options=options["mask"],
+                          texture_options=options["texture"], device=device)
+
+    def engine_options(self, key: str, value: Any) -> dict[str, Any]:
+        """Keyword options for an engine; weight paths must exist (encoder_weights may be a folder)."""
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a mapping of engine options, got {value!r}")
+        out = dict(value)
+        for name in WEIGHT_OPTIONS:
+            if name in out:
+                raw = Path(str(out[name])).expanduser()
+                kind = "dir" if name == "encoder_weights" and (self.base / raw).is_dir() else "file"
+                out[name] = str(self.path(f"{key}.{name}", out[name], kind=kind))
+        return out
 
     def label_scheme(self, value: Any) -> dict[str, int]:
         allowed = ("background", "organ", "lesion")

@@ -78,7 +78,8 @@ def fake_synthesize(case_dir, out_dir, *, mask_engine="procedural", texture_engi
     nib.save(nib.Nifti1Image(label, src.affine), str(out_dir / "label.nii.gz"))
     (out_dir / "report.json").write_text(json.dumps({"5": [["round-like"], meta["bboxes"]]}))
     (out_dir / "synthesis.json").write_text(json.dumps({
-        "engine": {"mask": {"name": mask_engine}, "texture": {"name": texture_engine}},
+        "engine": {"mask": {"name": getattr(mask_engine, "name", mask_engine)},
+                   "texture": {"name": getattr(texture_engine, "name", texture_engine)}},
         "lesions": [{"index": 1, "adherence": {"dice_to_box": 0.5}}]}))
     if preview:
         (out_dir / "preview.png").write_bytes(b"\x89PNG fake")
