@@ -84,16 +84,12 @@ class CaseRunner:
     def _engines(self) -> tuple[Any, Any]:
         """The recipe's engines, created once per build (loading and hashing weights once, not per case)."""
         if self._engine_pair is None:
-            from ld_augment.engines.registry import create_mask_engine, create_texture_engine
+            from ld_augment.pipeline.synthesize import make_engines
 
             spec = self.recipe.engine
-            mask_opts, tex_opts = dict(spec.mask_options), dict(spec.texture_options)
-            if spec.mask != "procedural":
-                mask_opts.setdefault("device", spec.device)
-            if spec.texture != "procedural":
-                tex_opts.setdefault("device", spec.device)
-            self._engine_pair = (create_mask_engine(spec.mask, **mask_opts),
-                                 create_texture_engine(spec.texture, **tex_opts))
+            self._engine_pair = make_engines(spec.mask, spec.texture, device=spec.device,
+                                             options={"mask": dict(spec.mask_options),
+                                                      "texture": dict(spec.texture_options)})
         return self._engine_pair
 
     def _report_writer(self) -> Any:

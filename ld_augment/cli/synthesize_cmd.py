@@ -48,20 +48,22 @@ def expand_cases(entries: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from ld_augment.pipeline.batch import run_batch
-    from ld_augment.pipeline.synthesize import synthesize_case
+    from ld_augment.pipeline.synthesize import make_engines, synthesize_case
 
     cases = expand_cases(args.cases)
     scheme = parse_json_arg(args.label_scheme, "--label-scheme") if args.label_scheme else None
     options = parse_json_arg(args.engine_options, "--engine-options") if args.engine_options else None
-    mask = args.mask_engine or args.engine or "procedural"
-    texture = args.texture_engine or args.engine or "procedural"
+    # engines are built once for the whole batch (weights load and hash once)
+    mask, texture = make_engines(args.mask_engine or args.engine or "procedural",
+                                 args.texture_engine or args.engine or "procedural",
+                                 options=options, device=args.device)
     out = Path(args.out)
 
     def job(case_dir: Path):
         target = out if len(cases) == 1 else out / case_dir.name
         result = synthesize_case(case_dir, target, mask_engine=mask, texture_engine=texture, seed=args.seed,
                                  label_scheme=scheme, keep_standardized=args.keep_standardized,
-                                 device=args.device, preview=not args.no_preview, engine_options=options)
+                                 device=args.device, preview=not args.no_preview)
         for lesion in result.lesions:
             secs = lesion["seconds"]
             print(f"{case_dir.name} lesion {lesion['index']}: {lesion['voxels_std']} voxels, "

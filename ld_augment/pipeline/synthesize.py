@@ -63,10 +63,25 @@ def check_label_scheme(scheme: dict[str, int] | None) -> dict[str, int]:
     return scheme
 
 
-def _engine(kind: str, engine: str | MaskEngine | TextureEngine, options: dict[str, Any]) -> Any:
-    if not isinstance(engine, str):
-        return engine
-    return create_mask_engine(engine, **options) if kind == "mask" else create_texture_engine(engine, **options)
+def make_engines(mask_engine: str | MaskEngine = "procedural", texture_engine: str | TextureEngine = "procedural",
+                 *, options: dict[str, dict[str, Any]] | None = None,
+                 device: str = "cpu") -> tuple[MaskEngine, TextureEngine]:
+    """Engines by name (or given instances) with their options; `device` goes to every non-procedural engine.
+
+    Build them once for a batch and pass the instances to `synthesize_case`: weights load and hash once.
+    """
+    opts = options or {}
+    built = []
+    for engine, role, create in ((mask_engine, "mask", create_mask_engine),
+                                 (texture_engine, "texture", create_texture_engine)):
+        if not isinstance(engine, str):
+            built.append(engine)
+            continue
+        kwargs = dict(opts.get(role, {}))
+        if engine != "procedural":
+            kwargs.setdefault("device", device)
+        built.append(create(engine, **kwargs))
+    return built[0], built[1]
 
 
 def _source_image(case: PreprocessedCase, source_image: str | Path | None) -> tuple[nib.Nifti1Image, Path]:
@@ -117,15 +132,7 @@ def synthesize_case(
     scheme = check_label_scheme(label_scheme)
     case = PreprocessedCase.open(case_dir)
     out_dir = Path(out_dir)
-    opts = engine_options or {}
-    mask_opts = dict(opts.get("mask", {}))
-    tex_opts = dict(opts.get("texture", {}))
-    if isinstance(mask_engine, str) and mask_engine != "procedural":
-        mask_opts.setdefault("device", device)
-    if isinstance(texture_engine, str) and texture_engine != "procedural":
-        tex_opts.setdefault("device", device)
-    masker = _engine("mask", mask_engine, mask_opts)
-    texturer = _engine("texture", texture_engine, tex_opts)
+    masker, texturer = make_engines(mask_engine, texture_engine, options=engine_options, device=device)
 
     std_img = nib.load(str(case.path("ct")))
     ct_before = np.asarray(std_img.dataobj, dtype=np.float32)

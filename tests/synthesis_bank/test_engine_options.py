@@ -7,7 +7,7 @@ import json
 
 import torch
 
-import ld_augment.engines.registry as registry
+import ld_augment.pipeline.synthesize as synth
 from ld_augment.nets import LINET_TINY, VQ_TINY, build_network, save_checkpoint
 from ld_augment.resources import example_ct, example_segmentation
 from ld_augment.text.offline import ENCODER_ID as VOCAB_ID
@@ -21,8 +21,8 @@ def test_bank_with_diffusion_texture_from_recipe_options(tmp_path, monkeypatch) 
     vq = save_checkpoint(tmp_path / "vq.pt", build_network(VQ_TINY), VQ_TINY, encoder_id=None)
     (tmp_path / "sources.txt").write_text(f"{example_ct()},{example_segmentation()}\n")
     created = []
-    real_create = registry.create_texture_engine
-    monkeypatch.setattr(registry, "create_texture_engine",
+    real_create = synth.create_texture_engine
+    monkeypatch.setattr(synth, "create_texture_engine",
                         lambda name, **kw: created.append(name) or real_create(name, **kw))
     recipe = Recipe.from_dict({
         "sources": {"list_file": "sources.txt"}, "organs": ["liver"], "lesion_types": {"cyst": 1.0},
