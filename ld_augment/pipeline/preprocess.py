@@ -128,7 +128,8 @@ def preprocess_case(
     rng = np.random.default_rng(seed)
 
     ct_img = load_ct(image, name=str(image) if isinstance(image, (str, Path)) else "CT")
-    source = SourceGeometry.from_image(image if isinstance(image, (str, Path)) else None, ct_img)
+    # absolute, so `synthesize` finds the source from any working directory
+    source = SourceGeometry.from_image(Path(image).resolve() if isinstance(image, (str, Path)) else None, ct_img)
     with tempfile.TemporaryDirectory(prefix="ld_pre_") as tmp:
         seg_img, seg_origin = _obtain_segmentation(image, ct_img, seg, organ, Path(tmp), segment_options or {})
         std_ct = standardize_image(ct_img, spacing, is_label=False)
@@ -157,6 +158,12 @@ def preprocess_case(
     report = report.with_bboxes([b.center for b in boxes], [b.size for b in boxes])
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # an earlier run's case.json must not vouch for files being rewritten now (it is written last, below)
+    (out_dir / CASE_FILES["case"]).unlink(missing_ok=True)
+    (out_dir / "avoid.nii.gz").unlink(missing_ok=True)
+    seg_path = Path(seg).resolve() if isinstance(seg, (str, Path)) else None
+    if seg_origin == "totalsegmentator":  # keep it in the source grid: synthesize labels the organ from it
+        seg_path = atomic_save_nifti(seg_img, out_dir / "organs_source.nii.gz").resolve()
     atomic_save_nifti(std_ct, out_dir / CASE_FILES["ct"])
     atomic_save_nifti(std_seg, out_dir / CASE_FILES["organs"])
     atomic_save_nifti(nib.Nifti1Image(bbox_map(target.shape, boxes).astype(np.uint8), std_ct.affine),
@@ -177,7 +184,7 @@ def preprocess_case(
         "seed": int(seed),
         "source": source.to_dict(),
         "segmentation": {
-            "path": str(Path(seg).resolve()) if isinstance(seg, (str, Path)) else None,
+            "path": None if seg_path is None else str(seg_path),
             "origin": seg_origin,
             "label_version": version,
         },

@@ -154,3 +154,37 @@ def test_avoid_mask_keeps_boxes_off_existing_lesions(ct_variants, tmp_path) -> N
     occupied = np.asarray(nib.load(str(case.case_dir / "avoid.nii.gz")).dataobj) > 0
     for b in case.meta["bboxes"]:
         assert not occupied[BBox.from_dict(b).slices(occupied.shape)].any()
+
+
+def test_without_a_segmentation_totalsegmentator_is_used_and_kept(ct_variants, tmp_path, monkeypatch) -> None:
+    """No --seg: the organs come from TotalSegmentator (stubbed here: no weights on this machine), and its
+    source-grid output is kept in the case so synthesize can label the organ in the user's grid."""
+    import shutil
+
+    import ld_augment.organs.totalseg as totalseg
+    from ld_augment.pipeline import synthesize_case
+
+    ct, seg = ct_variants["ras"]
+    calls = []
+
+    def fake_segment(ct_path, out_path, *, organs, **options):
+        calls.append((Path(ct_path), list(organs), options))
+        shutil.copy(seg, out_path)
+        return Path(out_path)
+
+    monkeypatch.setattr(totalseg, "segment_organs", fake_segment)
+    monkeypatch.chdir(ct.parent)  # a relative image path must still resolve later, from anywhere
+    case = preprocess_case(ct.name, tmp_path / "case", organ="liver", lesion_type="cyst", seed=0, preview=False,
+                           attributes={"size": "[[10 10 10]] pixel"}, spacing=(2.0, 2.0, 2.0),
+                           segment_options={"fast": True, "device": "cpu"})
+    assert calls and calls[0][1] == ["liver"] and calls[0][2] == {"fast": True, "device": "cpu"}
+    assert case.meta["segmentation"]["origin"] == "totalsegmentator"
+    kept = Path(case.meta["segmentation"]["path"])
+    assert kept.parent == case.case_dir
+    kept_img, seg_img = nib.load(str(kept)), nib.load(str(seg))
+    assert np.array_equal(np.asarray(kept_img.dataobj), np.asarray(seg_img.dataobj))
+    assert np.allclose(kept_img.affine, seg_img.affine)
+    monkeypatch.chdir(tmp_path)
+    res = synthesize_case(case.case_dir, tmp_path / "out", preview=False)
+    label = np.asarray(nib.load(str(res.label_path)).dataobj)
+    assert (label == 1).sum() > 0.9 * (np.asarray(nib.load(str(seg)).dataobj) == 5).sum() - (label == 2).sum()
