@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ld_augment.cli.common import parse_json_arg, read_list_file
+from ld_augment.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-options", default=None,
                    help='JSON {"mask": {...}, "texture": {...}} (inline or a file), e.g. checkpoint paths')
     p.add_argument("--label-scheme", default=None, help='JSON, default {"background": 0, "organ": 1, "lesion": 2}')
+    p.add_argument("--source", default=None, help="the source CT, if it moved since preprocessing (one case only; "
+                   "its sha256 must match the recorded one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-standardized", action="store_true", help="also write the standardized-space outputs")
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from ld_augment.pipeline.synthesize import make_engines, synthesize_case
 
     cases = expand_cases(args.cases)
+    if args.source and len(cases) != 1:
+        raise ConfigError(f"--source names the source CT of one case, but {len(cases)} cases were given")
     scheme = parse_json_arg(args.label_scheme, "--label-scheme") if args.label_scheme else None
     options = parse_json_arg(args.engine_options, "--engine-options") if args.engine_options else None
     # engines are built once for the whole batch (weights load and hash once)
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         target = out if len(cases) == 1 else out / case_dir.name
         result = synthesize_case(case_dir, target, mask_engine=mask, texture_engine=texture, seed=args.seed,
                                  label_scheme=scheme, keep_standardized=args.keep_standardized,
-                                 device=args.device, preview=not args.no_preview)
+                                 device=args.device, preview=not args.no_preview, source_image=args.source)
         for lesion in result.lesions:
             secs = lesion["seconds"]
             print(f"{case_dir.name} lesion {lesion['index']}: {lesion['voxels_std']} voxels, "

@@ -63,3 +63,21 @@ def test_bad_arguments_exit_with_a_message(tmp_path, capsys) -> None:
     assert main(["preprocess", "--image", "x.nii.gz"]) == 2
     assert "--organ" in capsys.readouterr().err
     assert main(["synthesize", str(tmp_path), "--out", str(tmp_path / "o"), "--label-scheme", "{oops"]) == 2
+
+
+def test_moved_source_is_found_with_source_and_checked_by_hash(ct_variants, tmp_path, capsys) -> None:
+    import shutil
+
+    ct, seg = ct_variants["ras"]
+    moved = tmp_path / "moved.nii.gz"
+    shutil.copy(ct, tmp_path / "ct.nii.gz")
+    case = tmp_path / "case"
+    assert main(["preprocess", "--image", str(tmp_path / "ct.nii.gz"), "--seg", str(seg), "--organ", "liver",
+                 "--lesion-type", "cyst", "--attr", "size=[[8 8 8]] pixel", "--spacing", "2",
+                 "--out", str(case)]) == 0
+    (tmp_path / "ct.nii.gz").rename(moved)
+    assert main(["synthesize", str(case), "--out", str(tmp_path / "a"), "--no-preview"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["synthesize", str(case), "--out", str(tmp_path / "b"), "--no-preview", "--source", str(moved)]) == 0
+    assert main(["synthesize", str(case), "--out", str(tmp_path / "c"), "--no-preview", "--source", str(seg)]) == 1
+    assert "changed since preprocessing" in capsys.readouterr().err
