@@ -76,3 +76,4 @@ def test_released_files_default_to_lps_and_bad_values_are_refused(tmp_path, lmne
     assert engine.provenance()["options"]["network_orientation"] == "LPS"
     with pytest.raises(ConfigError, match="network_orientation"):
         create_mask_engine("diffusion", checkpoint=lmnet_ckpt, network_orientation="XYZ", **OPTS)
+

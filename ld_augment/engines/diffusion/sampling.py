@@ -7,11 +7,14 @@ when ``precision`` asks for bf16/fp16.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ld_augment.diffusion import DDIMSchedule, DDPMSchedule, sample_ddim, sample_masked_ddim
 from ld_augment.nets import VQModel3D, autocast_context
@@ -25,6 +28,20 @@ def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Gen
 def ddim_schedule(steps: int, eta: float) -> DDIMSchedule:
     """The released schedule (linear betas 0.0015..0.0195, 1000 steps) sub-sampled to ``steps`` DDIM steps."""
     return DDIMSchedule.from_ddpm(DDPMSchedule.create(), num_steps=int(steps), eta=float(eta))
+
+
+#: Below this many steps a progress bar is noise (tests, quick previews); above, a lesion takes minutes on CPU.
+PROGRESS_MIN_STEPS = 20
+
+
+@contextmanager
+def step_progress(steps: int, desc: str) -> Iterator[Callable[..., None] | None]:
+    """A sampler callback that advances a progress bar per DDIM step (None for short runs)."""
+    if steps < PROGRESS_MIN_STEPS:
+        yield None
+        return
+    with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
+        yield lambda *_: bar.update(1)
 
 
 def _model_fn(unet: nn.Module, precision: str, device: torch.device):
@@ -42,8 +59,9 @@ def sample_lmnet(unet: nn.Module, cond: torch.Tensor, context: torch.Tensor | No
     device = cond.device
     x_T = torch.randn((1, 1, *cond.shape[2:]), generator=generator, device=device)
     schedule = ddim_schedule(steps, eta)
-    out = sample_ddim(_model_fn(unet, precision, device), x_T, schedule, context=context, concat=cond,
-                      generator=generator)
+    with step_progress(steps, "LMNet mask") as callback:
+        out = sample_ddim(_model_fn(unet, precision, device), x_T, schedule, context=context, concat=cond,
+                          generator=generator, callback=callback)
     return out.sample
 
 
@@ -61,8 +79,9 @@ def inpaint_linet(unet: nn.Module, vq: VQModel3D, image: torch.Tensor, mask: tor
         z0 = vq.encode(image).float()
     x_T = torch.randn(z0.shape, generator=generator, device=device)
     schedule = ddim_schedule(steps, eta)
-    out = sample_masked_ddim(_model_fn(unet, precision, device), x_T, z0, mask.to(z0.dtype), schedule,
-                             context=context, generator=generator)
+    with step_progress(steps, "LINet texture") as callback:
+        out = sample_masked_ddim(_model_fn(unet, precision, device), x_T, z0, mask.to(z0.dtype), schedule,
+                                 context=context, generator=generator, callback=callback)
     z_q, _, _ = vq.quantize_latent(out.sample[:, : z0.shape[1]])  # nearest codes in float32, never autocast
     with autocast_context(device, precision):
         return vq.decode_quantized(z_q).float()
