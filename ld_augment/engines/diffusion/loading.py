@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.engines.diffusion.crops import check_orientation
 from ld_augment.errors import CheckpointError, ConfigError, MissingDependencyError
 from ld_augment.io.nifti import sha256_file
@@ -231,6 +232,16 @@ def build_encoder(
                           f"context_dim is {context_dim}")
     record["id"] = enc.encoder_id
     return enc.to(device).eval(), record
+
+
+def text_encoder_for(net: LoadedNetwork, encoder: str | AttributeEncoder, *, weights: PathArg,
+                     device: torch.device) -> tuple[AttributeEncoder | None, dict[str, Any]]:
+    """The text encoder a loaded network's cross-attention needs (rebuilt as its checkpoint recorded), or
+    (None, record) when the network ignores the text (skip_context, e.g. the released LINet)."""
+    if not uses_text(net.cfg):
+        return None, {"id": None, "note": "the network ignores the text (skip_context)"}
+    return build_encoder(encoder, weights=weights, recorded=net.record.get("text_encoder"),
+                         context_dim=net.cfg.context_dim, device=device)
 
 
 def _load_encoder_weights(enc: AttributeEncoder, weights: PathArg) -> dict[str, Any]:

@@ -22,11 +22,12 @@ import numpy as np
 from ld_augment.engines.attributes import lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine
 from ld_augment.engines.diffusion.common import (
-    RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context, uses_text,
+    RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
 from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
 from ld_augment.engines.diffusion.loading import (
-    PathArg, build_encoder, check_encoder_available, encoder_id, load_unet, network_orientation_of,
+    PathArg, check_encoder_available, encoder_id, load_unet, network_orientation_of,
+    text_encoder_for,
 )
 from ld_augment.engines.diffusion.sampling import sample_lmnet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import largest_component
@@ -124,11 +125,8 @@ class DiffusionMaskEngine(MaskEngine):
                              allow_pickle=allow_pickle, init_seed=init_seed)
         check_crop_divisible(self.crop, self.net.module.spatial_divisor, "crop")
         self.orientation = network_orientation_of(network_orientation, self.net.record)
-        self.encoder, self.encoder_record = None, {"id": None}
-        if uses_text(self.net.cfg):
-            self.encoder, self.encoder_record = build_encoder(
-                encoder, weights=encoder_weights, recorded=self.net.record.get("text_encoder"),
-                context_dim=self.net.cfg.context_dim, device=self.device)
+        self.encoder, self.encoder_record = text_encoder_for(self.net, encoder, weights=encoder_weights,
+                                                             device=self.device)
 
     def provenance(self) -> dict:
         return {

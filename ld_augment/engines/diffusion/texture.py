@@ -21,12 +21,13 @@ from scipy import ndimage
 
 from ld_augment.engines.base import LesionContext, TextureEngine
 from ld_augment.engines.diffusion.common import (
-    RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context, uses_text,
+    RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
 from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
 from ld_augment.engines.diffusion.intensity import HU_KNOTS, denormalize_ct, normalize_ct
 from ld_augment.engines.diffusion.loading import (
-    PathArg, build_encoder, check_encoder_available, encoder_id, load_unet, load_vq, network_orientation_of,
+    PathArg, check_encoder_available, encoder_id, load_unet, load_vq, network_orientation_of,
+    text_encoder_for,
 )
 from ld_augment.engines.diffusion.sampling import inpaint_linet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import mask_slices
@@ -131,11 +132,8 @@ class DiffusionTextureEngine(TextureEngine):
         self.factor = self.vq.cfg.downsampling_factor
         self.divisor = self.factor * self.net.module.spatial_divisor
         check_crop_divisible(self.crop, self.divisor, "crop")
-        self.encoder, self.encoder_record = None, {"id": None, "note": "LINet ignores the text (skip_context)"}
-        if uses_text(self.net.cfg):
-            self.encoder, self.encoder_record = build_encoder(
-                encoder, weights=encoder_weights, recorded=self.net.record.get("text_encoder"),
-                context_dim=self.net.cfg.context_dim, device=self.device)
+        self.encoder, self.encoder_record = text_encoder_for(self.net, encoder, weights=encoder_weights,
+                                                             device=self.device)
 
     def provenance(self) -> dict:
         return {
