@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ld_augment.diffusion import DDPMSchedule, LINetLoss, linet_loss, masked_q_sample
+from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.nets import UNet3D, UNetConfig, VQModel3D, save_checkpoint
 from ld_augment.text import AttributeEncoder
@@ -98,7 +99,7 @@ def train_linet(
     model.to(opts.device)
     vq_model.to(opts.device)
     schedule = DDPMSchedule.create()
-    uses_context = cfg.context_dim is not None and not cfg.skip_context
+    uses_context = uses_text(cfg)
 
     def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():

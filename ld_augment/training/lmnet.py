@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ld_augment.diffusion import DDPMSchedule, lmnet_loss, q_sample
+from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.nets import UNet3D, UNetConfig, save_checkpoint
 from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
@@ -61,7 +62,7 @@ def train_lmnet(
     dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, orientation=orientation)
     model.to(opts.device)
     schedule = DDPMSchedule.create()
-    uses_context = cfg.context_dim is not None and not cfg.skip_context
+    uses_context = uses_text(cfg)
 
     def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():

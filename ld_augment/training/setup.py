@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.nets import (
     LINET_RELEASED_TRAIN, LINET_TINY, LMNET_RELEASED, LMNET_TINY, PRESETS, VQ_RELEASED, VQ_TINY, UNetConfig,
@@ -171,7 +172,7 @@ def make_encoder(encoder: str | AttributeEncoder, options: Mapping[str, Any] | N
                 opts.setdefault(key, value)
             opts.setdefault("output_dim", cfg.context_dim or 512)
         enc = create_encoder(name, **opts)
-    if cfg.context_dim is not None and not cfg.skip_context and enc.output_dim != cfg.context_dim:
+    if uses_text(cfg) and enc.output_dim != cfg.context_dim:
         raise ConfigError(f"text encoder {enc.encoder_id!r} gives {enc.output_dim}-d vectors but the network's "
                           f"context_dim is {cfg.context_dim}")
     return enc.eval().requires_grad_(False)
