@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ld_augment.errors import ConfigError
+from ld_augment.io.nifti import NIFTI_SUFFIXES, strip_nifti_suffix
 
 from synthesis_bank.recipe import Recipe
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -26,13 +24,6 @@ class Source:
     image: Path
     seg: Path | None = None
     label: Path | None = None
-
-
-def strip_nifti_suffix(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def _find_seg(folder: Path | None, file_name: str, source_id: str) -> Path | None:

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_legacy(args: argparse.Namespace, seg_opts: dict) -> int:
     from ld_augment.io.atomic import atomic_write_text
+    from ld_augment.io.nifti import strip_nifti_suffix
     from ld_augment.pipeline.batch import run_batch
     from ld_augment.pipeline.case import CASE_FILES
     from ld_augment.pipeline.preprocess import preprocess_case
@@ -95,7 +96,7 @@ def _run_legacy(args: argparse.Namespace, seg_opts: dict) -> int:
 
     def job(item):
         i, ct, seg = item
-        name = Path(ct).name.replace(".nii.gz", "").replace(".nii", "")
+        name = strip_nifti_suffix(Path(ct).name) or Path(ct).name
         return preprocess_case(ct, exp / "cases" / f"{i:04d}_{name}", organ=organ, lesion_type=lesion_type,
                                seg=seg, attributes=attrs, num_lesions=args.num_lesions, spacing=args.spacing,
                                report_writer=_writer(args), seed=args.seed + i, shrink=args.shrink,

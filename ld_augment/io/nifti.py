@@ -20,6 +20,16 @@ from ld_augment.errors import InputError
 ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    """`case_0000.nii.gz` -> `case_0000`; None when the name is not a NIfTI file name."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 # An abdominal CT in Hounsfield units always holds air (about -1000) and soft tissue/bone (> 100).
 CT_MAX_AT_LEAST = 100.0
 CT_MIN_AT_MOST = -500.0

@@ -16,7 +16,7 @@ import numpy as np
 
 from ld_augment.errors import ConfigError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
-from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map
+from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map, strip_nifti_suffix
 from ld_augment.io.preview import save_bbox_preview
 from ld_augment.io.standardize import SourceGeometry, standardize_image
 from ld_augment.organs.masks import detect_label_version, organ_mask
@@ -35,10 +35,7 @@ ImageArg = str | Path | nib.Nifti1Image
 def _case_id_for(image: ImageArg) -> str:
     if isinstance(image, (str, Path)):
         name = Path(image).name
-        for suffix in (".nii.gz", ".nii"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-        return name.removesuffix("_0000")
+        return (strip_nifti_suffix(name) or name).removesuffix("_0000")
     return "case"
 
 
