@@ -8,13 +8,15 @@ The network is any callable ``model_fn(x, t_batch, context) -> eps`` so this sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ld_augment.diffusion.schedules import DDIMSchedule
 
+#: One generator for the whole batch, or one per batch row (batched lesions: each keeps its own random stream).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 ModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # callback(step_number, timestep, x_after_step, pred_x0); step_number counts from 0 (noisiest step first).
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -79,10 +81,26 @@ def ddim_step(
     return StepOutput(prev_sample=prev, pred_x0=pred_x0)
 
 
-def _step_noise(schedule: DDIMSchedule, index: int, x: torch.Tensor, generator: torch.Generator | None):
+def batch_randn(shape: Sequence[int], generator: Generators, *, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape``; with a list of generators row i is drawn from generator i alone.
+
+    So a batch of lesions sampled together gets, row by row, exactly the numbers each lesion would get alone
+    with its own generator (a single generator with batch 1 draws the same numbers as a one-element list).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    generators = list(generator)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}; pass one per batch row")
+    row = (1, *shape[1:])
+    return torch.cat([torch.randn(row, generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def _step_noise(schedule: DDIMSchedule, index: int, x: torch.Tensor, generator: Generators):
     if float(schedule.sigmas[index]) == 0.0:
         return None
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return batch_randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def _timestep_batch(schedule: DDIMSchedule, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +113,7 @@ def _run_ddim(
     schedule: DDIMSchedule,
     *,
     before_step: Callable[[torch.Tensor], torch.Tensor] | None,
-    generator: torch.Generator | None,
+    generator: Generators,
     callback: StepCallback | None,
     record_intermediates: bool,
 ) -> SamplerOutput:
@@ -127,7 +145,7 @@ def sample_ddim(
     *,
     context: torch.Tensor | None = None,
     concat: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
     record_intermediates: bool = False,
 ) -> SamplerOutput:
@@ -135,7 +153,7 @@ def sample_ddim(
 
     Each step feeds ``cat([x_t, concat])`` (``concat`` = LMNet's organ map / organ mask / bbox channels; None for
     no concatenation) and ``context`` (cross-attention text) to ``model_fn``; no masking or blending.
-    ``generator`` drives the noise when eta > 0.
+    ``generator`` drives the noise when eta > 0 (a list: one generator per batch row, see ``batch_randn``).
     """
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model_fn(x if concat is None else torch.cat([x, concat], dim=1), t, context)
@@ -157,7 +175,7 @@ def sample_masked_ddim(
     schedule: DDIMSchedule,
     *,
     context: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
     record_intermediates: bool = False,
 ) -> SamplerOutput:
