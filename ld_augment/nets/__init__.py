@@ -3,6 +3,7 @@
 Never imports `ld_augment.diffusion` (samplers live there; engines/ combine both).
 """
 
+from ld_augment.nets.attention import ATTENTION_BACKENDS, set_attention_backend
 from ld_augment.nets.checkpoints import (
     build_network,
     convert_lightning_checkpoint,
@@ -24,11 +25,22 @@ from ld_augment.nets.config import (
     VQConfig,
     config_from_dict,
 )
-from ld_augment.nets.precision import autocast_context, precision_dtype, resolve_device
+from ld_augment.nets.precision import (
+    COMPILE_MODES,
+    PRECISIONS,
+    autocast_context,
+    check_precision,
+    maybe_compile,
+    precision_dtype,
+    resolve_device,
+    resolve_precision,
+)
 from ld_augment.nets.unet import UNet3D
 from ld_augment.nets.vq import VQModel3D
 
 __all__ = [
+    "ATTENTION_BACKENDS", "COMPILE_MODES", "PRECISIONS", "check_precision", "maybe_compile", "resolve_precision",
+    "set_attention_backend",
     "LINET_RELEASED", "LINET_RELEASED_TRAIN", "LINET_TINY", "LMNET_RELEASED", "LMNET_TINY", "PRESETS",
     "VQ_RELEASED", "VQ_TINY", "UNet3D", "UNetConfig", "VQConfig", "VQModel3D", "autocast_context",
     "build_network", "config_from_dict", "convert_lightning_checkpoint", "load_checkpoint",

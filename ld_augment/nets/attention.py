@@ -1,7 +1,9 @@
 """Spatial transformer over 3-D feature maps: self-attention, cross-attention on the text context, feed-forward.
 
 Attention runs through `F.scaled_dot_product_attention` so the LMNet token count (16x38x38 = 23,104) never
-materialises the N x N score matrix (4.3 GB in fp32 with a plain einsum, see reference/COSTS.md).
+materialises the N x N score matrix (4.3 GB in fp32 with a plain einsum, see reference/COSTS.md). The
+"materialized" backend computes softmax(q k^T / sqrt(d)) v explicitly, as the original did: the faithful
+baseline of benchmarks/bench_diffusion_engine.py (``set_attention_backend(model, "materialized")``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ld_augment.errors import ConfigError
 from ld_augment.nets.blocks import maybe_checkpoint
+from ld_augment.nets.precision import FP32GroupNorm, FP32LayerNorm
+
+ATTENTION_BACKENDS = ("sdpa", "materialized")
+
+
+def materialized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The original's attention: the full [B, heads, N, M] score matrix, softmax over keys, in the inputs' dtype."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every attention layer of ``model`` to ``backend`` ("sdpa" default, "materialized"); returns model."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; valid: {list(ATTENTION_BACKENDS)}")
+    for module in model.modules():
+        if isinstance(module, CrossAttention):
+            module.backend = backend
+    return model
 
 
 class CrossAttention(nn.Module):
@@ -20,6 +42,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
+        self.backend = "sdpa"
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
@@ -41,7 +64,10 @@ class CrossAttention(nn.Module):
         q, k, v = split(self.to_q(x)), split(self.to_k(source)), split(self.to_v(source))
         if k.dtype != q.dtype:  # context may arrive in another dtype than the image tokens
             k, v = k.to(q.dtype), v.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.backend == "materialized":
+            out = materialized_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -68,9 +94,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = FP32LayerNorm(dim)
+        self.norm2 = FP32LayerNorm(dim)
+        self.norm3 = FP32LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return maybe_checkpoint(self, self._forward, x, context)
@@ -88,7 +114,7 @@ class SpatialTransformer(nn.Module):
                  dropout: float = 0.0, use_checkpoint: bool = False) -> None:
         super().__init__()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.norm = FP32GroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Conv3d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, use_checkpoint) for _ in range(depth)

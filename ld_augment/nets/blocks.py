@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ld_augment.nets.precision import FP32GroupNorm
+
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos(t f_i), sin(t f_i)] with f_i = exp(-ln(max_period) i / half) (cos first)."""
@@ -28,8 +30,8 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """32 groups when the width allows it, else one group per channel (the original's rule), eps 1e-5."""
-    return nn.GroupNorm(32 if channels % 32 == 0 else channels, channels)
+    """32 groups when the width allows it, else one group per channel (the original's rule), eps 1e-5; fp32."""
+    return FP32GroupNorm(32 if channels % 32 == 0 else channels, channels)
 
 
 def maybe_checkpoint(module: nn.Module, fn, *args: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""Device and precision helpers: fp32 by default, bf16/fp16 autocast as an option, CPU or CUDA."""
+"""Device and precision helpers: "auto" = bf16 autocast on CUDA and fp32 on CPU; fp32 norms; optional compile.
+
+Mixed precision runs the convolutions and attention matmuls in bf16/fp16 while weights stay fp32 and the
+norms compute in fp32 (``FP32GroupNorm``/``FP32LayerNorm``, on every device: CPU autocast would otherwise run
+them in the low precision). The samplers' arithmetic stays float32 because the engines keep the latents
+float32 and cast the network's output back (see engines/diffusion/sampling.py).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,13 @@ import torch
 
 from ld_augment.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+from torch import nn
+from torch.nn import functional as F
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: torch.compile modes; "reduce-overhead" also captures the fixed-shape step in CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -26,20 +37,63 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    if precision not in _DTYPES:
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; valid: {list(PRECISIONS)}")
+    return precision
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """"auto" -> "bf16" on CUDA (tensor cores; bf16's range needs no loss scaling), "fp32" elsewhere."""
+    if check_precision(precision) != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    if check_precision(precision) == "auto":
+        raise ConfigError("precision 'auto' depends on the device: resolve_precision(precision, device) first")
     return _DTYPES[precision]
 
 
 def autocast_context(device: str | torch.device, precision: str = "fp32") -> ContextManager:
-    """A context running matmuls/convs in bf16/fp16 while weights stay fp32; a no-op for fp32.
+    """A context running matmuls/convs in bf16/fp16 while weights stay fp32; a no-op for fp32 ("auto": see above).
 
-    Autocast keeps numerically sensitive ops (norms, softmax) in fp32, which is safer than the
-    original's whole-module `.half()`.
+    Together with the fp32 norms this is safer than the original's whole-module `.half()`.
     """
-    dtype = precision_dtype(precision)
+    dtype = precision_dtype(resolve_precision(precision, resolve_device(device)))
     if dtype == torch.float32:
         return contextlib.nullcontext()
     dev = resolve_device(device)
     return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+class FP32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype (as the original's GroupNorm32), cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype, cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def maybe_compile(module: nn.Module, mode: str | None) -> nn.Module:
+    """``torch.compile(module, mode=mode)`` (None: the module unchanged).
+
+    Compilation happens lazily on the first call, per input shape; the engines' crops have fixed shapes, so
+    the step loop reuses one graph ("reduce-overhead" replays it as a CUDA graph).
+    """
+    if mode is None:
+        return module
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {mode!r}; valid: None or one of {list(COMPILE_MODES)}")
+    return torch.compile(module, mode=mode)

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ld_augment.nets.config import VQConfig
+from ld_augment.nets.precision import FP32GroupNorm
 from ld_augment.nets.quantizer import DEFAULT_CHUNK_VECTORS, VectorQuantizer
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return FP32GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):

@@ -7,20 +7,22 @@ from typing import Any
 import torch
 
 from ld_augment.errors import ConfigError
-from ld_augment.nets import precision_dtype
+from ld_augment.diffusion import check_sampler
+from ld_augment.nets import check_precision
 from ld_augment.text import AttributeEncoder
 
 RELEASED_STEPS = 200
 RELEASED_ETA = 1.0
 
 
-def check_sampling(steps: int, eta: float, precision: str) -> tuple[int, float, str]:
-    """Validate the DDIM options up front (a typo should fail before checkpoints are read)."""
+def check_sampling(steps: int, eta: float, precision: str, sampler: str = "ddim") -> tuple[int, float, str]:
+    """Validate the sampling options up front (a typo should fail before checkpoints are read)."""
     if int(steps) != steps or not 1 <= int(steps) <= 1000:
         raise ConfigError(f"steps must be an integer in [1, 1000] (the released schedule has 1000), got {steps!r}")
     if float(eta) < 0:
         raise ConfigError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = the released setting), got {eta!r}")
-    precision_dtype(precision)  # raises ConfigError listing the valid precisions
+    check_precision(precision)  # raises ConfigError listing the valid precisions
+    check_sampler(sampler)
     return int(steps), float(eta), str(precision)
 
 

@@ -32,7 +32,7 @@ from ld_augment.engines.diffusion.loading import (
 from ld_augment.engines.diffusion.sampling import sample_lmnet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import largest_component
 from ld_augment.errors import ConfigError
-from ld_augment.nets import resolve_device
+from ld_augment.nets import maybe_compile, resolve_device, resolve_precision
 from ld_augment.organs.masks import LABEL_VERSIONS, detect_label_version
 from ld_augment.organs.registry import convert_labels
 from ld_augment.placement.bboxes import PROTRUDING, BBox, cavity_rule
@@ -83,6 +83,9 @@ class DiffusionMaskEngine(MaskEngine):
     passed to ``generate_mask`` (it seeds a torch.Generator on ``device``). ``network_orientation`` ("RAS",
     "LPS"; default: LPS for the released files, else the checkpoint's recorded one) is the array orientation
     the network was trained in; crops of our RAS grid are mirrored into it and the result mirrored back.
+    Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
+    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
+    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager.
     """
 
     name = "diffusion"
@@ -98,7 +101,9 @@ class DiffusionMaskEngine(MaskEngine):
         eta: float = RELEASED_ETA,
         crop: Sequence[int] = (64, 152, 152),
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
+        sampler: str = "ddim",
+        compile: str | None = None,
         config: Any = None,
         label_version: str = "auto",
         max_attempts: int = 2,
@@ -109,7 +114,8 @@ class DiffusionMaskEngine(MaskEngine):
         init_seed: int = 0,
         network_orientation: str | None = None,
     ) -> None:
-        self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
+        self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
+        self.sampler, self.compile = sampler, compile
         self.crop = check_crop(crop, "crop")
         if label_version != "auto" and label_version not in LABEL_VERSIONS:
             raise ConfigError(f"label_version must be 'auto' or one of {list(LABEL_VERSIONS)}, got {label_version!r}")
@@ -119,11 +125,13 @@ class DiffusionMaskEngine(MaskEngine):
         self.min_voxels = None if min_voxels is None else int(min_voxels)
         self.body_threshold_hu = float(body_threshold_hu)
         self.device = resolve_device(device)
+        self.precision = resolve_precision(self.precision, self.device)  # "auto": bf16 on CUDA, fp32 on CPU
         check_encoder_available(encoder, encoder_weights)  # before reading a large checkpoint
         self.net = load_unet("lmnet", checkpoint=checkpoint, lightning_checkpoint=lightning_checkpoint, config=config,
                              expected_encoder=encoder_id(encoder), device=self.device, use_ema=use_ema,
                              allow_pickle=allow_pickle, init_seed=init_seed)
         check_crop_divisible(self.crop, self.net.module.spatial_divisor, "crop")
+        self.unet = maybe_compile(self.net.module, compile)
         self.orientation = network_orientation_of(network_orientation, self.net.record)
         self.encoder, self.encoder_record = text_encoder_for(self.net, encoder, weights=encoder_weights,
                                                              device=self.device)
@@ -133,6 +141,7 @@ class DiffusionMaskEngine(MaskEngine):
             "engine": self.name, "network": "lmnet", "steps": self.steps, "eta": self.eta,
             "encoder_id": self.encoder_record.get("id"),
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
+                        "sampler": self.sampler, "compile": self.compile,
                         "label_version": self.label_version, "max_attempts": self.max_attempts,
                         "min_voxels": self.min_voxels, "body_threshold_hu": self.body_threshold_hu,
                         "network_orientation": self.orientation,
@@ -157,8 +166,8 @@ class DiffusionMaskEngine(MaskEngine):
         generator = torch_generator(rng, self.device)
         largest = 0
         for _ in range(self.max_attempts):
-            soft = sample_lmnet(self.net.module, cond, context, steps=self.steps, eta=self.eta,
-                                generator=generator, precision=self.precision)
+            soft = sample_lmnet(self.unet, cond, context, steps=self.steps, eta=self.eta,
+                                generator=generator, precision=self.precision, sampler=self.sampler)
             soft_ras = to_network_axes(soft[0, 0].float().cpu().numpy(), self.orientation)
             lesion, _ = pick_threshold(soft_ras, allowed, reference)
             largest = max(largest, int(lesion.sum()))

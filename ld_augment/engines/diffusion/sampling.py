@@ -1,8 +1,11 @@
-"""Where a network meets a sampler: the LMNet and LINet DDIM loops, ~20 lines each (as diffusers' pipeline_ddim).
+"""Where a network meets a sampler: the LMNet and LINet sampling loops, ~20 lines each (as diffusers' pipeline_ddim).
 
-The caller passes the torch.Generator and device, so a seeded engine call is repeatable and the loops hold no
-state. Latents stay float32 (the samplers' coefficients reach 1e-4); only the network runs under autocast
-when ``precision`` asks for bf16/fp16.
+The caller passes the torch.Generator(s) and device, so a seeded engine call is repeatable and the loops hold
+no state. Inputs are batches: several lesions run through the network together, each with its own crop, text
+and generator (one generator per batch row), and row i equals what lesion i gives alone with that generator.
+Latents stay float32 (the samplers' coefficients reach 1e-4); only the network runs under autocast when
+``precision`` asks for bf16/fp16 ("auto": bf16 on CUDA). ``sampler`` is "ddim" (the original, with ``eta``)
+or a few-step solver of ``ld_augment.diffusion.SOLVERS`` (``steps`` network calls; ``eta`` unused).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ld_augment.diffusion import DDIMSchedule, DDPMSchedule, sample_ddim, sample_masked_ddim
+from ld_augment.diffusion import (
+    DDIMSchedule, DDPMSchedule, batch_randn, sample_ddim, sample_masked_ddim, sample_masked_solver, sample_solver,
+)
+from ld_augment.diffusion.samplers import Generators
 from ld_augment.nets import VQModel3D, autocast_context
 
 
@@ -54,34 +60,42 @@ def _model_fn(unet: nn.Module, precision: str, device: torch.device):
 
 @torch.inference_mode()
 def sample_lmnet(unet: nn.Module, cond: torch.Tensor, context: torch.Tensor | None, *, steps: int, eta: float,
-                 generator: torch.Generator, precision: str = "fp32") -> torch.Tensor:
-    """LMNet's MaskSampler: x_T ~ N(0, I), DDIM on cat([x_t, cond]) -> soft lesion mask [1, 1, *spatial]."""
+                 generator: Generators, precision: str = "fp32", sampler: str = "ddim") -> torch.Tensor:
+    """LMNet's MaskSampler: x_T ~ N(0, I), DDIM on cat([x_t, cond]) -> soft lesion masks [B, 1, *spatial]."""
     device = cond.device
-    x_T = torch.randn((1, 1, *cond.shape[2:]), generator=generator, device=device)
-    schedule = ddim_schedule(steps, eta)
+    x_T = batch_randn((cond.shape[0], 1, *cond.shape[2:]), generator, device=device)
+    model = _model_fn(unet, precision, device)
     with step_progress(steps, "LMNet mask") as callback:
-        out = sample_ddim(_model_fn(unet, precision, device), x_T, schedule, context=context, concat=cond,
-                          generator=generator, callback=callback)
+        if sampler == "ddim":
+            out = sample_ddim(model, x_T, ddim_schedule(steps, eta), context=context, concat=cond,
+                              generator=generator, callback=callback)
+        else:
+            out = sample_solver(model, x_T, sampler, steps, DDPMSchedule.create(), context=context, concat=cond,
+                                generator=generator, callback=callback)
     return out.sample
 
 
 @torch.inference_mode()
 def inpaint_linet(unet: nn.Module, vq: VQModel3D, image: torch.Tensor, mask: torch.Tensor,
-                  context: torch.Tensor | None, *, steps: int, eta: float, generator: torch.Generator,
-                  precision: str = "fp32") -> torch.Tensor:
-    """LINet's InpaintingSampler between VQ encode and decode: normalised crop [1,1,*S] -> generated crop.
+                  context: torch.Tensor | None, *, steps: int, eta: float, generator: Generators,
+                  precision: str = "fp32", sampler: str = "ddim") -> torch.Tensor:
+    """LINet's InpaintingSampler between VQ encode and decode: normalised crops [B,1,*S] -> generated crops.
 
-    ``mask`` is the lesion at latent resolution ([1, 1, *S/f], 1 = generate); outside it the clean latent z0
+    ``mask`` is the lesion at latent resolution ([B, 1, *S/f], 1 = generate); outside it the clean latent z0
     of the healthy crop is kept at every step, as the original does.
     """
     device = image.device
     with autocast_context(device, precision):
         z0 = vq.encode(image).float()
-    x_T = torch.randn(z0.shape, generator=generator, device=device)
-    schedule = ddim_schedule(steps, eta)
+    x_T = batch_randn(z0.shape, generator, device=device)
+    model, mask = _model_fn(unet, precision, device), mask.to(z0.dtype)
     with step_progress(steps, "LINet texture") as callback:
-        out = sample_masked_ddim(_model_fn(unet, precision, device), x_T, z0, mask.to(z0.dtype), schedule,
-                                 context=context, generator=generator, callback=callback)
+        if sampler == "ddim":
+            out = sample_masked_ddim(model, x_T, z0, mask, ddim_schedule(steps, eta), context=context,
+                                     generator=generator, callback=callback)
+        else:
+            out = sample_masked_solver(model, x_T, z0, mask, sampler, steps, DDPMSchedule.create(),
+                                       context=context, generator=generator, callback=callback)
     z_q, _, _ = vq.quantize_latent(out.sample[:, : z0.shape[1]])  # nearest codes in float32, never autocast
     with autocast_context(device, precision):
         return vq.decode_quantized(z_q).float()

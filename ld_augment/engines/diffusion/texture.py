@@ -32,7 +32,7 @@ from ld_augment.engines.diffusion.loading import (
 from ld_augment.engines.diffusion.sampling import inpaint_linet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import mask_slices
 from ld_augment.errors import CheckpointError, ConfigError
-from ld_augment.nets import resolve_device
+from ld_augment.nets import maybe_compile, resolve_device, resolve_precision
 from ld_augment.reports.conditioning import conditioning_texts
 from ld_augment.text import AttributeEncoder
 
@@ -73,6 +73,9 @@ class DiffusionTextureEngine(TextureEngine):
     choice -- for the released LINet that is True, the released test config's behaviour (the UNet ignores the
     text, so no text encoder or BiomedCLIP weights are needed); False uses the cross-attention as trained.
     ``network_orientation`` as for the mask engine (LPS for the released files: crops are mirrored in and out).
+    Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
+    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
+    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager.
     """
 
     name = "diffusion"
@@ -91,7 +94,9 @@ class DiffusionTextureEngine(TextureEngine):
         eta: float = RELEASED_ETA,
         crop: Sequence[int] = (128, 128, 128),
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
+        sampler: str = "ddim",
+        compile: str | None = None,
         config: Any = None,
         vq_config: Any = None,
         dilate_voxels: float = 2.0,
@@ -103,7 +108,8 @@ class DiffusionTextureEngine(TextureEngine):
         init_seed: int = 0,
         network_orientation: str | None = None,
     ) -> None:
-        self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
+        self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
+        self.sampler, self.compile = sampler, compile
         self.crop = check_crop(crop, "crop")
         if dilate_voxels < 0 or blend_voxels < 0:
             raise ConfigError(f"dilate_voxels and blend_voxels must be >= 0, got {dilate_voxels}, {blend_voxels}")
@@ -112,12 +118,14 @@ class DiffusionTextureEngine(TextureEngine):
         self.dilate_voxels, self.blend_voxels = float(dilate_voxels), float(blend_voxels)
         self.mean_shift, self.hu_range = bool(mean_shift), (float(hu_range[0]), float(hu_range[1]))
         self.device = resolve_device(device)
+        self.precision = resolve_precision(self.precision, self.device)  # "auto": bf16 on CUDA, fp32 on CPU
         if skip_context is False and lightning_checkpoint is not None:
             check_encoder_available(encoder, encoder_weights)  # before reading the 750 MB file
         self.net = load_unet("linet", checkpoint=checkpoint, lightning_checkpoint=lightning_checkpoint,
                              config=config, expected_encoder=encoder_id(encoder), device=self.device,
                              skip_context=skip_context, use_ema=use_ema, allow_pickle=allow_pickle,
                              init_seed=init_seed)
+        self.unet = maybe_compile(self.net.module, compile)
         vq_from_linet = lightning_checkpoint if vq_checkpoint is None else None  # the LINet file holds the VQ
         vq = load_vq(checkpoint=vq_checkpoint, lightning_checkpoint=vq_lightning_checkpoint or vq_from_linet,
                      config=vq_config, device=self.device, allow_pickle=allow_pickle, init_seed=init_seed + 1)
@@ -140,6 +148,7 @@ class DiffusionTextureEngine(TextureEngine):
             "engine": self.name, "network": "linet", "steps": self.steps, "eta": self.eta,
             "encoder_id": self.encoder_record.get("id"),
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
+                        "sampler": self.sampler, "compile": self.compile,
                         "skip_context": bool(self.net.cfg.skip_context), "dilate_voxels": self.dilate_voxels,
                         "blend_voxels": self.blend_voxels, "mean_shift": self.mean_shift,
                         "hu_range": list(self.hu_range), "network_orientation": self.orientation},
@@ -164,8 +173,9 @@ class DiffusionTextureEngine(TextureEngine):
         image = to_tensor([to_network_axes(normalize_ct(ct_crop), axes)], self.device)
         mask_lat = to_tensor([latent_mask(to_network_axes(mask_crop, axes), self.factor)], self.device)
         context = encode_context(self.encoder, conditioning_texts(report, purpose="linet"), self.device)
-        generated = inpaint_linet(self.net.module, self.vq.module, image, mask_lat, context, steps=self.steps,
-                                  eta=self.eta, generator=torch_generator(rng, self.device), precision=self.precision)
+        generated = inpaint_linet(self.unet, self.vq.module, image, mask_lat, context, steps=self.steps,
+                                  eta=self.eta, generator=torch_generator(rng, self.device),
+                                  precision=self.precision, sampler=self.sampler)
         hu = to_network_axes(denormalize_ct(generated[0, 0].cpu().numpy()), axes)
         if self.mean_shift:
             hu += float(ct_crop[valid].mean() - hu[valid].mean())
