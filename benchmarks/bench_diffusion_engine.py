@@ -1,141 +1,355 @@
-"""Seconds per lesion of the diffusion engines (LMNet mask, LINet + VQ texture), with the procedural baseline.
+"""Seconds per lesion of diffusion synthesis: ours against the original procedure, timed in the same run.
 
-Networks get random weights from the size presets (the cost does not depend on the weight values); the text
-context comes from the offline vocabulary encoder at the UNet's context width (BiomedCLIP gives the same
-[1, n, 512] tensor, cached per phrase, so it changes nothing per step). Each engine call is timed after one
-warm-up call; the table shows the median over ``--repeats``, the seconds per DDIM step, the extrapolation to the
-released 200 steps, and the ratio to the procedural engine measured in the same run on the same lesion.
+Three procedures on the same device, inputs and random-weight networks (cost does not depend on weight values),
+each in a fresh spawned process (so CPU peak RSS is its own; CUDA: peak allocated):
 
-    python benchmarks/bench_diffusion_engine.py                      # tiny networks, CPU, 10 steps
-    python benchmarks/bench_diffusion_engine.py --released --steps 1 # released sizes (CPU: ~minutes per step)
-    python benchmarks/bench_diffusion_engine.py --released --steps 20 --device cuda --precision bf16
+* original -- the released inference rebuilt from the same modules: the whole CT VQ-encoded, every lesion
+  one at a time (LMNet DDIM, then LINet masked DDIM on its latent window written back into the whole latent),
+  the whole latent decoded once; DDIM eta 1; UNets and VQ cast to fp16 (`.half()`, as the released LINet) on
+  CUDA, fp32 on CPU (CPU fp16 convolutions are not what the original ran); materialized (non-fused) attention.
+* ours -- what the engines do: each lesion's crop VQ-encoded and decoded, all lesions of the case in one
+  batch per network (each with its own generator), SDPA attention, precision "auto" (bf16 autocast on CUDA,
+  fp32 on CPU), the same DDIM and step count; ``--compile`` adds torch.compile.
+* ours + fast sampler -- ours with DPM-Solver++(2M) and ``--fast-steps`` network calls.
+
+The networks dominate the cost (reference/COSTS.md); the CPU work both share per lesion (crop extraction,
+threshold search, write-back) is left out. The whole-CT VQ runs in slabs of ``--vq-slab`` slices along the
+first axis (the same FLOPs as one piece, bounded memory; the original needed two GPUs for it).
+
+    python benchmarks/bench_diffusion_engine.py                    # reduced size, CPU, < 5 min on 2 cores
+    python benchmarks/bench_diffusion_engine.py --released --device cuda --steps 200   # see gpu_check.sh
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import resource
 import time
+from dataclasses import asdict, dataclass
+from typing import Any
 
-import numpy as np
-import torch
 from _device import device_name
 
-from ld_augment.engines import LesionContext, create_mask_engine, create_texture_engine
-from ld_augment.placement.bboxes import BBox
-from ld_augment.reports import LesionReport
+ORIGINAL_STEPS = 200
+SHORT_STEPS = 2  # a second, short run gives each procedure's cost per step and its once-per-CT cost
 
-LIVER = 5
-RELEASED_STEPS = 200
-SIZES = {  # volume, lesion box, mask crop, texture crop, presets
-    "tiny": ((64, 64, 64), 12, (16, 24, 24), (32, 32, 32), ("lmnet_tiny", "linet_tiny", "vq_tiny")),
-    "released": ((160, 192, 192), 20, (64, 152, 152), (128, 128, 128), ("lmnet", "linet", "vq")),
+
+@dataclass(frozen=True)
+class Size:
+    volume: tuple[int, int, int]  # the whole CT (the original VQ-encodes all of it)
+    mask_crop: tuple[int, int, int]  # LMNet input crop
+    texture_crop: tuple[int, int, int]  # LINet image crop (latent = crop / 2)
+    vq_slab: int  # slices per whole-CT VQ slab
+
+
+SIZES = {
+    # released networks; crops and CT at 1/8 of the released sizes per axis (LMNet's 152 -> 20, a multiple of 4),
+    # which keeps the whole-CT VQ's share of the original's cost at 200 steps (~7 %, reference/COSTS.md)
+    "reduced": Size((40, 64, 64), (8, 20, 20), (16, 16, 16), 40),
+    "released": Size((320, 512, 512), (64, 152, 152), (128, 128, 128), 32),
 }
+# dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets
+GPU_PEAKS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L40": 181.0,
+             "L4": 121.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
 
 
-def make_context(shape: tuple[int, int, int]) -> LesionContext:
-    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
-    centre = [n / 2 for n in shape]
-    organ = sum(((g - c) / (0.4 * n)) ** 2 for g, c, n in zip(grid, centre, shape)) <= 1.0
-    rng = np.random.default_rng(0)
-    ct = (np.where(organ, 55.0, -80.0) + 20.0 * rng.standard_normal(shape)).astype(np.float32)
-    return LesionContext(ct=ct, organ_seg=organ.astype(np.int16) * LIVER, organ_mask=organ, organ_name="liver",
-                         spacing=(1.0, 1.0, 1.0), occupied=np.zeros(shape, bool))
+def gpu_peak(name: str) -> float | None:
+    return next((peak for key, peak in GPU_PEAKS.items() if key in name), None)
 
 
-def timed(fn, repeats: int, device: str, warmup: bool = True) -> tuple[float, object]:
-    """Median seconds of ``fn(seed)`` over ``repeats`` calls (after one warm-up call); (seconds, last result)."""
-    result = fn(0) if warmup else None
-    times = []
-    for seed in range(1, repeats + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        result = fn(seed)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), result
+def _sync(device: str) -> None:
+    import torch
 
-
-def forward_seconds(unet: torch.nn.Module, channels: int, spatial: tuple[int, ...], context_dim: int | None,
-                    device: str, precision: str) -> float:
-    """One UNet call at the engine's input size: the cost of one DDIM step."""
-    from ld_augment.nets import autocast_context
-
-    x = torch.randn(1, channels, *spatial, device=device)
-    context = None if context_dim is None else torch.randn(1, 4, context_dim, device=device)
-    t = torch.full((1,), 500, device=device, dtype=torch.long)
-
-    def call(_: int) -> None:
-        with torch.inference_mode(), autocast_context(device, precision):
-            unet(x, t, context=context)
-
-    return timed(call, 1, device, warmup=device != "cpu")[0]
-
-
-def peak_memory(device: str) -> str:
     if device.startswith("cuda"):
-        return f"GPU peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    return f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        torch.cuda.synchronize()
 
 
-def main() -> None:
+def _peak_gib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _inputs(size: Size, lesions: int, device: str) -> dict[str, Any]:
+    """A CT, one lesion centre per lesion spread along the first axis, LMNet conditions and latent masks."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    vol = torch.rand((1, 1, *size.volume), generator=g)
+    tex, lat = size.texture_crop, [c // 2 for c in size.texture_crop]
+    starts = []  # texture-crop corners in the CT, inside it
+    for k in range(lesions):
+        frac = (k + 1) / (lesions + 1)
+        starts.append([int(frac * (n - c)) if i == 0 else (n - c) // 2 for i, (n, c) in enumerate(zip(size.volume, tex))])
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) - n / 2 + 0.5 for n in lat], indexing="ij"))
+    ball = ((grid / (torch.tensor(lat).view(3, 1, 1, 1) / 4)) ** 2).sum(0) <= 1
+    return {
+        "volume": vol.to(device),
+        "starts": starts,
+        "crops": torch.cat([vol[(0, 0, *[slice(s, s + c) for s, c in zip(st, tex)])][None, None] for st in starts]).to(device),
+        "cond": torch.rand((lesions, 3, *size.mask_crop), generator=g).to(device),
+        "context": torch.randn((lesions, 6, 512), generator=g).to(device),
+        "latent_mask": ball.float()[None, None].expand(lesions, 1, *lat).contiguous().to(device),
+    }
+
+
+def _generators(lesions: int, device: str):
+    import torch
+
+    return [torch.Generator(device=device).manual_seed(100 + k) for k in range(lesions)]
+
+
+def _networks(device: str, original: bool):
+    import torch
+
+    from ld_augment.nets import LINET_RELEASED, LMNET_RELEASED, VQ_RELEASED, build_network, set_attention_backend
+
+    torch.manual_seed(0)
+    nets = [build_network(cfg, device).eval() for cfg in (LMNET_RELEASED, LINET_RELEASED, VQ_RELEASED)]
+    if original:
+        for net in nets:
+            set_attention_backend(net, "materialized")
+            if device.startswith("cuda"):
+                net.half()
+    return nets
+
+
+def original_procedure(nets, inp: dict[str, Any], size: Size, steps: int, device: str) -> dict[str, float]:
+    """The released inference, lesion after lesion (ARCHITECTURE.md 6); returns seconds per phase."""
+    import torch
+
+    from ld_augment.diffusion import sample_masked_ddim
+    from ld_augment.engines.diffusion.sampling import ddim_schedule, sample_lmnet
+
+    lmnet, linet, vq = nets
+    gens = _generators(len(inp["starts"]), device)
+    times = {"vq": 0.0, "steps": 0.0}
+
+    def linet_fn(x, t, context):
+        return linet(x, t, context=context).float()
+
+    with torch.inference_mode():
+        _sync(device)
+        t0 = time.perf_counter()
+        slabs = [vq.encode(inp["volume"][:, :, i : i + size.vq_slab]).float()
+                 for i in range(0, size.volume[0], size.vq_slab)]
+        latent = torch.cat(slabs, dim=2)
+        _sync(device)
+        t1 = time.perf_counter()
+        schedule = ddim_schedule(steps, 1.0)
+        for k, start in enumerate(inp["starts"]):
+            sample_lmnet(lmnet, inp["cond"][k : k + 1], inp["context"][k : k + 1], steps=steps, eta=1.0,
+                         generator=gens[k], precision="fp32")
+            window = (slice(None), slice(None), *[slice(s // 2, s // 2 + c // 2) for s, c in zip(start, size.texture_crop)])
+            z0 = latent[window]
+            x_T = torch.randn(z0.shape, generator=gens[k], device=device)
+            out = sample_masked_ddim(linet_fn, x_T, z0, inp["latent_mask"][k : k + 1], schedule, generator=gens[k])
+            latent[window] = out.sample[:, : z0.shape[1]]
+        _sync(device)
+        t2 = time.perf_counter()
+        half = size.vq_slab // 2
+        for i in range(0, latent.shape[2], half):
+            vq.decode(latent[:, :, i : i + half])
+        _sync(device)
+        t3 = time.perf_counter()
+    times["vq"] = (t1 - t0) + (t3 - t2)
+    times["steps"] = t2 - t1
+    return times
+
+
+def our_procedure(nets, inp: dict[str, Any], size: Size, steps: int, device: str, sampler: str) -> dict[str, float]:
+    """The engines' path: all lesions in one batch per network, crop VQ, precision "auto", SDPA."""
+    import torch
+
+    from ld_augment.engines.diffusion.sampling import inpaint_linet, sample_lmnet
+
+    lmnet, linet, vq = nets
+    gens = _generators(len(inp["starts"]), device)
+    with torch.inference_mode():
+        _sync(device)
+        t0 = time.perf_counter()
+        sample_lmnet(lmnet, inp["cond"], inp["context"], steps=steps, eta=1.0, generator=gens, precision="auto",
+                     sampler=sampler)
+        inpaint_linet(linet, vq, inp["crops"], inp["latent_mask"], None, steps=steps, eta=1.0, generator=gens,
+                      precision="auto", sampler=sampler)
+        _sync(device)
+    return {"steps": time.perf_counter() - t0, "vq": 0.0}
+
+
+def _measure(which: str, device: str, size_name: str, lesions: int, steps: int, sampler: str, compile_mode: str | None,
+             threads: int) -> dict[str, Any]:
+    """One procedure in this (fresh) process: a short warm-up, then the timed run."""
+    import torch
+
+    from ld_augment.nets import maybe_compile
+
+    if threads:
+        torch.set_num_threads(threads)
+    original, size = which == "original", SIZES[size_name]
+    nets = _networks(device, original)
+    if compile_mode and not original:
+        nets[0], nets[1] = maybe_compile(nets[0], compile_mode), maybe_compile(nets[1], compile_mode)
+    inp = _inputs(size, lesions, device)
+
+    def run(n: int) -> dict[str, float]:
+        if original:
+            return original_procedure(nets, inp, size, n, device)
+        return our_procedure(nets, inp, size, n, device, sampler)
+
+    short = SHORT_STEPS if sampler == "ddim" else 3
+    run(short)  # warm-up: cuDNN autotuning, compilation, allocator
+    short_seconds = sum(run(short).values())  # with the full run: the cost per step and the once-per-CT cost
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = run(steps)
+    seconds = sum(times.values())
+    per_step = (seconds - short_seconds) / max(steps - short, 1)
+    return {"which": which, "times": times, "seconds": seconds, "peak_gib": _peak_gib(device),
+            "per_step": per_step, "once": seconds - steps * per_step}
+
+
+def _in_subprocess(args: tuple) -> dict[str, Any]:
+    return _measure(*args)
+
+
+def _flops(size: Size, device: str) -> dict[str, float]:
+    """FLOPs (matmuls + convolutions) of one forward of each network at batch 1, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ld_augment.nets import LINET_RELEASED, LMNET_RELEASED, VQ_RELEASED, build_network
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return float(counter.get_total_flops())
+
+    meta = torch.device("meta")
+    lm, li, vq = (build_network(c, meta) for c in (LMNET_RELEASED, LINET_RELEASED, VQ_RELEASED))
+    t = torch.full((1,), 500, device=meta)
+    lat = [c // 2 for c in size.texture_crop]
+
+    def vq_cost(shape: tuple[int, ...]) -> float:
+        z = torch.empty((1, 4, *[s // 2 for s in shape]), device=meta)
+        quantize = 2.0 * z[0, 0].numel() * VQ_RELEASED.n_embed * VQ_RELEASED.embed_dim  # distances to the codes
+        return (count(lambda: vq.encode(torch.empty((1, 1, *shape), device=meta)))
+                + count(lambda: vq.decode_quantized(z)) + quantize)
+
+    return {
+        "lmnet": count(lambda: lm(torch.empty((1, 4, *size.mask_crop), device=meta), t,
+                                  torch.empty((1, 6, 512), device=meta))),
+        "linet": count(lambda: li(torch.empty((1, 5, *lat), device=meta), t)),
+        "vq_crop": vq_cost(size.texture_crop),
+        "vq_whole": vq_cost(size.volume),
+    }
+
+
+def _cpu_peak_tflops() -> float:
+    """This CPU's practical fp32 peak: a large matrix product, measured now (no data-sheet value for a CPU)."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, b)
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e12
+
+
+def _linet_step_tflops(size: Size, lesions: int, device: str, flops: float) -> float:
+    """Achieved TFLOP/s of one batched LINet step as ours runs it (precision "auto", SDPA)."""
+    import torch
+
+    from ld_augment.nets import LINET_RELEASED, autocast_context, build_network
+
+    net = build_network(LINET_RELEASED, device).eval()
+    x = torch.randn((lesions, 5, *[c // 2 for c in size.texture_crop]), device=device)
+    t = torch.full((lesions,), 500, device=device)
+    with torch.inference_mode(), autocast_context(device, "auto"):
+        net(x, t)
+        _sync(device)
+        t0 = time.perf_counter()
+        repeats = 3 if device.startswith("cuda") else 1
+        for _ in range(repeats):
+            net(x, t)
+        _sync(device)
+    return repeats * lesions * flops / (time.perf_counter() - t0) / 1e12
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--released", action="store_true", help="released network sizes and crops")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 10 tiny, 1 released)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--released", action="store_true", help="released crops and a 512x512x320 CT")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--only", choices=["mask", "texture"], default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size = "released" if args.released else "tiny"
-    shape, box_size, mask_crop, tex_crop, (lm, li, vq) = SIZES[size]
-    steps = args.steps or (1 if args.released else 10)
-    warmup = not (args.released and args.device == "cpu")  # a released-size call on CPU is minutes: no warm-up
-    ctx = make_context(shape)
-    box = BBox(tuple(n // 2 for n in shape), (box_size,) * 3)
-    report = LesionReport(organ_id=LIVER).with_values(shape="round-like", density="hypodense lesion",
-                                                      size=(box_size,) * 3)
-    common = {"steps": steps, "device": args.device, "precision": args.precision, "encoder": "vocab"}
-    print(f"device: {device_name(args.device)}; torch {torch.__version__}; {size} networks (random weights), "
-          f"{steps} DDIM steps, {args.precision}")
-    print(f"volume {shape}, lesion box {box_size}^3, mask crop {mask_crop}, texture crop {tex_crop}")
+    parser.add_argument("--lesions", type=int, default=3, help="lesions per CT (the original's maximum is 3)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps for original and ours (equal steps)")
+    parser.add_argument("--fast-sampler", default="dpmsolver++")
+    parser.add_argument("--fast-steps", type=int, default=10)
+    parser.add_argument("--compile", default=None, help="torch.compile mode for ours (e.g. reduce-overhead)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: table / GEMM)")
+    args = parser.parse_args(argv)
 
-    proc_mask = create_mask_engine("procedural")
-    proc_tex = create_texture_engine("procedural")
-    t_pm, proc_lesion = timed(lambda s: proc_mask.generate_mask(ctx, box, report, np.random.default_rng(s)), 3, "cpu")
-    t_pt, _ = timed(lambda s: proc_tex.render(ctx, proc_lesion, report, np.random.default_rng(s)), 3, "cpu")
+    import torch
 
-    rows = []
-    if args.only in (None, "mask"):
-        # min_voxels=1: random weights draw arbitrary masks; the benchmark times the work, not the shape
-        engine = create_mask_engine("diffusion", config=lm, crop=mask_crop, min_voxels=1, **common)
-        t, lesion = timed(lambda s: engine.generate_mask(ctx, box, report, np.random.default_rng(s)),
-                          args.repeats, args.device, warmup)
-        step = forward_seconds(engine.net.module, 4, mask_crop, engine.net.cfg.context_dim, args.device,
-                               args.precision)
-        rows.append(("mask (LMNet)", t, step, t_pm, int(np.sum(lesion))))
-    if args.only in (None, "texture"):
-        engine = create_texture_engine("diffusion", config=li, vq_config=vq, crop=tex_crop, **common)
-        t, _ = timed(lambda s: engine.render(ctx, proc_lesion, report, np.random.default_rng(s)), args.repeats,
-                     args.device, warmup)
-        latent = tuple(c // engine.factor for c in tex_crop)
-        step = forward_seconds(engine.net.module, 5, latent, None, args.device, args.precision)
-        rows.append(("texture (LINet+VQ)", t, step, t_pt, int(np.sum(proc_lesion))))
+    size_name = "released" if args.released else "reduced"
+    size = SIZES[size_name]
+    name = device_name(args.device)
+    print(f"device: {name}; torch {torch.__version__}; {'released' if args.released else 'reduced'} size, released "
+          f"network widths (random weights); {args.lesions} lesions/CT; {args.steps} DDIM steps (eta 1)")
+    print(f"CT {size.volume}, LMNet crop {size.mask_crop}, LINet crop {size.texture_crop}")
+    if args.device.startswith("cuda"):
+        peak, peak_what = args.peak_tflops or gpu_peak(name), "dense bf16 data-sheet peak"
+    else:
+        peak, peak_what = args.peak_tflops or _cpu_peak_tflops(), "fp32 GEMM peak measured now"
+    flops = _flops(size, args.device)
+    per_step = flops["lmnet"] + flops["linet"]
+    work = {
+        "original": args.lesions * args.steps * per_step + flops["vq_whole"],
+        "ours": args.lesions * (args.steps * per_step + flops["vq_crop"]),
+        "fast": args.lesions * (args.fast_steps * per_step + flops["vq_crop"]),
+    }
+    ctx = mp.get_context("spawn")
+    runs = [("original", args.steps, "ddim"), ("ours", args.steps, "ddim"), ("fast", args.fast_steps, args.fast_sampler)]
+    results = {}
+    for which, steps, sampler in runs:
+        with ctx.Pool(1) as pool:
+            results[which] = pool.apply(_in_subprocess, ((which, args.device, size_name, args.lesions, steps, sampler,
+                                                          args.compile, args.threads),))
 
-    # s/lesion = once-per-lesion work (crops, VQ encode/decode, threshold search) + steps x s/step; the
-    # 200-step column extrapolates with the separately measured forward time (a retry doubles the mask's).
-    print(f"{'engine':<20} {'s/lesion':>9} {'s/step':>8} {'once s':>8} {f'@{RELEASED_STEPS} steps s':>13} "
-          f"{'procedural s':>12} {'ratio':>8} {'voxels':>7}")
-    for name, t, step, base, voxels in rows:
-        once = max(t - steps * step, 0.0)
-        print(f"{name:<20} {t:>9.3f} {step:>8.3f} {once:>8.2f} {once + RELEASED_STEPS * step:>13.1f} "
-              f"{base:>12.3f} {t / max(base, 1e-9):>8.1f} {voxels:>7}")
-    print(peak_memory(args.device))
+    label = {"original": f"original procedure, DDIM {args.steps}", "ours": f"ours, DDIM {args.steps}",
+             "fast": f"ours, {args.fast_sampler} {args.fast_steps}"}
+    print(f"{'procedure':<32} {'s/lesion':>9} {'ratio':>7} {'peak GiB':>9} {'TFLOP/lesion':>13} {'TFLOP/s':>8} "
+          f"{'% peak':>7}")
+    base = results["original"]["seconds"] / args.lesions
+    for which in ("original", "ours", "fast"):
+        r = results[which]
+        sec = r["seconds"] / args.lesions
+        tflops = work[which] / r["seconds"] / 1e12
+        pct = f"{100 * tflops / peak:.1f}" if peak else "n/a"
+        print(f"{label[which]:<32} {sec:>9.3f} {base / sec:>6.2f}x {r['peak_gib']:>9.2f} "
+              f"{work[which] / args.lesions / 1e12:>13.3f} {tflops:>8.3f} {pct:>7}")
+    def at_200(r: dict[str, Any]) -> float:
+        if args.steps == ORIGINAL_STEPS:
+            return r["seconds"] / args.lesions
+        return (r["once"] + ORIGINAL_STEPS * r["per_step"]) / args.lesions
+
+    orig200, ours200 = at_200(results["original"]), at_200(results["ours"])
+    how = ("measured" if args.steps == ORIGINAL_STEPS else
+           f"from the measured cost per step and once-per-CT cost of {SHORT_STEPS}- and {args.steps}-step runs")
+    fast = results["fast"]["seconds"] / args.lesions
+    print(f"at {ORIGINAL_STEPS} DDIM steps ({how}): original {orig200:.3f} s/lesion (whole-CT VQ "
+          f"{results['original']['times']['vq'] / args.lesions:.3f} s/lesion), ours {ours200:.3f} s/lesion, "
+          f"{orig200 / ours200:.2f}x")
+    print(f"fast sampler ({args.fast_sampler}, {args.fast_steps} steps, measured) vs the original at "
+          f"{ORIGINAL_STEPS} DDIM steps: {orig200 / fast:.2f}x")
+    step_tflops = _linet_step_tflops(size, args.lesions, args.device, flops["linet"])
+    pct = f"{100 * step_tflops / peak:.1f} % of the {peak_what} ({peak:.1f} TFLOP/s)" if peak else "peak unknown"
+    print(f"LINet step (ours, batch {args.lesions}): {step_tflops:.3f} TFLOP/s = {pct}")
+    ratio = base / (results["ours"]["seconds"] / args.lesions)
+    print(f"speedup vs original procedure at equal steps: {ratio:.2f}x ({name})")
 
 
 if __name__ == "__main__":
