@@ -329,3 +329,29 @@ def test_mixed_diffusion_mask_with_procedural_texture(case_dir, ckpts, tmp_path)
     assert res.record["engine"]["mask"]["network"] == "lmnet"
     label = np.asarray(nib.load(str(res.label_path)).dataobj)
     assert (label == 2).any()
+
+
+def test_released_selection_in_the_pipeline_draws_at_most_three_lesions(tmp_path, ckpts) -> None:
+    """Released mode caps a case at 3 lesions (largest boxes first) and records the boxes it did not draw."""
+    from ld_augment.pipeline import preprocess_case, synthesize_case
+
+    rng = np.random.default_rng(4)
+    shape = (48, 44, 40)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, (24, 22, 20), (20, 18, 16))) <= 1.0
+    ct = np.where(organ, 60.0, -80.0) + rng.normal(0, 10, shape)
+    ct[:2], ct[-2:] = -1000.0, 700.0  # air and bone: a plausible HU range
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image((organ * LIVER).astype(np.uint8), np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    case = preprocess_case(tmp_path / "ct.nii.gz", tmp_path / "case", organ="liver", lesion_type="metastasis",
+                           seg=tmp_path / "seg.nii.gz", attributes={"size": "[[6 6 6]] pixel"}, num_lesions=4,
+                           seed=3, preview=False)
+    options = {"mask": {"checkpoint": str(ckpts["lmnet"]), "selection": "released", "min_voxels": 0, **MASK_OPTS}}
+    res = synthesize_case(case.case_dir, tmp_path / "out", mask_engine="diffusion", texture_engine="procedural",
+                          engine_options=options, seed=1, preview=False)
+    assert len(case.meta["bboxes"]) == 4
+    drawn = [les["index"] for les in res.record["lesions"]]
+    skipped = res.record["skipped_lesions"]
+    assert len(drawn) <= 3 and sorted(drawn + [s["index"] for s in skipped]) == [1, 2, 3, 4]
+    assert any(s["reason"] == "not planned by the mask engine" for s in skipped)
+    assert res.record["engine"]["mask"]["options"]["selection"]["name"] == "released"
