@@ -116,3 +116,19 @@ def test_checkpoints_written_before_layouts_keep_loading(ckpt_dir, ctx, old, exp
     assert engine.provenance()["options"]["network_layout"] == expected
     assert engine.provenance()["checkpoints"]["lmnet"]["layout"] == expected
     assert training_layout(load_init("lmnet", path, None)) == expected
+
+
+def test_a_converted_released_file_keeps_its_layout_and_released_defaults(tmp_path) -> None:
+    from ld_augment.nets import convert_lightning_checkpoint
+
+    torch.manual_seed(0)
+    lmnet = build_network(LMNET_TINY)
+    torch.save({"state_dict": {"model." + k: v for k, v in lmnet.state_dict().items()}}, tmp_path / "LMNet.ckpt")
+    dst = convert_lightning_checkpoint(tmp_path / "LMNet.ckpt", tmp_path / "lmnet.pt", "lmnet", VOCAB_ID,
+                                       config=LMNET_TINY)
+    options = create_mask_engine("diffusion", checkpoint=dst, crop=(16, 16, 16), **OPTS).provenance()["options"]
+    assert options["network_layout"] == "SAL"
+    assert options["selection"]["name"] == "released" and options["cavity_text"] == "released"
+    ours = create_mask_engine("diffusion", checkpoint=_lmnet(tmp_path / "ours.pt"), crop=(16, 16, 16), **OPTS)
+    assert ours.provenance()["options"]["selection"]["name"] == "constrained"
+    assert ours.provenance()["options"]["cavity_text"] == "report"

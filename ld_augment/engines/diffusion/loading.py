@@ -126,6 +126,7 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
         record["text_encoder"] = (meta.get("extra") or {}).get("text_encoder")
         # the array layout it was trained in; a pre-layout checkpoint's "orientation" record converts
         record["layout"] = recorded_layout(meta.get("extra")).codes
+        record["released"] = bool((meta.get("extra") or {}).get("released"))  # a converted released file
         if skip_context is not None:
             cfg_loaded = dataclasses.replace(cfg_loaded, skip_context=bool(skip_context))
         module, cfg = _with_config(module, cfg_loaded, dev), cfg_loaded
@@ -192,7 +193,7 @@ def network_layout_of(requested: str | NetworkLayout | None, record: Mapping[str
 
 def is_released(record: Mapping[str, Any]) -> bool:
     """Whether the weights are the authors' released Lightning files (their inference is then the default)."""
-    return record.get("source") == "lightning"
+    return record.get("source") == "lightning" or bool(record.get("released"))
 
 
 def check_encoder_available(encoder: str | AttributeEncoder, weights: PathArg) -> None:

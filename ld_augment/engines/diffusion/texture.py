@@ -13,7 +13,7 @@ ramp to the healthy CT over ``blend_voxels`` -- because the pipeline's contract 
 near the lesion, and the VQ round trip alters every voxel of the crop slightly. The rim defaults (4 + 4
 voxels) are wide enough that the transition LINet draws around the lesion survives: the decoded change
 extends a few voxels past the mask (latent factor 2, the decoder's receptive field), and a 2 + 2 rim cut
-into it (``scripts/bench_linet_rim.py`` measures the change's profile across the boundary). ``mean_shift``
+into it (``benchmarks/bench_linet_rim.py`` measures the change's profile across the boundary). ``mean_shift``
 corrects the VQ round trip's brightness bias, measured where nothing should change: body voxels (denser than
 ``body_threshold_hu``) of the crop outside the written neighbourhood, with the healthy CT taken in the
 network's own window [-1000, 1000] HU, so padding or air outside the scanner's field of view (-3024 HU,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How far does the change LINet draws reach past the lesion, and how much of it does the write-back keep?
 
-    python scripts/bench_linet_rim.py [--crop 48] [--steps 2] [--seed 0]
+    python benchmarks/bench_linet_rim.py [--crop 48] [--steps 2] [--seed 0]
 
 On the shared real CT (liver, 1 mm) a spherical lesion is inpainted by the LINet path with the released VQ-GAN
 architecture (random weights: no trained weights exist on these machines, so this measures the architecture's
