@@ -89,7 +89,7 @@ def main() -> None:
     lay = engine.layout
     box = mask_slices(lay.to_network(lesion), (0, 0, 0))
     lo, hi = [s.start for s in box], [s.stop for s in box]
-    size = fit_crop((args.crop,) * 3, [b - a + 2 * 8 for a, b in zip(lo, hi)], engine.divisor)
+    size = fit_crop((args.crop,) * 3, [b - a + 2 * 8 + 1 for a, b in zip(lo, hi)], engine.divisor)
     window = CropWindow.for_box(lo, hi, size, lay.network_shape(ct.shape))
     d_crop = np.rint(window.extract(lay.to_network(distance), 99.0))
     b_crop = window.extract(lay.to_network(body), False)

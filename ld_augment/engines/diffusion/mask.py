@@ -166,7 +166,8 @@ class DiffusionMaskEngine(MaskEngine):
         lay = self.layout
         shape = lay.network_shape(grid)
         lo, hi = lay.box_to_network(start, stop, grid)
-        size = fit_crop(self.crop, [b - a for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
+        # one spare voxel: the window's floored centre sits left of an even box's middle (the original's rule)
+        size = fit_crop(self.crop, [b - a + 1 for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
         window = CropWindow.for_box(lo, hi, size, shape)
         cond = to_tensor(self.channels(ctx, lo, hi, report, window), self.device)
         texts = conditioning_texts(report, purpose="lmnet", cavity_text=self.cavity_text)  # type: ignore[arg-type]

@@ -170,7 +170,7 @@ class DiffusionTextureEngine(TextureEngine):
         reach = int(np.ceil(self.dilate_voxels + self.blend_voxels))
         box = mask_slices(net_lesion, (0, 0, 0))
         lo, hi = [sl.start for sl in box], [sl.stop for sl in box]
-        size = fit_crop(self.crop, [b - a + 2 * reach for a, b in zip(lo, hi)], self.divisor)
+        size = fit_crop(self.crop, [b - a + 2 * reach + 1 for a, b in zip(lo, hi)], self.divisor)  # +1: floored centre
         window = CropWindow.for_box(lo, hi, size, shape)
 
         ct_crop = window.extract(net_out, HU_KNOTS[0])
