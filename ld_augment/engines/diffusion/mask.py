@@ -73,7 +73,9 @@ class DiffusionMaskEngine(MaskEngine):
     layout the network was trained in; ``crop`` is in that layout's order. ``selection`` ("released" /
     "constrained") and ``cavity_text`` ("released" / "report") default to the original's behaviour for the
     released files and to ours for our checkpoints (module doc). ``max_attempts`` (2) and ``min_voxels``
-    (None: the original's 400, 50 for stones) tune the acceptance.
+    (a lesion needs more voxels than this; None: the original's 400, 50 for stones, capped at 10 % of the
+    target count in constrained selection) tune the acceptance; ``max_lesions`` (3, None = no cap) is the
+    per-case cap of released selection (``plan_lesions``).
     """
 
     name = "diffusion"
