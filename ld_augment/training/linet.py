@@ -25,7 +25,7 @@ from ld_augment.training.data import find_cases
 from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
 from ld_augment.training.setup import (
     TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, start_network,
-    training_orientation,
+    training_layout,
 )
 
 
@@ -94,8 +94,8 @@ def train_linet(
                           f"channel = {latent_ch + 1})")
     factor = vq_model.cfg.downsampling_factor
     crop = check_crop(crop_size, factor * model.spatial_divisor, "LINet image")
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, orientation=orientation)
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, layout=layout)
     model.to(opts.device)
     vq_model.to(opts.device)
     schedule = DDPMSchedule.create()
@@ -117,7 +117,7 @@ def train_linet(
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init")}
     training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                     init_origin=None if start is None else start.origin)
-    extra = {"kind": "linet", "orientation": orientation, "text_encoder": encoder_record(enc),
+    extra = {"kind": "linet", "layout": layout, "text_encoder": encoder_record(enc),
              "vq": {"source": str(vq_source), "config": vq_model.cfg.to_dict()}, "training": training}
     save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
     return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))

@@ -20,7 +20,7 @@ from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import find_cases
 from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
 from ld_augment.training.setup import (
-    TrainResult, encoder_record, last_loss, make_encoder, start_network, training_orientation,
+    TrainResult, encoder_record, last_loss, make_encoder, start_network, training_layout,
 )
 
 
@@ -58,8 +58,8 @@ def train_lmnet(
     assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
     crop = check_crop(crop_size, model.spatial_divisor, "LMNet")
     enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, orientation=orientation)
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, layout=layout)
     model.to(opts.device)
     schedule = DDPMSchedule.create()
     uses_context = uses_text(cfg)
@@ -80,6 +80,6 @@ def train_lmnet(
     training = {k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")}
     training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                     init_origin=None if start is None else start.origin)
-    extra = {"kind": "lmnet", "orientation": orientation, "text_encoder": encoder_record(enc), "training": training}
+    extra = {"kind": "lmnet", "layout": layout, "text_encoder": encoder_record(enc), "training": training}
     save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
     return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))

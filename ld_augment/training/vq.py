@@ -18,7 +18,7 @@ from ld_augment.nets import VQConfig, VQModel3D, save_checkpoint
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import find_cases
 from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
-from ld_augment.training.setup import TrainResult, last_loss, start_network, training_orientation
+from ld_augment.training.setup import TrainResult, last_loss, start_network, training_layout
 
 
 def train_vq(
@@ -41,8 +41,8 @@ def train_vq(
     model, cfg, start = start_network("vq", config, init, seed, allow_pickle)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, orientation=orientation)
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout)
     model.to(opts.device)
 
     def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -59,7 +59,7 @@ def train_vq(
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "codebook_weight")}
     training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                     init_origin=None if start is None else start.origin)
-    extra = {"kind": "vq", "orientation": orientation, "losses": ["l1", "codebook"],
+    extra = {"kind": "vq", "layout": layout, "losses": ["l1", "codebook"],
              "not_implemented": ["lpips", "gan"], "training": training}
     save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=None, extra=extra)
     return TrainResult(paths.final, paths.state, paths.log, steps, None, last_loss(paths.log))
