@@ -200,7 +200,7 @@ def _measure(which: str, device: str, size_name: str, lesions: int, steps: int, 
         return our_procedure(nets, inp, size, n, device, sampler)
 
     short = SHORT_STEPS if sampler == "ddim" else 3
-    run(short)  # warm-up: cuDNN autotuning, compilation, allocator
+    run(short if device.startswith("cuda") else 1)  # warm-up: cuDNN autotuning, compilation, allocator
     short_seconds = sum(run(short).values())  # with the full run: the cost per step and the once-per-CT cost
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

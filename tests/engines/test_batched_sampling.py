@@ -66,3 +66,47 @@ def test_seeds_not_batch_position_decide_a_lesion(lmnet: UNet3D) -> None:
     ab = sample_lmnet(lmnet, cond, context, steps=4, eta=1.0, generator=_gens([1, 2]))
     ba = sample_lmnet(lmnet, cond.flip(0), context.flip(0), steps=4, eta=1.0, generator=_gens([2, 1]))
     torch.testing.assert_close(ab, ba.flip(0), rtol=1e-4, atol=1e-5)
+
+
+def test_mask_engine_batch_equals_lesions_one_after_another(tmp_path, monkeypatch) -> None:
+    """generate_masks == generate_mask per lesion with occupied grown by each result, the same rngs."""
+    import numpy as np
+
+    from ld_augment.engines import LesionContext, create_mask_engine
+    from ld_augment.nets import save_checkpoint
+    from ld_augment.placement.bboxes import BBox
+    from ld_augment.reports import LesionReport
+    from ld_augment.text.offline import ENCODER_ID
+
+    ckpt = save_checkpoint(tmp_path / "lmnet.pt", _random_weights(UNet3D(LMNET_TINY)), LMNET_TINY,
+                           encoder_id=ENCODER_ID)
+    shape = (40, 40, 40)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = sum(((g - 20) / a) ** 2 for g, a in zip(grid, (16, 15, 14))) <= 1.0
+    ct = np.where(organ, 60.0, -100.0).astype(np.float32)
+    ctx = LesionContext(ct=ct, organ_seg=organ.astype(np.int16) * 5, organ_mask=organ, organ_name="liver",
+                        spacing=(1.0, 1.0, 1.0), occupied=np.zeros(shape, bool))
+    # overlapping boxes (so earlier lesions matter), one larger than the crop (another input shape)
+    boxes = [BBox((18, 20, 20), (10, 10, 10)), BBox((22, 20, 20), (10, 10, 10)), BBox((20, 20, 20), (18, 18, 18))]
+    reports = [LesionReport(organ_id=5).with_values(shape="round-like", size=b.size) for b in boxes]
+    engine = create_mask_engine("diffusion", checkpoint=ckpt, encoder="vocab", steps=4, crop=(16, 16, 16),
+                                min_voxels=1, max_batch=2)
+    import ld_augment.engines.diffusion.mask as mask_module
+
+    batch_sizes: list[int] = []
+
+    def counting(unet, cond, *args, **kwargs):
+        batch_sizes.append(cond.shape[0])
+        return sample_lmnet(unet, cond, *args, **kwargs)
+
+    monkeypatch.setattr(mask_module, "sample_lmnet", counting)
+    batched = engine.generate_masks(ctx, boxes, reports, [np.random.default_rng(s) for s in (1, 2, 3)])
+    assert batch_sizes == [2, 1]  # the two same-sized crops in one call, the large crop in its own
+    occupied = np.zeros(shape, bool)
+    for box, report, seed, got in zip(boxes, reports, (1, 2, 3), batched):
+        alone_ctx = LesionContext(ct=ct, organ_seg=ctx.organ_seg, organ_mask=organ, organ_name="liver",
+                                  spacing=ctx.spacing, occupied=occupied.copy())
+        alone = engine.generate_mask(alone_ctx, box, report, np.random.default_rng(seed))
+        assert alone.any() and np.array_equal(got, alone)
+        assert not (got & occupied).any()
+        occupied |= alone

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ld_augment.engines.base import LesionContext, MaskEngine
+from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_batch, sample_in_batches
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
@@ -44,6 +47,20 @@ from ld_augment.reports.conditioning import CAVITY_TEXTS, conditioning_texts, is
 from ld_augment.text import AttributeEncoder
 
 SEG_SCALE = 104.0  # the organ-map channel is the v1 label id / 104 (v1's largest id)
+
+
+@dataclass(frozen=True)
+class _MaskJob:
+    """One lesion's network inputs and selection targets, prepared before any sampling."""
+
+    bbox: BBox
+    report: Any
+    window: CropWindow
+    cond: torch.Tensor
+    context: torch.Tensor | None
+    reference: float
+    floor: int
+    generator: torch.Generator
 
 
 def organ_map_v1(seg: np.ndarray, organ_mask: np.ndarray, version: str, organ_id_v1: int) -> np.ndarray:
@@ -78,7 +95,8 @@ class DiffusionMaskEngine(MaskEngine):
     per-case cap of released selection (``plan_lesions``).
     Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
     ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
-    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager.
+    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager; ``max_batch``
+    lesions share one network call in ``generate_masks``.
     """
 
     name = "diffusion"
@@ -97,6 +115,7 @@ class DiffusionMaskEngine(MaskEngine):
         precision: str = "auto",
         sampler: str = "ddim",
         compile: str | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
         config: Any = None,
         label_version: str = "auto",
         max_attempts: int = 2,
@@ -112,6 +131,7 @@ class DiffusionMaskEngine(MaskEngine):
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
         self.sampler, self.compile = sampler, compile
+        self.max_batch = check_max_batch(max_batch)
         self.crop = check_crop(crop, "crop")
         if label_version != "auto" and label_version not in LABEL_VERSIONS:
             raise ConfigError(f"label_version must be 'auto' or one of {list(LABEL_VERSIONS)}, got {label_version!r}")
@@ -161,6 +181,7 @@ class DiffusionMaskEngine(MaskEngine):
             "encoder_id": self.encoder_record.get("id"),
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "sampler": self.sampler, "compile": self.compile,
+                        "max_batch": self.max_batch,
                         "label_version": self.label_version, "max_attempts": self.max_attempts,
                         "min_voxels": self.min_voxels, "body_threshold_hu": self.body_threshold_hu,
                         "network_layout": self.layout.codes, "selection": self.rule.to_dict(),
@@ -170,41 +191,75 @@ class DiffusionMaskEngine(MaskEngine):
         }
 
     def generate_mask(self, ctx: LesionContext, bbox: BBox, report: Any, rng: np.random.Generator) -> np.ndarray:
+        return self.generate_masks(ctx, [bbox], [report], [rng])[0]
+
+    def generate_masks(self, ctx: LesionContext, bboxes: Sequence[BBox], reports: Sequence[Any],
+                       rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
+        """Several lesions of one case, each with its own box, report and rng; first draws in one batch.
+
+        Gives what ``generate_mask`` gives lesion after lesion with ``ctx.occupied`` grown by each earlier
+        result and the same rngs: the batch only shares the network calls (``batching.sample_in_batches``);
+        the selection, and any retry, still runs per lesion in order.
+        """
+        if not len(bboxes) == len(reports) == len(rngs):
+            raise ValueError(f"{len(bboxes)} boxes, {len(reports)} reports and {len(rngs)} rngs; need one each")
+        jobs = [self._prepare(ctx, bbox, report, rng) for bbox, report, rng in zip(bboxes, reports, rngs)]
+        firsts = sample_in_batches(
+            [(job.cond, job.context, job.generator) for job in jobs],
+            lambda cond, context, gens: sample_lmnet(self.unet, cond, context, steps=self.steps, eta=self.eta,
+                                                     generator=gens, precision=self.precision,
+                                                     sampler=self.sampler),
+            max_batch=self.max_batch,
+        )
+        occupied, masks = np.array(ctx.occupied, dtype=bool, copy=True), []
+        for job, soft in zip(jobs, firsts):
+            mask = self._select(ctx, job, soft, occupied)
+            occupied |= mask
+            masks.append(mask)
+        return masks
+
+    def _prepare(self, ctx: LesionContext, bbox: BBox, report: Any, rng: np.random.Generator) -> _MaskJob:
         grid = ctx.ct.shape
         start, stop = bbox.start(grid), bbox.stop(grid)
         if any(b <= a for a, b in zip(start, stop)):
             raise ConfigError(f"bbox {bbox.to_dict()} lies outside the volume of shape {grid}")
         lay = self.layout
-        shape = lay.network_shape(grid)
         lo, hi = lay.box_to_network(start, stop, grid)
         # one spare voxel: the window's floored centre sits left of an even box's middle (the original's rule)
         size = fit_crop(self.crop, [b - a + 1 for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
-        window = CropWindow.for_box(lo, hi, size, shape)
+        window = CropWindow.for_box(lo, hi, size, lay.network_shape(grid))
         cond = to_tensor(self.channels(ctx, lo, hi, report, window), self.device)
         texts = conditioning_texts(report, purpose="lmnet", cavity_text=self.cavity_text)  # type: ignore[arg-type]
         context = encode_context(self.encoder, texts, self.device)
-        occupied = window.extract(lay.to_network(ctx.occupied), False)
-        allowed = self._allowed(ctx, report, window) & ~occupied if self.rule.constrain else None
-        box_voxels = int(np.prod([b - a for a, b in zip(lo, hi)]))
-        reference = reference_count(self.rule, box_voxels)
-        floor = self._floor(report, reference)
-        generator = torch_generator(rng, self.device)
+        reference = reference_count(self.rule, int(np.prod([b - a for a, b in zip(lo, hi)])))
+        return _MaskJob(bbox, report, window, cond, context, reference, self._floor(report, reference),
+                        torch_generator(rng, self.device))
+
+    def _select(self, ctx: LesionContext, job: _MaskJob, soft: torch.Tensor, occupied_volume: np.ndarray
+                ) -> np.ndarray:
+        """The selection of one lesion from its first draw; later attempts draw again with its own generator."""
+        lay, grid, window = self.layout, ctx.ct.shape, job.window
+        shape = lay.network_shape(grid)
+        occupied = window.extract(lay.to_network(occupied_volume), False)
+        allowed = self._allowed(ctx, job.report, window) & ~occupied if self.rule.constrain else None
         largest = 0
         for attempt in range(self.max_attempts):
-            soft = sample_lmnet(self.unet, cond, context, steps=self.steps, eta=self.eta,
-                                generator=generator, precision=self.precision, sampler=self.sampler)
-            lesion, _ = pick_threshold(soft[0, 0].float().cpu().numpy(), reference, allowed)
+            if attempt:
+                soft = sample_lmnet(self.unet, job.cond, job.context, steps=self.steps, eta=self.eta,
+                                    generator=job.generator, precision=self.precision, sampler=self.sampler)
+            lesion, _ = pick_threshold(soft[0, 0].float().cpu().numpy(), job.reference, allowed)
             count = int(lesion.sum())
             largest = max(largest, count)
-            if accepts(count, bool((lesion & occupied).any()), floor, last=attempt == self.max_attempts - 1,
+            if accepts(count, bool((lesion & occupied).any()), job.floor, last=attempt == self.max_attempts - 1,
                        keep_last=self.rule.keep_last):
                 return np.ascontiguousarray(lay.from_network(window.paste(lesion, shape)))
         if self.rule.keep_last:  # the original drops the lesion
             return np.zeros(grid, dtype=bool)
         raise ConfigError(
-            f"diffusion mask engine: no usable lesion for organ {ctx.organ_name!r} in bbox {bbox.to_dict()} after "
-            f"{self.max_attempts} attempts (largest {largest} voxels, need > {floor} inside the region of the "
-            "report's cavity rule, outside earlier lesions); try another seed, a larger box or mask_engine='procedural'"
+            f"diffusion mask engine: no usable lesion for organ {ctx.organ_name!r} in bbox {job.bbox.to_dict()} "
+            f"after {self.max_attempts} attempts (largest {largest} voxels, need > {job.floor} inside the region of "
+            "the report's cavity rule, outside earlier lesions); try another seed, a larger box or "
+            "mask_engine='procedural'"
         )
 
     def _floor(self, report: Any, reference: float) -> int:
