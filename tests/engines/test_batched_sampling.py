@@ -110,3 +110,51 @@ def test_mask_engine_batch_equals_lesions_one_after_another(tmp_path, monkeypatc
         assert alone.any() and np.array_equal(got, alone)
         assert not (got & occupied).any()
         occupied |= alone
+
+
+def test_texture_engine_batch_equals_lesions_one_after_another(tmp_path, monkeypatch) -> None:
+    """render_many == render per lesion on the previous result (occupied grown), the same rngs."""
+    import numpy as np
+
+    import ld_augment.engines.diffusion.texture as texture_module
+    from ld_augment.engines import LesionContext, create_texture_engine
+    from ld_augment.nets import save_checkpoint
+    from ld_augment.reports import LesionReport
+    from ld_augment.text.offline import ENCODER_ID
+
+    linet = save_checkpoint(tmp_path / "linet.pt", _random_weights(UNet3D(LINET_TINY)), LINET_TINY,
+                            encoder_id=ENCODER_ID)
+    vq = save_checkpoint(tmp_path / "vq.pt", _random_weights(VQModel3D(VQ_TINY)), VQ_TINY, encoder_id=None)
+    shape = (48, 48, 48)
+    rng = np.random.default_rng(0)
+    ct = (60.0 + 10.0 * rng.standard_normal(shape)).astype(np.float32)
+    organ = np.ones(shape, bool)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+
+    def ball(centre) -> np.ndarray:
+        return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= 9
+
+    # two lesions far apart share a call; the third overlaps the first one's window: next call
+    lesions = [ball((10, 10, 10)), ball((38, 38, 38)), ball((15, 12, 12)) & ~ball((10, 10, 10))]
+    reports = [LesionReport(organ_id=5)] * 3
+    engine = create_texture_engine("diffusion", checkpoint=linet, vq_checkpoint=vq, steps=4, crop=(16, 16, 16))
+    calls: list[int] = []
+
+    def counting(unet, vq_module, image, *args, **kwargs):
+        calls.append(image.shape[0])
+        return inpaint_linet(unet, vq_module, image, *args, **kwargs)
+
+    monkeypatch.setattr(texture_module, "inpaint_linet", counting)
+    ctx = LesionContext(ct=ct, organ_seg=organ.astype(np.int16) * 5, organ_mask=organ, organ_name="liver",
+                        spacing=(1.0, 1.0, 1.0), occupied=np.zeros(shape, bool))
+    batched = engine.render_many(ctx, lesions, reports, [np.random.default_rng(s) for s in (1, 2, 3)])
+    assert calls == [2, 1]
+    current, occupied = ct, np.zeros(shape, bool)
+    for lesion, report, seed in zip(lesions, reports, (1, 2, 3)):
+        step_ctx = LesionContext(ct=current, organ_seg=ctx.organ_seg, organ_mask=organ, organ_name="liver",
+                                 spacing=ctx.spacing, occupied=occupied.copy())
+        current = engine.render(step_ctx, lesion, report, np.random.default_rng(seed))
+        occupied |= lesion
+    assert not np.array_equal(batched, ct)
+    np.testing.assert_allclose(batched, current, rtol=1e-4, atol=0.05)  # HU; float reassociation in batched convs
+    assert np.array_equal(batched == ct, current == ct)  # the same voxels written

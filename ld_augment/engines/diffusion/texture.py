@@ -23,12 +23,15 @@ which the VQ cannot represent) does not drag the lesion darker.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ld_augment.engines.base import LesionContext, TextureEngine
+from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_batch, sample_in_batches
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
@@ -71,6 +74,24 @@ def blend_weight(mask: np.ndarray, keep: np.ndarray, dilate_voxels: float, blend
     return weight
 
 
+@dataclass(frozen=True)
+class _TextureJob:
+    """One lesion's crop, network inputs and generator (network order), prepared before sampling."""
+
+    window: CropWindow
+    ct_crop: np.ndarray
+    mask_crop: np.ndarray
+    occupied_crop: np.ndarray
+    image: torch.Tensor
+    mask_lat: torch.Tensor
+    context: torch.Tensor | None
+    generator: torch.Generator
+
+
+def _overlap(a: CropWindow, b: CropWindow) -> bool:
+    return all(x < y + m and y < x + n for x, n, y, m in zip(a.start, a.size, b.start, b.size))
+
+
 class DiffusionTextureEngine(TextureEngine):
     """LINet + VQ-GAN texture engine; defaults are the released inference settings (200 steps, eta 1.0, 128^3).
 
@@ -85,7 +106,8 @@ class DiffusionTextureEngine(TextureEngine):
     write-back rim (``dilate_voxels``, ``blend_voxels``) and ``mean_shift`` are described in the module doc.
     Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
     ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
-    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager.
+    CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager; ``max_batch``
+    lesions share one network call in ``render_many``.
     """
 
     name = "diffusion"
@@ -107,6 +129,7 @@ class DiffusionTextureEngine(TextureEngine):
         precision: str = "auto",
         sampler: str = "ddim",
         compile: str | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
         config: Any = None,
         vq_config: Any = None,
         dilate_voxels: float = 4.0,
@@ -121,6 +144,7 @@ class DiffusionTextureEngine(TextureEngine):
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
         self.sampler, self.compile = sampler, compile
+        self.max_batch = check_max_batch(max_batch)
         self.crop = check_crop(crop, "crop")
         if dilate_voxels < 0 or blend_voxels < 0:
             raise ConfigError(f"dilate_voxels and blend_voxels must be >= 0, got {dilate_voxels}, {blend_voxels}")
@@ -161,6 +185,7 @@ class DiffusionTextureEngine(TextureEngine):
             "encoder_id": self.encoder_record.get("id"),
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "sampler": self.sampler, "compile": self.compile,
+                        "max_batch": self.max_batch,
                         "skip_context": bool(self.net.cfg.skip_context), "dilate_voxels": self.dilate_voxels,
                         "blend_voxels": self.blend_voxels, "mean_shift": self.mean_shift,
                         "body_threshold_hu": self.body_threshold_hu, "hu_range": list(self.hu_range),
@@ -169,43 +194,93 @@ class DiffusionTextureEngine(TextureEngine):
         }
 
     def render(self, ctx: LesionContext, lesion_mask: np.ndarray, report: Any, rng: np.random.Generator) -> np.ndarray:
-        lesion = np.asarray(lesion_mask, dtype=bool)
-        if lesion.shape != ctx.ct.shape or not lesion.any():
-            raise ConfigError(f"lesion mask must be a non-empty bool array of shape {ctx.ct.shape}")
-        lay = self.layout
+        return self.render_many(ctx, [lesion_mask], [report], [rng])
+
+    def render_many(self, ctx: LesionContext, lesion_masks: Sequence[np.ndarray], reports: Sequence[Any],
+                    rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """The CT with every lesion rendered, lesion after lesion, consecutive lesions sharing network calls.
+
+        Gives what ``render`` gives lesion after lesion (each on the previous result, with ``ctx.occupied``
+        grown by the earlier masks) with the same rngs: consecutive lesions whose windows do not overlap run in
+        one batch (no lesion can see another's write), a window that overlaps starts the next batch.
+        """
+        if not len(lesion_masks) == len(reports) == len(rngs):
+            raise ValueError(f"{len(lesion_masks)} masks, {len(reports)} reports, {len(rngs)} rngs; need one each")
+        lesions = [np.asarray(m, dtype=bool) for m in lesion_masks]
+        for lesion in lesions:
+            if lesion.shape != ctx.ct.shape or not lesion.any():
+                raise ConfigError(f"lesion mask must be a non-empty bool array of shape {ctx.ct.shape}")
         out = np.array(ctx.ct, dtype=np.float32, copy=True)
-        net_out, net_lesion = lay.to_network(out), lay.to_network(lesion)  # views: writes land in `out`
-        shape = net_out.shape
+        occupied = np.array(ctx.occupied, dtype=bool, copy=True)
+        wave: list[_TextureJob] = []
+        for lesion, report, rng in zip(lesions, reports, rngs):
+            window = self._window(lesion)
+            if any(_overlap(window, job.window) for job in wave) or len(wave) == self.max_batch:
+                self._run_wave(wave, ctx, out)
+                wave = []
+            wave.append(self._prepare(window, out, lesion, occupied.copy(), report, rng))
+            occupied |= lesion
+        self._run_wave(wave, ctx, out)
+        return out
+
+    def _window(self, lesion: np.ndarray) -> CropWindow:
+        net_lesion = self.layout.to_network(lesion)
         reach = int(np.ceil(self.dilate_voxels + self.blend_voxels))
         box = mask_slices(net_lesion, (0, 0, 0))
         lo, hi = [sl.start for sl in box], [sl.stop for sl in box]
         size = fit_crop(self.crop, [b - a + 2 * reach + 1 for a, b in zip(lo, hi)], self.divisor)  # +1: floored centre
-        window = CropWindow.for_box(lo, hi, size, shape)
+        return CropWindow.for_box(lo, hi, size, net_lesion.shape)
 
+    def _prepare(self, window: CropWindow, out: np.ndarray, lesion: np.ndarray, occupied: np.ndarray, report: Any,
+                 rng: np.random.Generator) -> _TextureJob:
+        """One lesion's network inputs from the CT as it is now (``out``, earlier lesions written)."""
+        lay = self.layout
+        net_out = lay.to_network(out)
         ct_crop = window.extract(net_out, HU_KNOTS[0])
-        valid = window.valid(shape)
-        mask_crop = window.extract(net_lesion, False)
-        image = to_tensor([normalize_ct(ct_crop)], self.device)
-        mask_lat = to_tensor([latent_mask(mask_crop, self.factor)], self.device)
-        context = encode_context(self.encoder, conditioning_texts(report, purpose="linet"), self.device)
-        generated = inpaint_linet(self.unet, self.vq.module, image, mask_lat, context, steps=self.steps,
-                                  eta=self.eta, generator=torch_generator(rng, self.device),
-                                  precision=self.precision, sampler=self.sampler)
-        hu = denormalize_ct(generated[0, 0].cpu().numpy())
+        mask_crop = window.extract(lay.to_network(lesion), False)
+        return _TextureJob(
+            window=window, ct_crop=ct_crop, mask_crop=mask_crop,
+            occupied_crop=window.extract(lay.to_network(occupied), False),
+            image=to_tensor([normalize_ct(ct_crop)], self.device),
+            mask_lat=to_tensor([latent_mask(mask_crop, self.factor)], self.device),
+            context=encode_context(self.encoder, conditioning_texts(report, purpose="linet"), self.device),
+            generator=torch_generator(rng, self.device),
+        )
 
-        weight = blend_weight(mask_crop, window.extract(lay.to_network(ctx.occupied), False), self.dilate_voxels,
-                              self.blend_voxels)
+    def _run_wave(self, wave: list[_TextureJob], ctx: LesionContext, out: np.ndarray) -> None:
+        """Sample the wave's lesions together (per input shape) and write each into ``out``."""
+        if wave:
+            for job, crop in zip(wave, self._sample_wave(wave)):
+                self._write(job, crop, ctx, out)
+
+    def _sample_wave(self, wave: list[_TextureJob]) -> list[torch.Tensor]:
+        by_key = {id(job.generator): job for job in wave}
+
+        def sample(image: torch.Tensor, context: torch.Tensor | None, gens: list[torch.Generator]) -> torch.Tensor:
+            mask_lat = torch.cat([by_key[id(g)].mask_lat for g in gens])
+            return inpaint_linet(self.unet, self.vq.module, image, mask_lat, context, steps=self.steps, eta=self.eta,
+                                 generator=gens, precision=self.precision, sampler=self.sampler)
+
+        return sample_in_batches([(job.image, job.context, job.generator) for job in wave], sample,
+                                 max_batch=self.max_batch)
+
+    def _write(self, job: _TextureJob, generated: torch.Tensor, ctx: LesionContext, out: np.ndarray) -> None:
+        """Blend one generated crop into ``out`` around its lesion (weight 0 voxels keep their exact value)."""
+        net_out = self.layout.to_network(out)  # a view: writes land in `out`
+        window, ct_crop = job.window, job.ct_crop
+        hu = denormalize_ct(generated[0, 0].cpu().numpy())
+        valid = window.valid(net_out.shape)
+        weight = blend_weight(job.mask_crop, job.occupied_crop, self.dilate_voxels, self.blend_voxels)
         weight[~valid] = 0.0
         if self.mean_shift:
             hu += self.intensity_shift(ct_crop, hu, valid & (weight == 0))
         low = min(self.hu_range[0], float(ctx.ct.min()))
         high = max(self.hu_range[1], float(ctx.ct.max()))
         blended = np.clip(ct_crop + weight * (hu - ct_crop), low, high)
-        vol, inner = window.overlap(shape)
-        region = net_out[vol]  # a view into `out`
-        touched = weight[inner] > 0  # voxels with weight 0 keep their exact value (no float round trip)
+        vol, inner = window.overlap(net_out.shape)
+        region = net_out[vol]
+        touched = weight[inner] > 0
         region[touched] = blended[inner][touched]
-        return out
 
     def intensity_shift(self, healthy: np.ndarray, decoded: np.ndarray, untouched: np.ndarray) -> float:
         """HU to add to the decoded crop so that it matches the healthy crop where nothing is written.
