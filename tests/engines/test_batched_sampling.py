@@ -158,3 +158,24 @@ def test_texture_engine_batch_equals_lesions_one_after_another(tmp_path, monkeyp
     assert not np.array_equal(batched, ct)
     np.testing.assert_allclose(batched, current, rtol=1e-4, atol=0.05)  # HU; float reassociation in batched convs
     assert np.array_equal(batched == ct, current == ct)  # the same voxels written
+
+
+def test_sample_in_batches_groups_by_shape_chunks_and_keeps_order() -> None:
+    from ld_augment.engines.diffusion.batching import sample_in_batches
+    from ld_augment.errors import ConfigError
+
+    shapes = [(2, 2), (3, 3), (2, 2), (2, 2), (3, 3)]
+    items = [(torch.full((1, *s), float(i)), None, torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
+    calls: list[list[float]] = []
+
+    def sample(x, context, gens):
+        assert context is None and len(gens) == x.shape[0]
+        calls.append([float(v) for v in x[:, 0, 0]])
+        return x * 10
+
+    out = sample_in_batches(items, sample, max_batch=2)
+    assert calls == [[0.0, 2.0], [3.0], [1.0, 4.0]]
+    assert [float(o[0, 0, 0]) for o in out] == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert all(o.shape == (1, *s) for o, s in zip(out, shapes))
+    with pytest.raises(ConfigError, match="max_batch"):
+        sample_in_batches(items, sample, max_batch=0)
