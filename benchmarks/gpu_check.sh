@@ -26,10 +26,9 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 missing=$("$PY" - <<'EOF'
 import importlib.util
+# what the benchmarks import (not the whole package's requirements: no nnU-Net, TotalSegmentator or BiomedCLIP)
 needed = {"numpy": "numpy", "scipy": "scipy", "nibabel": "nibabel", "diffusers": "diffusers", "tqdm": "tqdm",
-          "yaml": "PyYAML", "matplotlib": "matplotlib", "PIL": "pillow", "open_clip": "open_clip_torch",
-          "transformers": "transformers", "nnunetv2": "nnunetv2", "totalsegmentator": "TotalSegmentator",
-          "openai": "openai", "httpx": "httpx"}
+          "yaml": "PyYAML", "PIL": "pillow"}
 print(" ".join(pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None))
 EOF
 )
