@@ -45,6 +45,7 @@ def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     ct = np.where(body, 0.0, -1000.0) + rng.normal(0, 8, SHAPE)
     ct[liver] = 60 + rng.normal(0, 8, int(liver.sum()))
     ct[lesion] = rng.uniform(-10, 30) + rng.normal(0, 8, int(lesion.sum()))
+    ct[_ellipsoid(c + [0, -15, 0], [3, 3, 15])] = 400.0  # a spine, so the HU range looks like a CT's
     seg = liver.astype(np.uint8) * LIVER
     return ct.astype(np.float32), seg, liver, lesion
 
