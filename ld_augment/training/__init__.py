@@ -9,13 +9,15 @@ rebuilds it with `text.create_encoder(name, **options)`.
 
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset
 from ld_augment.training.data import LoadedCase, TrainingCase, find_cases, load_case, normalize_hu
+from ld_augment.training.sources import read_list_files, read_nnunet_dataset, read_training_data
 from ld_augment.training.linet import train_linet
 from ld_augment.training.lmnet import train_lmnet
 from ld_augment.training.loop import EMA, TrainOptions, fit
-from ld_augment.training.setup import TrainResult, resolve_config
-from ld_augment.training.vq import train_vq
+from ld_augment.training.setup import RunOptions, TrainResult, resolve_config
+from ld_augment.training.vq import VQGANOptions, train_vq
 
 __all__ = [
-    "DEFAULT_CROPS", "EMA", "CropDataset", "LoadedCase", "TrainOptions", "TrainResult", "TrainingCase",
-    "find_cases", "fit", "load_case", "normalize_hu", "resolve_config", "train_linet", "train_lmnet", "train_vq",
+    "DEFAULT_CROPS", "EMA", "CropDataset", "LoadedCase", "RunOptions", "TrainOptions", "TrainResult", "TrainingCase",
+    "VQGANOptions", "find_cases", "fit", "load_case", "normalize_hu", "read_list_files", "read_nnunet_dataset",
+    "read_training_data", "resolve_config", "train_linet", "train_lmnet", "train_vq",
 ]  # fmt: skip

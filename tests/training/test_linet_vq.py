@@ -12,25 +12,28 @@ from ld_augment.errors import ConfigError, InputError
 from ld_augment.nets import LINET_TINY, VQ_TINY, build_network, load_checkpoint
 from ld_augment.text import AttributeEncoder
 from ld_augment.text.biomedclip import ENCODER_ID as BIOMEDCLIP_ID
-from ld_augment.training import train_linet, train_lmnet, train_vq
+from ld_augment.training import VQGANOptions, train_linet, train_lmnet, train_vq
 
 CROP = (16, 16, 16)
+PLAIN = VQGANOptions(perceptual_weight=0, disc_weight=0)  # L1 + codebook: no VGG16 file needed
 
 
 @pytest.fixture
 def tiny_vq(cases_dir: Path, tmp_path: Path) -> Path:
-    return train_vq(cases_dir, tmp_path / "vq", config="tiny", steps=2, crop_size=CROP, progress=False).checkpoint
+    return train_vq(cases_dir, tmp_path / "vq", config="tiny", steps=2, crop_size=CROP, progress=False,
+                    gan=PLAIN).checkpoint
 
 
 def test_vq_reconstruction_loss_goes_down(cases_dir: Path, tmp_path: Path) -> None:
-    res = train_vq(cases_dir, tmp_path / "vq", config="tiny", steps=20, crop_size=CROP, lr=2e-3, progress=False)
+    res = train_vq(cases_dir, tmp_path / "vq", config="tiny", steps=20, crop_size=CROP, lr=2e-3, progress=False,
+                   gan=PLAIN)
     logs = [json.loads(x) for x in res.log.read_text().splitlines()]
     assert len(logs) == 20 and all({"l1", "codebook"} <= set(x) for x in logs)
     first = sum(x["l1"] for x in logs[:3]) / 3
     last = sum(x["l1"] for x in logs[-3:]) / 3
     assert last < 0.7 * first, (first, last)
     _, cfg, meta = load_checkpoint(res.checkpoint)
-    assert cfg == VQ_TINY and meta["encoder_id"] is None and meta["extra"]["not_implemented"] == ["lpips", "gan"]
+    assert cfg == VQ_TINY and meta["encoder_id"] is None and meta["extra"]["losses"] == ["l1", "codebook"]
 
 
 def test_linet_trains_on_the_frozen_vq_latent(cases_dir: Path, tmp_path: Path, tiny_vq: Path) -> None:
@@ -62,7 +65,7 @@ def test_linet_and_vq_need_the_ct(make_case, tmp_path: Path, tiny_vq: Path) -> N
     with pytest.raises(InputError, match="lacks ct.nii.gz"):
         train_linet(tmp_path / "data", tmp_path / "li", vq=tiny_vq, config="tiny", steps=1, progress=False)
     with pytest.raises(InputError, match="lacks ct.nii.gz"):
-        train_vq(tmp_path / "data", tmp_path / "vq2", config="tiny", steps=1, progress=False)
+        train_vq(tmp_path / "data", tmp_path / "vq2", config="tiny", steps=1, progress=False, gan=PLAIN)
 
 
 def test_lmnet_needs_no_ct_and_rejects_healthy_cases(make_case, tmp_path: Path) -> None:
@@ -80,7 +83,7 @@ def test_vq_finetune_from_released_file(cases_dir: Path, tmp_path: Path) -> None
     module = build_network(VQ_TINY)
     torch.save({"state_dict": dict(module.state_dict())}, tmp_path / "VQ.ckpt")
     res = train_vq(cases_dir, tmp_path / "vq", init=tmp_path / "VQ.ckpt", config="tiny", steps=1, crop_size=CROP,
-                   progress=False)
+                   progress=False, gan=PLAIN)
     assert load_checkpoint(res.checkpoint)[2]["extra"]["training"]["init_origin"] == "released"
 
 
