@@ -55,6 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--disc-start", type=int, default=50001, help="steps before the discriminators switch on")
     g.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default --lr)")
     g.add_argument("--disc-norm", default="batch", choices=("batch", "group", "none"))
+    g.add_argument("--disc-layers", type=int, default=3, help="PatchGAN depth (crop sides >= 3 * 2^layers)")
+    g.add_argument("--disc-channels", type=int, default=64, help="PatchGAN base width")
     g.add_argument("--codebook-weight", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.9999; vq: no EMA); 0 = off")
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         gan = VQGANOptions(codebook_weight=args.codebook_weight, perceptual_weight=args.perceptual_weight,
                            vgg16_weights=args.vgg16_weights, lpips_linear_weights=args.lpips_weights,
                            disc_weight=args.disc_weight, disc_start=args.disc_start, disc_lr=args.disc_lr,
-                           disc_norm=args.disc_norm)
+                           disc_norm=args.disc_norm, disc_layers=args.disc_layers,
+                           disc_channels=args.disc_channels)
         result = train_vq(args.data, args.out, gan=gan, **common)
     else:
         if any(getattr(args, k) is not None for k in VQ_ONLY):

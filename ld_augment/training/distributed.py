@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,18 +99,36 @@ def mean_floats(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / ctx.world_size for k, v in zip(keys, t.cpu().tolist())}
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is all_reduce(SUM) of the incoming gradients.
+
+    Hand-written (ten lines) because torch's own autograd collective (torch.distributed.nn) is deprecated
+    and its successor is private API.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 def global_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     """Sum over the ranks, differentiable: a term pooled over the whole batch (LINet's Dice) then has the same
     value and, after DDP averages the gradients, the same gradient as in one process with the global batch.
 
-    Why the gradient comes out right: the backward of the summed all-reduce sums every rank's upstream gradient
-    (world_size times the true one, each rank holding the same loss), and DDP divides by world_size.
+    Why the gradient comes out right: the backward sums every rank's upstream gradient (world_size times the
+    true one, each rank holding the same loss), and DDP divides the parameter gradients by world_size.
     """
     if not ctx.distributed:
         return tensor
-    from torch.distributed.nn.functional import all_reduce  # autograd-aware collective
-
-    return all_reduce(tensor)
+    return _SumOverRanks.apply(tensor)
 
 
 def average_tensor(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:

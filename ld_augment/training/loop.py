@@ -283,7 +283,7 @@ def _wrap(module: nn.Module, ctx: D.DistContext) -> nn.Module:
     if not ctx.distributed:
         return module
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
 def _make_part(name: str, module: nn.Module, loss_fn: Any, lr: float, weight_decay: float, betas: tuple[float, float],

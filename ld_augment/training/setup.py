@@ -250,6 +250,19 @@ def start_network(kind: str, config: Any, init: str | os.PathLike | None, seed: 
     cfg = resolve_config(kind, config)
     if init is not None:
         start = load_init(kind, init, cfg, allow_pickle=allow_pickle)
-        return start.module.train(), start.cfg, start
+        return _freeze_unused(start.module.train(), start.cfg), start.cfg, start
     cfg = cfg if cfg is not None else resolve_config(kind, "released")
-    return seeded_build(lambda: build_network(cfg), seed).train(), cfg, None
+    return _freeze_unused(seeded_build(lambda: build_network(cfg), seed).train(), cfg), cfg, None
+
+
+def _freeze_unused(module: nn.Module, cfg: NetConfig) -> nn.Module:
+    """Freeze the text projection of a UNet that ignores the text (skip_context, e.g. the released LINet).
+
+    It never gets a gradient, so training leaves it unchanged either way; frozen, DDP need not search every
+    step for parameters without gradients (find_unused_parameters), and AdamW holds no state for it.
+    """
+    if isinstance(cfg, UNetConfig) and not uses_text(cfg):
+        for name, param in module.named_parameters():
+            if name.startswith("context_linear_projection."):
+                param.requires_grad_(False)
+    return module

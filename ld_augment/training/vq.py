@@ -186,6 +186,10 @@ def train_vq(
     model, cfg, start = start_network("vq", config, init, seed, allow_pickle)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
+    smallest = 3 * 2**gan.disc_layers  # each PatchGAN layer halves; the two 4x4 stride-1 convs need >= 3 voxels
+    if gan.uses_gan and min(crop) < smallest:
+        raise ConfigError(f"VQ crop {list(crop)} is too small for {gan.disc_layers}-layer PatchGAN discriminators "
+                          f"(every side >= {smallest}); use a larger crop or fewer layers (--disc-layers)")
     orientation = training_orientation(start)
     dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, orientation=orientation,
                           sampling=run.sampling, iter_num=run.iter_num)
