@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.io.network_layout import RELEASED as RELEASED_LAYOUT
 from ld_augment.io.atomic import atomic_path
 from ld_augment.nets.config import LINET_RELEASED, LMNET_RELEASED, VQ_RELEASED, UNetConfig, VQConfig, config_from_dict
 from ld_augment.nets.lightning import (
@@ -221,5 +222,8 @@ def convert_lightning_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     sd = _state_dict_of(raw, str(src))
     extracted, cfg = extract_lightning_state(sd, kind, use_ema=use_ema, config=config, source=str(src))
     module = _fill(cfg, extracted.state, what=kind, source=str(src), device=None)
-    extra = {"kind": kind, "source": Path(src).name, "weights": extracted.weights, "prefix": extracted.prefix}
+    # the released networks saw [S, A, L] arrays (ld_augment.io.network_layout); "released" keeps the
+    # original's inference the default for the converted file too
+    extra = {"kind": kind, "source": Path(src).name, "weights": extracted.weights, "prefix": extracted.prefix,
+             "layout": RELEASED_LAYOUT, "released": True}
     return save_checkpoint(dst, module, cfg, encoder_id=None if kind == "vq" else encoder_id, extra=extra)

@@ -155,7 +155,14 @@ def synthesize_case(
     ct = ct_before.copy()
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
     lesions: list[dict[str, Any]] = []
-    for k, box in enumerate(boxes, start=1):
+    # an engine may choose which boxes it draws and in which order (released LMNet: > 50 voxels, largest first,
+    # at most 3) and may drop a lesion that fails its selection (an empty mask), as the original inference does
+    plan = getattr(masker, "plan_lesions", None)
+    order = plan(boxes, target.shape) if plan is not None else range(len(boxes))
+    skipped = [{"index": i + 1, "bbox": b.to_dict(), "reason": "not planned by the mask engine"}
+               for i, b in enumerate(boxes) if i not in set(order)]
+    for i in order:
+        k, box = i + 1, boxes[i]
         # the report's size text follows its first lesion; each lesion is drawn and measured at its own box
         lesion_report = report.with_values(size=box.size)
         ctx = LesionContext(ct=ct, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
@@ -163,6 +170,10 @@ def synthesize_case(
         t0 = time.perf_counter()
         mask = np.asarray(masker.generate_mask(ctx, box, lesion_report, rng), dtype=bool)
         t1 = time.perf_counter()
+        if not mask.any() and getattr(masker, "skips_failed_lesions", False):
+            skipped.append({"index": k, "bbox": box.to_dict(), "reason": "no acceptable mask (dropped)"})
+            log.info("%s lesion %d: no acceptable mask, dropped as the original does", case.case_id, k)
+            continue
         if not mask.any():
             raise InputError(f"case {case.case_id}: the mask engine drew an empty lesion in box {box.to_dict()}")
         rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
@@ -203,6 +214,7 @@ def synthesize_case(
         "engine": {"mask": masker.provenance(), "texture": texturer.provenance()},
         "report": reports_to_type_json(reports),
         "lesions": lesions,
+        "skipped_lesions": sorted(skipped, key=lambda r: r["index"]),
         "source_region": written.region.to_dict() if written.region else None,
         "changed_voxels_source": int(written.changed.sum()),
         "lesion_voxels_source": int(written.lesion.sum()),

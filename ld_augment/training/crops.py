@@ -10,20 +10,24 @@ LMNet sample: x0 = lesion mask [1, *crop]; cond = [organ seg (v1 id) / 104, targ
 box, as at inference where each component's box is the request.
 LINet sample: image = normalised CT [1, *crop] in [0, 1]; lesion = label == 2 [1, *crop]; the loop encodes the
 image with the frozen VQ and downsamples the mask to the latent grid.
+
+Crops are cut from each case as the network sees it: its arrays are viewed in the network's array layout
+(``ld_augment.io.network_layout``; SAL = the original's [S, A, L]) before anything else, so crop sizes, crop
+origins and lesion boxes are all in network order, exactly as at inference.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from ld_augment.engines.diffusion.crops import check_orientation
 from ld_augment.errors import ConfigError
+from ld_augment.io.network_layout import RELEASED, NetworkLayout, layout as as_layout
 from ld_augment.reports import conditioning_texts
 from ld_augment.training.data import V1_MAX_ID, LoadedCase, TrainingCase, load_case, normalize_hu
 
@@ -111,7 +115,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, cases: Sequence[TrainingCase], kind: str, crop: Sequence[int], *, seed: int = 0,
                  spacing: Sequence[float] | None = (1.0, 1.0, 1.0), cache_size: int = 16,
-                 min_component_voxels: int = 10, orientation: str = "RAS", sampling: str = "random",
+                 min_component_voxels: int = 10, layout: str | NetworkLayout = RELEASED, sampling: str = "random",
                  iter_num: int | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown crop kind {kind!r}; valid: {list(KINDS)}")
@@ -120,8 +124,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.cases, self.kind, self.crop, self.seed = list(cases), kind, tuple(int(c) for c in crop), int(seed)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.cache_size, self.min_component_voxels = max(1, int(cache_size)), int(min_component_voxels)
-        # the array orientation the network learns in (RAS: our grid; LPS: the released weights' data)
-        self.orientation = check_orientation(orientation, "orientation")
+        # the array layout the network learns in; `crop` is in its order
+        self.layout = as_layout(layout, "layout")
         self._cache: OrderedDict[int, tuple[LoadedCase, Any]] = OrderedDict()
         # random: each sample a random case (the original's random_sample, iter_num samples an epoch);
         # sequential: each epoch visits every case once, in a seeded order
@@ -146,8 +150,8 @@ class CropDataset(torch.utils.data.Dataset):
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        loaded = load_case(self.cases[index], spacing=self.spacing, need_ct=self.kind != "lmnet",
-                           need_lesion=self.kind != "vq")
+        loaded = self._in_layout(load_case(self.cases[index], spacing=self.spacing, need_ct=self.kind != "lmnet",
+                                           need_lesion=self.kind != "vq"))
         if self.kind == "vq":
             body = np.argwhere(loaded.ct > BODY_HU)  # type: ignore[operator]
             extra: Any = body[:: max(1, len(body) // 100_000)] if len(body) else np.zeros((0, 3), int)
@@ -158,15 +162,14 @@ class CropDataset(torch.utils.data.Dataset):
             self._cache.popitem(last=False)
         return loaded, extra
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self._item(index)
-        if self.orientation == "LPS":  # mirror the first two spatial axes of every [C, D1, D2, D3] volume
-            for key in ("x0", "cond", "image", "lesion", "box"):
-                if key in item:
-                    item[key] = torch.flip(item[key], dims=(1, 2))
-        return item
+    def _in_layout(self, loaded: LoadedCase) -> LoadedCase:
+        """The case's arrays as views in the network's layout (no copy; crops copy what they take)."""
+        lay = self.layout
+        view = {name: None if getattr(loaded, name) is None else lay.to_network(getattr(loaded, name))
+                for name in ("ct", "lesion", "organ", "seg_v1")}
+        return replace(loaded, shape=lay.network_shape(loaded.shape), **view)
 
-    def _item(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, int(index)])
         loaded, extra = self.case(self.case_index(index, rng))
         if self.kind == "vq":

@@ -27,7 +27,7 @@ from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_no
 from ld_augment.training.samples import linet_sample_fn
 from ld_augment.training.setup import (
     RunOptions, TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, run_record,
-    start_network, training_orientation,
+    start_network, training_layout,
 )
 
 
@@ -114,8 +114,8 @@ def train_linet(
                           f"channel = {latent_ch + 1})")
     factor = vq_model.cfg.downsampling_factor
     crop = check_crop(crop_size, factor * model.spatial_divisor, "LINet image")
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, orientation=orientation,
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, layout=layout,
                           sampling=run.sampling, iter_num=run.iter_num)
     model.to(dev)
     vq_model.to(dev)
@@ -142,7 +142,7 @@ def train_linet(
     paths = TrainPaths.for_run(out_dir, "linet")
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
-    extra = {"kind": "linet", "orientation": orientation, "text_encoder": encoder_record(enc),
+    extra = {"kind": "linet", "layout": layout, "text_encoder": encoder_record(enc),
              "vq": {"source": str(vq_source), "config": vq_model.cfg.to_dict()}, "training": training}
     if ctx.is_main:
         save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)

@@ -22,7 +22,7 @@ from ld_augment.training import distributed as D
 from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_noise, draw_timesteps, fit
 from ld_augment.training.samples import lmnet_sample_fn
 from ld_augment.training.setup import (
-    RunOptions, TrainResult, encoder_record, last_loss, make_encoder, run_record, start_network, training_orientation,
+    RunOptions, TrainResult, encoder_record, last_loss, make_encoder, run_record, start_network, training_layout,
 )
 
 
@@ -69,8 +69,8 @@ def train_lmnet(
     crop = check_crop(crop_size, model.spatial_divisor, "LMNet")
     dev = ctx.device
     enc = make_encoder(encoder, encoder_options, cfg, start).to(dev)
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, orientation=orientation,
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, layout=layout,
                           sampling=run.sampling, iter_num=run.iter_num)
     model.to(dev)
     schedule = DDPMSchedule.create()
@@ -92,7 +92,7 @@ def train_lmnet(
     paths = TrainPaths.for_run(out_dir, "lmnet")
     training = {k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
-    extra = {"kind": "lmnet", "orientation": orientation, "text_encoder": encoder_record(enc), "training": training}
+    extra = {"kind": "lmnet", "layout": layout, "text_encoder": encoder_record(enc), "training": training}
     if ctx.is_main:
         save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
     D.barrier(ctx)

@@ -1,7 +1,7 @@
 """Periodic PNG samples of a run: what the network draws on one fixed validation crop, as training goes.
 
 LMNet: a short DDIM mask over the organ and its box; LINet: the crop beside its inpainted version; VQ: the crop
-beside its reconstruction. Mid-slices along two array axes (axial and coronal in our RAS grid). Short samplers
+beside its reconstruction. Axial and coronal mid-slices, found from the crops' array layout. Short samplers
 (SAMPLE_STEPS DDIM steps) keep a sample to seconds; they show trends, not final quality.
 """
 
@@ -23,8 +23,16 @@ SAMPLE_STEPS = 10
 SampleFn = Callable[[torch.nn.Module, int], Any]
 
 
-def _figure(panels: list[tuple[str, np.ndarray, np.ndarray | None]], title: str) -> Any:
-    """Rows: two mid-slices; columns: the panels (image, optional contour overlay)."""
+def view_axes(dataset: Any) -> tuple[int, int]:
+    """(axial, coronal) array axes of the dataset's crops: where S/I and A/P lie in its layout codes."""
+    codes = str(getattr(getattr(dataset, "layout", None), "codes", "RAS")).upper()
+    find = lambda pair: next((i for i, c in enumerate(codes) if c in pair), 0)  # noqa: E731
+    return find("SI"), find("AP")
+
+
+def _figure(panels: list[tuple[str, np.ndarray, np.ndarray | None]], title: str, axes_: tuple[int, int] = (2, 1)
+            ) -> Any:
+    """Rows: the axial and coronal mid-slices; columns: the panels (image, optional contour overlay)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -32,13 +40,13 @@ def _figure(panels: list[tuple[str, np.ndarray, np.ndarray | None]], title: str)
 
     fig, axes = plt.subplots(2, len(panels), figsize=(3 * len(panels), 6), squeeze=False)
     for col, (name, vol, overlay) in enumerate(panels):
-        for row, axis in enumerate((2, 1)):
+        for row, axis in enumerate(axes_):
             mid = vol.shape[axis] // 2
             ax = axes[row][col]
             ax.imshow(np.take(vol, mid, axis=axis).T, cmap="gray", origin="lower", vmin=0, vmax=1)
             if overlay is not None and np.take(overlay, mid, axis=axis).any():
                 ax.contour(np.take(overlay, mid, axis=axis).T, levels=[0.5], colors="r", linewidths=0.8)
-            ax.set_title(f"{name} (axis {axis})", fontsize=8)
+            ax.set_title(f"{name} ({'axial' if row == 0 else 'coronal'})", fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     return fig
@@ -62,7 +70,7 @@ def lmnet_sample_fn(dataset: Any, encoder: AttributeEncoder | None, schedule: DD
         truth = item["x0"][0].numpy()
         return _figure([("organ + sampled mask", 0.3 * organ + 0.3 * box, mask > 0.5),
                         ("organ + training mask", 0.3 * organ + 0.3 * box, truth > 0.5)],
-                       f"LMNet step {step}: {item['case_id']}")
+                       f"LMNet step {step}: {item['case_id']}", view_axes(dataset))
 
     return draw
 
@@ -82,7 +90,7 @@ def linet_sample_fn(dataset: Any, vq: VQModel3D, encoder: AttributeEncoder | Non
                             eta=0.0, generator=gen)[0, 0].clamp(0, 1).cpu().numpy()
         lesion = item["lesion"][0].numpy() > 0.5
         return _figure([("input", item["image"][0].numpy(), lesion), ("inpainted", out, lesion)],
-                       f"LINet step {step}: {item['case_id']}")
+                       f"LINet step {step}: {item['case_id']}", view_axes(dataset))
 
     return draw
 
@@ -95,6 +103,6 @@ def vq_sample_fn(dataset: Any, device: torch.device) -> SampleFn:
         recon, _ = module(item["image"][None].to(device))
         out = recon[0, 0].float().clamp(0, 1).cpu().numpy()
         return _figure([("input", item["image"][0].numpy(), None), ("reconstruction", out, None)],
-                       f"VQ step {step}: {item['case_id']}")
+                       f"VQ step {step}: {item['case_id']}", view_axes(dataset))
 
     return draw

@@ -20,6 +20,7 @@ from torch import nn
 
 from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.io.network_layout import RELEASED, recorded_layout
 from ld_augment.nets import (
     LINET_RELEASED_TRAIN, LINET_TINY, LMNET_RELEASED, LMNET_TINY, PRESETS, VQ_RELEASED, VQ_TINY, UNetConfig,
     VQConfig, build_network, config_from_dict, load_lightning_state_dict,
@@ -87,17 +88,16 @@ class InitWeights:
     origin: str
     encoder_id: str | None
     text_encoder: Mapping[str, Any] | None  # {"name", "options"} recorded by our checkpoints
-    orientation: str | None = None  # array orientation recorded by our checkpoints
+    layout: str | None = None  # array layout recorded by our checkpoints (old "orientation" records converted)
 
 
-def training_orientation(start: InitWeights | None) -> str:
-    """Array orientation to train in: the init's (LPS for the authors' released files, which were trained on
-    their LPS-stored volumes; what our checkpoint recorded), else RAS, our standardized grid."""
-    if start is None:
-        return "RAS"
-    if start.origin == "released":
-        return "LPS"
-    return start.orientation or "RAS"
+def training_layout(start: InitWeights | None) -> str:
+    """Array layout to train in (``ld_augment.io.network_layout``): the init's -- SAL for the authors' released
+    files, whose loader fed [S, A, L] arrays; what our checkpoint recorded -- else SAL as well, so that crop
+    sizes mean the same as the released ones and every network of this project shares one convention."""
+    if start is None or start.origin == "released":
+        return RELEASED
+    return start.layout or RELEASED
 
 
 def _load_into(cfg: NetConfig, state: Mapping[str, Any], source: str) -> nn.Module:
@@ -125,7 +125,7 @@ def load_init(kind: str, init: str | os.PathLike, cfg: NetConfig | None, *, allo
         module = _load_into(use, raw["state_dict"], str(init))
         extra = raw.get("extra") or {}
         return InitWeights(module, use, "checkpoint", raw.get("encoder_id"), extra.get("text_encoder"),
-                           extra.get("orientation"))
+                           recorded_layout(extra).codes)
     sd = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{init}: neither an ld-augment checkpoint nor a Lightning checkpoint")

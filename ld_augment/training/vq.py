@@ -26,7 +26,7 @@ from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import TrainingCase, find_cases
 from ld_augment.training.loop import Phase, StepCallback, StepInfo, TrainPaths, fit, seeded_build
 from ld_augment.training.samples import vq_sample_fn
-from ld_augment.training.setup import RunOptions, TrainResult, last_loss, run_record, start_network, training_orientation
+from ld_augment.training.setup import RunOptions, TrainResult, last_loss, run_record, start_network, training_layout
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ def train_vq(
     if gan.uses_gan and min(crop) < smallest:
         raise ConfigError(f"VQ crop {list(crop)} is too small for {gan.disc_layers}-layer PatchGAN discriminators "
                           f"(every side >= {smallest}); use a larger crop or fewer layers (--disc-layers)")
-    orientation = training_orientation(start)
-    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, orientation=orientation,
+    layout = training_layout(start)
+    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout,
                           sampling=run.sampling, iter_num=run.iter_num)
     model.to(dev)
     disc = None
@@ -203,7 +203,7 @@ def train_vq(
         disc.to(dev)
     if perceptual is not None:
         perceptual.to(dev)
-    objective = VQGANObjective(model, gan, ctx, axial_axis(orientation), perceptual, disc)
+    objective = VQGANObjective(model, gan, ctx, axial_axis(layout), perceptual, disc)
     phases = [] if disc is None else [Phase("discriminator", disc, objective.discriminator_loss,
                                             lr=gan.disc_lr or lr, betas=(0.5, 0.9))]
     meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "objective": gan.record(),
@@ -215,7 +215,7 @@ def train_vq(
     paths = TrainPaths.for_run(out_dir, "vq")
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
-    extra = {"kind": "vq", "orientation": orientation, "losses": gan.terms(), "training": training}
+    extra = {"kind": "vq", "layout": layout, "losses": gan.terms(), "training": training}
     if perceptual is not None:
         extra["lpips_backbone"] = perceptual.backbone
     if ctx.is_main:

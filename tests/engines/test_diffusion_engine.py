@@ -21,7 +21,8 @@ torch = pytest.importorskip("torch")
 from ld_augment.engines import LesionContext, create_mask_engine, create_texture_engine  # noqa: E402
 from ld_augment.engines.diffusion import DiffusionMaskEngine, denormalize_ct, normalize_ct  # noqa: E402
 from ld_augment.engines.diffusion.crops import CropWindow, fit_crop  # noqa: E402
-from ld_augment.engines.diffusion.mask import THRESHOLDS, organ_map_v1, pick_threshold  # noqa: E402
+from ld_augment.engines.diffusion.mask import organ_map_v1  # noqa: E402
+from ld_augment.engines.diffusion.selection import THRESHOLDS, pick_threshold  # noqa: E402
 from ld_augment.engines.diffusion.texture import latent_mask  # noqa: E402
 from ld_augment.errors import CheckpointError, ConfigError, MissingDependencyError  # noqa: E402
 from ld_augment.nets import LINET_TINY, LMNET_TINY, VQ_TINY, build_network, save_checkpoint  # noqa: E402
@@ -34,7 +35,7 @@ LIVER = 5
 SHAPE = (40, 40, 40)
 MASK_OPTS = {"encoder": "vocab", "steps": 2, "crop": (16, 16, 16)}
 TEX_CROP = (16, 16, 16)
-REACH = 4  # texture neighbourhood: dilate 2 + blend 2 voxels
+REACH = 8  # texture neighbourhood: dilate 4 + blend 4 voxels (the defaults)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,9 +115,10 @@ def test_intensity_knots_round_trip_and_saturation() -> None:
 
 
 def test_crop_window_clamps_pads_and_grows() -> None:
-    w = CropWindow.around((2, 36, 20), (16, 16, 16), (40, 40, 40))
-    assert w.start == (0, 24, 12)  # clamped inside the volume at both borders
-    small = CropWindow.around((5, 5, 5), (16, 16, 16), (10, 40, 40))
+    w = CropWindow.for_box((0, 33, 18), (5, 40, 23), (16, 16, 16), (40, 40, 40))
+    assert w.start == (0, 24, 12)  # clamped inside the volume at both borders; centre (18 + 22) // 2 = 20
+    assert CropWindow.for_box((10, 10, 10), (14, 15, 16), (8, 8, 8), (40, 40, 40)).start == (7, 8, 8)  # floored
+    small = CropWindow.for_box((4, 5, 5), (7, 6, 6), (16, 16, 16), (10, 40, 40))
     vol = np.arange(10 * 40 * 40, dtype=np.float32).reshape(10, 40, 40)
     crop = small.extract(vol, fill=-1)
     assert crop.shape == (16, 16, 16) and small.start[0] == -3 and (crop[:3] == -1).all()
@@ -133,11 +135,11 @@ def test_threshold_search_picks_the_count_closest_to_the_reference() -> None:
     allowed = np.ones(soft.shape, bool)
     for wanted in (0.7, 0.5, 0.3):
         reference = float(((soft > wanted) & (r2 < 200)).sum())
-        mask, t = pick_threshold(soft, allowed, reference)
+        mask, t = pick_threshold(soft, reference, allowed)
         assert t == pytest.approx(wanted) and mask.sum() == reference and not mask[0, 0, 0]
     half = allowed.copy()
     half[:15] = False  # the search counts only what the cavity rule allows
-    mask, _ = pick_threshold(soft, half, 1e9)
+    mask, _ = pick_threshold(soft, 1e9, half)
     assert not mask[:15].any() and mask.sum() == ((soft > THRESHOLDS[-1]) & half).sum()
 
 
@@ -327,3 +329,29 @@ def test_mixed_diffusion_mask_with_procedural_texture(case_dir, ckpts, tmp_path)
     assert res.record["engine"]["mask"]["network"] == "lmnet"
     label = np.asarray(nib.load(str(res.label_path)).dataobj)
     assert (label == 2).any()
+
+
+def test_released_selection_in_the_pipeline_draws_at_most_three_lesions(tmp_path, ckpts) -> None:
+    """Released mode caps a case at 3 lesions (largest boxes first) and records the boxes it did not draw."""
+    from ld_augment.pipeline import preprocess_case, synthesize_case
+
+    rng = np.random.default_rng(4)
+    shape = (48, 44, 40)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, (24, 22, 20), (20, 18, 16))) <= 1.0
+    ct = np.where(organ, 60.0, -80.0) + rng.normal(0, 10, shape)
+    ct[:2], ct[-2:] = -1000.0, 700.0  # air and bone: a plausible HU range
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image((organ * LIVER).astype(np.uint8), np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    case = preprocess_case(tmp_path / "ct.nii.gz", tmp_path / "case", organ="liver", lesion_type="metastasis",
+                           seg=tmp_path / "seg.nii.gz", attributes={"size": "[[6 6 6]] pixel"}, num_lesions=4,
+                           seed=3, preview=False)
+    options = {"mask": {"checkpoint": str(ckpts["lmnet"]), "selection": "released", "min_voxels": 0, **MASK_OPTS}}
+    res = synthesize_case(case.case_dir, tmp_path / "out", mask_engine="diffusion", texture_engine="procedural",
+                          engine_options=options, seed=1, preview=False)
+    assert len(case.meta["bboxes"]) == 4
+    drawn = [les["index"] for les in res.record["lesions"]]
+    skipped = res.record["skipped_lesions"]
+    assert len(drawn) <= 3 and sorted(drawn + [s["index"] for s in skipped]) == [1, 2, 3, 4]
+    assert any(s["reason"] == "not planned by the mask engine" for s in skipped)
+    assert res.record["engine"]["mask"]["options"]["selection"]["name"] == "released"

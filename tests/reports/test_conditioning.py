@@ -22,7 +22,7 @@ def test_lmnet_drops_intensity_and_size_and_adds_the_cavity(shared_data: Path) -
         "enhanced CT,", "liver", "irregular,", "ill-defined margin,",
         "no close relationship with surrounding organs,",
         "presence of increased density areas,presence of decreased density areas,",
-        "within the parenchymal organ",
+        "within the parenchymal organ,",  # with the trailing comma training saw
     ]
 
 
@@ -30,10 +30,44 @@ def test_lmnet_drops_empty_specific_features_and_keeps_a_given_cavity(shared_dat
     (report,) = load_reports(shared_data / "lesions" / "bladder_cancer" / "report.json")
     attrs = conditioning_attributes(report, purpose="lmnet", organ_name="urinary bladder")
     assert "specific features" not in attrs
-    assert attrs["cavity"] == default_cavity("urinary_bladder")  # the registry's default, as placement uses
+    assert attrs["cavity"] == default_cavity("urinary_bladder") + ","  # the registry's default, as placement uses
     lumen = report.with_values(cavity="within the lumen of a hollow organ")
-    assert conditioning_texts(lumen, purpose="lmnet")[-1] == "within the lumen of a hollow organ"
+    assert conditioning_texts(lumen, purpose="lmnet")[-1] == "within the lumen of a hollow organ,"
     assert conditioning_texts(lumen, purpose="lmnet")[1] == "urinary bladder"  # the original's organ text
+
+
+def test_released_cavity_text_is_the_released_configs_rule(shared_data: Path) -> None:
+    # seg == coarseg in the released test config: solid organs always read "protruding ...,"
+    liver = _liver(shared_data).with_values(cavity="within the parenchymal organ")
+    assert conditioning_texts(liver, purpose="lmnet", cavity_text="released")[-1] == \
+        "protruding from the parenchymal organ,"
+    assert conditioning_texts(liver, purpose="lmnet", cavity_text="report")[-1] == "within the parenchymal organ,"
+    (bladder,) = load_reports(shared_data / "lesions" / "bladder_cancer" / "report.json")
+    lumen = bladder.with_values(cavity="within the lumen of a hollow organ")
+    assert conditioning_texts(lumen, purpose="lmnet", cavity_text="released")[-1] == "wall thickening,"
+    stone = bladder.with_values(specific_features=["bladder stone"])
+    assert conditioning_texts(stone, purpose="lmnet", cavity_text="released")[-1] == \
+        "within the lumen of a hollow organ,"
+    with pytest.raises(ConfigError, match="cavity_text"):
+        conditioning_texts(liver, purpose="lmnet", cavity_text="paper")  # type: ignore[arg-type]
+
+
+def test_released_text_matches_the_original_inference(reference_data: Path) -> None:
+    import gzip
+    import io
+
+    import torch
+
+    folder = reference_data / "lmnet_selection"
+    for case, path in (("case01", "liver/liver_cancer/case01"), ("case02", "kidney/kidney_tumor/case02"),
+                       ("case03", "stomach/gastric_cancer/case03")):
+        calls = torch.load(io.BytesIO(gzip.decompress((folder / f"{case}_calls.pt.gz").read_bytes())),
+                           weights_only=True)["calls"]
+        reports = load_reports(folder / "inputs" / path / "type.json")
+        produced = [list(conditioning_attributes(r, purpose="lmnet", cavity_text="released").items())
+                    for r in reports]
+        for call in calls:
+            assert list(call["text"][0].items()) in produced  # same keys, same order, same strings
 
 
 def test_linet_drops_only_size(shared_data: Path) -> None:

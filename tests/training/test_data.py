@@ -116,7 +116,7 @@ def test_lmnet_item_channels_scaling_and_box(cases_dir: Path) -> None:
     assert x0.sum() > 0 and (cond[2][x0[0] > 0] == 1).all()                  # box covers the lesion
     assert cond[2].sum() < cond[2].size and set(np.unique(cond[2]).tolist()) == {0.0, 1.0}
     assert (cond[1][x0[0] > 0] == 1).all()                                   # lesion inside the organ
-    assert "liver" in item["texts"] and "within the parenchymal organ" in item["texts"]
+    assert "liver" in item["texts"] and "within the parenchymal organ," in item["texts"]  # trailing comma as trained
     assert not any("HU" in t for t in item["texts"])                         # LMNet drops the CT value
 
 

@@ -64,12 +64,15 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def _same_losses(one: list[dict], many: list[dict], keys: tuple[str, ...], rel: float = 2e-5) -> None:
+def _same_losses(one: list[dict], many: list[dict], keys: tuple[str, ...], rel: float = 1e-5) -> None:
+    """Step 1 within float tolerance; later steps looser, since Adam's normalised first updates turn the
+    float noise of near-zero gradients into weight differences of up to ~lr."""
     assert [r["step"] for r in one] == [r["step"] for r in many]
     for a, b in zip(one, many):
         assert set(a) == set(b)
+        tol = rel if a["step"] == 1 else max(rel, 1e-3)
         for k in (k for k in keys if k in a):
-            assert b[k] == pytest.approx(a[k], rel=rel, abs=1e-6), (a["step"], k, a[k], b[k])
+            assert b[k] == pytest.approx(a[k], rel=tol, abs=1e-6), (a["step"], k, a[k], b[k])
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +124,7 @@ def test_two_process_linet_and_vqgan_equal_one_process(cases_dir: Path, tmp_path
     vq1 = train_vq(cases_dir, tmp_path / "vq1", config="tiny", steps=3, crop_size=(16, 16, 16), lr=1e-3,
                    batch_size=2, progress=False, gan=gan)
     _same_losses(_log(vq1.log), _log(tmp_path / "vq2" / "vq_log.jsonl"),
-                 ("loss", "l1", "g_loss", "adaptive_weight", "discriminator_loss", "grad_norm"), rel=2e-4)
+                 ("loss", "l1", "g_loss", "adaptive_weight", "discriminator_loss", "grad_norm"))
     torchrun_train(["linet", "--data", str(cases_dir), "--out", str(tmp_path / "li2"), "--vq", str(vq1.checkpoint),
                     *TINY, "--steps", "3", "--crop", "16", "--batch-size", "1"])
     li1 = train_linet(cases_dir, tmp_path / "li1", vq=vq1.checkpoint, config="tiny", steps=3, crop_size=(16, 16, 16),

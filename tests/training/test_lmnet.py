@@ -147,7 +147,7 @@ def test_released_init_needs_biomedclip_and_then_trains(cases_dir: Path, tmp_pat
                       crop_size=CROP, progress=False)
     _, cfg, meta = load_checkpoint(res.checkpoint, expected_encoder_id=BIOMEDCLIP_ID)
     assert cfg == LMNET_TINY and meta["extra"]["training"]["init_origin"] == "released"
-    assert meta["extra"]["orientation"] == "LPS"  # the released weights learned the authors' LPS array order
+    assert meta["extra"]["layout"] == "SAL"  # the released weights learned the original loader's [S, A, L] arrays
 
 
 def test_bad_crop_and_config_are_readable(cases_dir: Path, tmp_path: Path) -> None:

@@ -41,23 +41,26 @@ def test_engine_rebuilds_the_encoder_the_checkpoint_was_trained_with(cases_dir, 
     assert engine.encoder.options()["seed"] == 3  # not the default 0: the vectors the UNet was trained on
 
 
-def test_orientation_from_scratch_is_ras_and_lps_crops_are_mirrored(cases_dir, tmp_path) -> None:
-    """From scratch the network learns our RAS grid (recorded, and used by the engine); LPS training crops
-    (used when fine-tuning the authors' released weights) are the same crops mirrored in x and y."""
-    import torch
-
+def test_training_crops_are_cut_in_the_network_layout_and_the_layout_is_recorded(cases_dir, tmp_path) -> None:
+    """Training records its layout (SAL by default: the released convention) and the engine uses it; crops
+    are cut from the case viewed in that layout, so crop sizes and origins are in network order."""
     from ld_augment.engines.registry import create_mask_engine
+    from ld_augment.io.network_layout import layout
     from ld_augment.nets import load_checkpoint
-    from ld_augment.training.crops import CropDataset
-    from ld_augment.training.data import find_cases
+    from ld_augment.training.crops import CropDataset, extract
+    from ld_augment.training.data import find_cases, load_case
 
     scratch = train_lmnet(cases_dir, tmp_path / "a", config="tiny", steps=1, crop_size=(16, 16, 16), progress=False)
-    assert load_checkpoint(scratch.checkpoint)[2]["extra"]["orientation"] == "RAS"
+    assert load_checkpoint(scratch.checkpoint)[2]["extra"]["layout"] == "SAL"
     engine = create_mask_engine("diffusion", checkpoint=str(scratch.checkpoint), encoder="vocab", steps=1,
                                 crop=(16, 16, 16))
-    assert engine.provenance()["options"]["network_orientation"] == "RAS"
+    assert engine.provenance()["options"]["network_layout"] == "SAL"
     cases = find_cases(cases_dir, need=("label", "seg", "report"))
-    ras = CropDataset(cases, "lmnet", (16, 16, 16), seed=1)[5]
-    lps = CropDataset(cases, "lmnet", (16, 16, 16), seed=1, orientation="LPS")[5]
-    assert torch.equal(torch.flip(ras["cond"], dims=(1, 2)), lps["cond"])
-    assert torch.equal(torch.flip(ras["x0"], dims=(1, 2)), lps["x0"])
+    for codes in ("SAL", "RAS"):
+        item = CropDataset(cases, "lmnet", (8, 16, 24), seed=1, layout=codes)[5]
+        assert item["x0"].shape == (1, 8, 16, 24) and item["cond"].shape == (3, 8, 16, 24)
+        loaded = load_case(next(c for c in cases if c.case_id == item["case_id"]), spacing=(1.0, 1.0, 1.0),
+                           need_ct=False, need_lesion=True)
+        net = layout(codes).to_network(loaded.lesion)
+        assert np.array_equal(item["x0"][0].numpy(), extract(net, item["start"].tolist(), (8, 16, 24), 0))
+        assert item["x0"].sum() > 0

@@ -1,9 +1,12 @@
 """Fixed-size network windows cut from a volume: centred on a lesion, clamped to the volume, padded if it is small.
 
-The networks run on a fixed crop (LMNet 64 x 152 x 152 voxels, LINet 128^3), as in the original, whose
-inference centres the crop on the lesion and shifts it back inside the volume at the borders. A volume smaller
-than the crop along an axis is padded (the crop is centred on the volume there), so every lesion gets the
-input size the network was trained on.
+The networks run on a fixed crop (LMNet 64 x 152 x 152 voxels, LINet 128^3, in the network's axis order: see
+``ld_augment.io.network_layout``), as in the original, whose inference centres the crop on the lesion -- at
+``(first + last) // 2`` of its box, in the network's own array -- and shifts it back inside the volume at the
+borders. Windows are therefore computed on the volume as the network sees it (a view in its layout), so a
+flipped axis rounds the centre the same way the original did. A volume smaller than the crop along an axis is
+padded (the crop is centred on the volume there), so every lesion gets the input size the network was
+trained on.
 """
 
 from __future__ import annotations
@@ -17,24 +20,6 @@ import numpy as np
 from ld_augment.errors import ConfigError
 
 Triple = tuple[int, int, int]
-
-#: Array orientations a network can have been trained in. Our standardized grid is RAS; the authors trained on
-#: their volumes as stored (LPS, like the released demo cases), i.e. the first two axes mirrored.
-ORIENTATIONS = ("RAS", "LPS")
-
-
-def check_orientation(value: str, what: str = "network_orientation") -> str:
-    if value not in ORIENTATIONS:
-        raise ConfigError(f"{what} must be one of {list(ORIENTATIONS)}, got {value!r}")
-    return value
-
-
-def to_network_axes(array: np.ndarray, orientation: str) -> np.ndarray:
-    """A RAS-grid crop as the network saw its training data (LPS: first two axes flipped); its own inverse."""
-    if orientation == "LPS":
-        return np.ascontiguousarray(np.flip(array, axis=(0, 1)))
-    return array
-
 
 def check_crop(crop: Sequence[int], what: str) -> Triple:
     """Validate a crop option: three positive integers."""
@@ -62,11 +47,16 @@ class CropWindow:
     size: Triple
 
     @classmethod
-    def around(cls, centre: Sequence[float], size: Sequence[int], shape: Sequence[int]) -> CropWindow:
+    def for_box(cls, lo: Sequence[int], hi: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> CropWindow:
+        """The window of ``size`` centred on the half-open box [lo, hi) as the original does:
+        centre ``(lo + hi - 1) // 2`` (first and last voxel, floored), start ``centre - size // 2`` clamped to
+        the volume; centred padding where the volume is smaller than the window."""
         starts = []
-        for c, s, n in zip(centre, size, shape):
+        for a, b, s, n in zip(lo, hi, size, shape):
+            s, n = int(s), int(n)
             if n >= s:
-                starts.append(min(max(int(round(float(c))) - s // 2, 0), n - s))
+                centre = (int(a) + int(b) - 1) // 2
+                starts.append(min(max(centre - s // 2, 0), n - s))
             else:
                 starts.append(-((s - n) // 2))
         return cls(tuple(starts), tuple(int(s) for s in size))  # type: ignore[arg-type]

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ld_augment.engines.diffusion.common import uses_text
-from ld_augment.engines.diffusion.crops import check_orientation
 from ld_augment.errors import CheckpointError, ConfigError, MissingDependencyError
+from ld_augment.io.network_layout import RELEASED, NetworkLayout, layout, recorded_layout
 from ld_augment.io.nifti import sha256_file
 from ld_augment.nets import (
     PRESETS, UNetConfig, VQConfig, build_network, config_from_dict, load_checkpoint, load_lightning_checkpoint,
@@ -124,7 +124,9 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
         record["encoder_id"] = stored
         # how training built the text encoder (create_encoder(name, **options)), to rebuild it identically
         record["text_encoder"] = (meta.get("extra") or {}).get("text_encoder")
-        record["orientation"] = (meta.get("extra") or {}).get("orientation")
+        # the array layout it was trained in; a pre-layout checkpoint's "orientation" record converts
+        record["layout"] = recorded_layout(meta.get("extra")).codes
+        record["released"] = bool((meta.get("extra") or {}).get("released"))  # a converted released file
         if skip_context is not None:
             cfg_loaded = dataclasses.replace(cfg_loaded, skip_context=bool(skip_context))
         module, cfg = _with_config(module, cfg_loaded, dev), cfg_loaded
@@ -138,7 +140,7 @@ def load_unet(kind: str, *, checkpoint: PathArg, lightning_checkpoint: PathArg, 
                 f"({RELEASED_ENCODER_ID}) but the engine is configured with {expected_encoder!r}; "
                 "use encoder='biomedclip'"
             )
-        record.update(encoder_id=RELEASED_ENCODER_ID, weights="ema" if use_ema else "model")
+        record.update(encoder_id=RELEASED_ENCODER_ID, weights="ema" if use_ema else "model", layout=RELEASED)
     elif cfg is not None:
         module = _random(cfg, init_seed, dev)
         record = {"source": "random", "init_seed": int(init_seed), "encoder_id": expected_encoder}
@@ -179,14 +181,19 @@ def load_vq(*, checkpoint: PathArg, lightning_checkpoint: PathArg, config: Confi
     return LoadedNetwork(module, cfg, record)
 
 
-def network_orientation_of(requested: str | None, record: Mapping[str, Any]) -> str:
-    """The array orientation the network was trained in: as requested, else LPS for the authors' released files
-    (trained on their volumes as stored), else what our checkpoint recorded, else RAS (our standardized grid)."""
+def network_layout_of(requested: str | NetworkLayout | None, record: Mapping[str, Any]) -> NetworkLayout:
+    """The array layout the network was trained in: as requested, else the loaded file's (SAL, the original
+    loader's [S, A, L], for the released files; what our checkpoint recorded), else RAS (random weights)."""
     if requested is not None:
-        return check_orientation(requested)
+        return layout(requested)
     if record.get("source") == "lightning":
-        return "LPS"
-    return check_orientation(record.get("orientation") or "RAS", "recorded orientation")
+        return layout(RELEASED)
+    return layout(record.get("layout") or "RAS", "recorded layout")
+
+
+def is_released(record: Mapping[str, Any]) -> bool:
+    """Whether the weights are the authors' released Lightning files (their inference is then the default)."""
+    return record.get("source") == "lightning" or bool(record.get("released"))
 
 
 def check_encoder_available(encoder: str | AttributeEncoder, weights: PathArg) -> None:

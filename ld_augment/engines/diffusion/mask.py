@@ -1,14 +1,16 @@
 """LMNet as a mask engine: report text + organ maps + box -> a lesion mask drawn by DDIM (ARCHITECTURE.md 3, 6).
 
-Per lesion, as the original inference: a crop (released 64 x 152 x 152 voxels, in the array's axis order)
-centred on the box and clamped to the volume; 4 input channels [x_t, organ map as TotalSegmentator v1 ids / 104,
-target-organ mask, box mask]; the text of ``conditioning_texts(purpose="lmnet")``; DDIM (released: 200 steps,
-eta 1.0); then a threshold search over 0.9, 0.8, ..., 0.3 that keeps the largest connected component whose
-voxel count is closest to a reference count -- here the volume of the ellipsoid inscribed in the box, since a
-reported box (not a coarse label) is what we start from. Unlike the original, the search runs on the part of the
-soft mask that the report's cavity rule allows (inside the organ, or inside organ/body for "protruding") and that
-no earlier lesion occupies, so the count that is matched is the count that is kept. A result below
-``min_voxels`` is redrawn once (``max_attempts`` 2, as the original) before a readable error.
+Per lesion, as the original inference: the volume is looked at in the network's array layout (``SAL`` =
+[S, A, L] for the released files, ``ld_augment.io.network_layout``); a crop (released 64 x 152 x 152 voxels,
+network order) centred on the box and clamped to the volume; 4 input channels [x_t, organ map as
+TotalSegmentator v1 ids / 104, target-organ mask, box mask]; the text of ``conditioning_texts(purpose="lmnet")``
+with the cavity phrase of ``cavity_text``; DDIM (released: 200 steps, eta 1.0); then the selection of
+``selection.py``. ``selection="released"`` (default for the released files) is the original's: the threshold
+search on the unconstrained soft mask aiming at the box's voxel count, accept > 400 voxels (> 50 for stones)
+without overlap, one retry, a small non-overlapping last try kept, and a lesion that still fails is skipped
+(an empty mask; ``skips_failed_lesions``). ``selection="constrained"`` (default for our checkpoints) aims at
+the inscribed ellipsoid, searches only where the report's cavity rule allows and nothing is drawn yet, and
+raises when no usable lesion comes out.
 """
 
 from __future__ import annotations
@@ -19,44 +21,29 @@ from typing import Any
 
 import numpy as np
 
-from ld_augment.engines.attributes import lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
+from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
 from ld_augment.engines.diffusion.loading import (
-    PathArg, check_encoder_available, encoder_id, load_unet, network_orientation_of,
-    text_encoder_for,
+    PathArg, check_encoder_available, encoder_id, is_released, load_unet, network_layout_of, text_encoder_for,
 )
 from ld_augment.engines.diffusion.sampling import sample_lmnet, to_tensor, torch_generator
-from ld_augment.engines.procedural.fields import largest_component
+from ld_augment.engines.diffusion.selection import (
+    ACCEPT_VOXELS, ACCEPT_VOXELS_STONE, MAX_LESIONS, MIN_BOX_VOXELS, THRESHOLDS, accepts, pick_threshold,
+    plan_boxes, reference_count, selection_rule,
+)
 from ld_augment.errors import ConfigError
+from ld_augment.io.network_layout import NetworkLayout
 from ld_augment.nets import resolve_device
 from ld_augment.organs.masks import LABEL_VERSIONS, detect_label_version
 from ld_augment.organs.registry import convert_labels
 from ld_augment.placement.bboxes import PROTRUDING, BBox, cavity_rule
-from ld_augment.reports.conditioning import conditioning_texts
+from ld_augment.reports.conditioning import CAVITY_TEXTS, conditioning_texts, is_stone
 from ld_augment.text import AttributeEncoder
 
-#: The original's threshold search, np.arange(0.9, 0.2, -0.1): seven values, highest first (ties keep the first).
-THRESHOLDS = tuple(round(0.9 - 0.1 * i, 1) for i in range(7))
 SEG_SCALE = 104.0  # the organ-map channel is the v1 label id / 104 (v1's largest id)
-
-
-def pick_threshold(soft: np.ndarray, allowed: np.ndarray, reference: float,
-                   thresholds: Sequence[float] = THRESHOLDS) -> tuple[np.ndarray, float | None]:
-    """Largest component of ``(soft > t) & allowed`` for the ``t`` whose voxel count is closest to ``reference``."""
-    best, best_t, best_gap = np.zeros(soft.shape, bool), None, math.inf
-    for t in thresholds:
-        candidate = (soft > t) & allowed
-        if not candidate.any():
-            continue
-        candidate = largest_component(candidate)
-        gap = abs(int(candidate.sum()) - reference)
-        if gap < best_gap:
-            best, best_t, best_gap = candidate, float(t), gap
-    return best, best_t
 
 
 def organ_map_v1(seg: np.ndarray, organ_mask: np.ndarray, version: str, organ_id_v1: int) -> np.ndarray:
@@ -80,9 +67,13 @@ class DiffusionMaskEngine(MaskEngine):
     ``encoder_weights``), or only ``config`` (a preset name/UNetConfig: random weights, for tests and
     benchmarks). ``label_version`` ("auto", "v1", "v2", "binary") says how ``ctx.organ_seg`` is numbered; v2
     maps are converted to v1 ids, which is what the network was trained on. Randomness comes only from the rng
-    passed to ``generate_mask`` (it seeds a torch.Generator on ``device``). ``network_orientation`` ("RAS",
-    "LPS"; default: LPS for the released files, else the checkpoint's recorded one) is the array orientation
-    the network was trained in; crops of our RAS grid are mirrored into it and the result mirrored back.
+    passed to ``generate_mask`` (it seeds a torch.Generator on ``device``).
+
+    ``network_layout`` (default: "SAL" for the released files, else the checkpoint's record) is the array
+    layout the network was trained in; ``crop`` is in that layout's order. ``selection`` ("released" /
+    "constrained") and ``cavity_text`` ("released" / "report") default to the original's behaviour for the
+    released files and to ours for our checkpoints (module doc). ``max_attempts`` (2) and ``min_voxels``
+    (None: the original's 400, 50 for stones) tune the acceptance.
     """
 
     name = "diffusion"
@@ -107,7 +98,10 @@ class DiffusionMaskEngine(MaskEngine):
         use_ema: bool = True,
         allow_pickle: bool = False,
         init_seed: int = 0,
-        network_orientation: str | None = None,
+        network_layout: str | NetworkLayout | None = None,
+        selection: str | None = None,
+        cavity_text: str | None = None,
+        max_lesions: int | None = MAX_LESIONS,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
         self.crop = check_crop(crop, "crop")
@@ -115,8 +109,15 @@ class DiffusionMaskEngine(MaskEngine):
             raise ConfigError(f"label_version must be 'auto' or one of {list(LABEL_VERSIONS)}, got {label_version!r}")
         if int(max_attempts) < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
+        if max_lesions is not None and int(max_lesions) < 1:
+            raise ConfigError(f"max_lesions must be >= 1 or None (no cap), got {max_lesions}")
+        if selection is not None:
+            selection_rule(selection)  # a typo fails before checkpoints are read
+        if cavity_text is not None and cavity_text not in CAVITY_TEXTS:
+            raise ConfigError(f"cavity_text must be one of {list(CAVITY_TEXTS)}, got {cavity_text!r}")
         self.label_version, self.max_attempts = label_version, int(max_attempts)
         self.min_voxels = None if min_voxels is None else int(min_voxels)
+        self.max_lesions = None if max_lesions is None else int(max_lesions)
         self.body_threshold_hu = float(body_threshold_hu)
         self.device = resolve_device(device)
         check_encoder_available(encoder, encoder_weights)  # before reading a large checkpoint
@@ -124,9 +125,25 @@ class DiffusionMaskEngine(MaskEngine):
                              expected_encoder=encoder_id(encoder), device=self.device, use_ema=use_ema,
                              allow_pickle=allow_pickle, init_seed=init_seed)
         check_crop_divisible(self.crop, self.net.module.spatial_divisor, "crop")
-        self.orientation = network_orientation_of(network_orientation, self.net.record)
+        self.layout = network_layout_of(network_layout, self.net.record)
+        released = is_released(self.net.record)
+        self.rule = selection_rule(selection or ("released" if released else "constrained"))
+        self.cavity_text = cavity_text or ("released" if released else "report")
         self.encoder, self.encoder_record = text_encoder_for(self.net, encoder, weights=encoder_weights,
                                                              device=self.device)
+
+    @property
+    def skips_failed_lesions(self) -> bool:
+        """True when a lesion that fails selection comes back empty (the original drops it) instead of raising."""
+        return self.rule.keep_last
+
+    def plan_lesions(self, boxes: Sequence[BBox], shape: Sequence[int]) -> list[int]:
+        """Indices of ``boxes`` to draw, in order. Released selection: the original's > 50 voxels, largest
+        first, at most ``max_lesions``; constrained: every box in the given order."""
+        if not self.rule.keep_last:
+            return list(range(len(boxes)))
+        voxels = [int(np.prod([b - a for a, b in zip(box.start(shape), box.stop(shape))])) for box in boxes]
+        return plan_boxes(voxels, max_lesions=self.max_lesions, min_voxels=MIN_BOX_VOXELS)
 
     def provenance(self) -> dict:
         return {
@@ -135,61 +152,77 @@ class DiffusionMaskEngine(MaskEngine):
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "label_version": self.label_version, "max_attempts": self.max_attempts,
                         "min_voxels": self.min_voxels, "body_threshold_hu": self.body_threshold_hu,
-                        "network_orientation": self.orientation,
-                        "thresholds": list(THRESHOLDS)},
+                        "network_layout": self.layout.codes, "selection": self.rule.to_dict(),
+                        "cavity_text": self.cavity_text, "max_lesions": self.max_lesions,
+                        "thresholds": [round(t, 1) for t in THRESHOLDS]},
             "checkpoints": {"lmnet": self.net.record}, "encoder": self.encoder_record,
         }
 
     def generate_mask(self, ctx: LesionContext, bbox: BBox, report: Any, rng: np.random.Generator) -> np.ndarray:
-        shape = ctx.ct.shape
-        start, stop = np.array(bbox.start(shape)), np.array(bbox.stop(shape))
-        if np.any(stop <= start):
-            raise ConfigError(f"bbox {bbox.to_dict()} lies outside the volume of shape {shape}")
-        rule = cavity_rule(getattr(report, "cavity", None), ctx.organ_name)
-        size = fit_crop(self.crop, stop - start, self.net.module.spatial_divisor)
-        window = CropWindow.around((start + stop - 1) / 2.0, size, shape)
-        cond = to_tensor([to_network_axes(c, self.orientation) for c in self._channels(ctx, bbox, report, window)],
-                         self.device)
-        allowed = self._allowed(ctx, rule, window)
-        context = encode_context(self.encoder, conditioning_texts(report, purpose="lmnet"), self.device)
-        reference = math.pi / 6.0 * float(np.prod(bbox.size))  # ellipsoid inscribed in the box
-        needed = self._min_voxels(report, reference)
+        grid = ctx.ct.shape
+        start, stop = bbox.start(grid), bbox.stop(grid)
+        if any(b <= a for a, b in zip(start, stop)):
+            raise ConfigError(f"bbox {bbox.to_dict()} lies outside the volume of shape {grid}")
+        lay = self.layout
+        shape = lay.network_shape(grid)
+        lo, hi = lay.box_to_network(start, stop, grid)
+        size = fit_crop(self.crop, [b - a for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
+        window = CropWindow.for_box(lo, hi, size, shape)
+        cond = to_tensor(self.channels(ctx, lo, hi, report, window), self.device)
+        texts = conditioning_texts(report, purpose="lmnet", cavity_text=self.cavity_text)  # type: ignore[arg-type]
+        context = encode_context(self.encoder, texts, self.device)
+        occupied = window.extract(lay.to_network(ctx.occupied), False)
+        allowed = self._allowed(ctx, report, window) & ~occupied if self.rule.constrain else None
+        box_voxels = int(np.prod([b - a for a, b in zip(lo, hi)]))
+        reference = reference_count(self.rule, box_voxels)
+        floor = self._floor(report, reference)
         generator = torch_generator(rng, self.device)
         largest = 0
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
             soft = sample_lmnet(self.net.module, cond, context, steps=self.steps, eta=self.eta,
                                 generator=generator, precision=self.precision)
-            soft_ras = to_network_axes(soft[0, 0].float().cpu().numpy(), self.orientation)
-            lesion, _ = pick_threshold(soft_ras, allowed, reference)
-            largest = max(largest, int(lesion.sum()))
-            if lesion.sum() >= needed:
-                return window.paste(lesion, shape)
+            lesion, _ = pick_threshold(soft[0, 0].float().cpu().numpy(), reference, allowed)
+            count = int(lesion.sum())
+            largest = max(largest, count)
+            if accepts(count, bool((lesion & occupied).any()), floor, last=attempt == self.max_attempts - 1,
+                       keep_last=self.rule.keep_last):
+                return np.ascontiguousarray(lay.from_network(window.paste(lesion, shape)))
+        if self.rule.keep_last:  # the original drops the lesion
+            return np.zeros(grid, dtype=bool)
         raise ConfigError(
             f"diffusion mask engine: no usable lesion for organ {ctx.organ_name!r} in bbox {bbox.to_dict()} after "
-            f"{self.max_attempts} attempts (largest {largest} voxels, need >= {needed} inside the region of cavity "
-            f"rule {rule!r}, outside earlier lesions); try another seed, a larger box or mask_engine='procedural'"
+            f"{self.max_attempts} attempts (largest {largest} voxels, need > {floor} inside the region of the "
+            "report's cavity rule, outside earlier lesions); try another seed, a larger box or mask_engine='procedural'"
         )
 
-    def _min_voxels(self, report: Any, reference: float) -> int:
-        """The original accepts > 400 voxels (> 50 for stones); capped at 10 % of the reference for small boxes."""
+    def _floor(self, report: Any, reference: float) -> int:
+        """Accept more than this many voxels: the original's 400 (50 for stones); constrained selection caps it
+        at 10 % of the reference so that small boxes can succeed."""
         if self.min_voxels is not None:
             return self.min_voxels
-        floor = 50 if lesion_spec(report).stone else 400
-        return max(1, min(floor, math.ceil(0.1 * reference)))
+        floor = ACCEPT_VOXELS_STONE if is_stone(report) else ACCEPT_VOXELS
+        if self.rule.constrain:
+            floor = min(floor, math.ceil(0.1 * reference) - 1)
+        return max(0, floor)
 
-    def _channels(self, ctx: LesionContext, bbox: BBox, report: Any, window: CropWindow) -> list[np.ndarray]:
-        box = np.zeros(window.size, bool)
-        lo = [max(a - w, 0) for a, w in zip(bbox.start(ctx.ct.shape), window.start)]
-        hi = [max(b - w, 0) for b, w in zip(bbox.stop(ctx.ct.shape), window.start)]
-        box[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    def channels(self, ctx: LesionContext, lo: Sequence[int], hi: Sequence[int], report: Any,
+                 window: CropWindow) -> list[np.ndarray]:
+        """The three condition channels in network order: organ map (v1 id / 104), target organ, box."""
+        lay = self.layout
+        box = np.zeros(window.size, np.float32)
+        a = [min(max(x - w, 0), s) for x, w, s in zip(lo, window.start, window.size)]
+        b = [min(max(x - w, 0), s) for x, w, s in zip(hi, window.start, window.size)]
+        box[tuple(slice(x, y) for x, y in zip(a, b))] = 1.0
         version = self.label_version if self.label_version != "auto" else detect_label_version(ctx.organ_seg)
-        seg = organ_map_v1(window.extract(np.asarray(ctx.organ_seg), 0), window.extract(ctx.organ_mask, False),
-                           version, int(report.organ_id))
-        organ_map = seg.astype(np.float32) / SEG_SCALE
-        return [organ_map, window.extract(ctx.organ_mask, False), box]
+        organ = window.extract(lay.to_network(ctx.organ_mask), False)
+        seg = organ_map_v1(window.extract(lay.to_network(np.asarray(ctx.organ_seg)), 0), organ, version,
+                           int(report.organ_id))
+        return [seg.astype(np.float32) / np.float32(SEG_SCALE), organ.astype(np.float32), box]
 
-    def _allowed(self, ctx: LesionContext, rule: str, window: CropWindow) -> np.ndarray:
-        organ = window.extract(ctx.organ_mask, False)
-        if rule == PROTRUDING:  # may leave the organ, not into air outside the body
-            organ = organ | (window.extract(ctx.ct, -1024.0) > self.body_threshold_hu)
-        return organ & ~window.extract(ctx.occupied, True)
+    def _allowed(self, ctx: LesionContext, report: Any, window: CropWindow) -> np.ndarray:
+        """Where the report's cavity rule lets a lesion lie (constrained selection), in network order."""
+        lay = self.layout
+        organ = window.extract(lay.to_network(ctx.organ_mask), False)
+        if cavity_rule(getattr(report, "cavity", None), ctx.organ_name) == PROTRUDING:  # not into air
+            organ = organ | (window.extract(lay.to_network(ctx.ct), -1024.0) > self.body_threshold_hu)
+        return organ

@@ -1,14 +1,23 @@
 """LINet as a texture engine: the healthy crop is VQ-encoded, the lesion inpainted in latent space, decoded.
 
-Per lesion, as the original inference (ARCHITECTURE.md 3, 6): a crop (released 128^3) around the lesion,
-normalised HU -> [0, 1], VQ-encoded to the latent z0 (factor 2); the lesion mask nearest-downsampled to the
-latent and thresholded at 0.5; masked DDIM that keeps the clean z0 outside the mask (released: 200 steps,
-eta 1.0); VQ decode, inverse normalisation, and the original's shift of the crop's mean onto the healthy crop's
-mean (it cancels the VQ round trip's brightness bias). Two deliberate differences: the original encodes and
-decodes the whole CT once and pastes the whole crop back with a 2-voxel Gaussian blend at the crop border; here
-each crop is encoded on its own, and only a neighbourhood of the lesion is written back (the lesion dilated by
-``dilate_voxels``, then a smooth ramp over ``blend_voxels``), because the pipeline's contract is that the CT
-changes only near the lesion -- the VQ round trip alters every voxel of the crop slightly.
+Per lesion, as the original inference (ARCHITECTURE.md 3, 6): the volume is looked at in the network's array
+layout (``SAL`` = [S, A, L] for the released files); a crop (released 128^3) around the lesion, normalised
+HU -> [0, 1], VQ-encoded to the latent z0 (factor 2); the lesion mask nearest-downsampled to the latent and
+thresholded at 0.5; masked DDIM that keeps the clean z0 outside the mask (released: 200 steps, eta 1.0); VQ
+decode and inverse normalisation.
+
+What the released configuration then does: it writes the whole VQ reconstruction back (the mean-shift and
+border-blend code of the original inference is never reached with the released config). Here, deliberately,
+only a neighbourhood of the lesion is written back -- the lesion dilated by ``dilate_voxels``, then a smooth
+ramp to the healthy CT over ``blend_voxels`` -- because the pipeline's contract is that the CT changes only
+near the lesion, and the VQ round trip alters every voxel of the crop slightly. The rim defaults (4 + 4
+voxels) are wide enough that the transition LINet draws around the lesion survives: the decoded change
+extends a few voxels past the mask (latent factor 2, the decoder's receptive field), and a 2 + 2 rim cut
+into it (``benchmarks/bench_linet_rim.py`` measures the change's profile across the boundary). ``mean_shift``
+corrects the VQ round trip's brightness bias, measured where nothing should change: body voxels (denser than
+``body_threshold_hu``) of the crop outside the written neighbourhood, with the healthy CT taken in the
+network's own window [-1000, 1000] HU, so padding or air outside the scanner's field of view (-3024 HU,
+which the VQ cannot represent) does not drag the lesion darker.
 """
 
 from __future__ import annotations
@@ -23,15 +32,15 @@ from ld_augment.engines.base import LesionContext, TextureEngine
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop, to_network_axes
+from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
 from ld_augment.engines.diffusion.intensity import HU_KNOTS, denormalize_ct, normalize_ct
 from ld_augment.engines.diffusion.loading import (
-    PathArg, check_encoder_available, encoder_id, load_unet, load_vq, network_orientation_of,
-    text_encoder_for,
+    PathArg, check_encoder_available, encoder_id, load_unet, load_vq, network_layout_of, text_encoder_for,
 )
 from ld_augment.engines.diffusion.sampling import inpaint_linet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import mask_slices
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.io.network_layout import NetworkLayout
 from ld_augment.nets import resolve_device
 from ld_augment.reports.conditioning import conditioning_texts
 from ld_augment.text import AttributeEncoder
@@ -72,7 +81,8 @@ class DiffusionTextureEngine(TextureEngine):
     give random weights (tests, benchmarks). ``skip_context``: None keeps the loaded config's
     choice -- for the released LINet that is True, the released test config's behaviour (the UNet ignores the
     text, so no text encoder or BiomedCLIP weights are needed); False uses the cross-attention as trained.
-    ``network_orientation`` as for the mask engine (LPS for the released files: crops are mirrored in and out).
+    ``network_layout`` as for the mask engine (SAL for the released files; ``crop`` is in its order). The
+    write-back rim (``dilate_voxels``, ``blend_voxels``) and ``mean_shift`` are described in the module doc.
     """
 
     name = "diffusion"
@@ -94,14 +104,15 @@ class DiffusionTextureEngine(TextureEngine):
         precision: str = "fp32",
         config: Any = None,
         vq_config: Any = None,
-        dilate_voxels: float = 2.0,
-        blend_voxels: float = 2.0,
+        dilate_voxels: float = 4.0,
+        blend_voxels: float = 4.0,
         mean_shift: bool = True,
+        body_threshold_hu: float = -500.0,
         hu_range: tuple[float, float] = (-1024.0, 3071.0),
         use_ema: bool = True,
         allow_pickle: bool = False,
         init_seed: int = 0,
-        network_orientation: str | None = None,
+        network_layout: str | NetworkLayout | None = None,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision)
         self.crop = check_crop(crop, "crop")
@@ -111,6 +122,7 @@ class DiffusionTextureEngine(TextureEngine):
             raise ConfigError(f"hu_range must be (low, high) with low < high, got {hu_range}")
         self.dilate_voxels, self.blend_voxels = float(dilate_voxels), float(blend_voxels)
         self.mean_shift, self.hu_range = bool(mean_shift), (float(hu_range[0]), float(hu_range[1]))
+        self.body_threshold_hu = float(body_threshold_hu)
         self.device = resolve_device(device)
         if skip_context is False and lightning_checkpoint is not None:
             check_encoder_available(encoder, encoder_weights)  # before reading the 750 MB file
@@ -128,7 +140,7 @@ class DiffusionTextureEngine(TextureEngine):
         if self.vq.cfg.embed_dim + 1 != self.net.cfg.in_channels:
             raise ConfigError(f"the VQ latent has {self.vq.cfg.embed_dim} channels but LINet takes "
                               f"{self.net.cfg.in_channels} = latent + 1 mask channel")
-        self.orientation = network_orientation_of(network_orientation, self.net.record)
+        self.layout = network_layout_of(network_layout, self.net.record)
         self.factor = self.vq.cfg.downsampling_factor
         self.divisor = self.factor * self.net.module.spatial_divisor
         check_crop_divisible(self.crop, self.divisor, "crop")
@@ -142,42 +154,58 @@ class DiffusionTextureEngine(TextureEngine):
             "options": {"crop": list(self.crop), "device": str(self.device), "precision": self.precision,
                         "skip_context": bool(self.net.cfg.skip_context), "dilate_voxels": self.dilate_voxels,
                         "blend_voxels": self.blend_voxels, "mean_shift": self.mean_shift,
-                        "hu_range": list(self.hu_range), "network_orientation": self.orientation},
+                        "body_threshold_hu": self.body_threshold_hu, "hu_range": list(self.hu_range),
+                        "network_layout": self.layout.codes},
             "checkpoints": {"linet": self.net.record, "vq": self.vq.record}, "encoder": self.encoder_record,
         }
 
     def render(self, ctx: LesionContext, lesion_mask: np.ndarray, report: Any, rng: np.random.Generator) -> np.ndarray:
         lesion = np.asarray(lesion_mask, dtype=bool)
-        shape = ctx.ct.shape
-        if lesion.shape != shape or not lesion.any():
-            raise ConfigError(f"lesion mask must be a non-empty bool array of shape {shape}")
+        if lesion.shape != ctx.ct.shape or not lesion.any():
+            raise ConfigError(f"lesion mask must be a non-empty bool array of shape {ctx.ct.shape}")
+        lay = self.layout
+        out = np.array(ctx.ct, dtype=np.float32, copy=True)
+        net_out, net_lesion = lay.to_network(out), lay.to_network(lesion)  # views: writes land in `out`
+        shape = net_out.shape
         reach = int(np.ceil(self.dilate_voxels + self.blend_voxels))
-        box = mask_slices(lesion, (0, 0, 0))
-        extent = [sl.stop - sl.start + 2 * reach for sl in box]
-        centre = [(sl.start + sl.stop - 1) / 2.0 for sl in box]
-        window = CropWindow.around(centre, fit_crop(self.crop, extent, self.divisor), shape)
+        box = mask_slices(net_lesion, (0, 0, 0))
+        lo, hi = [sl.start for sl in box], [sl.stop for sl in box]
+        size = fit_crop(self.crop, [b - a + 2 * reach for a, b in zip(lo, hi)], self.divisor)
+        window = CropWindow.for_box(lo, hi, size, shape)
 
-        ct_crop = window.extract(np.asarray(ctx.ct, dtype=np.float32), HU_KNOTS[0])
+        ct_crop = window.extract(net_out, HU_KNOTS[0])
         valid = window.valid(shape)
-        mask_crop = window.extract(lesion, False)
-        axes = self.orientation
-        image = to_tensor([to_network_axes(normalize_ct(ct_crop), axes)], self.device)
-        mask_lat = to_tensor([latent_mask(to_network_axes(mask_crop, axes), self.factor)], self.device)
+        mask_crop = window.extract(net_lesion, False)
+        image = to_tensor([normalize_ct(ct_crop)], self.device)
+        mask_lat = to_tensor([latent_mask(mask_crop, self.factor)], self.device)
         context = encode_context(self.encoder, conditioning_texts(report, purpose="linet"), self.device)
         generated = inpaint_linet(self.net.module, self.vq.module, image, mask_lat, context, steps=self.steps,
                                   eta=self.eta, generator=torch_generator(rng, self.device), precision=self.precision)
-        hu = to_network_axes(denormalize_ct(generated[0, 0].cpu().numpy()), axes)
-        if self.mean_shift:
-            hu += float(ct_crop[valid].mean() - hu[valid].mean())
+        hu = denormalize_ct(generated[0, 0].cpu().numpy())
 
-        weight = blend_weight(mask_crop, window.extract(ctx.occupied, False), self.dilate_voxels, self.blend_voxels)
+        weight = blend_weight(mask_crop, window.extract(lay.to_network(ctx.occupied), False), self.dilate_voxels,
+                              self.blend_voxels)
         weight[~valid] = 0.0
+        if self.mean_shift:
+            hu += self.intensity_shift(ct_crop, hu, valid & (weight == 0))
         low = min(self.hu_range[0], float(ctx.ct.min()))
         high = max(self.hu_range[1], float(ctx.ct.max()))
         blended = np.clip(ct_crop + weight * (hu - ct_crop), low, high)
-        out = np.array(ctx.ct, dtype=np.float32, copy=True)
         vol, inner = window.overlap(shape)
-        region = out[vol]
+        region = net_out[vol]  # a view into `out`
         touched = weight[inner] > 0  # voxels with weight 0 keep their exact value (no float round trip)
         region[touched] = blended[inner][touched]
         return out
+
+    def intensity_shift(self, healthy: np.ndarray, decoded: np.ndarray, untouched: np.ndarray) -> float:
+        """HU to add to the decoded crop so that it matches the healthy crop where nothing is written.
+
+        Measured on body voxels only (healthy denser than ``body_threshold_hu``) and with the healthy CT in
+        the network's window [-1000, 1000] HU, the only range the VQ can give back: air, padding and
+        out-of-field voxels (-3024 HU) would otherwise shift the lesion by hundreds of HU.
+        """
+        body = untouched & (healthy > self.body_threshold_hu)
+        if not body.any():
+            return 0.0
+        reference = np.clip(healthy[body], HU_KNOTS[0], HU_KNOTS[-1]).astype(np.float64)
+        return float(reference.mean() - decoded[body].astype(np.float64).mean())
