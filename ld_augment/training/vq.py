@@ -178,8 +178,10 @@ def train_vq(
     opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
                        precision=precision, seed=seed, save_every=save_every, resume=resume,
                        num_workers=num_workers, progress=progress)
-    perceptual = (PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
-                                 random_backbone=gan.random_backbone) if gan.perceptual_weight > 0 else None)
+    perceptual = None
+    if gan.perceptual_weight > 0:  # seeded: a random (test) backbone is the same in every run and on every rank
+        perceptual = seeded_build(lambda: PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
+                                                         random_backbone=gan.random_backbone), seed + 2)
     ctx = D.init(device)
     dev = ctx.device
     cases = list(cases) if cases is not None else find_cases(data_dir, need=("ct",))
