@@ -65,13 +65,14 @@ class PerceptualLoss(nn.Module):
             raise InputError(f"LPIPS linear-layer file {linear_weights} does not exist")
         if backbone_weights is not None and not Path(backbone_weights).is_file():
             raise InputError(f"VGG16 weights file {backbone_weights} does not exist; expected {VGG_FILE_HELP}")
+        backbone = None if backbone_weights is None else _backbone_state(Path(backbone_weights))  # fail early
         # pnet_rand builds torchvision's VGG16 without weights (no download); ours are loaded just below
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
             warnings.simplefilter("ignore", UserWarning)
             self.lpips = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False,
                                      model_path=None if linear_weights is None else str(linear_weights))
-        if backbone_weights is not None:
-            self.lpips.net.load_state_dict(_backbone_state(Path(backbone_weights)), strict=True)
+        if backbone is not None:
+            self.lpips.net.load_state_dict(backbone, strict=True)
         self.lpips.eval().requires_grad_(False)
         self.backbone = "random" if backbone_weights is None else Path(backbone_weights).name
 

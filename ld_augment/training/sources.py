@@ -109,6 +109,16 @@ def _check_case(where: str, paths: dict[str, Path | None], problems: _Problems) 
             problems.add(f"{where}: {exc}")
 
 
+def _case_ids(rows: list[dict[str, Path | None]]) -> list[str]:
+    """Case ids from the image file names, or their folders where the names repeat (demo layout: */ct.nii.gz)."""
+    files = [r.get("ct") or r.get("label") or r.get("seg") for r in rows]
+    stems = [(strip_nifti_suffix(f.name) or f.stem) if f is not None else f"row{i + 1}" for i, f in enumerate(files)]
+    if len(set(stems)) < len(stems):
+        folders = [f.parent.name if f is not None else s for f, s in zip(files, stems)]
+        stems = folders if len(set(folders)) == len(folders) else [f"{s}_row{i + 1}" for i, s in enumerate(stems)]
+    return stems
+
+
 def read_list_files(folder: str | os.PathLike, *, split: str = "train",
                     need: Sequence[str] = ("label", "seg", "report")) -> list[TrainingCase]:
     """Cases from the original's row-aligned list files `<split>_{img,label,type,seg}_list.txt` in `folder`."""
@@ -133,7 +143,7 @@ def read_list_files(folder: str | os.PathLike, *, split: str = "train",
     if n == 0:
         raise InputError(f"{root}: the {split} list files hold no rows")
     problems = _Problems(f"{root} ({split} lists)")
-    cases, seen = [], set()
+    all_paths = []
     for i in range(n):
         paths: dict[str, Path | None] = {}
         for kind, values in rows.items():
@@ -143,14 +153,13 @@ def read_list_files(folder: str | os.PathLike, *, split: str = "train",
             else:
                 paths[kind] = _resolve(values[i], lists[kind].parent)
         _check_case(f"row {i + 1}", paths, problems)
-        named = paths.get("ct") or paths.get("label") or paths.get("seg")
-        stem = (strip_nifti_suffix(named.name) or named.stem) if named is not None else f"row{i + 1}"
-        case_id = stem if stem not in seen else f"{stem}_row{i + 1}"
-        seen.add(case_id)
+        all_paths.append(paths)
+    problems.raise_if_any()
+    cases = []
+    for case_id, paths in zip(_case_ids(all_paths), all_paths):
         seg = paths.get("seg")
         cases.append(TrainingCase(case_id, paths.get("label"), seg, "v1" if seg and "v1" in seg.name else "auto",
                                   paths.get("report"), paths.get("ct")))
-    problems.raise_if_any()
     if "coarseg" in rows and rows["coarseg"] != rows.get("seg"):
         log.warning("%s differs from %s: the organ channel is read from seg_list (coarseg_list is checked only)",
                     coarse.name, list_file(root, split, "seg").name)
