@@ -209,8 +209,13 @@ class TrainPaths:
         return cls(out / f"{name}_train_state.pt", out / f"{name}_log.jsonl", out / f"{name}.pt")
 
 
+# Settings added after a state format was first written: a state without them was written with these values.
+_LATER_DEFAULTS: dict[str, Any] = {"grad_accum": 1, "warmup_steps": 0, "phases": []}
+
+
 def _check_resumable(stored: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
     keys = sorted(set(stored) | set(meta))
+    stored = {**_LATER_DEFAULTS, **stored}
     diff = [k for k in keys if k not in ("steps", "init", "device", "num_workers", "progress", "save_every")
             and stored.get(k) != meta.get(k)]
     if diff:

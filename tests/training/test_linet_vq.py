@@ -113,3 +113,26 @@ def test_linet_finetune_from_released_file_takes_its_vq(cases_dir: Path, tmp_pat
     meta = load_checkpoint(res.checkpoint, expected_encoder_id=BIOMEDCLIP_ID)[2]
     assert meta["extra"]["vq"]["source"].endswith("LINet.ckpt")
     assert meta["extra"]["training"]["init_origin"] == "released"
+
+
+def test_linet_l1_is_normalised_by_the_lesion_box_as_the_original() -> None:
+    """ARCHITECTURE.md 5: the masked L1 is divided by the volume of the coarse (bbox) mask, not of the lesion."""
+    import torch.nn.functional as F
+
+    from ld_augment.diffusion import DDPMSchedule
+    from ld_augment.training.linet import linet_batch_loss
+    from ld_augment.training.loop import sample_generator
+
+    torch.manual_seed(0)
+    vq, unet = build_network(VQ_TINY).eval(), build_network(LINET_TINY)
+    image = torch.rand(1, 1, 16, 16, 16)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"))
+    lesion = (((grid - 8) ** 2).sum(0) <= 16).float()[None, None]
+    box = torch.zeros_like(lesion)
+    box[..., 4:13, 4:13, 4:13] = 1
+    sched = DDPMSchedule.create()
+    by_mask = linet_batch_loss(unet, vq, image, lesion, None, [sample_generator(0, 5)], sched)
+    by_box = linet_batch_loss(unet, vq, image, lesion, None, [sample_generator(0, 5)], sched, box=box)
+    latent = lambda m: float((F.interpolate(m, size=(8, 8, 8), mode="nearest") > 0.5).sum())  # noqa: E731
+    assert float(by_box.l1) * latent(box) == pytest.approx(float(by_mask.l1) * latent(lesion), rel=1e-4)
+    assert latent(box) > latent(lesion) and float(by_box.dice) == pytest.approx(float(by_mask.dice))
