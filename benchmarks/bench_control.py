@@ -38,8 +38,10 @@ from _device import device_name
 LIVER_V2, LIVER_V1 = 5, 5
 SHAPES = ("round-like", "irregular")
 DENSITIES = ("hypodense lesion", "hyperdense lesion")
-CONTRAST_HU = 70.0
-CROP = (16, 24, 24)  # network order (the released layout [S, A, L]); the CT has 30 axial slices of 3 mm
+CONTRAST_HU = 150.0
+# crops in network order (the released layout [S, A, L]); the CT has 30 axial slices of 3 mm
+CROP = (16, 24, 24)  # VQ and LINet
+LMNET_CROP = (16, 16, 16)  # smaller: LMNet attends over full-resolution/2 tokens, its cost grows fast with the crop
 
 
 def _ball(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -120,7 +122,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 class Evaluator:
     """Held-out places of the healthy liver, cut as network crops (same layout as training)."""
 
-    def __init__(self, healthy: dict[str, Any], n_eval: int, seed: int, layout: str) -> None:
+    def __init__(self, healthy: dict[str, Any], n_eval: int, seed: int, layout: str, crop: tuple[int, ...]
+                 ) -> None:
         from ld_augment.io.network_layout import layout as as_layout
         from ld_augment.training.crops import crop_start, extract
 
@@ -133,10 +136,10 @@ class Evaluator:
             ball = _ball(liver.shape, centre, np.full(3, 4.0)) & liver
             pts = np.argwhere(ball)
             lo, hi = pts.min(0), pts.max(0) + 1
-            start = crop_start(lo, hi, liver.shape, CROP, rng)
+            start = crop_start(lo, hi, liver.shape, crop, rng)
             box = np.zeros(liver.shape, bool)
             box[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
-            cut = lambda a, fill=0: extract(a, start, CROP, fill)  # noqa: E731
+            cut = lambda a, fill=0: extract(a, start, crop, fill)  # noqa: E731
             self.items.append({"ct": cut(ct, -1000.0), "seg": cut(seg).astype(np.float32) / 104.0,
                                "liver": cut(liver).astype(bool), "lesion": cut(ball).astype(bool),
                                "box": cut(box).astype(np.float32)})
@@ -210,12 +213,12 @@ def _mean(values: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--vq-steps", type=int, default=150)
-    ap.add_argument("--linet-steps", type=int, default=300)
-    ap.add_argument("--lmnet-steps", type=int, default=300)
+    ap.add_argument("--vq-steps", type=int, default=300)
+    ap.add_argument("--linet-steps", type=int, default=1000)
+    ap.add_argument("--lmnet-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=4, help="global batch (split over torchrun processes)")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--eval", type=int, default=6, help="held-out places sampled per text")
+    ap.add_argument("--eval", type=int, default=8, help="held-out places sampled per text")
     ap.add_argument("--sample-steps", type=int, default=15, help="DDIM steps per sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -247,20 +250,20 @@ def main() -> None:
         healthy = build_dataset(shared, work / "data", args.cases, args.seed)
     D.barrier(ctx)
     common = dict(batch_size=per_rank, lr=args.lr, seed=args.seed, progress=ctx.is_main, spacing=None,
-                  crop_size=CROP, save_every=10**9)
+                  save_every=10**9)
     timings = {}
     t = time.perf_counter()
     vq = train_vq(work / "data", work / "vq", config={**VQ_TINY.to_dict(), "n_embed": 256}, steps=args.vq_steps,
-                  gan=VQGANOptions(perceptual_weight=0, disc_weight=0), **common)
+                  gan=VQGANOptions(perceptual_weight=0, disc_weight=0), crop_size=CROP, **common)
     timings["vq"] = time.perf_counter() - t
     linet_cfg = {**LINET_TINY.to_dict(), "skip_context": False}  # the training config reads the text
     t = time.perf_counter()
     li = train_linet(work / "data", work / "linet", vq=vq.checkpoint, config=linet_cfg, steps=args.linet_steps,
-                     ema_decay=0.995, run=RunOptions(warmup_steps=20), **common)
+                     ema_decay=0.995, run=RunOptions(warmup_steps=20), crop_size=CROP, **common)
     timings["linet"] = time.perf_counter() - t
     t = time.perf_counter()
     lm = train_lmnet(work / "data", work / "lmnet", config="tiny", steps=args.lmnet_steps, ema_decay=0.995,
-                     run=RunOptions(warmup_steps=20), **common)
+                     run=RunOptions(warmup_steps=20), crop_size=LMNET_CROP, **common)
     timings["lmnet"] = time.perf_counter() - t
     if not ctx.is_main:
         D.shutdown(ctx)
@@ -275,13 +278,14 @@ def main() -> None:
 
     baselines = {"linet": seeded_build(lambda: build_network(li_cfg), args.seed + 7).eval(),
                  "lmnet": seeded_build(lambda: build_network(lm_cfg), args.seed + 7).eval()}
-    ev = Evaluator(healthy, args.eval, args.seed, li_meta["extra"].get("layout", "SAL"))
+    ev_li = Evaluator(healthy, args.eval, args.seed, li_meta["extra"].get("layout", "SAL"), CROP)
+    ev_lm = Evaluator(healthy, args.eval, args.seed, lm_meta["extra"].get("layout", "SAL"), LMNET_CROP)
     t = time.perf_counter()
     fig: dict[str, Any] = {"linet": {}, "lmnet": {}}
     for name, net in (("trained", li_net.eval()), ("random-init", baselines["linet"])):
-        fig["linet"][name] = {d: ev.linet_contrast(net, vq_net, enc_li, d, args.sample_steps) for d in DENSITIES}
+        fig["linet"][name] = {d: ev_li.linet_contrast(net, vq_net, enc_li, d, args.sample_steps) for d in DENSITIES}
     for name, net in (("trained", lm_net.eval()), ("random-init", baselines["lmnet"])):
-        fig["lmnet"][name] = {s: ev.lmnet_sphericity(net, enc_lm, s, args.sample_steps) for s in SHAPES}
+        fig["lmnet"][name] = {s: ev_lm.lmnet_sphericity(net, enc_lm, s, args.sample_steps) for s in SHAPES}
     timings["sampling"] = time.perf_counter() - t
 
     print(f"\nbench_control on {device_name('cpu')}, world_size {ctx.world_size}, global batch {args.batch}, "

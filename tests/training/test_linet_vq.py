@@ -136,3 +136,17 @@ def test_linet_l1_is_normalised_by_the_lesion_box_as_the_original() -> None:
     latent = lambda m: float((F.interpolate(m, size=(8, 8, 8), mode="nearest") > 0.5).sum())  # noqa: E731
     assert float(by_box.l1) * latent(box) == pytest.approx(float(by_mask.l1) * latent(lesion), rel=1e-4)
     assert latent(box) > latent(lesion) and float(by_box.dice) == pytest.approx(float(by_mask.dice))
+
+
+def test_png_samples_of_linet_and_vq(cases_dir: Path, tmp_path: Path, tiny_vq: Path) -> None:
+    """--sample-every: the fixed crop beside the network's output, written atomically as PNG."""
+    from ld_augment.training import RunOptions
+
+    train_linet(cases_dir, tmp_path / "li", vq=tiny_vq, config="tiny", steps=1, crop_size=CROP, progress=False,
+                run=RunOptions(sample_every=1))
+    train_vq(cases_dir, tmp_path / "vq2", config="tiny", steps=2, crop_size=CROP, progress=False, gan=PLAIN,
+             run=RunOptions(sample_every=2))
+    for png in (tmp_path / "li" / "samples" / "linet_step0000001.png", tmp_path / "vq2" / "samples" /
+                "vq_step0000002.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "vq2" / "samples").glob("*.tmp*"))
