@@ -213,9 +213,9 @@ def _mean(values: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--vq-steps", type=int, default=300)
-    ap.add_argument("--linet-steps", type=int, default=1000)
-    ap.add_argument("--lmnet-steps", type=int, default=800)
+    ap.add_argument("--vq-steps", type=int, default=500)
+    ap.add_argument("--linet-steps", type=int, default=3000)
+    ap.add_argument("--lmnet-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=4, help="global batch (split over torchrun processes)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval", type=int, default=8, help="held-out places sampled per text")
