@@ -223,6 +223,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-dir", help="keep the trained tiny vq.pt, linet.pt, lmnet.pt (+ figures.json) here")
+    ap.add_argument("--load-dir", help="skip training: evaluate the checkpoints a --save-dir run kept")
     ap.add_argument("--shared", default=os.environ.get("LD_TEST_DATA", str(Path(__file__).resolve().parents[1].parent
                                                                           / "shared" / "data")))
     args = ap.parse_args()
@@ -251,20 +252,26 @@ def main() -> None:
     D.barrier(ctx)
     common = dict(batch_size=per_rank, lr=args.lr, seed=args.seed, progress=ctx.is_main, spacing=None,
                   save_every=10**9)
-    timings = {}
-    t = time.perf_counter()
-    vq = train_vq(work / "data", work / "vq", config={**VQ_TINY.to_dict(), "n_embed": 256}, steps=args.vq_steps,
-                  gan=VQGANOptions(perceptual_weight=0, disc_weight=0), crop_size=CROP, **common)
-    timings["vq"] = time.perf_counter() - t
-    linet_cfg = {**LINET_TINY.to_dict(), "skip_context": False}  # the training config reads the text
-    t = time.perf_counter()
-    li = train_linet(work / "data", work / "linet", vq=vq.checkpoint, config=linet_cfg, steps=args.linet_steps,
-                     ema_decay=0.995, run=RunOptions(warmup_steps=20), crop_size=CROP, **common)
-    timings["linet"] = time.perf_counter() - t
-    t = time.perf_counter()
-    lm = train_lmnet(work / "data", work / "lmnet", config="tiny", steps=args.lmnet_steps, ema_decay=0.995,
-                     run=RunOptions(warmup_steps=20), crop_size=LMNET_CROP, **common)
-    timings["lmnet"] = time.perf_counter() - t
+    timings: dict[str, float] = {}
+    if args.load_dir:  # evaluate checkpoints saved by an earlier --save-dir run (e.g. other sampling settings)
+        from types import SimpleNamespace
+
+        vq, li, lm = (SimpleNamespace(checkpoint=Path(args.load_dir) / f"{n}.pt") for n in ("vq", "linet", "lmnet"))
+    else:
+        t = time.perf_counter()
+        vq = train_vq(work / "data", work / "vq", config={**VQ_TINY.to_dict(), "n_embed": 256},
+                      steps=args.vq_steps, gan=VQGANOptions(perceptual_weight=0, disc_weight=0), crop_size=CROP,
+                      **common)
+        timings["vq"] = time.perf_counter() - t
+        linet_cfg = {**LINET_TINY.to_dict(), "skip_context": False}  # the training config reads the text
+        t = time.perf_counter()
+        li = train_linet(work / "data", work / "linet", vq=vq.checkpoint, config=linet_cfg, steps=args.linet_steps,
+                         ema_decay=0.995, run=RunOptions(warmup_steps=20), crop_size=CROP, **common)
+        timings["linet"] = time.perf_counter() - t
+        t = time.perf_counter()
+        lm = train_lmnet(work / "data", work / "lmnet", config="tiny", steps=args.lmnet_steps, ema_decay=0.995,
+                         run=RunOptions(warmup_steps=20), crop_size=LMNET_CROP, **common)
+        timings["lmnet"] = time.perf_counter() - t
     if not ctx.is_main:
         D.shutdown(ctx)
         return
@@ -313,7 +320,8 @@ def main() -> None:
         save = Path(args.save_dir)
         save.mkdir(parents=True, exist_ok=True)
         for p in (vq.checkpoint, li.checkpoint, lm.checkpoint):
-            shutil.copy(p, save / p.name)
+            if Path(p).resolve() != (save / Path(p).name).resolve():
+                shutil.copy(p, save / Path(p).name)
         (save / "figures.json").write_text(json.dumps({"figures": fig, "timings": timings, "args": vars(args),
                                                        "world_size": ctx.world_size}, indent=1))
         print(f"tiny checkpoints and figures in {save}")
