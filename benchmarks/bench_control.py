@@ -230,7 +230,7 @@ def main() -> None:
 
     import torch
 
-    from ld_augment.nets import LINET_TINY, LMNET_TINY, VQ_TINY, load_checkpoint
+    from ld_augment.nets import LINET_TINY, VQ_TINY, load_checkpoint
     from ld_augment.text import create_encoder
     from ld_augment.training import RunOptions, VQGANOptions, train_linet, train_lmnet, train_vq
     from ld_augment.training import distributed as D
@@ -315,7 +315,8 @@ def main() -> None:
     ref = {s: _mean([sphericity(lesion_mask((24, 24, 24), np.full(3, 12.0), 4.0, s, rng)) for _ in range(8)])
            for s in SHAPES}
     print(f"reference (drawn training lesions): round-like {ref['round-like']:.3f}, irregular {ref['irregular']:.3f}")
-    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f", total {time.perf_counter() - t0:.0f}")
+    total = time.perf_counter() - t0
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f", total {total:.0f}")
     if args.save_dir:
         save = Path(args.save_dir)
         save.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 `train_lmnet`, `train_linet`, `train_vq` (one function per job, CLI `ld-augment train lmnet|linet|vq`) share one
 loop (`loop.fit`: AdamW, EMA, DDP under torchrun via `distributed`, atomic resumable state, JSONL log,
 TensorBoard, PNG `samples`) and one crop dataset (`crops.CropDataset`) over cases from `sources` (case folders
-of `data`, the original's list files, nnU-Net raw datasets). The VQ-GAN objective is in `vq`. Final weights are our checkpoint format (`nets.load_checkpoint`),
+of `data`, the original's list files, nnU-Net raw datasets). The VQ-GAN objective is in `vq`.
+Final weights are our checkpoint format (`nets.load_checkpoint`),
 with the text encoder recorded in `meta["extra"]["text_encoder"]` = {"name", "id", "options"}, so inference
 rebuilds it with `text.create_encoder(name, **options)`.
 """

@@ -281,7 +281,8 @@ class _Part:
     loss_fn: Any
 
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
+        return {"module": self.module.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
 
 def _wrap(module: nn.Module, ctx: D.DistContext) -> nn.Module:
@@ -420,7 +421,8 @@ class _Runner:
             while step < opts.steps:
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(opts.grad_accum)]
-                infos = [StepInfo(step + 1, a, sampler.indices(step, a), opts.seed, ctx) for a in range(opts.grad_accum)]
+                infos = [StepInfo(step + 1, a, sampler.indices(step, a), opts.seed, ctx)
+                         for a in range(opts.grad_accum)]
                 consistent = False  # weights change from here until the step counter catches up
                 logs: dict[str, float] = {}
                 for part in self.parts:

@@ -2,7 +2,8 @@
 
 What a user relies on: N processes with per-process batch B train exactly like one process with batch N*B
 (same losses and gradient norms; weights only to
-float tolerance, which Adam's first steps amplify for near-zero gradients, so the losses are what is compared), a stopped DDP run resumes bit-identically, the checkpoint states its world size
+float tolerance, which Adam's first steps amplify for near-zero gradients, so the losses are what is
+compared), a stopped DDP run resumes bit-identically, the checkpoint states its world size
 and global batch, and it plugs into `ld-augment synthesize`.
 """
 
