@@ -73,7 +73,8 @@ def liver_centres(liver: np.ndarray, n: int, margin: int, rng: np.random.Generat
     return [pts[i].astype(np.float32) for i in rng.choice(len(pts), size=n, replace=False)]
 
 
-def build_dataset(shared: Path, out: Path, n_cases: int, seed: int) -> dict[str, Any]:
+def build_dataset(shared: Path, out: Path, n_cases: int, seed: int, contrast: float = CONTRAST_HU,
+                  radius: tuple[float, float] = (3.5, 4.5)) -> dict[str, Any]:
     """Case folders (ct, label, totalseg_v1, report) with one lesion each; returns the healthy arrays."""
     from ld_augment.organs.registry import convert_labels
 
@@ -86,10 +87,10 @@ def build_dataset(shared: Path, out: Path, n_cases: int, seed: int) -> dict[str,
     rng = np.random.default_rng(seed)
     for i, centre in enumerate(liver_centres(liver, n_cases, 5, rng)):
         shape, density = SHAPES[i % 2], DENSITIES[(i // 2) % 2]
-        les = lesion_mask(ct.shape, centre, rng.uniform(3.5, 4.5), shape, rng) & liver
+        les = lesion_mask(ct.shape, centre, rng.uniform(*radius), shape, rng) & liver
         sign = -1.0 if density.startswith("hypo") else 1.0
         lesion_ct = ct.copy()
-        lesion_ct[les] = liver_hu + sign * CONTRAST_HU + rng.normal(0, 8, int(les.sum()))
+        lesion_ct[les] = liver_hu + sign * contrast + rng.normal(0, 8, int(les.sum()))
         label = liver.astype(np.uint8)
         label[les] = 2
         case = out / f"case_{i:02d}"
@@ -122,8 +123,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 class Evaluator:
     """Held-out places of the healthy liver, cut as network crops (same layout as training)."""
 
-    def __init__(self, healthy: dict[str, Any], n_eval: int, seed: int, layout: str, crop: tuple[int, ...]
-                 ) -> None:
+    def __init__(self, healthy: dict[str, Any], n_eval: int, seed: int, layout: str, crop: tuple[int, ...],
+                 radius: float = 4.0) -> None:
         from ld_augment.io.network_layout import layout as as_layout
         from ld_augment.training.crops import crop_start, extract
 
@@ -133,7 +134,7 @@ class Evaluator:
         self.items = []
         rng = np.random.default_rng(seed + 1000)
         for centre in liver_centres(liver, n_eval, 5, rng):
-            ball = _ball(liver.shape, centre, np.full(3, 4.0)) & liver
+            ball = _ball(liver.shape, centre, np.full(3, radius)) & liver
             pts = np.argwhere(ball)
             lo, hi = pts.min(0), pts.max(0) + 1
             start = crop_start(lo, hi, liver.shape, crop, rng)
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--lmnet-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=4, help="global batch (split over torchrun processes)")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--contrast", type=float, default=CONTRAST_HU, help="HU of the drawn lesions vs the liver")
+    ap.add_argument("--radius", type=float, nargs=2, default=(3.5, 4.5), help="lesion radius range (voxels)")
     ap.add_argument("--eval", type=int, default=8, help="held-out places sampled per text")
     ap.add_argument("--sample-steps", type=int, default=15, help="DDIM steps per sample")
     ap.add_argument("--seed", type=int, default=0)
@@ -248,7 +251,7 @@ def main() -> None:
     t0 = time.perf_counter()
     healthy = None
     if ctx.is_main:
-        healthy = build_dataset(shared, work / "data", args.cases, args.seed)
+        healthy = build_dataset(shared, work / "data", args.cases, args.seed, args.contrast, tuple(args.radius))
     D.barrier(ctx)
     common = dict(batch_size=per_rank, lr=args.lr, seed=args.seed, progress=ctx.is_main, spacing=None,
                   save_every=10**9)
@@ -285,8 +288,9 @@ def main() -> None:
 
     baselines = {"linet": seeded_build(lambda: build_network(li_cfg), args.seed + 7).eval(),
                  "lmnet": seeded_build(lambda: build_network(lm_cfg), args.seed + 7).eval()}
-    ev_li = Evaluator(healthy, args.eval, args.seed, li_meta["extra"].get("layout", "SAL"), CROP)
-    ev_lm = Evaluator(healthy, args.eval, args.seed, lm_meta["extra"].get("layout", "SAL"), LMNET_CROP)
+    r_eval = float(np.mean(args.radius))
+    ev_li = Evaluator(healthy, args.eval, args.seed, li_meta["extra"].get("layout", "SAL"), CROP, r_eval)
+    ev_lm = Evaluator(healthy, args.eval, args.seed, lm_meta["extra"].get("layout", "SAL"), LMNET_CROP, r_eval)
     t = time.perf_counter()
     fig: dict[str, Any] = {"linet": {}, "lmnet": {}}
     for name, net in (("trained", li_net.eval()), ("random-init", baselines["linet"])):
@@ -298,8 +302,8 @@ def main() -> None:
     print(f"\nbench_control on {device_name('cpu')}, world_size {ctx.world_size}, global batch {args.batch}, "
           f"{args.cases} cases, steps vq/linet/lmnet {args.vq_steps}/{args.linet_steps}/{args.lmnet_steps}, "
           f"{args.eval} held-out places x {args.sample_steps} DDIM steps")
-    print(f"training data: liver {healthy['liver_hu']:.0f} HU; lesions at {-CONTRAST_HU:+.0f} / "
-          f"{CONTRAST_HU:+.0f} HU; round-like sphericity of the drawn lesions for reference below")
+    print(f"training data: liver {healthy['liver_hu']:.0f} HU; lesions at {-args.contrast:+.0f} / "
+          f"{args.contrast:+.0f} HU, radius {args.radius[0]}-{args.radius[1]} voxels; shapes' sphericity below")
     print(f"{'network':7} {'text':20} {'trained':>18} {'random-init':>18}")
     for d in DENSITIES:
         a, b = _mean(fig["linet"]["trained"][d]), _mean(fig["linet"]["random-init"][d])
@@ -312,7 +316,7 @@ def main() -> None:
     sctl = {k: _mean(fig["lmnet"][k][SHAPES[0]]) - _mean(fig["lmnet"][k][SHAPES[1]]) for k in fig["lmnet"]}
     print(f"{'LMNet':7} {'round - irregular':20} {sctl['trained']:+18.3f} {sctl['random-init']:+18.3f}")
     rng = np.random.default_rng(0)
-    ref = {s: _mean([sphericity(lesion_mask((24, 24, 24), np.full(3, 12.0), 4.0, s, rng)) for _ in range(8)])
+    ref = {s: _mean([sphericity(lesion_mask((32, 32, 32), np.full(3, 16.0), r_eval, s, rng)) for _ in range(8)])
            for s in SHAPES}
     print(f"reference (drawn training lesions): round-like {ref['round-like']:.3f}, irregular {ref['irregular']:.3f}")
     total = time.perf_counter() - t0
