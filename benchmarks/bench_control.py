@@ -2,7 +2,7 @@
 
 Builds a small training set from the shared real CT (abdomen_ct_3mm_crop + its TotalSegmentator map): in each
 case one procedurally drawn liver lesion, "round-like" (an ellipsoid) or "irregular" (lobulated), "hypodense
-lesion" (liver mean - 70 HU) or "hyperdense lesion" (+ 70 HU), the two attributes independent. It trains a tiny
+lesion" (liver mean - 300 HU) or "hyperdense lesion" (+ 300 HU), the two attributes independent. It trains a tiny
 VQ, a tiny LINet with cross-attention on the text and a tiny LMNet with ld-augment's own training functions,
 then samples at held-out places of the healthy liver with each text and prints, beside the same networks at
 random initialisation (the baseline, measured in the same run):
@@ -38,7 +38,7 @@ from _device import device_name
 LIVER_V2, LIVER_V1 = 5, 5
 SHAPES = ("round-like", "irregular")
 DENSITIES = ("hypodense lesion", "hyperdense lesion")
-CONTRAST_HU = 150.0
+CONTRAST_HU = 300.0
 # crops in network order (the released layout [S, A, L]); the CT has 30 axial slices of 3 mm
 CROP = (16, 24, 24)  # VQ and LINet
 LMNET_CROP = (16, 16, 16)  # smaller: LMNet attends over full-resolution/2 tokens, its cost grows fast with the crop
@@ -215,12 +215,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--vq-steps", type=int, default=500)
-    ap.add_argument("--linet-steps", type=int, default=3000)
-    ap.add_argument("--lmnet-steps", type=int, default=2000)
+    ap.add_argument("--linet-steps", type=int, default=4000)
+    ap.add_argument("--lmnet-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=4, help="global batch (split over torchrun processes)")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--contrast", type=float, default=CONTRAST_HU, help="HU of the drawn lesions vs the liver")
-    ap.add_argument("--radius", type=float, nargs=2, default=(3.5, 4.5), help="lesion radius range (voxels)")
+    ap.add_argument("--radius", type=float, nargs=2, default=(5.0, 6.0), help="lesion radius range (voxels)")
     ap.add_argument("--eval", type=int, default=8, help="held-out places sampled per text")
     ap.add_argument("--sample-steps", type=int, default=15, help="DDIM steps per sample")
     ap.add_argument("--seed", type=int, default=0)
