@@ -52,7 +52,7 @@ def _measure(net: str, released: bool, device: str, precision: str, batch: int, 
     ema = EMA(model, 0.9999)
     schedule = DDPMSchedule.create()
     context = None
-    if net != "vq" and cfg.context_dim is not None and not cfg.skip_context:
+    if net in ("lmnet", "linet") and cfg.context_dim is not None and not cfg.skip_context:
         context = torch.randn(batch, 7, cfg.context_dim, device=device)
     if net == "lmnet":
         x0 = (torch.rand(batch, 1, *crop, device=device) > 0.9).float()
@@ -85,13 +85,17 @@ def _measure(net: str, released: bool, device: str, precision: str, batch: int, 
         d_opt = torch.optim.AdamW(disc.parameters(), lr=1e-5, betas=(0.5, 0.9))
         counter = iter(range(10**9))
 
+        pending: list[StepInfo] = []
+
         def loss_fn(gen: torch.Generator) -> torch.Tensor:
+            if pending:  # the previous step's discriminator update (the loop runs it after the generator's)
+                d_loss, _ = objective.discriminator_loss(disc, {"image": image}, pending.pop())
+                d_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_opt.step()
             info = StepInfo(next(counter) + 1, 0, list(range(batch)), 0, dctx)
             loss, _ = objective.generator_loss(model, {"image": image}, info)
-            d_loss, _ = objective.discriminator_loss(disc, {"image": image}, info)
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
+            pending.append(info)
             return loss
 
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.startswith("cuda"))
