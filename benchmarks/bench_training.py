@@ -6,6 +6,7 @@ when --num-workers is used). Each case runs in a fresh spawned process so peak R
 (CUDA) belongs to it alone. Precisions are measured in the same run, and ratios to fp32 are printed.
     python benchmarks/bench_training.py                          # tiny sizes, CPU
     python benchmarks/bench_training.py --released --device cuda --precision fp32,bf16
+    python benchmarks/bench_training.py --nets vq,vqgan      # the full VQ-GAN objective vs L1 + codebook
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ SIZES = {
     "lmnet": ("lmnet_tiny", (16, 32, 32), "lmnet", (64, 152, 152)),
     "linet": ("linet_tiny", (32, 32, 32), "linet_train", (128, 128, 128)),
     "vq": ("vq_tiny", (32, 32, 32), "vq", (128, 128, 128)),
+    # the paper's VQ-GAN step: + LPIPS(VGG16, random weights here) on one slice + 2-D/3-D PatchGAN generator
+    # term with the adaptive weight + the discriminators' own update (compare with "vq" = L1 + codebook)
+    "vqgan": ("vq_tiny", (32, 32, 32), "vq", (128, 128, 128)),
 }
 VQ_FOR = {"linet_tiny": "vq_tiny", "linet_train": "vq"}
 
@@ -48,7 +52,7 @@ def _measure(net: str, released: bool, device: str, precision: str, batch: int, 
     ema = EMA(model, 0.9999)
     schedule = DDPMSchedule.create()
     context = None
-    if net != "vq" and cfg.context_dim is not None and not cfg.skip_context:
+    if net in ("lmnet", "linet") and cfg.context_dim is not None and not cfg.skip_context:
         context = torch.randn(batch, 7, cfg.context_dim, device=device)
     if net == "lmnet":
         x0 = (torch.rand(batch, 1, *crop, device=device) > 0.9).float()
@@ -60,12 +64,39 @@ def _measure(net: str, released: bool, device: str, precision: str, batch: int, 
         lesion = torch.zeros(batch, 1, *crop, device=device)
         lesion[..., crop[0] // 4: crop[0] // 2, crop[1] // 4: crop[1] // 2, crop[2] // 4: crop[2] // 2] = 1
         loss_fn = lambda gen: linet_batch_loss(model, vq, image, lesion, context, gen, schedule).total  # noqa: E731
-    else:
+    elif net == "vq":
         image = torch.rand(batch, 1, *crop, device=device)
 
         def loss_fn(gen: torch.Generator) -> torch.Tensor:
             recon, codebook = model(image)
             return (recon.float() - image).abs().mean() + codebook.float()
+    else:
+        from ld_augment.nets.discriminators import VQGANDiscriminator
+        from ld_augment.nets.perceptual import PerceptualLoss
+        from ld_augment.training import distributed as D
+        from ld_augment.training.loop import StepInfo
+        from ld_augment.training.vq import VQGANObjective, VQGANOptions
+
+        image = torch.rand(batch, 1, *crop, device=device)
+        gan = VQGANOptions(random_backbone=True, disc_start=0)
+        dctx = D.DistContext(0, 1, 0, torch.device(device), False)
+        disc = VQGANDiscriminator().to(device).train()
+        objective = VQGANObjective(model, gan, dctx, 0, PerceptualLoss(random_backbone=True).to(device), disc)
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=1e-5, betas=(0.5, 0.9))
+        counter = iter(range(10**9))
+
+        pending: list[StepInfo] = []
+
+        def loss_fn(gen: torch.Generator) -> torch.Tensor:
+            if pending:  # the previous step's discriminator update (the loop runs it after the generator's)
+                d_loss, _ = objective.discriminator_loss(disc, {"image": image}, pending.pop())
+                d_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_opt.step()
+            info = StepInfo(next(counter) + 1, 0, list(range(batch)), 0, dctx)
+            loss, _ = objective.generator_loss(model, {"image": image}, info)
+            pending.append(info)
+            return loss
 
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.startswith("cuda"))
 
@@ -107,7 +138,7 @@ def _worker(queue: mp.Queue, kwargs: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--released", action="store_true", help="released sizes and crops (default: tiny)")
-    ap.add_argument("--nets", default="lmnet,linet", help="comma list of lmnet, linet, vq")
+    ap.add_argument("--nets", default="lmnet,linet", help="comma list of lmnet, linet, vq, vqgan")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16")
     ap.add_argument("--batch-size", type=int, default=1)
@@ -137,6 +168,9 @@ def main() -> None:
             continue
         crop = "x".join(map(str, r["crop"]))
         ratio = f"x{base[r['net']] / r['seconds']:.2f} vs fp32" if r["net"] in base and r["precision"] != "fp32" else ""
+        plain = [q for q in rows if q.get("net") == "vq" and q.get("precision") == r["precision"] and "error" not in q]
+        if r["net"] == "vqgan" and plain:
+            ratio = f"{ratio} x{r['seconds'] / plain[0]['seconds']:.2f} the time of vq (L1 + codebook)".strip()
         print(f"{r['net']:6s} {r['config']:12s} {crop:>14s} {r['precision']:5s} {r['params']:12,d} "
               f"{r['seconds']:9.3f} {r['peak_gib']:9.2f} {ratio}")
 

@@ -115,7 +115,8 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, cases: Sequence[TrainingCase], kind: str, crop: Sequence[int], *, seed: int = 0,
                  spacing: Sequence[float] | None = (1.0, 1.0, 1.0), cache_size: int = 16,
-                 min_component_voxels: int = 10, layout: str | NetworkLayout = RELEASED) -> None:
+                 min_component_voxels: int = 10, layout: str | NetworkLayout = RELEASED, sampling: str = "random",
+                 iter_num: int | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown crop kind {kind!r}; valid: {list(KINDS)}")
         if not cases:
@@ -126,6 +127,20 @@ class CropDataset(torch.utils.data.Dataset):
         # the array layout the network learns in; `crop` is in its order
         self.layout = as_layout(layout, "layout")
         self._cache: OrderedDict[int, tuple[LoadedCase, Any]] = OrderedDict()
+        # random: each sample a random case (the original's random_sample, iter_num samples an epoch);
+        # sequential: each epoch visits every case once, in a seeded order
+        if sampling not in ("random", "sequential"):
+            raise ConfigError(f"unknown sampling {sampling!r}; valid: ['random', 'sequential']")
+        self.sampling = sampling
+        self.epoch_length = int(iter_num) if (iter_num and sampling == "random") else len(self.cases)
+
+    def case_index(self, index: int, rng: np.random.Generator) -> int:
+        """Which case sample `index` crops (a function of the seed and the index alone)."""
+        pick = int(rng.integers(len(self.cases)))
+        if self.sampling == "random":
+            return pick
+        epoch, pos = divmod(int(index), len(self.cases))
+        return int(np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.cases))[pos])
 
     def __len__(self) -> int:
         return 2**62  # indices are drawn by the caller; any index is a valid sample
@@ -156,7 +171,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, int(index)])
-        loaded, extra = self.case(int(rng.integers(len(self.cases))))
+        loaded, extra = self.case(self.case_index(index, rng))
         if self.kind == "vq":
             return self._vq_item(loaded, extra, rng)
         big = [c for c in extra if c.voxels >= self.min_component_voxels] or extra
@@ -175,6 +190,7 @@ class CropDataset(torch.utils.data.Dataset):
             image = normalize_hu(extract(loaded.ct, start, self.crop, AIR_HU))  # type: ignore[arg-type]
             item["image"] = torch.from_numpy(image[None])
             item["lesion"] = torch.from_numpy(lesion[None])
+            item["box"] = torch.from_numpy(bbox_mask(extra, start, self.crop)[None])  # the loss's coarse mask
         return item
 
     def _vq_item(self, loaded: LoadedCase, body: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:

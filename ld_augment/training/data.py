@@ -30,6 +30,7 @@ from ld_augment.io.standardize import standardize_image
 from ld_augment.organs.masks import detect_label_version
 from ld_augment.organs.registry import convert_labels
 from ld_augment.reports import LesionReport, load_reports
+from ld_augment.reports.model import new_report
 
 CT_NAME = "ct.nii.gz"
 LABEL_NAME = "label.nii.gz"
@@ -56,6 +57,7 @@ class TrainingCase:
     seg_version: str  # "v1" when the file name says so, else "auto"
     report: Path | None
     ct: Path | None
+    derive_report: bool = False  # no report file: derive one from the label and organ map (nnU-Net datasets)
 
 
 def _seg_file(folder: Path) -> tuple[Path | None, str]:
@@ -128,6 +130,33 @@ def _pick_report(reports: list[LesionReport], seg_v1: np.ndarray, organ: np.ndar
     return ranked[0]
 
 
+ISO_HU = 10.0  # |lesion - organ| mean HU below which a derived report says "isodense"
+
+
+def derive_report(lesion: np.ndarray, organ: np.ndarray, seg_v1: np.ndarray, ct: np.ndarray | None,
+                  source: Path) -> LesionReport:
+    """A report for a case that has none: the organ under the label, the lesion's box size and, with a CT, its
+    mean HU and density relative to the rest of the organ. Attributes an image cannot tell are left out."""
+    ids = seg_v1[organ]
+    ids = ids[ids > 0]
+    if not ids.size:
+        raise InputError(f"{source}: no organ of the segmentation lies under label 1/2, so no report can be derived; "
+                         "give a report file")
+    organ_id = int(np.bincount(ids).argmax())
+    where = np.argwhere(lesion)
+    size = tuple(int(v) for v in where.max(0) - where.min(0) + 1)
+    values: dict[str, object] = {}
+    if ct is not None:
+        inside = float(ct[lesion].mean())
+        rest = ct[organ & ~lesion]
+        values["ct_value"] = round(inside)
+        if rest.size:
+            diff = inside - float(rest.mean())
+            values["density"] = ("isodense lesion" if abs(diff) < ISO_HU else
+                                 "hyperdense lesion" if diff > 0 else "hypodense lesion")
+    return new_report(organ_id, values, [size])
+
+
 def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
               need_ct: bool = False, need_lesion: bool = True) -> LoadedCase:
     """Load, validate and standardize one case.
@@ -145,7 +174,7 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
         if ct is None:
             raise InputError(f"case {case.case_id}: no {CT_NAME}")
         return LoadedCase(case.case_id, ct, None, None, None, None, tuple(ct.shape))  # type: ignore[arg-type]
-    if case.label is None or case.seg is None or case.report is None:
+    if case.label is None or case.seg is None or (case.report is None and not case.derive_report):
         raise InputError(f"case {case.case_id}: label, segmentation and report are needed; {LAYOUT_HELP}")
     label_img = load_label_map(case.label, name="lesion label")
     seg_img = load_label_map(case.seg, name="organ segmentation")
@@ -169,5 +198,8 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
         raise InputError(f"{case.seg}: label {int(seg.max())} is outside TotalSegmentator v1 (1..{V1_MAX_ID})")
     seg_v1 = convert_labels(seg, version, "v1") if version != "v1" else seg.astype(np.uint8)
     organ = label >= ORGAN
-    report = _pick_report(load_reports(case.report), seg_v1, organ, case.report)
+    if case.report is None:
+        report = derive_report(lesion, organ, seg_v1, ct, case.label)
+    else:
+        report = _pick_report(load_reports(case.report), seg_v1, organ, case.report)
     return LoadedCase(case.case_id, ct, lesion, organ, seg_v1, report, tuple(label.shape))  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +21,13 @@ from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.nets import UNet3D, UNetConfig, VQModel3D, save_checkpoint
 from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
-from ld_augment.training.data import find_cases
-from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
+from ld_augment.training import distributed as D
+from ld_augment.training.data import TrainingCase, find_cases
+from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_noise, draw_timesteps, fit
+from ld_augment.training.samples import linet_sample_fn
 from ld_augment.training.setup import (
-    TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, start_network,
-    training_layout,
+    RunOptions, TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, run_record,
+    start_network, training_layout,
 )
 
 
@@ -51,16 +53,30 @@ def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None,
 
 
 def linet_batch_loss(model: torch.nn.Module, vq: VQModel3D, image: torch.Tensor, lesion: torch.Tensor,
-                     context: torch.Tensor | None, gen: torch.Generator, schedule: DDPMSchedule) -> LINetLoss:
-    """The LINet loss of one batch: frozen VQ encode, latent mask, masked noising, L1 + Dice."""
+                     context: torch.Tensor | None, gen: torch.Generator | Sequence[torch.Generator],
+                     schedule: DDPMSchedule, *, box: torch.Tensor | None = None,
+                     pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LINetLoss:
+    """The LINet loss of one batch: frozen VQ encode, latent mask, masked noising, L1 + Dice.
+
+    box: the lesion's bounding-box mask in image space; the original divides the masked L1 by the volume of
+    this coarse mask (ARCHITECTURE.md 5), not of the lesion itself (None: the lesion mask). pool: sums a
+    tensor over the processes, so the Dice pooled "over the whole batch" is over the global batch under DDP.
+    """
     with torch.no_grad():
         z0 = vq.encode(image).float()
         mask = (F.interpolate(lesion, size=z0.shape[2:], mode="nearest") > 0.5).float()
-    t = torch.randint(0, schedule.num_timesteps, (z0.shape[0],), generator=gen).to(z0.device)
-    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+        coarse = None if box is None else (F.interpolate(box, size=z0.shape[2:], mode="nearest") > 0.5).float()
+    t = draw_timesteps(gen, z0.shape[0], schedule.num_timesteps).to(z0.device)
+    noise = draw_noise(gen, z0.shape).to(z0.device)
     x_t = masked_q_sample(z0, t, noise, mask, schedule)
-    out = model(torch.cat([x_t, mask], dim=1), t, context)
-    return linet_loss(out.float(), noise, mask)
+    out = model(torch.cat([x_t, mask], dim=1), t, context).float()
+    parts = linet_loss(out, noise, mask, normaliser_mask=coarse)
+    if pool is None:
+        return parts
+    prob, smooth = torch.sigmoid(out[:, z0.shape[1]:]), 1e-6
+    inter, total = pool((prob * mask).sum()), pool(prob.sum() + mask.sum())
+    dice = 1 - (2 * inter + smooth) / (total + smooth)
+    return LINetLoss(total=parts.l1 + dice, l1=parts.l1, dice=dice)
 
 
 def train_linet(
@@ -71,7 +87,8 @@ def train_linet(
     ema_decay: float | None = 0.9999, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["linet"],
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0), num_workers: int = 0, progress: bool = True,
-    allow_pickle: bool = False, callback: StepCallback | None = None,
+    allow_pickle: bool = False, callback: StepCallback | None = None, run: RunOptions | None = None,
+    cases: Sequence[TrainingCase] | None = None,
 ) -> TrainResult:
     """Train LINet on the cases of `data_dir` (CT needed); write `out_dir/linet.pt`.
 
@@ -80,13 +97,16 @@ def train_linet(
     training config (cross-attention on the text); the released inference config ignores the text
     (skip_context). Other options as `train_lmnet`.
     """
-    opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
-                        precision=precision, seed=seed, save_every=save_every, resume=resume,
-                        num_workers=num_workers, progress=progress)
-    cases = find_cases(data_dir, need=("label", "seg", "report", "ct"))
+    run = run or RunOptions()
+    opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
+                       precision=precision, seed=seed, save_every=save_every, resume=resume,
+                       num_workers=num_workers, progress=progress)
+    ctx = D.init(device)
+    dev = ctx.device
+    cases = list(cases) if cases is not None else find_cases(data_dir, need=("label", "seg", "report", "ct"))
     model, cfg, start = start_network("linet", config, init, seed, allow_pickle)
     assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
-    enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)  # checked before the (big) VQ loads
+    enc = make_encoder(encoder, encoder_options, cfg, start).to(dev)  # checked before the (big) VQ loads
     vq_model, vq_source = load_frozen_vq(vq, init, config=vq_config, allow_pickle=allow_pickle)
     latent_ch = vq_model.cfg.embed_dim
     if cfg.in_channels != latent_ch + 1:
@@ -95,29 +115,38 @@ def train_linet(
     factor = vq_model.cfg.downsampling_factor
     crop = check_crop(crop_size, factor * model.spatial_divisor, "LINet image")
     layout = training_layout(start)
-    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, layout=layout)
-    model.to(opts.device)
-    vq_model.to(opts.device)
+    dataset = CropDataset(cases, "linet", crop, seed=seed, spacing=spacing, layout=layout,
+                          sampling=run.sampling, iter_num=run.iter_num)
+    model.to(dev)
+    vq_model.to(dev)
     schedule = DDPMSchedule.create()
     uses_context = uses_text(cfg)
+    pool = (lambda t: D.global_sum(ctx, t)) if ctx.distributed else None
 
-    def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(net: torch.nn.Module, batch: dict[str, Any], info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
-            context = enc.encode_attributes(batch["texts"]).to(opts.device) if uses_context else None
-        parts = linet_batch_loss(model, vq_model, batch["image"].to(opts.device, non_blocking=True),
-                                 batch["lesion"].to(opts.device, non_blocking=True), context, gen, schedule)
+            context = enc.encode_attributes(batch["texts"]).to(dev) if uses_context else None
+        parts = linet_batch_loss(net, vq_model, batch["image"].to(dev, non_blocking=True),
+                                 batch["lesion"].to(dev, non_blocking=True), context, info.generators(), schedule,
+                                 box=batch["box"].to(dev, non_blocking=True), pool=pool)
         return parts.total, {"l1": float(parts.l1.detach()), "dice": float(parts.dice.detach())}
 
     meta = {"network": "linet", "config": cfg.to_dict(), "encoder": encoder_record(enc), "crop": list(crop),
             "spacing": None if spacing is None else list(spacing), "vq": Path(vq_source).name,
             "vq_config": vq_model.cfg.to_dict(), "cases": [c.case_id for c in cases],
             "init": None if init is None else str(init)}
-    final = fit("linet", model, loss_fn, dataset, opts, out_dir, meta, callback=callback)
+    sample_fn = (linet_sample_fn(dataset, vq_model, enc if uses_context else None, dev)
+                 if opts.sample_every else None)
+    fitted = fit("linet", model, loss_fn, dataset, opts, out_dir, meta, ctx=ctx, callback=callback,
+                 sample_fn=sample_fn)
     paths = TrainPaths.for_run(out_dir, "linet")
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init")}
-    training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                    init_origin=None if start is None else start.origin)
+    training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "linet", "layout": layout, "text_encoder": encoder_record(enc),
              "vq": {"source": str(vq_source), "config": vq_model.cfg.to_dict()}, "training": training}
-    save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
-    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))
+    if ctx.is_main:
+        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
+    D.barrier(ctx)
+    D.shutdown(ctx)
+    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log),
+                       ctx.world_size)

@@ -17,18 +17,22 @@ from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.nets import UNet3D, UNetConfig, save_checkpoint
 from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
-from ld_augment.training.data import find_cases
-from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
+from ld_augment.training.data import TrainingCase, find_cases
+from ld_augment.training import distributed as D
+from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_noise, draw_timesteps, fit
+from ld_augment.training.samples import lmnet_sample_fn
 from ld_augment.training.setup import (
-    TrainResult, encoder_record, last_loss, make_encoder, start_network, training_layout,
+    RunOptions, TrainResult, encoder_record, last_loss, make_encoder, run_record, start_network, training_layout,
 )
 
 
 def lmnet_batch_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None,
-                     gen: torch.Generator, schedule: DDPMSchedule, *, fg_weight: float = 1000.0) -> torch.Tensor:
-    """The LMNet loss of one batch; t and eps are drawn on the CPU from `gen` (device-independent draws)."""
-    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+                     gen: torch.Generator | Sequence[torch.Generator], schedule: DDPMSchedule, *,
+                     fg_weight: float = 1000.0) -> torch.Tensor:
+    """The LMNet loss of one batch; t and eps are drawn on the CPU from `gen` (one generator, or one per sample
+    so the draws do not depend on how the batch is split over processes)."""
+    t = draw_timesteps(gen, x0.shape[0], schedule.num_timesteps).to(x0.device)
+    noise = draw_noise(gen, x0.shape).to(x0.device)
     x_t = q_sample(x0, t, noise, schedule)
     eps = model(torch.cat([x_t, cond], dim=1), t, context)
     return lmnet_loss(eps.float(), noise, cond[:, 2:3], fg_weight=fg_weight)
@@ -42,6 +46,7 @@ def train_lmnet(
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["lmnet"],
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0), fg_weight: float = 1000.0, num_workers: int = 0,
     progress: bool = True, allow_pickle: bool = False, callback: StepCallback | None = None,
+    run: RunOptions | None = None, cases: Sequence[TrainingCase] | None = None,
 ) -> TrainResult:
     """Train LMNet on the cases of `data_dir` (layout: `ld_augment.training.data`); write `out_dir/lmnet.pt`.
 
@@ -49,37 +54,48 @@ def train_lmnet(
     else "released"). init: our checkpoint or the authors' Lightning LMNet.ckpt to fine-tune (the encoder must
     then be the one it was trained with; released = "biomedclip"). The EMA weights are what is saved for
     inference; `out_dir/lmnet_train_state.pt` lets an interrupted run resume exactly (resume=True).
+    run: DDP-era options (grad accumulation, warm-up, clipping, TensorBoard, samples, data sampling); under
+    torchrun every rank calls this function and rank 0 alone writes. cases: already validated cases (e.g. from
+    `data.read_list_files`) instead of the folders of `data_dir`.
     """
-    opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
-                        precision=precision, seed=seed, save_every=save_every, resume=resume,
-                        num_workers=num_workers, progress=progress)
-    cases = find_cases(data_dir, need=("label", "seg", "report"))
+    run = run or RunOptions()
+    opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
+                       precision=precision, seed=seed, save_every=save_every, resume=resume,
+                       num_workers=num_workers, progress=progress)
+    ctx = D.init(device)
+    cases = list(cases) if cases is not None else find_cases(data_dir, need=("label", "seg", "report"))
     model, cfg, start = start_network("lmnet", config, init, seed, allow_pickle)
     assert isinstance(cfg, UNetConfig) and isinstance(model, UNet3D)
     crop = check_crop(crop_size, model.spatial_divisor, "LMNet")
-    enc = make_encoder(encoder, encoder_options, cfg, start).to(opts.device)
+    dev = ctx.device
+    enc = make_encoder(encoder, encoder_options, cfg, start).to(dev)
     layout = training_layout(start)
-    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, layout=layout)
-    model.to(opts.device)
+    dataset = CropDataset(cases, "lmnet", crop, seed=seed, spacing=spacing, layout=layout,
+                          sampling=run.sampling, iter_num=run.iter_num)
+    model.to(dev)
     schedule = DDPMSchedule.create()
     uses_context = uses_text(cfg)
 
-    def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(net: torch.nn.Module, batch: dict[str, Any], info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
-            context = enc.encode_attributes(batch["texts"]).to(opts.device) if uses_context else None
-        loss = lmnet_batch_loss(model, batch["x0"].to(opts.device, non_blocking=True),
-                                batch["cond"].to(opts.device, non_blocking=True), context, gen, schedule,
-                                fg_weight=fg_weight)
+            context = enc.encode_attributes(batch["texts"]).to(dev) if uses_context else None
+        loss = lmnet_batch_loss(net, batch["x0"].to(dev, non_blocking=True), batch["cond"].to(dev, non_blocking=True),
+                                context, info.generators(), schedule, fg_weight=fg_weight)
         return loss, {}
 
     meta = {"network": "lmnet", "config": cfg.to_dict(), "encoder": encoder_record(enc), "crop": list(crop),
             "spacing": None if spacing is None else list(spacing), "fg_weight": fg_weight,
             "cases": [c.case_id for c in cases], "init": None if init is None else str(init)}
-    final = fit("lmnet", model, loss_fn, dataset, opts, out_dir, meta, callback=callback)
+    sample_fn = lmnet_sample_fn(dataset, enc if uses_context else None, schedule, dev) if opts.sample_every else None
+    fitted = fit("lmnet", model, loss_fn, dataset, opts, out_dir, meta, ctx=ctx, callback=callback,
+                 sample_fn=sample_fn)
     paths = TrainPaths.for_run(out_dir, "lmnet")
     training = {k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")}
-    training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                    init_origin=None if start is None else start.origin)
+    training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "lmnet", "layout": layout, "text_encoder": encoder_record(enc), "training": training}
-    save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
-    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log))
+    if ctx.is_main:
+        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
+    D.barrier(ctx)
+    D.shutdown(ctx)
+    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log),
+                       ctx.world_size)

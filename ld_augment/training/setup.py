@@ -28,7 +28,7 @@ from ld_augment.nets import (
 from ld_augment.nets.checkpoints import FORMAT, read_torch_file
 from ld_augment.text import AttributeEncoder, available_encoders, create_encoder
 from ld_augment.text.base import ENCODER_IDS
-from ld_augment.training.loop import seeded_build
+from ld_augment.training.loop import FitResult, TrainOptions, global_batch, seeded_build
 
 NetConfig = UNetConfig | VQConfig
 RELEASED_ENCODER = "biomedclip"  # the text encoder of the authors' released LMNet/LINet
@@ -194,6 +194,48 @@ class TrainResult:
     steps: int
     encoder_id: str | None
     last_loss: float | None
+    world_size: int = 1
+
+
+SAMPLINGS = ("random", "sequential")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options every network shares beyond the basic ones: multi-process and logging knobs, data sampling.
+
+    sampling "random" draws a random case per sample (the original's random_sample: true, with `iter_num`
+    samples per epoch); "sequential" visits every case once per epoch in a seeded permutation, each rank its
+    own share (random_sample: false). The epoch only numbers the log lines; the crops are the same functions
+    of (seed, sample index) either way.
+    """
+
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    tensorboard: bool = False
+    sample_every: int = 0
+    sampling: str = "random"
+    iter_num: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"unknown sampling {self.sampling!r}; valid: {list(SAMPLINGS)}")
+        if self.iter_num is not None and self.iter_num < 1:
+            raise ConfigError(f"iter_num must be >= 1, got {self.iter_num}")
+
+    def options(self, **basic: Any) -> TrainOptions:
+        """TrainOptions from the network function's own arguments plus these."""
+        return TrainOptions(**basic, grad_accum=self.grad_accum, warmup_steps=self.warmup_steps,
+                            grad_clip=self.grad_clip, tensorboard=self.tensorboard, sample_every=self.sample_every)
+
+
+def run_record(opts: TrainOptions, fitted: FitResult) -> dict[str, Any]:
+    """The optimisation part of a checkpoint's training record, with the world size and global batch."""
+    return {"steps": opts.steps, "batch_size": opts.batch_size, "lr": opts.lr, "ema_decay": opts.ema_decay,
+            "seed": opts.seed, "precision": opts.precision, "grad_accum": opts.grad_accum,
+            "warmup_steps": opts.warmup_steps, "grad_clip": opts.grad_clip, "world_size": fitted.ctx.world_size,
+            "global_batch": global_batch(opts, fitted.ctx), "resumed_from_world_size": fitted.start_world_size}
 
 
 def last_loss(log_path: Path) -> float | None:
@@ -208,6 +250,19 @@ def start_network(kind: str, config: Any, init: str | os.PathLike | None, seed: 
     cfg = resolve_config(kind, config)
     if init is not None:
         start = load_init(kind, init, cfg, allow_pickle=allow_pickle)
-        return start.module.train(), start.cfg, start
+        return _freeze_unused(start.module.train(), start.cfg), start.cfg, start
     cfg = cfg if cfg is not None else resolve_config(kind, "released")
-    return seeded_build(lambda: build_network(cfg), seed).train(), cfg, None
+    return _freeze_unused(seeded_build(lambda: build_network(cfg), seed).train(), cfg), cfg, None
+
+
+def _freeze_unused(module: nn.Module, cfg: NetConfig) -> nn.Module:
+    """Freeze the text projection of a UNet that ignores the text (skip_context, e.g. the released LINet).
+
+    It never gets a gradient, so training leaves it unchanged either way; frozen, DDP need not search every
+    step for parameters without gradients (find_unused_parameters), and AdamW holds no state for it.
+    """
+    if isinstance(cfg, UNetConfig) and not uses_text(cfg):
+        for name, param in module.named_parameters():
+            if name.startswith("context_linear_projection."):
+                param.requires_grad_(False)
+    return module

@@ -1,24 +1,158 @@
-"""Train or fine-tune the VQ autoencoder whose latent LINet diffuses on.
+"""Train or fine-tune the VQ autoencoder whose latent LINet diffuses on: the paper's VQ-GAN objective.
 
-Implemented: the reconstruction L1 over the crop plus the codebook loss (weight 1), with the straight-through
-estimator of `nets.quantizer`. NOT implemented (documented gap): the original's LPIPS(VGG16) term on one axial
-slice and the adaptive hinge GAN loss of its 2-D and 3-D PatchGAN discriminators (ARCHITECTURE.md 2), which
-start only after 50,001 steps in the released config. Without them reconstructions come out blurrier than the
-released VQ's; fine-tuning the released VQ briefly on L1 + codebook is the safer use.
+Generator loss (ARCHITECTURE.md 2): L1 over the crop + perceptual_weight * LPIPS(VGG16) on one random axial
+slice per sample + codebook loss (weight 1) + disc_weight * adaptive weight * GAN term, where the GAN term is
+the mean of the 2-D slice PatchGAN's and the 3-D PatchGAN's -mean(logits) and the adaptive weight is
+||grad nll|| / (||grad gan|| + 1e-4) at the decoder's last layer (clamped to [0, 1e4]; nll = L1 + LPIPS).
+Discriminator loss: the mean of both discriminators' hinge losses, with their own AdamW. Both GAN terms are off
+before step `disc_start` (the original: 50,001). Which terms were used is recorded in the checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from ld_augment.errors import ConfigError
 from ld_augment.nets import VQConfig, VQModel3D, save_checkpoint
+from ld_augment.nets.discriminators import NORMS, VQGANDiscriminator
+from ld_augment.nets.perceptual import PerceptualLoss
+from ld_augment.training import distributed as D
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
-from ld_augment.training.data import find_cases
-from ld_augment.training.loop import StepCallback, TrainOptions, TrainPaths, fit
-from ld_augment.training.setup import TrainResult, last_loss, start_network, training_layout
+from ld_augment.training.data import TrainingCase, find_cases
+from ld_augment.training.loop import Phase, StepCallback, StepInfo, TrainPaths, fit, seeded_build
+from ld_augment.training.samples import vq_sample_fn
+from ld_augment.training.setup import RunOptions, TrainResult, last_loss, run_record, start_network, training_layout
+
+
+@dataclass(frozen=True)
+class VQGANOptions:
+    """The VQ-GAN objective's weights and switches (defaults: the released config, where given).
+
+    vgg16_weights: torchvision's ImageNet VGG16 file for LPIPS (needed when perceptual_weight > 0, unless
+    random_backbone, which is for tests). disc_start: steps trained before the GAN terms switch on.
+    """
+
+    codebook_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    vgg16_weights: str | None = None
+    lpips_linear_weights: str | None = None
+    random_backbone: bool = False
+    disc_weight: float = 0.5
+    disc_start: int = 50_001
+    disc_lr: float | None = None  # default: the generator's lr
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        for name in ("codebook_weight", "perceptual_weight", "disc_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.disc_start < 0:
+            raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
+        if self.disc_norm not in NORMS:
+            raise ConfigError(f"disc_norm must be one of {list(NORMS)}, got {self.disc_norm!r}")
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.disc_weight > 0
+
+    def terms(self) -> list[str]:
+        return ["l1", "codebook"] + (["lpips"] if self.perceptual_weight > 0 else []) + (
+            ["gan_2d", "gan_3d"] if self.uses_gan else [])
+
+    def record(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vgg16_weights"] = None if self.vgg16_weights is None else os.path.basename(self.vgg16_weights)
+        out["lpips_linear_weights"] = (None if self.lpips_linear_weights is None
+                                       else os.path.basename(self.lpips_linear_weights))
+        return out
+
+
+def axial_axis(orientation: str) -> int:
+    """The array axis of the patient's S-I direction in a crop of this orientation code ("RAS", "LPS", "SAL").
+
+    The original takes its LPIPS slices along its first array axis, which is S in its [S, A, L] arrays: axial.
+    """
+    code = orientation.upper()
+    for letter in "SI":
+        if letter in code:
+            return code.index(letter)
+    raise ConfigError(f"orientation {orientation!r} names no superior/inferior axis")
+
+
+def take_slices(volume: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
+    """[B, C, D1, D2, D3] -> [B, C, H, W]: one slice per sample along spatial `axis` (0..2) at index[b]."""
+    moved = volume.movedim(2 + axis, 2)  # [B, C, N, H, W]
+    return torch.stack([moved[b, :, int(index[b])] for b in range(volume.shape[0])])
+
+
+def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+
+class VQGANObjective:
+    """The generator loss (main phase) and the discriminator loss (second phase) of one training step."""
+
+    def __init__(self, model: VQModel3D, gan: VQGANOptions, ctx: D.DistContext, axis: int,
+                 perceptual: PerceptualLoss | None, disc: VQGANDiscriminator | None) -> None:
+        self.model, self.gan, self.ctx, self.axis = model, gan, ctx, axis
+        self.perceptual, self.disc = perceptual, disc
+        self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def gan_on(self, step: int) -> bool:
+        """The original's adopt_weight: 0 while the 0-based global step is below disc_start."""
+        return self.disc is not None and step - 1 >= self.gan.disc_start
+
+    def _slice_index(self, info: StepInfo, n: int) -> torch.Tensor:
+        return torch.cat([torch.randint(0, n, (1,), generator=g) for g in info.generators(stream=1)])
+
+    def _adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
+        last = self.model.decoder.conv_out.weight
+        g_nll = D.average_tensor(self.ctx, torch.autograd.grad(nll, last, retain_graph=True)[0])
+        g_gan = D.average_tensor(self.ctx, torch.autograd.grad(g_loss, last, retain_graph=True)[0])
+        weight = torch.norm(g_nll) / (torch.norm(g_gan) + 1e-4)
+        return torch.clamp(weight, 0.0, 1e4).detach()
+
+    def generator_loss(self, net: torch.nn.Module, batch: dict[str, Any], info: StepInfo
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+        image = batch["image"].to(self.ctx.device, non_blocking=True)
+        recon, codebook = net(image)
+        recon = recon.float()
+        l1 = (recon - image).abs().mean()
+        logs = {"l1": float(l1.detach()), "codebook": float(codebook.detach())}
+        index = self._slice_index(info, image.shape[2 + self.axis])
+        nll = l1
+        if self.perceptual is not None and self.gan.perceptual_weight > 0:
+            p = self.perceptual(take_slices(image, index, self.axis), take_slices(recon, index, self.axis)).mean()
+            nll = nll + self.gan.perceptual_weight * p
+            logs["lpips"] = float(p.detach())
+        loss = nll + self.gan.codebook_weight * codebook.float()
+        if self.gan_on(info.step):
+            assert self.disc is not None
+            logits_2d, logits_3d = self.disc(take_slices(recon, index, self.axis), recon)  # bare module: no DDP
+            g_loss = -0.5 * (logits_2d.float().mean() + logits_3d.float().mean())
+            weight = self._adaptive_weight(nll, g_loss)
+            loss = loss + self.gan.disc_weight * weight * g_loss
+            logs.update(g_loss=float(g_loss.detach()), adaptive_weight=float(weight))
+            self._stash[info.micro] = (recon.detach(), index)
+        return loss, logs
+
+    def discriminator_loss(self, dnet: torch.nn.Module, batch: dict[str, Any], info: StepInfo
+                           ) -> tuple[torch.Tensor, dict[str, float]] | None:
+        if not self.gan_on(info.step):
+            return None
+        image = batch["image"].to(self.ctx.device, non_blocking=True)
+        fake, index = self._stash.pop(info.micro)
+        real_2d, real_3d = dnet(take_slices(image, index, self.axis), image)
+        fake_2d, fake_3d = dnet(take_slices(fake, index, self.axis), fake)
+        d2, d3 = hinge_d_loss(real_2d.float(), fake_2d.float()), hinge_d_loss(real_3d.float(), fake_3d.float())
+        return 0.5 * (d2 + d3), {"d_loss_2d": float(d2.detach()), "d_loss_3d": float(d3.detach())}
 
 
 def train_vq(
@@ -26,40 +160,68 @@ def train_vq(
     init: str | os.PathLike | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
     ema_decay: float | None = None, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["vq"],
-    spacing: Sequence[float] | None = (1.0, 1.0, 1.0), codebook_weight: float = 1.0, num_workers: int = 0,
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0), codebook_weight: float | None = None, num_workers: int = 0,
     progress: bool = True, allow_pickle: bool = False, callback: StepCallback | None = None,
+    gan: VQGANOptions | None = None, run: RunOptions | None = None, cases: Sequence[TrainingCase] | None = None,
 ) -> TrainResult:
     """Train the VQ on CT crops of `data_dir` (only ct.nii.gz is needed per case); write `out_dir/vq.pt`.
 
     init: our VQ checkpoint, the released VQ.ckpt, or a released LINet.ckpt (its first stage). No EMA by
-    default (the original VQ kept none); crops are centred on random body voxels.
+    default (the original VQ kept none); crops are centred on random body voxels. gan: the objective's terms
+    (default: the paper's, which needs VGG16 weights for LPIPS; VQGANOptions(perceptual_weight=0,
+    disc_weight=0) is plain L1 + codebook).
     """
-    opts = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
-                        precision=precision, seed=seed, save_every=save_every, resume=resume,
-                        num_workers=num_workers, progress=progress)
-    cases = find_cases(data_dir, need=("ct",))
+    gan = gan or VQGANOptions()
+    if codebook_weight is not None:
+        gan = VQGANOptions(**{**asdict(gan), "codebook_weight": codebook_weight})
+    run = run or RunOptions()
+    opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
+                       precision=precision, seed=seed, save_every=save_every, resume=resume,
+                       num_workers=num_workers, progress=progress)
+    perceptual = None
+    if gan.perceptual_weight > 0:  # seeded: a random (test) backbone is the same in every run and on every rank
+        perceptual = seeded_build(lambda: PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
+                                                         random_backbone=gan.random_backbone), seed + 2)
+    ctx = D.init(device)
+    dev = ctx.device
+    cases = list(cases) if cases is not None else find_cases(data_dir, need=("ct",))
     model, cfg, start = start_network("vq", config, init, seed, allow_pickle)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
+    smallest = 3 * 2**gan.disc_layers  # each PatchGAN layer halves; the two 4x4 stride-1 convs need >= 3 voxels
+    if gan.uses_gan and min(crop) < smallest:
+        raise ConfigError(f"VQ crop {list(crop)} is too small for {gan.disc_layers}-layer PatchGAN discriminators "
+                          f"(every side >= {smallest}); use a larger crop or fewer layers (--disc-layers)")
     layout = training_layout(start)
-    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout)
-    model.to(opts.device)
-
-    def loss_fn(batch: dict[str, Any], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        image = batch["image"].to(opts.device, non_blocking=True)
-        recon, codebook = model(image)
-        l1 = (recon.float() - image).abs().mean()
-        return l1 + codebook_weight * codebook.float(), {"l1": float(l1.detach()), "codebook": float(codebook.detach())}
-
-    meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "codebook_weight": codebook_weight,
+    dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout,
+                          sampling=run.sampling, iter_num=run.iter_num)
+    model.to(dev)
+    disc = None
+    if gan.uses_gan:
+        disc = seeded_build(lambda: VQGANDiscriminator(cfg.in_channels, gan.disc_channels, gan.disc_layers,
+                                                       gan.disc_norm), seed + 1)
+        if ctx.distributed and dev.type == "cuda" and gan.disc_norm == "batch":
+            disc = torch.nn.SyncBatchNorm.convert_sync_batchnorm(disc)
+        disc.to(dev)
+    if perceptual is not None:
+        perceptual.to(dev)
+    objective = VQGANObjective(model, gan, ctx, axial_axis(layout), perceptual, disc)
+    phases = [] if disc is None else [Phase("discriminator", disc, objective.discriminator_loss,
+                                            lr=gan.disc_lr or lr, betas=(0.5, 0.9))]
+    meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "objective": gan.record(),
             "spacing": None if spacing is None else list(spacing), "cases": [c.case_id for c in cases],
             "init": None if init is None else str(init)}
-    final = fit("vq", model, loss_fn, dataset, opts, out_dir, meta, callback=callback)
+    sample_fn = vq_sample_fn(dataset, dev) if opts.sample_every else None
+    fitted = fit("vq", model, objective.generator_loss, dataset, opts, out_dir, meta, ctx=ctx, phases=phases,
+                 callback=callback, sample_fn=sample_fn)
     paths = TrainPaths.for_run(out_dir, "vq")
-    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "codebook_weight")}
-    training.update(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                    init_origin=None if start is None else start.origin)
-    extra = {"kind": "vq", "layout": layout, "losses": ["l1", "codebook"],
-             "not_implemented": ["lpips", "gan"], "training": training}
-    save_checkpoint(paths.final, final.cpu(), cfg, encoder_id=None, extra=extra)
-    return TrainResult(paths.final, paths.state, paths.log, steps, None, last_loss(paths.log))
+    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective")}
+    training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
+    extra = {"kind": "vq", "layout": layout, "losses": gan.terms(), "training": training}
+    if perceptual is not None:
+        extra["lpips_backbone"] = perceptual.backbone
+    if ctx.is_main:
+        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=None, extra=extra)
+    D.barrier(ctx)
+    D.shutdown(ctx)
+    return TrainResult(paths.final, paths.state, paths.log, steps, None, last_loss(paths.log), ctx.world_size)

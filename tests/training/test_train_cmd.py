@@ -39,3 +39,27 @@ def test_parser_defaults_and_errors(cases_dir: Path, tmp_path: Path) -> None:
     args = _parse(["train", "vq", "--data", str(cases_dir), "--out", str(tmp_path), "--encoder", "vocab"])
     with pytest.raises(ConfigError, match="no --encoder"):
         args.func(args)
+
+
+def test_list_file_data_tensorboard_and_png_samples(cases_dir: Path, tmp_path: Path, capsys) -> None:
+    """The original's list files as --data; TensorBoard scalars and PNG samples of the fixed crop (rank 0)."""
+    rows = sorted(cases_dir.iterdir())
+    for infix, name in {"img": "ct.nii.gz", "label": "label.nii.gz", "type": "report.json",
+                        "seg": "totalseg.nii.gz"}.items():
+        (tmp_path / f"train_{infix}_list.txt").write_text("".join(f"{r / name}\n" for r in rows))
+    out = tmp_path / "o"
+    args = _parse(["train", "lmnet", "--data", str(tmp_path), "--out", str(out), "--config", "tiny", "--steps", "2",
+                   "--crop", "8x16x16", "--no-progress", "--tensorboard", "--sample-every", "2", "--warmup-steps",
+                   "4", "--grad-clip", "1.0", "--sampling", "sequential"])
+    assert args.func(args) == 0
+    _, _, meta = load_checkpoint(out / "lmnet.pt")
+    assert meta["extra"]["training"]["cases"] == [r.name for r in rows]  # repeated file names: folder ids
+    assert meta["extra"]["training"]["warmup_steps"] == 4 and meta["extra"]["training"]["world_size"] == 1
+    assert list((out / "tensorboard" / "lmnet").glob("events.out.tfevents.*"))
+    png = out / "samples" / "lmnet_step0000002.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard" / "lmnet"))
+    acc.Reload()
+    assert {"lmnet/loss", "lmnet/lr", "lmnet/grad_norm", "lmnet/samples_per_s"} <= set(acc.Tags()["scalars"])
