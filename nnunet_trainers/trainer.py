@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, List
 
 import torch
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader as _NNUNET_LOADER
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -74,14 +74,14 @@ def _two_stage_loaders(trainer_cls: type) -> Iterator[None]:
     patched = []
     for cls in trainer_cls.__mro__:
         module = sys.modules.get(cls.__module__)
-        if module is not None and getattr(module, "nnUNetDataLoader", None) is nnUNetDataLoader:
+        if module is not None and getattr(module, "nnUNetDataLoader", None) is _NNUNET_LOADER:
             patched.append(module)
-            module.nnUNetDataLoader = _two_stage_factory(nnUNetDataLoader)
+            module.nnUNetDataLoader = _two_stage_factory(_NNUNET_LOADER)
     try:
         yield
     finally:
         for module in patched:
-            module.nnUNetDataLoader = nnUNetDataLoader
+            module.nnUNetDataLoader = _NNUNET_LOADER
 
 
 def _inner_loader(augmenter: Any) -> Any:
@@ -110,12 +110,13 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
 
     # --- data ---------------------------------------------------------------------------------------------
     def get_tr_and_val_datasets(self):
-        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         settings = read_bank_settings(self.bank_ratio, configuration=self.configuration_name,
                                       target=self.plans_manager.dataset_name)
-        bank_ds, bank_keys, excluded, info = None, [], {}, {}
         if settings.bank_dir is not None and settings.ratio > 0:
             self._refuse_cascade()
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        bank_ds, bank_keys, excluded, info = None, [], {}, {}
+        if settings.bank_dir is not None and settings.ratio > 0:
             bank_ds, bank_keys, excluded, info = self._load_bank(settings, list(dataset_val.identifiers))
         real_keys = list(dataset_tr.identifiers)
         if settings.ratio < 1 and not real_keys:

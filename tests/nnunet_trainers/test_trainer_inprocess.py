@@ -70,6 +70,11 @@ def test_mixes_counts_and_records(target):
     assert rec["excluded_ids"] == ["ld_case_000_v0"] and rec["n_bank_used"] == 5 and rec["n_real_train"] == 4
     assert rec["ratio"] == 0.75 and rec["ratio_source"] == "variant"
     assert list(tr.dataloader_val.data_loader._data.identifiers) == ["case_000"]     # validation: real only
+    loader = tr.dataloader_train.data_loader                    # nnU-Net's own loader, two-stage probabilities
+    assert type(loader).__name__ == "nnUNetDataLoader"
+    assert loader.sampling_probabilities[4:].sum() == pytest.approx(0.75)
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as parent_module
+    assert parent_module.nnUNetDataLoader is type(loader)      # the stand-in was put back
     tr.on_train_epoch_start()
     outputs = [tr.train_step(next(tr.dataloader_train)) for _ in range(30)]
     tr.on_train_epoch_end(outputs)
@@ -104,8 +109,13 @@ def test_stale_bank_and_replanned_target_are_refused(target):
         plans["foreground_intensity_properties_per_channel"]["0"], mean=0.0)}
     tr2 = T.nnUNetTrainerLesionDiffusion(plans=changed, configuration="3d_fullres", fold=0,
                                          dataset_json=target[3], device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="different nnUNetPlans plans"):
+    with pytest.raises(ConfigError, match="other preprocessing settings of nnUNetPlans"):
         tr2.get_tr_and_val_datasets()
+    batch_only = dict(plans, continue_training=False)          # a batch size change needs no new prepare
+    batch_only["configurations"] = {"3d_fullres": dict(plans["configurations"]["3d_fullres"], batch_size=3)}
+    tr3 = T.nnUNetTrainerLesionDiffusion(plans=batch_only, configuration="3d_fullres", fold=0,
+                                         dataset_json=target[3], device=torch.device("cpu"))
+    assert tr3.get_tr_and_val_datasets()[0].bank_keys
 
 
 def test_unprepared_bank_is_refused(target, monkeypatch, tmp_path):

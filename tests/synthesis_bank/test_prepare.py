@@ -47,9 +47,11 @@ def test_prepare_writes_target_format_and_record(target):
     assert data.shape[0] == 1 and set(np.unique(seg[...])) <= {0, 1, 2} and "class_locations" in props
     assert abs(float(np.mean(data[...]))) < 5                         # CT-normalized like the target
     plans = json.loads((root / "nnUNet_preprocessed" / name / "nnUNetPlans.json").read_text())
-    rec = load_prepared_record(bank, name, "nnUNetPlans_3d_fullres", configuration="3d_fullres",
-                               plans_identifier="nnUNetPlans")
+    rec, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
     assert rec["plans_sha256"] == sha256_json(plans) and len(rec["manifest_sha256"]) == 64
+    assert rec["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert {p["organ"]["rule"] for p in rec["label_mapping"]["pairs"]} == {"same name"}
+    assert sorted(doc["data"]["nnUNetPlans_3d_fullres"]) == rec["cases"]
     assert rec["cases"] == ["ld_case_000_v0", "ld_case_001_v0", "ld_ext_v0"]
     assert not any(p.name.startswith(".staging") for p in folder.parent.iterdir())
 
@@ -61,12 +63,12 @@ def test_prepare_writes_target_format_and_record(target):
     assert prepare_bank(bank, name, num_processes=1).prepared == ["ld_ext_v0"]
 
 
-def test_label_scheme_mismatch(target):
+def test_bank_labels_must_be_the_bank_scheme(target):
     root, _ = target
     bank = make_bank(root / "bank", ["a"], labels={"background": 0, "liver": 1, "lesion": 3}, shape=SHAPE)
-    with pytest.raises(InputError, match="labels do not match") as err:
+    with pytest.raises(ConfigError, match="bank labels must be background/organ/lesion") as err:
         prepare_bank(bank, 501, num_processes=1)
-    assert "'liver'" in str(err.value) and "'lesion'" in str(err.value)
+    assert "'liver': 1" in str(err.value)
 
 
 def test_label_values_outside_target(target):
@@ -104,4 +106,7 @@ def test_cli_mount():
     args = parser.parse_args(["prepare", "--bank", "B", "--target", "3", "-c", "2d", "-np", "2"])
     assert (args.bank, args.target, args.configuration, args.num_processes, args.plans_identifier) == \
         ("B", "3", "2d", 2, "nnUNetPlans")
+    args = parser.parse_args(["prepare", "--bank", "B", "--target", "3", "--labels", "organ=liver",
+                              "renal cell carcinoma=tumor", "--allow-test-sources"])
+    assert args.labels == ["organ=liver", "renal cell carcinoma=tumor"] and args.allow_test_sources
     assert callable(args.func)
