@@ -110,3 +110,82 @@ def test_cli_mount():
                               "renal cell carcinoma=tumor", "--allow-test-sources"])
     assert args.labels == ["organ=liver", "renal cell carcinoma=tumor"] and args.allow_test_sources
     assert callable(args.func)
+
+
+def _seg(folder: Path, case_id: str) -> np.ndarray:
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    return np.asarray(infer_dataset_class(str(folder))(str(folder)).load_case(case_id)[1][...])
+
+
+def test_task03_like_target_gets_its_own_label_values(tmp_path, monkeypatch):
+    """{background, liver, cancer} with cancer=1 (not the bank's 2): the prepared seg holds the target's values."""
+    name = make_planned_target(tmp_path, 3, "Liver", labels={"background": 0, "cancer": 1, "liver": 2})
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    bank = make_bank(tmp_path / "bank", ["a"], shape=SHAPE, organ="liver", lesion_type="metastasis")
+    source = np.asarray(__import__("nibabel").load(str(bank / "labelsTr" / "ld_a_v0.nii.gz")).dataobj).copy()
+    result = prepare_bank(bank, 3, num_processes=1, progress=False)
+    seg = _seg(result.output_folder, "ld_a_v0")
+    assert set(np.unique(seg)) == {0, 1, 2}
+    # organ (bank 1) -> liver 2, lesion (bank 2) -> cancer 1: voxel counts swap accordingly
+    assert (seg == 2).sum() == (source == 1).sum() and (seg == 1).sum() == (source == 2).sum() > 0
+    assert np.array_equal(np.asarray(__import__("nibabel").load(str(bank / "labelsTr" / "ld_a_v0.nii.gz")).dataobj),
+                          source)                                              # the bank's own file untouched
+    rec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    (pair,) = rec["label_mapping"]["pairs"]
+    assert (pair["organ"]["target"], pair["lesion"]["target"], pair["lesion"]["rule"]) == ("liver", "cancer", "by name")
+    # another mapping is another preparation of the same case
+    assert prepare_bank(bank, 3, num_processes=1, progress=False).skipped == ["ld_a_v0"]
+    assert prepare_bank(bank, 3, num_processes=1, progress=False, labels=["organ=drop"]).prepared == ["ld_a_v0"]
+    assert set(np.unique(_seg(result.output_folder, "ld_a_v0"))) == {0, 1}
+
+
+def test_replanning_reprepares_batch_size_does_not(target):
+    root, name = target
+    bank = make_bank(root / "bank", ["a", "b"], shape=SHAPE)
+    folder = prepare_bank(bank, name, num_processes=1, progress=False).output_folder
+    shape_before = _seg(folder, "ld_a_v0").shape
+    plans_file = root / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["batch_size"] = 7                 # not a preprocessing setting
+    plans_file.write_text(json.dumps(plans))
+    assert len(prepare_bank(bank, name, num_processes=1, progress=False).skipped) == 2
+    plans["configurations"]["3d_fullres"]["spacing"] = [4.0, 3.0, 3.0]      # re-planned with another spacing
+    plans_file.write_text(json.dumps(plans))
+    again = prepare_bank(bank, name, num_processes=1, progress=False)
+    assert sorted(again.prepared) == ["ld_a_v0", "ld_b_v0"]
+    shape_after = _seg(folder, "ld_a_v0").shape
+    assert all(a < b for a, b in zip(shape_after[1:], shape_before[1:]))
+
+
+def test_test_image_sources_are_refused_unless_allowed(target):
+    root, name = target
+    raw = root / "nnUNet_raw" / name
+    bank = make_bank(root / "bank", ["case_000", "other"], shape=SHAPE)
+    # the bank's source "other" is, by content, the target's test image test_007 (a differently named copy)
+    test_img = raw / "imagesTs" / "test_007_0000.nii.gz"
+    test_img.parent.mkdir(parents=True)
+    test_img.write_bytes(b"same bytes")
+    from ld_augment.io.nifti import sha256_file
+    lines = [json.loads(x) for x in (bank / "manifest.jsonl").read_text().splitlines()]
+    lines[1]["source_sha256"] = sha256_file(test_img)
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(InputError, match=r"1 bank case\(s\) were made from .*test images.*ld_other_v0"):
+        prepare_bank(bank, name, num_processes=1, progress=False)
+    prepare_bank(bank, name, num_processes=1, progress=False, allow_test_sources=True)
+    rec, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    assert rec["test_sources_allowed"] == ["ld_other_v0"]
+    assert doc["target_images"]["imagesTs"]["test_007"]["sha256"] == sha256_file(test_img)
+
+
+def test_non_ct_target_is_refused(target):
+    root, name = target
+    for folder in ("nnUNet_preprocessed",):
+        ds_file = root / folder / name / "dataset.json"
+        ds = json.loads(ds_file.read_text())
+        ds["channel_names"] = {"0": "T2"}
+        ds_file.write_text(json.dumps(ds))
+    bank = make_bank(root / "bank", ["a"], shape=SHAPE)
+    with pytest.raises(InputError, match=r"channel_names \{'0': 'T2'\}.*one channel named CT"):
+        prepare_bank(bank, name, num_processes=1, progress=False)
