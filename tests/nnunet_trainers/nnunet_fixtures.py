@@ -103,6 +103,7 @@ def nnunet_cmd(tool: str) -> list[str]:
     """Run an nnU-Net console script through this interpreter (works without the scripts on PATH)."""
     entry = {
         "nnUNetv2_plan_and_preprocess": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
+        "nnUNetv2_plan_experiment": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_experiment_entry",
         "nnUNetv2_train": "nnunetv2.run.run_training:run_training_entry",
         "nnUNetv2_predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
     }[tool]
