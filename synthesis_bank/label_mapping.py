@@ -49,7 +49,7 @@ def names_organ(target_name: str, organ: str) -> bool:
         return False
     try:
         canonical = normalize_organ_name(target_name)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, ConfigError):
         return False
     return canonical == organ or organ.startswith(canonical + "_")
 
@@ -244,3 +244,43 @@ def remap(label: np.ndarray, lut: Mapping[int, int], *, file: str) -> np.ndarray
         if dst:
             out[label == src] = dst
     return out
+
+
+# --- labelled sources (nnU-Net raw datasets used as bank sources) ------------------------------------------
+
+def source_roles(source_labels: Mapping[str, Any], organ: str) -> dict[int, str]:
+    """Source label value -> "organ", "lesion" or "background" for a case synthesized in `organ`.
+
+    A label naming the organ (or a synonym) is the organ; a label naming another organ is background (it is not
+    a lesion a new one must avoid, nor this bank's organ); anything else (cancer, tumour, cyst, ...) is a lesion,
+    so a new lesion never overwrites it.
+    """
+    roles: dict[int, str] = {}
+    for name, value in source_labels.items():
+        if isinstance(value, (list, tuple)):
+            raise ConfigError(f"region-based source label {name}: {list(value)} is not supported as a bank source")
+        if name == BACKGROUND or name == "ignore":
+            roles[int(value)] = BACKGROUND
+        elif names_organ(name, organ):
+            roles[int(value)] = "organ"
+        elif not is_lesion_name(name) and _is_organ_name(name):
+            roles[int(value)] = BACKGROUND
+        else:
+            roles[int(value)] = "lesion"
+    return roles
+
+
+def _is_organ_name(name: str) -> bool:
+    try:
+        normalize_organ_name(name)
+    except (KeyError, ValueError, ConfigError):
+        return False
+    return True
+
+
+def source_to_scheme(label: np.ndarray, roles: Mapping[int, str], scheme: Mapping[str, int], *,
+                     file: str) -> np.ndarray:
+    """A source label map in the bank's scheme values (organ/lesion/background by role)."""
+    lut = {v: scheme.get(role, scheme[BACKGROUND]) if role != "organ" or "organ" in scheme else scheme[BACKGROUND]
+           for v, role in roles.items()}
+    return remap(label, lut, file=file)

@@ -98,7 +98,7 @@ def _kits_dataset(raw: Path, cts: Path, segs: Path, real_ct: Path, real_seg: Pat
         _save(ct, affine, root / "imagesTr" / f"{case}_0000.nii.gz")
         _save(label, affine, root / "labelsTr" / f"{case}.nii.gz")
         cases.append(case)
-        if i < 2:    # bank sources: the plain CT crops (another name than the nnU-Net id) + TotalSegmentator
+        if i in (0, 2):   # bank sources: plain CTs of the left kidney (other names than the nnU-Net ids) + TotalSeg
             _save(plain, affine, cts / f"scan{i}.nii.gz")
             _save(organs, affine, segs / f"scan{i}.nii.gz")
     _write_dataset_json(root, {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}, len(cases),
@@ -133,12 +133,13 @@ def test_msd_liver_layout(tmp_path, real_ct, real_seg):
     rng = np.random.default_rng(0)
     cases = _liver_dataset(tmp_path / "nnUNet_raw", tmp_path / "totalseg", real_ct, real_seg, rng)
     bank = tmp_path / "Dataset501_LiverSynth"
-    entries = _build({"sources": {"nnunet_raw": str(tmp_path / "nnUNet_raw" / "Dataset003_Liver"),
-                                  "segmentations": str(tmp_path / "totalseg")},
+    # no segmentations: the dataset's own liver label is the organ segmentation (TotalSegmentator not needed)
+    entries = _build({"sources": {"nnunet_raw": str(tmp_path / "nnUNet_raw" / "Dataset003_Liver")},
                       "organs": ["liver"], "lesion_types": {"metastasis": 1.0}, "spacing": [3.0, 3.0, 3.0],
                       "attributes": {"size": "[[4 4 4]] pixel"}, "segmentation": "error", "seed": 1,
                       "dataset_name": "LiverSynth"}, bank)
     assert sorted(e["source_id"] for e in entries if e["status"] == "ok") == cases
+    assert {e["organ_segmentation"] for e in entries} == {"source label"}
 
     env = nnunet_env(tmp_path)
     run(nnunet_cmd("nnUNetv2_plan_and_preprocess") + ["-d", "3", "-c", "3d_fullres", "-np", "1",
@@ -212,7 +213,7 @@ def test_kits_region_based_layout(tmp_path, real_ct, real_seg):
 
     folder = bank / "nnUNet_preprocessed" / "Dataset004_KiTS" / "nnUNetPlans_3d_fullres"
     seg = np.asarray(infer_dataset_class(str(folder))(str(folder)).load_case(case_id)[1][...])
-    assert set(np.unique(seg)) == {0, 1, 2}                         # kidney -> 1, tumor -> 2 (regions: all three)
+    assert set(np.unique(seg)) - {-1} == {0, 1, 2}                  # kidney -> 1, tumor -> 2 (regions: all three)
 
     train_env = nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
                            LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
