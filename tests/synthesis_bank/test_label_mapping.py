@@ -32,7 +32,8 @@ def test_msd_targets_map_by_name(target, organ, organ_name, organ_value):
 def test_same_names_map_one_to_one():
     m = resolve_mapping(BANK, BANK, [(None, None), ("liver", "cyst")])
     for pair in m.per_pair.values():
-        assert {c: (r.value, r.rule) for c, r in pair.items()} == {"organ": (1, "same name"), "lesion": (2, "same name")}
+        assert {c: (r.value, r.rule) for c, r in pair.items()} == {"organ": (1, "same name"),
+                                                                   "lesion": (2, "same name")}
     assert m.is_identity(m.lut_for("liver", "cyst"))
 
 
