@@ -54,5 +54,45 @@ def test_tables_and_plot(benchmark_gain_mod, tmp_path):
     assert float(means["real"]["lesion_sensitivity"]) == pytest.approx(0.4)      # NaN folds are skipped
     assert float(means["mixed_r0.50"]["lesion_sensitivity"]) == pytest.approx(0.7)
     md = (tmp_path / "results.md").read_text()
-    assert "(+0.1000)" in md and "(+0.3000)" in md
+    assert "(+0.1000 [-0.1000, +0.3000])" in md                     # paired gain with its CI
+    assert "(+0.2000 [" in md                                        # paired: only folds both arms have
+    assert "0.6000 ± 0.1414" in md                                   # real-only dice_lesion mean ± SD
+    assert {r["fold"] for r in table} == {"0", "1", "mean", "sd"}
     assert (tmp_path / "gain.png").stat().st_size > 1000
+
+
+def test_bootstrap_ci_brackets_the_paired_mean(benchmark_gain_mod):
+    lo, hi = benchmark_gain_mod.bootstrap_ci([0.1, 0.2, 0.3, 0.05, 0.15])
+    assert lo < 0.16 < hi and lo > 0.0
+    assert benchmark_gain_mod.bootstrap_ci([0.1, 0.2]) == benchmark_gain_mod.bootstrap_ci([0.1, 0.2])   # seeded
+    assert all(math.isnan(v) for v in benchmark_gain_mod.bootstrap_ci([math.nan]))
+
+
+def test_lesion_label_by_name(benchmark_gain_mod, tmp_path):
+    f = tmp_path / "dataset.json"
+    assert benchmark_gain_mod.lesion_values({"background": 0, "liver": 1, "cancer": 2}, f) == [2]
+    assert benchmark_gain_mod.lesion_values({"background": 0, "kidney": [1, 2, 3], "tumor": 2}, f) == [2]
+    with pytest.raises(SystemExit, match="--lesion-label"):
+        benchmark_gain_mod.lesion_values({"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}, f)
+    with pytest.raises(SystemExit, match="no label"):
+        benchmark_gain_mod.lesion_values({"background": 0, "liver": 1}, f)
+
+
+def test_test_set_overlapping_bank_sources_is_refused(benchmark_gain_mod, tmp_path):
+    import json
+
+    ts = tmp_path / "imagesTs"
+    ts.mkdir()
+    (ts / "test_000_0000.nii.gz").write_bytes(b"image a")
+    (ts / "test_001_0000.nii.gz").write_bytes(b"image b")
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    from ld_augment.io.nifti import sha256_file
+    lines = [{"case_id": "ld_x", "source_id": "renamed", "source_sha256": "0" * 64, "status": "ok"}]
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    benchmark_gain_mod.check_test_set_is_unseen(bank, ts)                     # no overlap: fine
+    lines.append({"case_id": "ld_y", "source_id": "scan_9", "source_sha256": sha256_file(ts / "test_001_0000.nii.gz"),
+                  "status": "ok"})
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(SystemExit, match=r"overlaps the bank's sources \(1: \['test_001_0000.nii.gz'\]\)"):
+        benchmark_gain_mod.check_test_set_is_unseen(bank, ts)
