@@ -297,15 +297,17 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
         print(f"prepare: {len(jobs)} case(s) to preprocess for {name} {configuration}, up to "
               f"{estimate / 1e9:.2f} GB uncompressed ({free / 1e9:.1f} GB free in {out_dir})", flush=True)
 
+    for job in jobs:   # their files are about to be replaced: no record may vouch for them meanwhile
+        table.pop(job[0], None)
+    _write_doc(bank, name, doc)
     allowed = TargetLabels(target_json["labels"]).written_values() | {0, -1}
     done: list[str] = []
     last_write = time.monotonic()
     for case_id, values in _bar_iter(_run_jobs(jobs, num_processes), len(jobs), progress):
         bad = sorted(set(values) - allowed)
         if bad:
-            for f in out_dir.glob(f"{case_id}.*"):
+            for f in [*out_dir.glob(f"{case_id}.*"), *out_dir.glob(f"{case_id}_seg.*")]:
                 f.unlink()
-            table.pop(case_id, None)
             _write_doc(bank, name, doc)
             raise InputError(f"{bank / 'labelsTr' / (case_id + ending)}: label values {bad} are not labels of "
                              f"{name} ({target_json['labels']})")
