@@ -189,3 +189,25 @@ def test_non_ct_target_is_refused(target):
     bank = make_bank(root / "bank", ["a"], shape=SHAPE)
     with pytest.raises(InputError, match=r"channel_names \{'0': 'T2'\}.*one channel named CT"):
         prepare_bank(bank, name, num_processes=1, progress=False)
+
+
+def test_resenc_plans_sharing_a_data_identifier_do_not_invalidate_each_other(target):
+    root, name = target
+    pre = root / "nnUNet_preprocessed" / name
+    base = json.loads((pre / "nnUNetPlans.json").read_text())
+    for plans_id, patch, batch in (("nnUNetResEncUNetMPlans", [12, 12, 12], 2),
+                                   ("nnUNetResEncUNetLPlans", [16, 16, 16], 4)):
+        plans = json.loads(json.dumps(base))
+        plans["plans_name"] = plans_id
+        plans["configurations"]["3d_fullres"].update(patch_size=patch, batch_size=batch)
+        (pre / f"{plans_id}.json").write_text(json.dumps(plans))
+    bank = make_bank(root / "bank", ["a", "b"], shape=SHAPE)
+    first = prepare_bank(bank, name, plans_identifier="nnUNetResEncUNetMPlans", num_processes=1, progress=False)
+    second = prepare_bank(bank, name, plans_identifier="nnUNetResEncUNetLPlans", num_processes=1, progress=False)
+    assert len(first.prepared) == 2 and second.prepared == [] and len(second.skipped) == 2
+    assert first.output_folder == second.output_folder
+    m, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetResEncUNetMPlans")
+    lrec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetResEncUNetLPlans")
+    table = doc["data"]["nnUNetPlans_3d_fullres"]
+    for rec in (m, lrec):   # what the trainer checks: both records still vouch for the shared files
+        assert sha256_json({c: table[c] for c in rec["cases"]}) == rec["data_sha256"]
