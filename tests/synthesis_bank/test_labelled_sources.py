@@ -25,6 +25,7 @@ def test_source_roles_read_names():
     label = np.array([0, 1, 2, 3, 4])
     assert source_to_scheme(label, roles, SCHEME, file="s").tolist() == [0, 2, 1, 0, 2]
     assert source_to_scheme(label, roles, {"background": 0, "lesion": 1}, file="s").tolist() == [0, 1, 0, 0, 1]
+    assert source_roles(SCHEME, "kidney_left") == {0: "background", 1: "organ", 2: "lesion"}   # a bank's scheme
     with pytest.raises(ConfigError, match="region-based"):
         source_roles({"background": 0, "kidney": [1, 2]}, "kidney_left")
 
