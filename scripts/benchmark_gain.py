@@ -13,7 +13,8 @@ tumour/cancer/lesion/... (or --lesion-label). Writes OUT/results.csv (per fold, 
 ± SD and each mixed arm's paired difference to real-only with a 95% bootstrap CI over folds) and OUT/gain.png.
 A test set that a bank case was made from (by source id or image sha256) is refused. The bank must be
 prepared for the dataset (`synthesis-bank prepare`). Not here: repeated seeds (nnU-Net's training has no
-seed option; repeat folds instead) and 5-fold ensembles.
+seed option; repeat folds instead). `--ensemble` adds each arm's ensemble of the folds (nnU-Net's own
+multi-fold prediction), reported beside the per-fold statistics.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500)   # lengths both nnU-Net and nnunet_trainers ship variants for
+ENSEMBLE = "ensemble"                        # the fold name of an arm's all-folds ensemble prediction
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ def plan_steps(args: argparse.Namespace, arms: list[Arm], test_images: Path) -> 
                     "-d", str(args.dataset), "-c", args.configuration, "-f", str(fold), "-tr", arm.trainer,
                     "-p", args.plans, "-device", args.device]
             steps += [Step(arm, fold, "train", train, env), Step(arm, fold, "predict", pred, env)]
+        if getattr(args, "ensemble", False):   # nnU-Net averages the folds' softmax outputs
+            pred = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "predictions" / arm.name / ENSEMBLE),
+                    "-d", str(args.dataset), "-c", args.configuration, "-f", *map(str, args.folds),
+                    "-tr", arm.trainer, "-p", args.plans, "-device", args.device]
+            steps.append(Step(arm, ENSEMBLE, "predict", pred, env))
     return steps
 
 
@@ -127,6 +134,8 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
     keys = list(rows[0])
     metric_keys = [k for k in keys if k not in ("arm", "ratio", "fold")]
+    ensembles = [r for r in rows if r["fold"] == ENSEMBLE]   # reported apart: not a fold of the mean or the CI
+    rows = [r for r in rows if r["fold"] != ENSEMBLE]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     means, sds = [], []
     for arm in arms:
@@ -137,7 +146,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
             mean[k], sd[k] = _stats([float(r[k]) for r in sel])
         means.append(mean)
         sds.append(sd)
-    lines = [",".join(keys)] + [",".join(fmt(r[k]) for k in keys) for r in rows + means + sds]
+    lines = [",".join(keys)] + [",".join(fmt(r[k]) for k in keys) for r in rows + means + sds + ensembles]
     atomic_write_text(out / "results.csv", "\n".join(lines) + "\n")
     base = arms[0]
     base_by_fold = {r["fold"]: r for r in rows if r["arm"] == base}
@@ -154,6 +163,10 @@ def write_tables(rows: list[dict], out: Path) -> None:
                 cell += f" ({mean_diff:+.4f} [{lo:+.4f}, {hi:+.4f}])" if not math.isnan(mean_diff) else ""
             cells.append(cell)
         md.append(f"| {m['arm']} | {m['ratio']} | " + " | ".join(cells) + " |")
+    if ensembles:
+        md += ["", "Ensemble of the folds:", "", md[0], md[1]]
+        md += [f"| {e['arm']} | {e['ratio']} | " + " | ".join(fmt(e[k]) for k in metric_keys) + " |"
+               for e in ensembles]
     atomic_write_text(out / "results.md", "Mean ± SD over folds; in brackets the paired difference to real-only "
                       "and its 95% bootstrap CI.\n\n" + "\n".join(md) + "\n")
 
@@ -219,8 +232,9 @@ def evaluate_all(args: argparse.Namespace, arms: list[Arm], raw: Path, pre: Path
     lesion = [args.lesion_label] if args.lesion_label is not None else lesion_values(labels, dataset_json)
     rows = []
     for arm in arms:
-        for fold in args.folds:
-            pred = Path(args.out).resolve() / "predictions" / arm.name / f"fold_{fold}"
+        for fold in [*args.folds, *([ENSEMBLE] if args.ensemble else [])]:
+            name = ENSEMBLE if fold == ENSEMBLE else f"fold_{fold}"
+            pred = Path(args.out).resolve() / "predictions" / arm.name / name
             metrics = evaluate_predictions(pred, raw / "labelsTs", dataset_json, pre / f"{args.plans}.json",
                                            lesion, num_processes=args.num_processes)
             rows.append({"arm": arm.name, "ratio": arm.ratio, "fold": fold, **metrics})
@@ -251,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-np", "--num-processes", type=int, default=1, help="processes for evaluation")
     p.add_argument("--skip-training", action="store_true", help="only predict and evaluate existing models")
     p.add_argument("--evaluate-only", action="store_true", help="only evaluate existing predictions")
+    p.add_argument("--ensemble", action="store_true", help="also predict and evaluate each arm's ensemble of --folds")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = p.parse_args(argv)
     arms = arms_for(args.ratios, args.epochs, args.trainer_real, args.trainer_mixed)
@@ -279,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out).resolve()
     write_tables(rows, out)
     dice_lesion = [k for k in rows[0] if k.startswith("dice_") and is_lesion_key(k)]
-    plot(rows, out, [k for k in (*dice_lesion[:1], "lesion_sensitivity", "lesion_precision", "nsd_lesion")
-                     if k in rows[0]])
+    plot([r for r in rows if r["fold"] != ENSEMBLE], out,
+         [k for k in (*dice_lesion[:1], "lesion_sensitivity", "lesion_precision", "nsd_lesion") if k in rows[0]])
     print((out / "results.md").read_text())
     return 0
 

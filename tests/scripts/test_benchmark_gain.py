@@ -96,3 +96,21 @@ def test_test_set_overlapping_bank_sources_is_refused(benchmark_gain_mod, tmp_pa
     (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(SystemExit, match=r"overlaps the bank's sources \(1: \['test_001_0000.nii.gz'\]\)"):
         benchmark_gain_mod.check_test_set_is_unseen(bank, ts)
+
+
+def test_ensemble_is_predicted_and_reported_apart(benchmark_gain_mod, capsys, tmp_path):
+    rc = benchmark_gain_mod.main(["--dataset", "501", "--bank", str(tmp_path / "bank"), "--out", str(tmp_path / "o"),
+                                  "--folds", "0", "1", "--epochs", "5", "--ensemble", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(lines) == 2 * (2 * 2 + 1)
+    ensemble = [ln for ln in lines if "/ensemble " in ln]
+    assert len(ensemble) == 2 and all(" -f 0 1 " in ln for ln in ensemble)
+    rows = [{"arm": a, "ratio": r, "fold": f, "dice_lesion": d} for a, r, f, d in (
+        ("real", 0.0, 0, 0.5), ("real", 0.0, 1, 0.7), ("real", 0.0, "ensemble", 0.9),
+        ("mixed_r0.50", 0.5, 0, 0.6), ("mixed_r0.50", 0.5, 1, 0.8), ("mixed_r0.50", 0.5, "ensemble", 0.95))]
+    benchmark_gain_mod.write_tables(rows, tmp_path)
+    table = list(csv.DictReader((tmp_path / "results.csv").open()))
+    means = {r["arm"]: r for r in table if r["fold"] == "mean"}
+    assert float(means["real"]["dice_lesion"]) == pytest.approx(0.6)         # the ensemble is not a fold
+    assert [r["dice_lesion"] for r in table if r["fold"] == "ensemble"] == ["0.9000", "0.9500"]
+    assert "Ensemble of the folds" in (tmp_path / "results.md").read_text()
