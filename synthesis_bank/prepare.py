@@ -44,7 +44,8 @@ def _label_values(value: Any) -> set[int]:
 
 def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[str, Any], *,
                               bank_file: str, target_file: str) -> None:
-    """Bank label names must exist in the target with the same value, or the trainer would teach wrong classes."""
+    """For copying bank label files unchanged (scripts/expand_dataset.py): bank label names must exist in the
+    target with the same value. `prepare_bank` maps labels instead (`synthesis_bank.label_mapping`)."""
     problems = []
     for name, value in bank_labels.items():
         if name not in target_labels:
@@ -55,7 +56,9 @@ def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[s
             problems.append(f"label {name!r} is {value} in the bank but {target_labels[name]} in the target")
     if problems:
         raise InputError(f"{bank_file}: labels do not match the target's {target_file}: " + "; ".join(problems)
-                         + f". Target labels: {target_labels}. Rebuild the bank with the target's label scheme.")
+                         + f". Target labels: {target_labels}. Copying label files needs identical labels; train "
+                         f"with nnUNetTrainerLesionDiffusion instead, whose `synthesis-bank prepare` maps the bank's "
+                         f"labels into the target's (by name, or --labels organ=... lesion=...)")
 
 
 def _inputs_signature(files: Sequence[Path]) -> list[list[int]]:
