@@ -53,17 +53,17 @@ def make_loaders(folder: Path, keys: list[str], patch, batch_size: int, transfor
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    from nnunet_trainers.mixing import MixedDataset, replication_for
+    from nnunet_trainers.mixing import MixedDataset
 
     lm = LabelManager({"background": 0, "organ": 1, "lesion": 2}, regions_class_order=None)
     half = len(keys) // 2
     stock_ds = nnUNetDatasetBlosc2(str(folder), list(keys))
     real_ds, bank_ds = nnUNetDatasetBlosc2(str(folder), keys[:half]), nnUNetDatasetBlosc2(str(folder), keys[half:])
-    mixed_ds = MixedDataset(real_ds, bank_ds, keys[:half], keys[half:],
-                            replication_for(half, len(keys) - half, 0.5))
+    mixed_ds = MixedDataset(real_ds, bank_ds, keys[:half], keys[half:], 0.5)
     kw = dict(oversample_foreground_percent=0.33, transforms=transforms)
     return (nnUNetDataLoader(stock_ds, batch_size, patch, patch, lm, **kw),
-            nnUNetDataLoader(mixed_ds, batch_size, patch, patch, lm, **kw))
+            nnUNetDataLoader(mixed_ds, batch_size, patch, patch, lm,
+                             sampling_probabilities=mixed_ds.sampling_probabilities, **kw))
 
 
 def training_transforms(patch):
@@ -75,16 +75,16 @@ def training_transforms(patch):
 
 
 def choice_cost(n_real: int, n_bank: int, ratio: float, batch_size: int, reps: int = 2000) -> tuple[float, float]:
-    """Per-batch cost of drawing keys: stock list of all keys vs the mixed replicated identifier array."""
-    from nnunet_trainers.mixing import MixedDataset, replication_for
+    """Per-batch cost of drawing keys: stock uniform draw over all keys vs the mixed two-stage probabilities."""
+    from nnunet_trainers.mixing import MixedDataset
 
     keys = [f"case_{i:05d}" for i in range(n_real + n_bank)]
-    mixed = MixedDataset(None, object(), keys[:n_real], keys[n_real:], replication_for(n_real, n_bank, ratio))
+    mixed = MixedDataset(None, object(), keys[:n_real], keys[n_real:], ratio)
     out = []
-    for ids in (keys, mixed.identifiers):
+    for ids, p in ((keys, None), (mixed.identifiers, mixed.sampling_probabilities)):
         t = time.perf_counter()
         for _ in range(reps):
-            np.random.choice(ids, batch_size, replace=True, p=None)
+            np.random.choice(ids, batch_size, replace=True, p=p)
         out.append((time.perf_counter() - t) / reps)
     return out[0], out[1]
 

@@ -3,6 +3,8 @@
 LD_BANK_DIR    the bank folder, prepared for the target (`synthesis-bank prepare --bank DIR --target DATASET`)
 LD_BANK_RATIO  probability that a training sample comes from the bank (default 0.5; a ratio variant's own
                value wins over it)
+LD_BANK_ALLOW_CHANGE=1  lets `nnUNetv2_train --c` continue with another bank, manifest or ratio than the
+               interrupted run used (the change is recorded); without it such a continuation is refused
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ld_augment.errors import ConfigError
 
 ENV_BANK_DIR = "LD_BANK_DIR"
 ENV_BANK_RATIO = "LD_BANK_RATIO"
+ENV_ALLOW_CHANGE = "LD_BANK_ALLOW_CHANGE"
 DEFAULT_RATIO = 0.5
 
 
@@ -57,3 +60,8 @@ def read_bank_settings(variant_ratio: float | None = None, *, configuration: str
         raise ConfigError(f"{ENV_BANK_DIR}={value}: no such folder; build a bank with `synthesis-bank build` "
                           f"and prepare it with `synthesis-bank prepare --bank {value} --target {target}`")
     return BankSettings(bank, ratio, source)
+
+
+def allow_change() -> bool:
+    """True when LD_BANK_ALLOW_CHANGE is set to 1/true/yes (anything else, including unset, is False)."""
+    return os.environ.get(ENV_ALLOW_CHANGE, "").strip().lower() in ("1", "true", "yes")

@@ -66,9 +66,62 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, lesion_labels: int | Seq
                         _matched(pred_cc, n_pred, r, min_overlap))
 
 
+SIZE_BINS_MM = (10.0, 20.0)    # reference lesions by equivalent-sphere diameter: < 10, 10-20, > 20 mm
+
+
+def size_bin_names(bins: Sequence[float] = SIZE_BINS_MM) -> list[str]:
+    edges = [f"{b:g}" for b in bins]
+    return [f"<{edges[0]}mm"] + [f"{a}-{b}mm" for a, b in zip(edges, edges[1:])] + [f">{edges[-1]}mm"]
+
+
+def detection_by_size(pred: np.ndarray, ref: np.ndarray, lesion_labels: int | Sequence[int],
+                      spacing: Sequence[float], *, bins: Sequence[float] = SIZE_BINS_MM,
+                      connectivity: int = 3) -> dict[str, list[int]]:
+    """{bin: [reference lesions, detected]} with lesions binned by equivalent-sphere diameter in mm (small
+    lesions are where synthetic data is expected to help, and where Dice says least)."""
+    labels = [lesion_labels] if isinstance(lesion_labels, (int, np.integer)) else list(lesion_labels)
+    p, r = np.isin(pred, labels), np.isin(ref, labels)
+    ref_cc, n_ref = ndimage.label(r, ndimage.generate_binary_structure(r.ndim, connectivity))
+    out = {name: [0, 0] for name in size_bin_names(bins)}
+    if n_ref == 0:
+        return out
+    voxel = float(np.prod(spacing))
+    sizes = np.bincount(ref_cc.ravel(), minlength=n_ref + 1)[1:]
+    hits = np.bincount(ref_cc[p].ravel(), minlength=n_ref + 1)[1:]
+    diameters = np.cbrt(6.0 * sizes * voxel / np.pi)
+    names = size_bin_names(bins)
+    for d, hit in zip(diameters, hits):
+        name = names[int(np.searchsorted(bins, d, side="right"))]
+        out[name][0] += 1
+        out[name][1] += int(hit > 0)
+    return out
+
+
+def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 2.0) -> float:
+    """Normalized surface Dice (NSD): the share of both surfaces within `tolerance_mm` of the other surface.
+
+    Written here (scipy distance transforms) rather than taken from a package: the maintained implementations
+    (e.g. MONAI's compute_surface_dice) would add a large dependency for one metric.
+    """
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    if not pred.any() and not ref.any():
+        return math.nan
+    if not pred.any() or not ref.any():
+        return 0.0
+    def border(m):
+        return m & ~ndimage.binary_erosion(m)
+    bp, br = border(pred), border(ref)
+    dist_to_ref = ndimage.distance_transform_edt(~br, sampling=spacing)
+    dist_to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+    close = (dist_to_ref[bp] <= tolerance_mm).sum() + (dist_to_pred[br] <= tolerance_mm).sum()
+    return float(close / (bp.sum() + br.sum()))
+
+
 def detection_on_folder(pred_dir: str | Path, ref_dir: str | Path, lesion_labels: int | Sequence[int], *,
-                        file_ending: str = ".nii.gz", min_overlap: float = 0.0) -> tuple[LesionCounts, dict]:
-    """Sum lesion counts over the reference cases; a case without prediction is an error, not a skip."""
+                        file_ending: str = ".nii.gz", min_overlap: float = 0.0,
+                        nsd_tolerance_mm: float = 2.0) -> tuple[LesionCounts, dict]:
+    """Sum lesion counts over the reference cases; a case without prediction is an error, not a skip.
+    Per case also: detection by lesion size, false-positive lesions and the lesion NSD."""
     import nibabel as nib
 
     total, per_case = LesionCounts(), {}
@@ -82,7 +135,12 @@ def detection_on_folder(pred_dir: str | Path, ref_dir: str | Path, lesion_labels
         ref = np.asarray(nib.load(str(ref_file)).dataobj)
         pred = np.asarray(nib.load(str(pred_file)).dataobj)
         counts = lesion_detection(pred, ref, lesion_labels, min_overlap=min_overlap)
-        per_case[ref_file.name] = asdict(counts)
+        spacing = [float(z) for z in nib.load(str(ref_file)).header.get_zooms()[:ref.ndim]]
+        labels = [lesion_labels] if isinstance(lesion_labels, (int, np.integer)) else list(lesion_labels)
+        per_case[ref_file.name] = dict(
+            asdict(counts), false_positives=counts.n_pred - counts.true_pred,
+            by_size=detection_by_size(pred, ref, lesion_labels, spacing),
+            nsd=surface_dice(np.isin(pred, labels), np.isin(ref, labels), spacing, nsd_tolerance_mm))
         total = total + counts
     return total, per_case
 
@@ -107,4 +165,19 @@ def evaluate_predictions(pred_dir: str | Path, ref_dir: str | Path, dataset_json
     metrics["dice_foreground_mean"] = float(summary["foreground_mean"]["Dice"])
     metrics.update(lesion_sensitivity=counts.sensitivity, lesion_precision=counts.precision, lesion_f1=counts.f1,
                    n_ref_lesions=counts.n_ref, n_pred_lesions=counts.n_pred)
+    metrics.update(summarize_cases(per_case))
     return metrics
+
+
+def summarize_cases(per_case: dict) -> dict:
+    """False positives per case, mean lesion NSD and sensitivity per size bin, from detection_on_folder's cases."""
+    cases = list(per_case.values())
+    nsd = [c["nsd"] for c in cases if not math.isnan(c["nsd"])]
+    out = {"lesion_fp_per_case": sum(c["false_positives"] for c in cases) / len(cases) if cases else math.nan,
+           "nsd_lesion": sum(nsd) / len(nsd) if nsd else math.nan}
+    for name in size_bin_names():
+        n = sum(c["by_size"][name][0] for c in cases)
+        hit = sum(c["by_size"][name][1] for c in cases)
+        out[f"sens_{name}"] = hit / n if n else math.nan
+        out[f"n_ref_{name}"] = n
+    return out

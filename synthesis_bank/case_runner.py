@@ -18,6 +18,7 @@ import numpy as np
 
 from ld_augment.io.nifti import sha256_file
 
+from synthesis_bank.label_mapping import source_roles, source_to_scheme
 from synthesis_bank.labels import existing_lesions, label_dtype, union_labels
 from synthesis_bank.manifest import image_path, label_path
 from synthesis_bank.plan import WorkItem
@@ -141,15 +142,26 @@ class CaseRunner:
         recipe = self.recipe
         avoid = None
         source_label = None
+        seg = str(item.source.seg) if item.source.seg else None
+        organ_from_source = False
         if item.source.label is not None:
             label_img = nib.load(str(item.source.label))
             source_label = np.asarray(label_img.dataobj)
+            if item.source.label_classes:   # the source's own classes, read as organ / other organ / lesion
+                roles = source_roles(dict(item.source.label_classes), item.organ)
+                organ_from_source = seg is None and item.source.labels_organ(item.organ)
+                if organ_from_source:   # the annotated organ (with its lesions) is the organ segmentation
+                    inside = [v for v, role in roles.items() if role in ("organ", "lesion")]
+                    seg = str(work / "organ_from_label.nii.gz")
+                    nib.save(nib.Nifti1Image(np.isin(source_label, inside).astype(np.uint8), label_img.affine), seg)
+                source_label = source_to_scheme(source_label, roles, recipe.label_scheme, file=str(item.source.label))
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)
+        organ_source = "source label" if organ_from_source else "user" if item.source.seg else "totalsegmentator"
         case_dir, synth_dir = work / "case", work / "synth"
         self.preprocess_fn(
             str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,
-            seg=str(item.source.seg) if item.source.seg else None, attributes=dict(item.attributes) or None,
+            seg=seg, attributes=dict(item.attributes) or None,
             num_lesions=item.num_lesions, spacing=recipe.spacing, report_writer=self._report_writer(),
             seed=item.seed, shrink=recipe.shrink, avoid=avoid, case_id=item.case_id, preview=False,
         )
@@ -162,7 +174,8 @@ class CaseRunner:
         t2 = time.perf_counter()
         label_file = synth_dir / "label.nii.gz"
         if source_label is not None:
-            label_file = self._union(source_label, item, label_file, work)
+            label_file = self._union(source_label, item, label_file, work,
+                                     organ_from="source" if organ_from_source else "synth")
         record = _read_json(synth_dir / "synthesis.json") or dict(getattr(result, "record", None) or {})
         case_meta = _read_json(case_dir / "case.json") or {}
         report = _read_json(synth_dir / "report.json")
@@ -175,6 +188,7 @@ class CaseRunner:
         t3 = time.perf_counter()
         lesions = record.get("lesions") or []
         return {
+            "organ_segmentation": organ_source,
             "reports": report if report is not None else record.get("report"),
             "bboxes": case_meta.get("bboxes", []),
             "engine_provenance": record.get("engine"),
@@ -183,7 +197,8 @@ class CaseRunner:
                         "write_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
         }
 
-    def _union(self, source_label: np.ndarray, item: WorkItem, synth_label: Path, work: Path) -> Path:
+    def _union(self, source_label: np.ndarray, item: WorkItem, synth_label: Path, work: Path, *,
+               organ_from: str) -> Path:
         """Existing labels kept, new lesions added; written next to the synthesized label, in its grid."""
         import nibabel as nib
 
@@ -195,7 +210,10 @@ class CaseRunner:
         if synth.shape != source_label.shape:
             raise InputError(f"{item.source.label}: label shape {source_label.shape} differs from its CT "
                              f"{item.source.image} ({synth.shape})")
-        merged = union_labels(source_label, synth, self.recipe.label_scheme).astype(label_dtype(self.recipe.label_scheme))
+        # one organ boundary per case: the source's annotated organ when it was the segmentation, else the
+        # segmentation's (user or TotalSegmentator) organ replaces the source's
+        merged = union_labels(source_label, synth, self.recipe.label_scheme, organ_from=organ_from)
+        merged = merged.astype(label_dtype(self.recipe.label_scheme))
         img = nib.Nifti1Image(merged, synth_img.affine, synth_img.header)
         img.set_data_dtype(merged.dtype)
         return atomic_save_nifti(img, work / "label_union.nii.gz")

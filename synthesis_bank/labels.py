@@ -17,14 +17,20 @@ def existing_lesions(source_label: np.ndarray, scheme: Mapping[str, int]) -> np.
     return ~np.isin(source_label, keep)
 
 
-def union_labels(source_label: np.ndarray, synth_label: np.ndarray, scheme: Mapping[str, int]) -> np.ndarray:
-    """Source labels kept; new lesion voxels -> lesion label (never over an existing lesion); the organ label
-    only where the source had background (if the scheme has an organ class)."""
+def union_labels(source_label: np.ndarray, synth_label: np.ndarray, scheme: Mapping[str, int], *,
+                 organ_from: str = "synth") -> np.ndarray:
+    """Source lesions kept; new lesion voxels -> lesion label (never over an existing lesion). The organ comes
+    from ONE segmentation, never a union of two boundary styles: `organ_from="source"` keeps the source's
+    annotated organ, `"synth"` takes the synthesized label's organ (the segmentation the case was made with)
+    in place of the source's."""
     if source_label.shape != synth_label.shape:
         raise ValueError(f"source label shape {source_label.shape} != synthesized label shape {synth_label.shape}")
+    if organ_from not in ("source", "synth"):
+        raise ValueError(f"organ_from must be 'source' or 'synth', got {organ_from!r}")
     out = np.asarray(source_label).copy()
     old_lesion = existing_lesions(out, scheme)
-    if "organ" in scheme:
+    if "organ" in scheme and organ_from == "synth":
+        out[out == scheme["organ"]] = scheme["background"]
         organ = (synth_label == scheme["organ"]) & (out == scheme["background"])
         out[organ] = scheme["organ"]
     new_lesion = (synth_label == scheme["lesion"]) & ~old_lesion

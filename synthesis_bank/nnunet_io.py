@@ -7,9 +7,11 @@
 <bank>/manifest.jsonl                         one JSON object per line; only status "ok" lines are bank cases
 <bank>/imagesTr/<case_id>_0000.nii.gz, <bank>/labelsTr/<case_id>.nii.gz
 <bank>/nnUNet_preprocessed/<DatasetName>/prepared.json
-      {"format": "ld-augment-prepared/1", "target_dataset": "<DatasetName>",
-       "configurations": {"<data_identifier>": {"configuration", "plans_identifier", "plans_sha256",
-                                               "manifest_sha256", "cases": [...], "nnunetv2_version", ...}}}
+      {"format": "ld-augment-prepared/2", "target_dataset": "<DatasetName>",
+       "records": {"<plans_identifier>/<configuration>": {"data_identifier", "preprocessing_sha256",
+                   "manifest_sha256", "label_mapping", "cases": [...], "excluded_test_sources", ...}},
+       "data": {"<data_identifier>": {"<case_id>": {"preprocessing_sha256", "label_sha256", "inputs"}}},
+       "target_images": {"imagesTr": {"<case_id>": {"sha256", "size", "mtime_ns"}}, "imagesTs": {...}}}
 <bank>/nnUNet_preprocessed/<DatasetName>/<data_identifier>/   the cases in the target's own file format
 ```
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,13 +30,11 @@ from typing import Any, Iterable
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.nifti import sha256_file
 
-PREPARED_FORMAT = "ld-augment-prepared/1"
+PREPARED_FORMAT = "ld-augment-prepared/2"
 PREPARED_DIRNAME = "nnUNet_preprocessed"
 PREPARED_JSON = "prepared.json"
 MANIFEST = "manifest.jsonl"
 
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
-_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png", ".b2nd", ".npz", ".npy")
 
 
 @dataclass(frozen=True)
@@ -45,26 +44,8 @@ class BankCase:
     case_id: str
     source_id: str | None
     source_file: str | None
+    source_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def source_keys(self) -> set[str]:
-        """Every spelling of the source case that could equal an nnU-Net case id (used for leakage checks)."""
-        keys: set[str] = set()
-        for value in (self.source_id, self.source_file):
-            if value:
-                keys.add(str(value))
-                keys.add(normalize_case_id(str(value)))
-        return keys
-
-
-def normalize_case_id(value: str) -> str:
-    """`/data/imagesTr/liver_003_0000.nii.gz` -> `liver_003`: strip folders, image endings and a channel suffix."""
-    name = value.replace("\\", "/").rsplit("/", 1)[-1]
-    for ending in _IMAGE_ENDINGS:
-        if name.lower().endswith(ending):
-            name = name[: -len(ending)]
-            break
-    return _CHANNEL_SUFFIX.sub("", name)
 
 
 def sha256_json(obj: Any) -> str:
@@ -121,7 +102,7 @@ def read_bank_cases(bank_dir: str | Path) -> list[BankCase]:
         if record.get("status", "ok") != "ok":
             continue
         cases.append(BankCase(case_id, _opt_str(record.get("source_id")), _opt_str(record.get("source_file")),
-                              extra=record))
+                              _opt_str(record.get("source_sha256")), extra=record))
     return cases
 
 
@@ -129,13 +110,51 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def split_leaking(cases: Iterable[BankCase], val_keys: Iterable[str]) -> tuple[list[BankCase], list[BankCase]]:
-    """Split bank cases into (usable, excluded): excluded ones were made from a validation case of this fold."""
-    val = {str(k) for k in val_keys} | {normalize_case_id(str(k)) for k in val_keys}
+def split_leaking(cases: Iterable[BankCase], val_keys: Iterable[str],
+                  val_sha256: Iterable[str] = ()) -> tuple[list[BankCase], list[BankCase]]:
+    """Split bank cases into (usable, excluded): excluded ones were made from a held-out case.
+
+    A case leaks when its source id equals a held-out case id verbatim (no suffix stripping: `amos_0001` is
+    not `amos`) or its source file's content (`source_sha256` in the manifest) equals a held-out image's, which
+    also catches a source copied under another name.
+    """
+    val = {str(k) for k in val_keys}
+    shas = {str(s) for s in val_sha256 if s}
     usable, excluded = [], []
     for case in cases:
-        (excluded if case.source_keys() & val else usable).append(case)
+        leaks = case.source_id in val or (case.source_sha256 is not None and case.source_sha256 in shas)
+        (excluded if leaks else usable).append(case)
     return usable, excluded
+
+
+# Plans fields that change what nnU-Net's preprocessor writes for a case. Not batch size, architecture or patch
+# size (the patch size only sets blosc2 chunking): ResEnc M/L/XL plans share a data identifier and these values,
+# so preparing for one does not invalidate the others.
+PLANS_PREPROCESSING_KEYS = ("transpose_forward", "transpose_backward", "foreground_intensity_properties_per_channel",
+                            "image_reader_writer")
+CONFIG_PREPROCESSING_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes",
+                             "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs",
+                             "resampling_fn_seg", "resampling_fn_seg_kwargs")
+
+
+def preprocessing_fields(plans: dict[str, Any], configuration: dict[str, Any],
+                         target_labels: dict[str, Any]) -> dict[str, Any]:
+    """What a prepared case depends on: the plans' and the (resolved) configuration's preprocessing settings and
+    the target's labels (regions decide the foreground locations nnU-Net samples)."""
+    return {"plans": {k: plans.get(k) for k in PLANS_PREPROCESSING_KEYS},
+            "configuration": {k: configuration.get(k) for k in CONFIG_PREPROCESSING_KEYS},
+            "labels": target_labels, "regions_class_order": None}
+
+
+def preprocessing_sha256(plans: dict[str, Any], configuration: dict[str, Any], target_json: dict[str, Any]) -> str:
+    fields = preprocessing_fields(plans, configuration, target_json.get("labels", {}))
+    fields["regions_class_order"] = target_json.get("regions_class_order")
+    return sha256_json(fields)
+
+
+def record_key(plans_identifier: str, configuration: str) -> str:
+    """Prepare records are kept per (plans identifier, configuration): `nnUNetResEncUNetMPlans/3d_fullres`."""
+    return f"{plans_identifier}/{configuration}"
 
 
 def prepared_root(bank_dir: str | Path, dataset_name: str) -> Path:
@@ -153,19 +172,33 @@ def prepare_command(bank_dir: str | Path, dataset_name: str, configuration: str,
     return cmd
 
 
-def load_prepared_record(bank_dir: str | Path, dataset_name: str, data_identifier: str, *,
-                         configuration: str, plans_identifier: str) -> dict[str, Any]:
-    """The prepare record for one target and data identifier; ConfigError with the fix if there is none."""
+def load_prepared(bank_dir: str | Path, dataset_name: str) -> dict[str, Any]:
+    """The whole `prepared.json` of one target ({} if the bank was never prepared for it)."""
+    path = prepared_root(bank_dir, dataset_name) / PREPARED_JSON
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); delete it and run synthesis-bank prepare again") from None
+    if doc.get("format") != PREPARED_FORMAT:
+        return {}   # an older layout: everything is prepared again
+    return doc
+
+
+def load_prepared_record(bank_dir: str | Path, dataset_name: str, *, configuration: str,
+                         plans_identifier: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(record of this plans identifier + configuration, the whole prepared.json); ConfigError with the fix."""
     fix = prepare_command(bank_dir, dataset_name, configuration, plans_identifier)
     path = prepared_root(bank_dir, dataset_name) / PREPARED_JSON
     if not path.is_file():
         raise ConfigError(f"bank {bank_dir} is not prepared for {dataset_name} ({path} missing). Run: {fix}")
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if doc.get("format") != PREPARED_FORMAT:
-        raise ConfigError(f"{path}: unknown format {doc.get('format')!r}, expected {PREPARED_FORMAT}. Run: {fix}")
-    record = doc.get("configurations", {}).get(data_identifier)
+    doc = load_prepared(bank_dir, dataset_name)
+    if not doc:
+        raise ConfigError(f"{path}: written by an older ld-augment (expected format {PREPARED_FORMAT}). Run: {fix}")
+    key = record_key(plans_identifier, configuration)
+    record = doc.get("records", {}).get(key)
     if record is None:
-        have = sorted(doc.get("configurations", {}))
-        raise ConfigError(f"bank {bank_dir} is prepared for {dataset_name} with {have}, not {data_identifier}. "
-                          f"Run: {fix}")
-    return record
+        have = sorted(doc.get("records", {}))
+        raise ConfigError(f"bank {bank_dir} is prepared for {dataset_name} with {have}, not {key}. Run: {fix}")
+    return record, doc

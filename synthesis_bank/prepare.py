@@ -13,14 +13,18 @@ import argparse
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from ld_augment.errors import ConfigError, InputError, LdAugmentError
 from ld_augment.io.atomic import atomic_write_json
-from synthesis_bank.nnunet_io import (PREPARED_FORMAT, PREPARED_JSON, manifest_sha256, prepared_data_folder,
-                                      prepared_root, read_bank_cases, sha256_json)
+from ld_augment.io.nifti import sha256_file
+from synthesis_bank.label_mapping import TargetLabels, parse_label_args, remap, resolve_mapping
+from synthesis_bank.nnunet_io import (PREPARED_FORMAT, PREPARED_JSON, load_prepared, manifest_sha256,
+                                      prepared_data_folder, prepared_root, preprocessing_sha256, read_bank_cases,
+                                      record_key, sha256_json)
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ def _label_values(value: Any) -> set[int]:
 
 def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[str, Any], *,
                               bank_file: str, target_file: str) -> None:
-    """Bank label names must exist in the target with the same value, or the trainer would teach wrong classes."""
+    """For copying bank label files unchanged (scripts/expand_dataset.py): bank label names must exist in the
+    target with the same value. `prepare_bank` maps labels instead (`synthesis_bank.label_mapping`)."""
     problems = []
     for name, value in bank_labels.items():
         if name not in target_labels:
@@ -51,23 +56,27 @@ def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[s
             problems.append(f"label {name!r} is {value} in the bank but {target_labels[name]} in the target")
     if problems:
         raise InputError(f"{bank_file}: labels do not match the target's {target_file}: " + "; ".join(problems)
-                         + f". Target labels: {target_labels}. Rebuild the bank with the target's label scheme.")
+                         + f". Target labels: {target_labels}. Copying label files needs identical labels; train "
+                         f"with nnUNetTrainerLesionDiffusion instead, whose `synthesis-bank prepare` maps the bank's "
+                         f"labels into the target's (by name, or --labels organ=... lesion=...)")
 
 
-def _case_done(out_dir: Path, case_id: str, inputs: Sequence[Path]) -> bool:
-    """A case is done when its properties file (moved last) exists and is newer than its inputs."""
-    pkl = out_dir / f"{case_id}.pkl"
-    if not pkl.is_file():
+def _inputs_signature(files: Sequence[Path]) -> list[list[int]]:
+    """(size, mtime) of a case's inputs: a rebuilt bank case is prepared again (cheap; no hashing of CTs)."""
+    return [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _case_done(out_dir: Path, case_id: str, entry: dict | None, wanted: dict) -> bool:
+    """Done when its files exist and the record says it was made from these inputs with these settings."""
+    if entry != wanted or not (out_dir / f"{case_id}.pkl").is_file():
         return False
-    if not any((out_dir / f"{case_id}{ext}").is_file() for ext in (".b2nd", ".npz")):
-        return False
-    mtime = pkl.stat().st_mtime_ns
-    return all(p.stat().st_mtime_ns <= mtime for p in inputs)
+    return any((out_dir / f"{case_id}{ext}").is_file() for ext in (".b2nd", ".npz"))
 
 
 def _prepare_one(job: tuple) -> tuple[str, list[int]]:
-    """Worker: preprocess one case into its own staging folder, check labels, move it in (properties last)."""
-    case_id, image, label, staging, out_dir, plans, configuration, dataset_json = job
+    """Worker: map the labels into the target's space, preprocess one case into its own staging folder, check
+    labels, move it in (properties file last)."""
+    case_id, image, label, lut, staging, out_dir, plans, configuration, dataset_json = job
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
@@ -76,14 +85,35 @@ def _prepare_one(job: tuple) -> tuple[str, list[int]]:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
+    if any(k != v for k, v in lut):
+        label = _remapped_label(Path(label), dict(lut), stage / f"label_{case_id}{_ending(Path(label))}")
     preprocessor = cm.preprocessor_class(verbose=False)
     preprocessor.run_case_save(str(stage / case_id), [str(image)], str(label), pm, cm, dataset_json)
     values = _seg_values(stage, case_id)
-    files = sorted(stage.iterdir(), key=lambda p: p.suffix == ".pkl")
+    files = sorted((f for f in stage.iterdir() if f.name.startswith(case_id + ".") or
+                    f.name.startswith(case_id + "_seg.")), key=lambda p: p.suffix == ".pkl")
     for f in files:
         os.replace(f, Path(out_dir) / f.name)
     shutil.rmtree(stage, ignore_errors=True)
     return case_id, values
+
+
+def _ending(path: Path) -> str:
+    return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+
+
+def _remapped_label(label: Path, lut: dict[int, int], out: Path) -> Path:
+    """The bank label map in the target's label values, same grid and header (a staging copy; the bank's own
+    file is never modified)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(label))
+    mapped = remap(np.asarray(img.dataobj), lut, file=str(label))
+    new = nib.Nifti1Image(mapped, img.affine, img.header)
+    new.set_data_dtype(mapped.dtype)
+    nib.save(new, str(out))
+    return out
 
 
 def _seg_values(stage: Path, case_id: str) -> list[int]:
@@ -125,12 +155,93 @@ def _resolve_target(target_dataset: str | int, plans_identifier: str, configurat
     return name, plans, pm, dataset_json
 
 
-def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, configuration: str = "3d_fullres",
-                 plans_identifier: str = "nnUNetPlans", num_processes: int | None = None) -> PrepareResult:
-    """Preprocess every finished bank case with the target's plans; cases prepared before are skipped.
+def _check_channels(target_json: dict, bank_json: dict, *, target_file: str, bank_file: str) -> None:
+    """A CT bank trains only single-channel CT targets: nnU-Net normalizes by channel name."""
+    channels = target_json.get("channel_names", target_json.get("modality", {}))
+    names = [str(v) for v in channels.values()]
+    if len(names) != 1 or names[0].strip().upper() != "CT":
+        raise InputError(f"{target_file}: channel_names {channels} — a CT bank ({bank_file}) can only train a "
+                         f"target with one channel named CT (nnU-Net's CT normalization)")
+    bank_channels = bank_json.get("channel_names", {"0": "CT"})
+    if len(bank_channels) != 1:
+        raise InputError(f"{bank_file}: the bank has channel_names {bank_channels}, a CT bank has one channel")
 
-    Writes `<bank>/nnUNet_preprocessed/<DatasetName>/<data_identifier>/` and records the target, plans hash
-    and manifest hash in `<bank>/nnUNet_preprocessed/<DatasetName>/prepared.json`, which the trainer checks.
+
+def _hash_target_images(name: str, ending: str, cached: dict, progress: bool) -> dict[str, dict]:
+    """sha256 of the target's raw imagesTr/imagesTs (channel 0), reusing hashes of unchanged files.
+
+    The leakage guard compares bank sources to these by content; {} when nnUNet_raw does not hold the target.
+    """
+    from nnunetv2.paths import nnUNet_raw
+
+    if not nnUNet_raw.is_set():
+        return {}
+    root = Path(nnUNet_raw.get()) / name
+    out: dict[str, dict] = {}
+    for folder in ("imagesTr", "imagesTs"):
+        files = sorted((root / folder).glob(f"*_0000{ending}")) if (root / folder).is_dir() else []
+        table: dict[str, dict] = {}
+        old = cached.get(folder, {})
+        for f in _bar(files, f"hash {folder}", progress):
+            case_id = f.name[: -len(f"_0000{ending}")]
+            st = f.stat()
+            prev = old.get(case_id)
+            if prev and prev.get("size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
+                table[case_id] = prev
+            else:
+                table[case_id] = {"sha256": sha256_file(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        out[folder] = table
+    return out
+
+
+def _bar(items, desc: str, progress: bool):
+    if not progress or len(items) < 2:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="case", dynamic_ncols=True)
+
+
+def _test_sources(cases, target_images: dict) -> list[str]:
+    """Bank cases made from one of the target's test images (imagesTs), by verbatim id or by content."""
+    test = target_images.get("imagesTs", {})
+    shas = {v["sha256"] for v in test.values()}
+    return [c.case_id for c in cases if c.source_id in test or (c.source_sha256 and c.source_sha256 in shas)]
+
+
+def _disk_estimate(jobs: list[tuple], spacing: Sequence[float], transpose: Sequence[int]) -> int:
+    """Upper bound of the bytes the jobs write: float32 data + int16 seg per voxel at the target spacing
+    (blosc2 usually compresses this to well under half)."""
+    import nibabel as nib
+
+    total = 0
+    for job in jobs:
+        img = nib.load(str(job[1]))
+        zooms = img.header.get_zooms()[:3]
+        # nnU-Net's SimpleITK reader returns axes reversed (z, y, x) before transpose_forward
+        shape_zyx = list(img.shape[:3])[::-1]
+        spacing_zyx = list(zooms)[::-1]
+        shape_t = [shape_zyx[i] for i in transpose]
+        spacing_t = [spacing_zyx[i] for i in transpose]
+        sp = list(spacing) if len(spacing) == 3 else [spacing_t[0], *spacing]
+        voxels = 1
+        for n, s_old, s_new in zip(shape_t, spacing_t, sp):
+            voxels *= max(1, round(n * s_old / s_new))
+        total += voxels * 6
+    return total
+
+
+def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, configuration: str = "3d_fullres",
+                 plans_identifier: str = "nnUNetPlans", num_processes: int | None = None,
+                 labels: Sequence[str] | dict[str, str] | None = None, allow_test_sources: bool = False,
+                 progress: bool = True) -> PrepareResult:
+    """Preprocess every finished bank case with the target's plans, its labels mapped into the target's labels.
+
+    A case is prepared again when its inputs, the label mapping or the plans fields that affect preprocessing
+    changed (re-planning with another spacing re-prepares; a new batch size does not). Writes
+    `<bank>/nnUNet_preprocessed/<DatasetName>/<data_identifier>/` and `prepared.json` beside it (see
+    `synthesis_bank.nnunet_io`), which the trainer checks. Bank cases made from the target's test images are
+    refused unless `allow_test_sources`.
     """
     bank = Path(bank_dir).resolve()
     bank_json_file = bank / "dataset.json"
@@ -138,13 +249,9 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
         raise InputError(f"{bank_json_file}: not found; {bank} is not a bank folder (synthesis-bank build)")
     bank_json = json.loads(bank_json_file.read_text())
     name, plans, pm, target_json = _resolve_target(target_dataset, plans_identifier, configuration)
+    target_file = f"{name}/dataset.json"
     cm = pm.get_configuration(configuration)
-    check_label_compatibility(bank_json.get("labels", {}), target_json["labels"],
-                              bank_file=str(bank_json_file), target_file=f"{name}/dataset.json")
-    n_channels = len(target_json.get("channel_names", target_json.get("modality", {})))
-    if n_channels != len(bank_json.get("channel_names", {"0": "CT"})):
-        raise InputError(f"{bank_json_file}: the bank has {len(bank_json.get('channel_names', {}))} channel(s), "
-                         f"target {name} has {n_channels}; a CT bank can only train single-channel CT targets")
+    _check_channels(target_json, bank_json, target_file=target_file, bank_file=str(bank_json_file))
     ending = bank_json.get("file_ending", ".nii.gz")
     reader = pm.image_reader_writer_class
     if ending not in getattr(reader, "supported_file_endings", [ending]):
@@ -152,41 +259,91 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
 
     manifest_hash = manifest_sha256(bank)
     cases = read_bank_cases(bank)
+    explicit = labels if isinstance(labels, dict) else parse_label_args(labels)
+    mapping = resolve_mapping(bank_json.get("labels", {}), target_json["labels"],
+                              [(c.extra.get("organ"), c.extra.get("lesion_type")) for c in cases], explicit,
+                              bank_file=str(bank_json_file), target_file=target_file)
+    doc = load_prepared(bank, name) or {"format": PREPARED_FORMAT, "target_dataset": name, "records": {},
+                                        "data": {}, "target_images": {}}
+    target_images = _hash_target_images(name, target_json.get("file_ending", ".nii.gz"),
+                                        doc.get("target_images", {}), progress)
+    doc["target_images"] = target_images
+    from_test = _test_sources(cases, target_images)
+    if from_test and not allow_test_sources:
+        raise InputError(f"{bank / 'manifest.jsonl'}: {len(from_test)} bank case(s) were made from {name}'s test "
+                         f"images (imagesTs), e.g. {from_test[:3]}; training on them leaks the test set. Rebuild "
+                         f"the bank without them, or pass --allow-test-sources to prepare them anyway")
+
+    prep_sha = preprocessing_sha256(plans, cm.configuration, target_json)
     out_dir = prepared_data_folder(bank, name, cm.data_identifier)
     staging = prepared_root(bank, name) / f".staging_{cm.data_identifier}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs, skipped = [], []
+    table = doc["data"].setdefault(cm.data_identifier, {})
+    jobs, skipped, wanted = [], [], {}
     for case in cases:
         image = bank / "imagesTr" / f"{case.case_id}_0000{ending}"
         label = bank / "labelsTr" / f"{case.case_id}{ending}"
         for f in (image, label):
             if not f.is_file():
                 raise InputError(f"{f}: missing, but {bank / 'manifest.jsonl'} lists case {case.case_id} as ok")
-        if _case_done(out_dir, case.case_id, (image, label)):
+        lut = sorted(mapping.lut_for(case.extra.get("organ"), case.extra.get("lesion_type")).items())
+        wanted[case.case_id] = {"preprocessing_sha256": prep_sha, "label_map": [list(p) for p in lut],
+                                "inputs": _inputs_signature((image, label))}
+        if _case_done(out_dir, case.case_id, table.get(case.case_id), wanted[case.case_id]):
             skipped.append(case.case_id)
         else:
-            jobs.append((case.case_id, image, label, str(staging), str(out_dir), plans, configuration, target_json))
+            jobs.append((case.case_id, image, label, lut, str(staging), str(out_dir), plans, configuration,
+                         target_json))
+    if jobs:
+        estimate = _disk_estimate(jobs, cm.spacing, pm.transpose_forward)
+        free = shutil.disk_usage(out_dir).free
+        print(f"prepare: {len(jobs)} case(s) to preprocess for {name} {configuration}, up to "
+              f"{estimate / 1e9:.2f} GB uncompressed ({free / 1e9:.1f} GB free in {out_dir})", flush=True)
 
-    allowed = set().union(*(_label_values(v) for v in target_json["labels"].values())) | {-1}
+    for job in jobs:   # their files are about to be replaced: no record may vouch for them meanwhile
+        table.pop(job[0], None)
+    _write_doc(bank, name, doc)
+    allowed = TargetLabels(target_json["labels"]).written_values() | {0, -1}
     done: list[str] = []
-    for case_id, values in _run_jobs(jobs, num_processes):
+    last_write = time.monotonic()
+    for case_id, values in _bar_iter(_run_jobs(jobs, num_processes), len(jobs), progress):
         bad = sorted(set(values) - allowed)
         if bad:
-            for f in out_dir.glob(f"{case_id}.*"):
+            for f in [*out_dir.glob(f"{case_id}.*"), *out_dir.glob(f"{case_id}_seg.*")]:
                 f.unlink()
+            _write_doc(bank, name, doc)
             raise InputError(f"{bank / 'labelsTr' / (case_id + ending)}: label values {bad} are not labels of "
                              f"{name} ({target_json['labels']})")
+        table[case_id] = wanted[case_id]
         done.append(case_id)
+        if time.monotonic() - last_write > 10:      # an interrupted prepare keeps what it finished
+            _write_doc(bank, name, doc)
+            last_write = time.monotonic()
     shutil.rmtree(staging, ignore_errors=True)
-    _write_record(bank, name, cm.data_identifier, {
+    doc["records"][record_key(plans_identifier, configuration)] = {
         "configuration": configuration,
         "plans_identifier": plans_identifier,
+        "data_identifier": cm.data_identifier,
+        "preprocessing_sha256": prep_sha,
         "plans_sha256": sha256_json(plans),
         "manifest_sha256": manifest_hash,
+        "label_mapping": mapping.describe(),
         "cases": [c.case_id for c in cases],
+        "data_sha256": sha256_json({c.case_id: wanted[c.case_id] for c in cases}),
+        "test_sources_allowed": from_test,
         "nnunetv2_version": _nnunet_version(),
-    })
+    }
+    _write_doc(bank, name, doc)
     return PrepareResult(name, cm.data_identifier, out_dir, done, skipped)
+
+
+def _bar_iter(it, total: int, progress: bool):
+    if not progress or total < 2:
+        yield from it
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(it, total=total, desc="prepare", unit="case", dynamic_ncols=True)
 
 
 def _run_jobs(jobs: list[tuple], num_processes: int | None):
@@ -208,13 +365,8 @@ def _nnunet_version() -> str:
     return version("nnunetv2")
 
 
-def _write_record(bank: Path, name: str, data_identifier: str, record: dict) -> None:
-    path = prepared_root(bank, name) / PREPARED_JSON
-    doc = json.loads(path.read_text()) if path.is_file() else {}
-    if doc.get("format") != PREPARED_FORMAT:
-        doc = {"format": PREPARED_FORMAT, "target_dataset": name, "configurations": {}}
-    doc["configurations"][data_identifier] = record
-    atomic_write_json(path, doc)
+def _write_doc(bank: Path, name: str, doc: dict) -> None:
+    atomic_write_json(prepared_root(bank, name) / PREPARED_JSON, doc)
 
 
 # --- CLI: mounted by synthesis_bank.cli as `synthesis-bank prepare` -------------------------------------------
@@ -234,11 +386,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("-p", "--plans", dest="plans_identifier", default="nnUNetPlans")
     p.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=None)
+    p.add_argument("--labels", nargs="+", default=None, metavar="BANK=TARGET",
+                   help="map bank labels to the target's where names do not say it: organ=liver lesion=cancer, "
+                        "organ=drop, or per lesion type \"renal cell carcinoma=tumor\" (default: by name)")
+    p.add_argument("--allow-test-sources", action="store_true",
+                   help="prepare bank cases made from the target's imagesTs anyway (recorded)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run_prepare_args(args: argparse.Namespace) -> int:
     result = prepare_bank(args.bank, args.target, configuration=args.configuration,
-                          plans_identifier=args.plans_identifier, num_processes=args.num_processes)
+                          plans_identifier=args.plans_identifier, num_processes=args.num_processes,
+                          labels=getattr(args, "labels", None),
+                          allow_test_sources=getattr(args, "allow_test_sources", False),
+                          progress=getattr(args, "progress", True))
     print(f"prepared {len(result.prepared)} case(s), skipped {len(result.skipped)} already prepared -> "
           f"{result.output_folder} (target {result.target_dataset}, {result.data_identifier})")
     return 0

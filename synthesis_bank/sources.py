@@ -14,16 +14,23 @@ from pathlib import Path
 from ld_augment.errors import ConfigError
 from ld_augment.io.nifti import NIFTI_SUFFIXES, strip_nifti_suffix
 
+from synthesis_bank.label_mapping import names_organ, source_roles
 from synthesis_bank.recipe import Recipe
 
 @dataclass(frozen=True)
 class Source:
-    """One source CT. `label` is set for already-labelled training cases (nnU-Net raw sources)."""
+    """One source CT. `label` is set for already-labelled training cases (nnU-Net raw sources), with
+    `label_classes` the (name, value) pairs of their dataset.json."""
 
     source_id: str
     image: Path
     seg: Path | None = None
     label: Path | None = None
+    label_classes: tuple[tuple[str, int], ...] = ()
+
+    def labels_organ(self, organ: str) -> bool:
+        """Does this source's own label map annotate `organ` (then it is the organ segmentation)?"""
+        return any(names_organ(name, organ) for name, _ in self.label_classes)
 
 
 def _find_seg(folder: Path | None, file_name: str, source_id: str) -> Path | None:
@@ -83,32 +90,29 @@ def _from_nnunet_raw(recipe: Recipe) -> list[Source]:
     channels = ds.get("channel_names") or ds.get("modality") or {}
     if len(channels) != 1:
         raise ConfigError(f"{ds_file}: lesion synthesis needs a single CT channel, got channel_names {channels}")
-    _check_labels_fit(ds_file, ds.get("labels") or {}, recipe)
+    classes = _label_classes(ds_file, ds.get("labels") or {}, recipe)
     out = []
     for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
         case_id = image.name[: -len(f"_0000{ending}")]
         label = root / "labelsTr" / f"{case_id}{ending}"
         if not label.is_file():
             raise ConfigError(f"{root}: case {case_id} has no label file {label}")
-        out.append(Source(case_id, image, _find_seg(recipe.sources.segmentations, f"{case_id}{ending}", case_id), label))
+        out.append(Source(case_id, image, _find_seg(recipe.sources.segmentations, f"{case_id}{ending}", case_id), label,
+                          classes))
     return out
 
 
-def _check_labels_fit(ds_file: Path, labels: dict, recipe: Recipe) -> None:
-    """The bank's labels are the union of the source labels and new lesions, so every source label id must
-    exist in the recipe's label_scheme, or the bank's dataset.json would not describe its label maps."""
-    ids = []
-    for name, value in labels.items():
-        if not isinstance(value, int):
-            raise ConfigError(f"{ds_file}: region-based label {name}: {value} is not supported as a bank source")
-        ids.append(value)
-    scheme_ids = set(recipe.label_scheme.values())
-    missing = sorted(set(ids) - scheme_ids)
-    if missing:
-        raise ConfigError(
-            f"{recipe.origin}: label_scheme {dict(recipe.label_scheme)} lacks label id(s) {missing} used by the "
-            f"source dataset {ds_file} (labels {labels}); map the source classes onto background/organ/lesion ids"
-        )
+def _label_classes(ds_file: Path, labels: dict, recipe: Recipe) -> tuple[tuple[str, int], ...]:
+    """The source's (name, value) label pairs; each must read as organ, other organ or lesion for every recipe
+    organ (`synthesis_bank.label_mapping.source_roles`), which refuses region-based label maps."""
+    if "background" not in labels:
+        raise ConfigError(f"{ds_file}: labels {labels} have no background")
+    for organ in recipe.organs:
+        try:
+            source_roles(labels, organ)
+        except ConfigError as exc:
+            raise ConfigError(f"{ds_file}: {exc}") from None
+    return tuple((str(k), int(v)) for k, v in labels.items())
 
 
 _SOURCE_READERS = {"folder": _from_folder, "list_file": _from_list_file, "nnunet_raw": _from_nnunet_raw}
@@ -128,7 +132,8 @@ def enumerate_sources(recipe: Recipe) -> list[Source]:
             )
         seen[src.source_id] = src.image
     if recipe.segmentation == "error":
-        missing = [s.source_id for s in sources if s.seg is None]
+        missing = [s.source_id for s in sources
+                   if s.seg is None and not all(s.labels_organ(o) for o in recipe.organs)]
         if missing:
             raise ConfigError(
                 f"{recipe.origin}: segmentation: error, but {len(missing)} source(s) have no organ segmentation "

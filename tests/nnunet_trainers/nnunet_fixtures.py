@@ -61,7 +61,8 @@ def make_raw_dataset(raw: Path, dataset_id: int = 501, name: str = "Tiny", n_tra
 
 
 def make_bank(bank: Path, sources: list[str], variants: int = 1, failed: int = 0, seed: int = 1,
-              labels: dict | None = None, shape=(24, 24, 20)) -> Path:
+              labels: dict | None = None, shape=(24, 24, 20), organ: str | None = None,
+              lesion_type: str | None = None) -> Path:
     """A bank folder in the builder's format; `failed` extra manifest lines with status "failed" and no files."""
     rng = np.random.default_rng(seed)
     lines = []
@@ -73,7 +74,8 @@ def make_bank(bank: Path, sources: list[str], variants: int = 1, failed: int = 0
             save(lab, bank / "labelsTr" / f"{case_id}.nii.gz")
             lines.append({"case_id": case_id, "source_id": src, "source_file": f"/raw/imagesTr/{src}_0000.nii.gz",
                           "source_sha256": "0" * 64, "reports": [], "bboxes": [], "engine": {"name": "procedural"},
-                          "checkpoints": {}, "seed": v, "timings": {}, "adherence": {}, "status": "ok"})
+                          "checkpoints": {}, "seed": v, "timings": {}, "adherence": {}, "status": "ok",
+                          "organ": organ, "lesion_type": lesion_type})
     for k in range(failed):
         lines.append({"case_id": f"ld_failed_{k}", "source_id": sources[0], "status": "failed"})
     n_ok = len(sources) * variants
@@ -101,6 +103,7 @@ def nnunet_cmd(tool: str) -> list[str]:
     """Run an nnU-Net console script through this interpreter (works without the scripts on PATH)."""
     entry = {
         "nnUNetv2_plan_and_preprocess": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry",
+        "nnUNetv2_plan_experiment": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_experiment_entry",
         "nnUNetv2_train": "nnunetv2.run.run_training:run_training_entry",
         "nnUNetv2_predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
     }[tool]
@@ -151,15 +154,16 @@ def tiny_plans(dataset_name: str, patch=(12, 12, 12), spacing=(2.0, 1.5, 1.5)) -
     }
 
 
-def make_planned_target(root: Path, dataset_id: int = 501, name: str = "Tiny") -> str:
+def make_planned_target(root: Path, dataset_id: int = 501, name: str = "Tiny", labels: dict | None = None,
+                        spacing=(2.0, 1.5, 1.5)) -> str:
     """nnUNet_raw + nnUNet_preprocessed folders with dataset.json and a hand-written plan (no preprocessing)."""
     ds_name = f"Dataset{dataset_id:03d}_{name}"
     (root / "nnUNet_raw" / ds_name).mkdir(parents=True, exist_ok=True)
     pre = root / "nnUNet_preprocessed" / ds_name
     pre.mkdir(parents=True, exist_ok=True)
-    ds = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 0, "file_ending": ".nii.gz"}
+    ds = {"channel_names": {"0": "CT"}, "labels": labels or LABELS, "numTraining": 0, "file_ending": ".nii.gz"}
     for folder in (root / "nnUNet_raw" / ds_name, pre):
         (folder / "dataset.json").write_text(json.dumps(ds))
-    (pre / "nnUNetPlans.json").write_text(json.dumps(tiny_plans(ds_name)))
+    (pre / "nnUNetPlans.json").write_text(json.dumps(tiny_plans(ds_name, spacing=spacing)))
     (root / "nnUNet_results").mkdir(exist_ok=True)
     return ds_name

@@ -61,3 +61,25 @@ def test_folder_and_nnunet_dice(tmp_path):
     assert m["dice_lesion"] == pytest.approx(0.5)      # case a perfect, case b empty prediction
     assert m["lesion_sensitivity"] == pytest.approx(0.5) and m["lesion_precision"] == pytest.approx(1.0)
     assert (pred_dir / "summary.json").is_file() and (pred_dir / "lesion_detection.json").is_file()
+
+
+def test_detection_by_lesion_size():
+    from nnunet_trainers.evaluation import detection_by_size
+
+    # at 2 mm voxels: radius 1 voxel -> ~2.9 mm diameter, radius 4 -> ~16 mm, radius 7 -> ~28 mm
+    ref = _blobs((40, 40, 40), [(5, 5, 5)], r=1) | _blobs((40, 40, 40), [(15, 15, 15)], r=4) \
+        | _blobs((40, 40, 40), [(28, 28, 28)], r=7)
+    pred = _blobs((40, 40, 40), [(15, 15, 15)], r=2)                   # finds only the middle one
+    bins = detection_by_size(pred, ref, 2, (2.0, 2.0, 2.0))
+    assert bins == {"<10mm": [1, 0], "10-20mm": [1, 1], ">20mm": [1, 0]}
+
+
+def test_surface_dice():
+    from nnunet_trainers.evaluation import surface_dice
+
+    ref = _blobs((30, 30, 30), [(15, 15, 15)], r=6) > 0
+    assert surface_dice(ref, ref, (1, 1, 1), 1.0) == pytest.approx(1.0)
+    shifted = np.roll(ref, 3, axis=0)
+    assert surface_dice(shifted, ref, (1, 1, 1), 1.0) < surface_dice(shifted, ref, (1, 1, 1), 4.0) == pytest.approx(1.0)
+    assert surface_dice(np.zeros_like(ref), ref, (1, 1, 1)) == 0.0
+    assert math.isnan(surface_dice(np.zeros_like(ref), np.zeros_like(ref), (1, 1, 1)))

@@ -28,8 +28,9 @@ def test_overridden_signatures_match_parent(name):
 
 def test_overrides_stay_few():
     overridden = {n for n, v in vars(Base).items() if callable(v) and hasattr(nnUNetTrainer, n)}
-    assert overridden == {"__init__", "get_tr_and_val_datasets", "train_step", "on_train_epoch_end"}
-    assert "get_training_transforms" not in vars(Base) and "get_dataloaders" not in vars(Base)
+    assert overridden == {"__init__", "get_tr_and_val_datasets", "get_dataloaders", "train_step",
+                          "on_train_epoch_end"}
+    assert "get_training_transforms" not in vars(Base)
 
 
 def test_variants_set_one_thing():
@@ -56,3 +57,20 @@ def test_found_through_nnUNet_extTrainer(monkeypatch):
     for name in ("nnUNetTrainerLesionDiffusion", "nnUNetTrainerLesionDiffusion_ratio25"):
         cls = recursive_find_trainer_class_by_name(name)
         assert cls is getattr(trainer_mod, name)
+
+
+def test_realized_fraction_is_summed_over_ddp_ranks(monkeypatch):
+    """Under DDP each rank counts its own batches; the logged fraction must use the all-reduced totals."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+
+    def fake_all_reduce(tensor):          # stands in for 3 more ranks that drew the same as this one
+        tensor.mul_(4)
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    rank = types.SimpleNamespace(_drawn_synthetic=3, _drawn_total=8, is_ddp=True, device=torch.device("cpu"))
+    assert Base._global_counts(rank) == (12, 32)
+    rank.is_ddp = False
+    assert Base._global_counts(rank) == (3, 8)

@@ -70,6 +70,11 @@ def test_mixes_counts_and_records(target):
     assert rec["excluded_ids"] == ["ld_case_000_v0"] and rec["n_bank_used"] == 5 and rec["n_real_train"] == 4
     assert rec["ratio"] == 0.75 and rec["ratio_source"] == "variant"
     assert list(tr.dataloader_val.data_loader._data.identifiers) == ["case_000"]     # validation: real only
+    loader = tr.dataloader_train.data_loader                    # nnU-Net's own loader, two-stage probabilities
+    assert type(loader).__name__ == "nnUNetDataLoader"
+    assert loader.sampling_probabilities[4:].sum() == pytest.approx(0.75)
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as parent_module
+    assert parent_module.nnUNetDataLoader is type(loader)      # the stand-in was put back
     tr.on_train_epoch_start()
     outputs = [tr.train_step(next(tr.dataloader_train)) for _ in range(30)]
     tr.on_train_epoch_end(outputs)
@@ -104,8 +109,13 @@ def test_stale_bank_and_replanned_target_are_refused(target):
         plans["foreground_intensity_properties_per_channel"]["0"], mean=0.0)}
     tr2 = T.nnUNetTrainerLesionDiffusion(plans=changed, configuration="3d_fullres", fold=0,
                                          dataset_json=target[3], device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="different nnUNetPlans plans"):
+    with pytest.raises(ConfigError, match="other preprocessing settings of nnUNetPlans"):
         tr2.get_tr_and_val_datasets()
+    batch_only = dict(plans, continue_training=False)          # a batch size change needs no new prepare
+    batch_only["configurations"] = {"3d_fullres": dict(plans["configurations"]["3d_fullres"], batch_size=3)}
+    tr3 = T.nnUNetTrainerLesionDiffusion(plans=batch_only, configuration="3d_fullres", fold=0,
+                                         dataset_json=target[3], device=torch.device("cpu"))
+    assert tr3.get_tr_and_val_datasets()[0].bank_keys
 
 
 def test_unprepared_bank_is_refused(target, monkeypatch, tmp_path):
@@ -113,3 +123,85 @@ def test_unprepared_bank_is_refused(target, monkeypatch, tmp_path):
     monkeypatch.setenv("LD_BANK_DIR", str(other))
     with pytest.raises(ConfigError, match="not prepared for Dataset501_Tiny"):
         _trainer(T.nnUNetTrainerLesionDiffusion, target).get_tr_and_val_datasets()
+
+
+def test_continuation_with_changed_settings_is_refused_then_recorded(target, monkeypatch):
+    monkeypatch.setenv("LD_BANK_RATIO", "0.5")
+    first = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    first.get_tr_and_val_datasets()
+    monkeypatch.setenv("LD_BANK_RATIO", "0.3")
+    resumed = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    resumed.current_epoch = 3                                   # as after load_checkpoint (nnUNetv2_train --c)
+    with pytest.raises(ConfigError, match=r"--c continues .*ratio was 0.5, now 0.3.*LD_BANK_ALLOW_CHANGE=1"):
+        resumed.get_tr_and_val_datasets()
+    monkeypatch.setenv("LD_BANK_RATIO", "0.5")                  # the same settings continue silently
+    same = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    same.current_epoch = 3
+    same.get_tr_and_val_datasets()
+    assert json.loads(open(same.output_folder + "/lesiondiffusion_bank.json").read())["changes"] == []
+    monkeypatch.setenv("LD_BANK_RATIO", "0.3")
+    monkeypatch.setenv("LD_BANK_ALLOW_CHANGE", "1")
+    allowed = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    allowed.current_epoch = 3
+    allowed.get_tr_and_val_datasets()
+    rec = json.loads(open(allowed.output_folder + "/lesiondiffusion_bank.json").read())
+    assert rec["ratio"] == 0.3 and rec["changes"] == [{"epoch": 3, "changed": {"ratio": {"was": 0.5, "now": 0.3}}}]
+
+
+def test_bank_source_renamed_copy_of_a_validation_image_is_excluded(target):
+    """Leakage by content: the bank's source file has another name than the validation case it copies."""
+    from ld_augment.io.nifti import sha256_file
+
+    tmp_path, name, _, _, bank = target
+    val_image = tmp_path / "nnUNet_raw" / name / "imagesTr" / "case_000_0000.nii.gz"
+    lines = [json.loads(x) for x in (bank / "manifest.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["case_id"] == "ld_external_x_v0":
+            line.update(source_id="scan_17", source_file="/elsewhere/scan_17.nii.gz",
+                        source_sha256=sha256_file(val_image))
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    prepare_bank(bank, name, num_processes=1, progress=False)
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    tr_ds, _ = tr.get_tr_and_val_datasets()
+    rec = json.loads(open(tr.output_folder + "/lesiondiffusion_bank.json").read())
+    assert rec["excluded"]["validation"] == ["ld_case_000_v0", "ld_external_x_v0"]
+    assert "ld_external_x_v0" not in tr_ds.bank_keys and len(tr_ds.bank_keys) == 4
+
+
+def test_composes_with_another_variant(target):
+    """The README's recipe: ours first, then any nnU-Net variant (here DA5's heavier augmentation)."""
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
+
+    class Composed(T.nnUNetTrainerLesionDiffusion, nnUNetTrainerDA5):
+        bank_ratio = 0.5
+
+    tr = _trainer(Composed, target)
+    tr.on_train_start()
+    loader = tr.dataloader_train.data_loader
+    assert loader.sampling_probabilities is not None
+
+    def pipeline(cls):
+        return [type(t).__name__ for t in cls.get_training_transforms(
+            tr.configuration_manager.patch_size, (0, 0), tr._get_deep_supervision_scales(), (0, 1, 2), False,
+            use_mask_for_norm=[False],
+            is_cascaded=False, foreground_labels=[1, 2], regions=None, ignore_label=None).transforms]
+    used = [type(t).__name__ for t in loader.transforms.transforms]
+    assert used == pipeline(nnUNetTrainerDA5) and used != pipeline(T.nnUNetTrainer)   # DA5's augmentation
+    tr.on_train_epoch_start()
+    outputs = [tr.train_step(next(tr.dataloader_train)) for _ in range(3)]
+    assert all(np.isfinite(o["loss"]) for o in outputs) and tr._drawn_total == 3 * tr.batch_size
+
+
+def test_cascade_is_refused_before_training(target):
+    _, _, plans, ds_json, _ = target
+    cascade = json.loads(json.dumps(plans))
+    cascade["configurations"].update({
+        "3d_lowres": {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
+                      "spacing": [4.0, 3.0, 3.0], "next_stage": "3d_cascade_fullres"},
+        "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}})
+    tr = T.nnUNetTrainerLesionDiffusion(plans=dict(cascade, continue_training=False),
+                                        configuration="3d_cascade_fullres", fold=0, dataset_json=ds_json,
+                                        device=torch.device("cpu"))
+    assert tr.is_cascaded
+    with pytest.raises(ConfigError, match=r"cascade stage: it needs previous-stage \(3d_lowres\).*3d_fullres"):
+        tr.get_tr_and_val_datasets()

@@ -54,5 +54,63 @@ def test_tables_and_plot(benchmark_gain_mod, tmp_path):
     assert float(means["real"]["lesion_sensitivity"]) == pytest.approx(0.4)      # NaN folds are skipped
     assert float(means["mixed_r0.50"]["lesion_sensitivity"]) == pytest.approx(0.7)
     md = (tmp_path / "results.md").read_text()
-    assert "(+0.1000)" in md and "(+0.3000)" in md
+    assert "(+0.1000 [-0.1000, +0.3000])" in md                     # paired gain with its CI
+    assert "(+0.2000 [" in md                                        # paired: only folds both arms have
+    assert "0.6000 ± 0.1414" in md                                   # real-only dice_lesion mean ± SD
+    assert {r["fold"] for r in table} == {"0", "1", "mean", "sd"}
     assert (tmp_path / "gain.png").stat().st_size > 1000
+
+
+def test_bootstrap_ci_brackets_the_paired_mean(benchmark_gain_mod):
+    lo, hi = benchmark_gain_mod.bootstrap_ci([0.1, 0.2, 0.3, 0.05, 0.15])
+    assert lo < 0.16 < hi and lo > 0.0
+    assert benchmark_gain_mod.bootstrap_ci([0.1, 0.2]) == benchmark_gain_mod.bootstrap_ci([0.1, 0.2])   # seeded
+    assert all(math.isnan(v) for v in benchmark_gain_mod.bootstrap_ci([math.nan]))
+
+
+def test_lesion_label_by_name(benchmark_gain_mod, tmp_path):
+    f = tmp_path / "dataset.json"
+    assert benchmark_gain_mod.lesion_values({"background": 0, "liver": 1, "cancer": 2}, f) == [2]
+    assert benchmark_gain_mod.lesion_values({"background": 0, "kidney": [1, 2, 3], "tumor": 2}, f) == [2]
+    with pytest.raises(SystemExit, match="--lesion-label"):
+        benchmark_gain_mod.lesion_values({"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}, f)
+    with pytest.raises(SystemExit, match="no label"):
+        benchmark_gain_mod.lesion_values({"background": 0, "liver": 1}, f)
+
+
+def test_test_set_overlapping_bank_sources_is_refused(benchmark_gain_mod, tmp_path):
+    import json
+
+    ts = tmp_path / "imagesTs"
+    ts.mkdir()
+    (ts / "test_000_0000.nii.gz").write_bytes(b"image a")
+    (ts / "test_001_0000.nii.gz").write_bytes(b"image b")
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    from ld_augment.io.nifti import sha256_file
+    lines = [{"case_id": "ld_x", "source_id": "renamed", "source_sha256": "0" * 64, "status": "ok"}]
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    benchmark_gain_mod.check_test_set_is_unseen(bank, ts)                     # no overlap: fine
+    lines.append({"case_id": "ld_y", "source_id": "scan_9", "source_sha256": sha256_file(ts / "test_001_0000.nii.gz"),
+                  "status": "ok"})
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(SystemExit, match=r"overlaps the bank's sources \(1: \['test_001_0000.nii.gz'\]\)"):
+        benchmark_gain_mod.check_test_set_is_unseen(bank, ts)
+
+
+def test_ensemble_is_predicted_and_reported_apart(benchmark_gain_mod, capsys, tmp_path):
+    rc = benchmark_gain_mod.main(["--dataset", "501", "--bank", str(tmp_path / "bank"), "--out", str(tmp_path / "o"),
+                                  "--folds", "0", "1", "--epochs", "5", "--ensemble", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(lines) == 2 * (2 * 2 + 1)
+    ensemble = [ln for ln in lines if "/ensemble " in ln]
+    assert len(ensemble) == 2 and all(" -f 0 1 " in ln for ln in ensemble)
+    rows = [{"arm": a, "ratio": r, "fold": f, "dice_lesion": d} for a, r, f, d in (
+        ("real", 0.0, 0, 0.5), ("real", 0.0, 1, 0.7), ("real", 0.0, "ensemble", 0.9),
+        ("mixed_r0.50", 0.5, 0, 0.6), ("mixed_r0.50", 0.5, 1, 0.8), ("mixed_r0.50", 0.5, "ensemble", 0.95))]
+    benchmark_gain_mod.write_tables(rows, tmp_path)
+    table = list(csv.DictReader((tmp_path / "results.csv").open()))
+    means = {r["arm"]: r for r in table if r["fold"] == "mean"}
+    assert float(means["real"]["dice_lesion"]) == pytest.approx(0.6)         # the ensemble is not a fold
+    assert [r["dice_lesion"] for r in table if r["fold"] == "ensemble"] == ["0.9000", "0.9500"]
+    assert "Ensemble of the folds" in (tmp_path / "results.md").read_text()

@@ -47,9 +47,11 @@ def test_prepare_writes_target_format_and_record(target):
     assert data.shape[0] == 1 and set(np.unique(seg[...])) <= {0, 1, 2} and "class_locations" in props
     assert abs(float(np.mean(data[...]))) < 5                         # CT-normalized like the target
     plans = json.loads((root / "nnUNet_preprocessed" / name / "nnUNetPlans.json").read_text())
-    rec = load_prepared_record(bank, name, "nnUNetPlans_3d_fullres", configuration="3d_fullres",
-                               plans_identifier="nnUNetPlans")
+    rec, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
     assert rec["plans_sha256"] == sha256_json(plans) and len(rec["manifest_sha256"]) == 64
+    assert rec["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert {p["organ"]["rule"] for p in rec["label_mapping"]["pairs"]} == {"same name"}
+    assert sorted(doc["data"]["nnUNetPlans_3d_fullres"]) == rec["cases"]
     assert rec["cases"] == ["ld_case_000_v0", "ld_case_001_v0", "ld_ext_v0"]
     assert not any(p.name.startswith(".staging") for p in folder.parent.iterdir())
 
@@ -61,12 +63,12 @@ def test_prepare_writes_target_format_and_record(target):
     assert prepare_bank(bank, name, num_processes=1).prepared == ["ld_ext_v0"]
 
 
-def test_label_scheme_mismatch(target):
+def test_bank_labels_must_be_the_bank_scheme(target):
     root, _ = target
     bank = make_bank(root / "bank", ["a"], labels={"background": 0, "liver": 1, "lesion": 3}, shape=SHAPE)
-    with pytest.raises(InputError, match="labels do not match") as err:
+    with pytest.raises(ConfigError, match="bank labels must be background/organ/lesion") as err:
         prepare_bank(bank, 501, num_processes=1)
-    assert "'liver'" in str(err.value) and "'lesion'" in str(err.value)
+    assert "'liver': 1" in str(err.value)
 
 
 def test_label_values_outside_target(target):
@@ -104,4 +106,108 @@ def test_cli_mount():
     args = parser.parse_args(["prepare", "--bank", "B", "--target", "3", "-c", "2d", "-np", "2"])
     assert (args.bank, args.target, args.configuration, args.num_processes, args.plans_identifier) == \
         ("B", "3", "2d", 2, "nnUNetPlans")
+    args = parser.parse_args(["prepare", "--bank", "B", "--target", "3", "--labels", "organ=liver",
+                              "renal cell carcinoma=tumor", "--allow-test-sources"])
+    assert args.labels == ["organ=liver", "renal cell carcinoma=tumor"] and args.allow_test_sources
     assert callable(args.func)
+
+
+def _seg(folder: Path, case_id: str) -> np.ndarray:
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    return np.asarray(infer_dataset_class(str(folder))(str(folder)).load_case(case_id)[1][...])
+
+
+def test_task03_like_target_gets_its_own_label_values(tmp_path, monkeypatch):
+    """{background, liver, cancer} with cancer=1 (not the bank's 2): the prepared seg holds the target's values."""
+    name = make_planned_target(tmp_path, 3, "Liver", labels={"background": 0, "cancer": 1, "liver": 2})
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    bank = make_bank(tmp_path / "bank", ["a"], shape=SHAPE, organ="liver", lesion_type="metastasis")
+    source = np.asarray(__import__("nibabel").load(str(bank / "labelsTr" / "ld_a_v0.nii.gz")).dataobj).copy()
+    result = prepare_bank(bank, 3, num_processes=1, progress=False)
+    seg = _seg(result.output_folder, "ld_a_v0")
+    assert set(np.unique(seg)) == {0, 1, 2}
+    # organ (bank 1) -> liver 2, lesion (bank 2) -> cancer 1: voxel counts swap accordingly
+    assert (seg == 2).sum() == (source == 1).sum() and (seg == 1).sum() == (source == 2).sum() > 0
+    assert np.array_equal(np.asarray(__import__("nibabel").load(str(bank / "labelsTr" / "ld_a_v0.nii.gz")).dataobj),
+                          source)                                              # the bank's own file untouched
+    rec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    (pair,) = rec["label_mapping"]["pairs"]
+    assert (pair["organ"]["target"], pair["lesion"]["target"], pair["lesion"]["rule"]) == ("liver", "cancer", "by name")
+    # another mapping is another preparation of the same case
+    assert prepare_bank(bank, 3, num_processes=1, progress=False).skipped == ["ld_a_v0"]
+    assert prepare_bank(bank, 3, num_processes=1, progress=False, labels=["organ=drop"]).prepared == ["ld_a_v0"]
+    assert set(np.unique(_seg(result.output_folder, "ld_a_v0"))) == {0, 1}
+
+
+def test_replanning_reprepares_batch_size_does_not(target):
+    root, name = target
+    bank = make_bank(root / "bank", ["a", "b"], shape=SHAPE)
+    folder = prepare_bank(bank, name, num_processes=1, progress=False).output_folder
+    shape_before = _seg(folder, "ld_a_v0").shape
+    plans_file = root / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["batch_size"] = 7                 # not a preprocessing setting
+    plans_file.write_text(json.dumps(plans))
+    assert len(prepare_bank(bank, name, num_processes=1, progress=False).skipped) == 2
+    plans["configurations"]["3d_fullres"]["spacing"] = [4.0, 3.0, 3.0]      # re-planned with another spacing
+    plans_file.write_text(json.dumps(plans))
+    again = prepare_bank(bank, name, num_processes=1, progress=False)
+    assert sorted(again.prepared) == ["ld_a_v0", "ld_b_v0"]
+    shape_after = _seg(folder, "ld_a_v0").shape
+    assert all(a < b for a, b in zip(shape_after[1:], shape_before[1:]))
+
+
+def test_test_image_sources_are_refused_unless_allowed(target):
+    root, name = target
+    raw = root / "nnUNet_raw" / name
+    bank = make_bank(root / "bank", ["case_000", "other"], shape=SHAPE)
+    # the bank's source "other" is, by content, the target's test image test_007 (a differently named copy)
+    test_img = raw / "imagesTs" / "test_007_0000.nii.gz"
+    test_img.parent.mkdir(parents=True)
+    test_img.write_bytes(b"same bytes")
+    from ld_augment.io.nifti import sha256_file
+    lines = [json.loads(x) for x in (bank / "manifest.jsonl").read_text().splitlines()]
+    lines[1]["source_sha256"] = sha256_file(test_img)
+    (bank / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(InputError, match=r"1 bank case\(s\) were made from .*test images.*ld_other_v0"):
+        prepare_bank(bank, name, num_processes=1, progress=False)
+    prepare_bank(bank, name, num_processes=1, progress=False, allow_test_sources=True)
+    rec, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    assert rec["test_sources_allowed"] == ["ld_other_v0"]
+    assert doc["target_images"]["imagesTs"]["test_007"]["sha256"] == sha256_file(test_img)
+
+
+def test_non_ct_target_is_refused(target):
+    root, name = target
+    for folder in ("nnUNet_preprocessed",):
+        ds_file = root / folder / name / "dataset.json"
+        ds = json.loads(ds_file.read_text())
+        ds["channel_names"] = {"0": "T2"}
+        ds_file.write_text(json.dumps(ds))
+    bank = make_bank(root / "bank", ["a"], shape=SHAPE)
+    with pytest.raises(InputError, match=r"channel_names \{'0': 'T2'\}.*one channel named CT"):
+        prepare_bank(bank, name, num_processes=1, progress=False)
+
+
+def test_resenc_plans_sharing_a_data_identifier_do_not_invalidate_each_other(target):
+    root, name = target
+    pre = root / "nnUNet_preprocessed" / name
+    base = json.loads((pre / "nnUNetPlans.json").read_text())
+    for plans_id, patch, batch in (("nnUNetResEncUNetMPlans", [12, 12, 12], 2),
+                                   ("nnUNetResEncUNetLPlans", [16, 16, 16], 4)):
+        plans = json.loads(json.dumps(base))
+        plans["plans_name"] = plans_id
+        plans["configurations"]["3d_fullres"].update(patch_size=patch, batch_size=batch)
+        (pre / f"{plans_id}.json").write_text(json.dumps(plans))
+    bank = make_bank(root / "bank", ["a", "b"], shape=SHAPE)
+    first = prepare_bank(bank, name, plans_identifier="nnUNetResEncUNetMPlans", num_processes=1, progress=False)
+    second = prepare_bank(bank, name, plans_identifier="nnUNetResEncUNetLPlans", num_processes=1, progress=False)
+    assert len(first.prepared) == 2 and second.prepared == [] and len(second.skipped) == 2
+    assert first.output_folder == second.output_folder
+    m, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetResEncUNetMPlans")
+    lrec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetResEncUNetLPlans")
+    table = doc["data"]["nnUNetPlans_3d_fullres"]
+    for rec in (m, lrec):   # what the trainer checks: both records still vouch for the shared files
+        assert sha256_json({c: table[c] for c in rec["cases"]}) == rec["data_sha256"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,13 @@ def test_segmentation_error_mode_requires_segmentations(recipe_dict, write_recip
         plan_build(load_recipe(write_recipe(data)))
 
 
-def test_nnunet_source_labels_must_fit_the_label_scheme(recipe_dict, write_recipe, nnunet_raw):
+def test_region_based_nnunet_sources_are_refused(recipe_dict, write_recipe, nnunet_raw):
     root, segs = nnunet_raw
-    data = dict(recipe_dict, sources={"nnunet_raw": str(root), "segmentations": str(segs)},
-                label_scheme={"background": 0, "lesion": 1})
-    with pytest.raises(ConfigError, match=r"lacks label id\(s\) \[2\]"):
+    ds = json.loads((root / "dataset.json").read_text())
+    ds["labels"] = {"background": 0, "liver": [1, 2], "tumor": 2}
+    (root / "dataset.json").write_text(json.dumps(ds))
+    data = dict(recipe_dict, sources={"nnunet_raw": str(root), "segmentations": str(segs)})
+    with pytest.raises(ConfigError, match="region-based"):
         plan_build(load_recipe(write_recipe(data)))
 
 

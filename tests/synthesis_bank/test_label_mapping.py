@@ -1,0 +1,117 @@
+"""Every mapping rule and error of synthesis_bank.label_mapping, region values checked with nnU-Net's LabelManager."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ld_augment.errors import ConfigError, InputError
+from synthesis_bank.label_mapping import (TargetLabels, is_lesion_name, names_organ, parse_label_args, remap,
+                                          resolve_mapping)
+
+BANK = {"background": 0, "organ": 1, "lesion": 2}
+TASK03 = {"background": 0, "liver": 1, "cancer": 2}
+PANCREAS = {"background": 0, "pancreas": 1, "cancer": 2}
+KITS = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
+
+
+def _pair(mapping, organ, lesion_type):
+    return mapping.per_pair[(organ, lesion_type)]
+
+
+@pytest.mark.parametrize("target,organ,organ_name,organ_value", [(TASK03, "liver", "liver", 1),
+                                                                 (PANCREAS, "pancreas", "pancreas", 1)])
+def test_msd_targets_map_by_name(target, organ, organ_name, organ_value):
+    m = resolve_mapping(BANK, target, [(organ, "metastasis")])
+    res = _pair(m, organ, "metastasis")
+    assert (res["organ"].target, res["organ"].value, res["organ"].rule) == (organ_name, organ_value, "by name")
+    assert (res["lesion"].target, res["lesion"].value) == ("cancer", 2)
+    assert m.lut_for(organ, "metastasis") == {0: 0, 1: organ_value, 2: 2}
+
+
+def test_same_names_map_one_to_one():
+    m = resolve_mapping(BANK, BANK, [(None, None), ("liver", "cyst")])
+    for pair in m.per_pair.values():
+        assert {c: (r.value, r.rule) for c, r in pair.items()} == {"organ": (1, "same name"),
+                                                                   "lesion": (2, "same name")}
+    assert m.is_identity(m.lut_for("liver", "cyst"))
+
+
+def test_organ_synonyms_and_sides():
+    assert names_organ("liver", "liver") and names_organ("Hepatic", "liver")
+    assert names_organ("kidney", "kidney_left") and names_organ("renal", "kidney_right")
+    assert not names_organ("kidney", "liver") and not names_organ("liver_tumor", "liver")
+    assert is_lesion_name("liver_tumor") and is_lesion_name("Masses") and is_lesion_name("carcinoma")
+    assert not is_lesion_name("liver") and not is_lesion_name("kidney")
+
+
+def test_region_values_are_what_nnunet_converts_back():
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    kits = TargetLabels(KITS)
+    assert kits.region_based and (kits.value_of("kidney"), kits.value_of("masses"), kits.value_of("tumor")) == (1, 3, 2)
+    lm = LabelManager(KITS, regions_class_order=[1, 3, 2])
+    regions = lm.foreground_regions                       # what training targets are built from (isin per region)
+    for name in ("kidney", "masses", "tumor"):
+        value = kits.value_of(name)
+        probs = np.array([float(value in np.atleast_1d(r)) for r in regions]).reshape(-1, 1, 1, 1)
+        # nnU-Net's own conversion from region outputs back to a label map gives the value we wrote
+        assert int(lm.convert_probabilities_to_segmentation(probs)[0, 0, 0]) == value, name
+
+
+def test_kits_needs_explicit_lesion_and_maps_per_lesion_type():
+    with pytest.raises(ConfigError, match=r"could be any of \['masses', 'tumor'\]") as err:
+        resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma")])
+    assert "--labels lesion=" in str(err.value)
+    m = resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma"), ("kidney_right", "cyst")],
+                        parse_label_args(["renal cell carcinoma=tumor", "cyst=masses"]))
+    assert m.lut_for("kidney_left", "renal cell carcinoma") == {0: 0, 1: 1, 2: 2}
+    assert m.lut_for("kidney_right", "cyst") == {0: 0, 1: 1, 2: 3}
+    assert _pair(m, "kidney_right", "cyst")["lesion"].rule == "--labels cyst=masses"
+    described = m.describe()
+    assert described["region_based"] and len(described["pairs"]) == 2
+
+
+def test_organ_the_target_lacks_needs_drop():
+    target = {"background": 0, "cancer": 1}
+    with pytest.raises(ConfigError, match="has no label in") as err:
+        resolve_mapping(BANK, target, [("liver", "metastasis")])
+    assert "organ=drop" in str(err.value)
+    m = resolve_mapping(BANK, target, [("liver", "metastasis")], {"organ": "drop"})
+    assert m.lut_for("liver", "metastasis") == {0: 0, 1: 0, 2: 1}
+
+
+def test_explicit_errors_name_both_sides():
+    with pytest.raises(ConfigError, match=r"--labels lesion=tumour: .*has no label 'tumour'"):
+        resolve_mapping(BANK, TASK03, [("liver", "metastasis")], {"lesion": "tumour"})
+    with pytest.raises(ConfigError, match=r"bank 'organ' and bank 'lesion' .* would both become 'cancer'=2"):
+        resolve_mapping(BANK, TASK03, [("liver", "metastasis")], {"organ": "cancer"})
+    with pytest.raises(ConfigError, match="a lesion cannot be dropped"):
+        resolve_mapping(BANK, TASK03, [("liver", "metastasis")], {"lesion": "drop"})
+    with pytest.raises(ConfigError, match=r"--labels cyst: not a bank class, organ or lesion type"):
+        resolve_mapping(BANK, TASK03, [("liver", "metastasis")], {"cyst": "cancer"})
+    with pytest.raises(ConfigError, match="background: 0"):
+        resolve_mapping(BANK, {"background": 1, "liver": 0}, [("liver", "m")])
+
+
+def test_organ_explicit_by_organ_name_wins_over_class():
+    target = {"background": 0, "liver": 1, "spleen": 2, "lesion": 3}
+    m = resolve_mapping(BANK, target, [("liver", "cyst"), ("spleen", "cyst")], {"organ": "liver", "spleen": "spleen"})
+    assert m.lut_for("liver", "cyst")[1] == 1 and m.lut_for("spleen", "cyst")[1] == 2
+
+
+def test_parse_label_args_errors():
+    assert parse_label_args(["organ = liver", "renal cell carcinoma=tumor"]) == {
+        "organ": "liver", "renal cell carcinoma": "tumor"}
+    with pytest.raises(ConfigError, match="expected BANK=TARGET"):
+        parse_label_args(["organ"])
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_label_args(["organ=liver", "organ=drop"])
+
+
+def test_remap_and_stray_values():
+    label = np.array([[0, 1], [2, 2]], dtype=np.uint8)
+    out = remap(label, {0: 0, 1: 0, 2: 5}, file="x.nii.gz")
+    assert out.tolist() == [[0, 0], [5, 5]] and label.tolist() == [[0, 1], [2, 2]]      # input untouched
+    with pytest.raises(InputError, match=r"bank.nii.gz: label value\(s\) \[7\]"):
+        remap(np.array([0, 7]), {0: 0, 1: 1, 2: 2}, file="bank.nii.gz")
