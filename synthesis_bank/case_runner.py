@@ -24,6 +24,7 @@ import numpy as np
 
 from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
 from ld_augment.io.nifti import sha256_file
+from ld_augment.io.standardize import check_memory_budget
 
 from synthesis_bank.labels import existing_lesions, label_dtype, union_labels
 from synthesis_bank.manifest import file_record, image_path, label_path
@@ -226,6 +227,8 @@ class CaseRunner:
             source_label = np.asarray(label_img.dataobj)
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)
+        # header only: an absurd voxel size fails here in milliseconds, not after TotalSegmentator and a swap storm
+        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
         case_dir, synth_dir = work / "case", work / "synth"
         self.preprocess_fn(
             str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,

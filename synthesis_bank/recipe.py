@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ld_augment.errors import ConfigError
+from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
 
 from synthesis_bank import vocabulary
 
@@ -63,9 +64,6 @@ class LlmWriter:
     max_retries: int = 3
 
 
-#: Upper bound of lesions_per_case: placement and synthesis run once per lesion, so a typo like 100000 would
-#: run for days instead of failing.
-MAX_LESIONS_PER_CASE = 50
 #: Engine options a recipe may not set: a recipe is a shared file, and these run code stored in checkpoints.
 FORBIDDEN_OPTIONS = ("allow_pickle",)
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")

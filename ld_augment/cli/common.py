@@ -1,12 +1,42 @@
-"""Small argument helpers shared by the subcommands (parsing only)."""
+"""Small argument helpers shared by the subcommands (parsing), and the command boundary that turns errors into
+one line and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
+from typing import Callable
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, LdAugmentError
+
+EXIT_ERROR = 2
+log = logging.getLogger("ld_augment.cli")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason
+
+
+def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) -> int:
+    """The command boundary: the job's exit code, or 2 with ONE line on stderr for every expected error (ours,
+    and OS/IO errors such as a full or read-only disk). With `verbose` the traceback also goes to the log."""
+    try:
+        return int(func() or 0)
+    except (LdAugmentError, OSError) as exc:
+        message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        if verbose:
+            log.info("traceback of the error below:", exc_info=exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def parse_attr(values: list[str] | None) -> dict[str, str]:
@@ -60,4 +90,8 @@ def read_list_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"list file {p} not found")
-    return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # never echo the bytes: a wrong path may point at a private file
+        raise ConfigError(f"list file {p} is not UTF-8 text (byte {exc.start})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
