@@ -76,7 +76,7 @@ def time_limit(seconds: float | None, case_id: str) -> Iterator[None]:
 
 
 def _output_mode() -> int:
-    """0o666 minus the process umask: pipeline files are written 0600 by mkstemp, outputs follow the umask."""
+    """0o666 minus the process umask: outputs follow the umask whatever wrote them in the work folder."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

@@ -63,6 +63,38 @@ def parse_json_arg(text: str, what: str) -> dict:
     return value
 
 
+def engine_options_arg(text: str | None, *, allow_pickle: bool, engines: dict[str, str]) -> dict | None:
+    """--engine-options (inline JSON or a file) for {"mask": {...}, "texture": {...}}.
+
+    `allow_pickle` inside it is refused: an options file is shared like a recipe, and the option lets a
+    checkpoint run code. Only the person typing the command enables it, with --allow-pickle; it then goes to
+    every named non-procedural engine (`engines` = role -> engine name).
+    """
+    options = parse_json_arg(text, "--engine-options") if text else {}
+    for role, opts in options.items():
+        if isinstance(opts, dict) and "allow_pickle" in opts:
+            raise ConfigError(f"--engine-options: '{role}.allow_pickle' is not accepted in an options file or JSON "
+                              "(it lets a checkpoint run code); pass --allow-pickle on the command line instead")
+    if allow_pickle:
+        for role, name in engines.items():
+            if name != "procedural":
+                options.setdefault(role, {})["allow_pickle"] = True
+    return options or None
+
+
+def parse_num_lesions(text: str) -> int:
+    """--num-lesions: 1..MAX_LESIONS_PER_CASE (refused at parse time, not after hours of placement)."""
+    from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_LESIONS_PER_CASE:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_LESIONS_PER_CASE}, got {value}")
+    return value
+
+
 def parse_triple(text: str, cast: type, what: str, example: str) -> tuple:
     """'2', '1x1x3' or '1,1,3' -> a 3-tuple of `cast` values (one value is repeated on all axes)."""
     parts = [p for p in text.replace("x", ",").split(",") if p]
