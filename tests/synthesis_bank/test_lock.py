@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import synthesis_bank.builder as builder
+from synthesis_bank.cli import main
 from synthesis_bank.lock import BankLockedError, bank_lock
 from synthesis_bank.manifest import read_manifest
 
@@ -34,7 +36,9 @@ def _wait_for(marker: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def test_second_build_refuses_and_first_bank_stays_valid(recipe_dict, write_recipe, tmp_path, bank_fakes, verify):
+def test_second_build_refuses_and_first_bank_stays_valid(recipe_dict, write_recipe, tmp_path, bank_fakes, verify,
+                                                         monkeypatch, capsys):
+    monkeypatch.setattr(builder, "_default_pipeline", lambda: (bank_fakes.fake_preprocess, bank_fakes.fake_synthesize))
     recipe, out = write_recipe(recipe_dict), tmp_path / "bank"
     env, marker, release = _env(tmp_path, "case_b_syn001")
     first = subprocess.Popen(bank_fakes.cli_command("build", "--recipe", str(recipe), "--out", str(out),
@@ -44,16 +48,18 @@ def test_second_build_refuses_and_first_bank_stays_valid(recipe_dict, write_reci
         _wait_for(marker, first)
         finished = sorted(p.name for p in (out / "imagesTr").iterdir())
         assert len(finished) == 3
-        for extra in ([], ["--resume"]):
-            second = subprocess.run(bank_fakes.cli_command("build", "--recipe", str(recipe), "--out", str(out),
-                                                           "--no-progress", *extra),
-                                    env=dict(env, LD_FAKE_HANG_CASE=""), capture_output=True, timeout=120)
-            err = second.stderr.decode().strip()
-            assert second.returncode == 2, err
-            assert len(err.splitlines()) == 1 and "Traceback" not in err
-            assert f"pid {first.pid}" in err and "in use" in err
-        merge = subprocess.run(bank_fakes.cli_command("merge", str(out)), env=env, capture_output=True, timeout=120)
-        assert merge.returncode == 2 and f"pid {first.pid}" in merge.stderr.decode()
+        second = subprocess.run(bank_fakes.cli_command("build", "--recipe", str(recipe), "--out", str(out),
+                                                       "--no-progress"),
+                                env=dict(env, LD_FAKE_HANG_CASE=""), capture_output=True, timeout=120)
+        err = second.stderr.decode().strip()
+        assert second.returncode == 2, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert f"pid {first.pid}" in err and "in use" in err
+        capsys.readouterr()
+        for argv in (["build", "--recipe", str(recipe), "--out", str(out), "--no-progress", "--resume"],
+                     ["merge", str(out)]):  # a resume beside the running build, a merge under it
+            assert main(argv) == 2
+            assert f"pid {first.pid}" in capsys.readouterr().err
         assert sorted(p.name for p in (out / "imagesTr").iterdir()) == finished  # nothing deleted
         release.write_text("go")
         stdout, stderr = first.communicate(timeout=120)
@@ -68,6 +74,7 @@ def test_second_build_refuses_and_first_bank_stays_valid(recipe_dict, write_reci
     verify(out)
 
 
+@pytest.mark.slow
 def test_shard_builds_share_the_folder_but_not_a_shard(recipe_dict, write_recipe, tmp_path, bank_fakes):
     recipe, out = write_recipe(recipe_dict), tmp_path / "bank"
     from synthesis_bank.plan import plan_build, select_shard
