@@ -198,7 +198,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
                 kinds.append(entry["error"].split(":", 1)[0])
                 summary.stopped = _stop_reason(entry, kinds, summary)
                 if summary.stopped:
-                    log.error("stopping the build: %s", summary.stopped)
+                    log.info("stopping the build: %s", summary.stopped)  # the CLI prints it as its one error line
                     break
     finally:
         _cleanup_work(out_dir / WORK_DIR)
