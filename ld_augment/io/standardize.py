@@ -39,8 +39,11 @@ DEFAULT_SPACING = (1.0, 1.0, 1.0)
 #: machine, leaving room for the networks, TotalSegmentator and the OS.
 DEFAULT_MAX_MEMORY_GB = 16.0
 MAX_MEMORY_ENV = "LD_AUGMENT_MAX_MEMORY_GB"
-# Working copies held at the peak of standardize_image: the stored voxels plus a float32 copy of the input (and
-# its reoriented view's copy), and the interpolated output plus its cast (see _voxels / resample_to_output).
+# Working copies: the stored voxels plus a float32 copy of the input and its reoriented copy (_voxels,
+# as_closest_canonical), and two float32-sized volumes in the standardized grid: the interpolated CT itself
+# (measured: one copy in standardize_image) plus what a case keeps beside it there (segmentation, organ and
+# occupancy masks), so the budget is that of preprocessing a case, not of one call.
+# benchmarks/bench_bank_guards.py prints the estimate against the traced peak of standardize_image.
 _INPUT_FLOAT_COPIES = 2
 _OUTPUT_FLOAT_COPIES = 2
 
