@@ -136,3 +136,18 @@ def test_shared_holders_exclude_an_exclusive_one(tmp_path):
         with pytest.raises(BankLockedError):
             with bank_lock(tmp_path, job="merge"):
                 pass
+
+
+def test_prepare_and_merge_refuse_a_bank_in_use(recipe_dict, tmp_path, fakes, capsys):
+    from synthesis_bank.builder import build_bank
+    from synthesis_bank.recipe import Recipe
+
+    out = tmp_path / "bank"
+    build_bank(Recipe.from_dict(dict(recipe_dict, variants_per_source=1)), out, progress=False, **fakes)
+    before = (out / "dataset.json").read_bytes()
+    with bank_lock(out, job="synthesis-bank build"):
+        assert main(["prepare", "--bank", str(out), "--target", "3"]) == 2
+        assert f"pid {os.getpid()} (synthesis-bank build" in capsys.readouterr().err
+        assert main(["merge", str(out)]) == 2
+    assert (out / "dataset.json").read_bytes() == before
+    assert main(["merge", str(out)]) == 0  # free again
