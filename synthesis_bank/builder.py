@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -180,6 +181,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
             summary.resumed.append(item.case_id)
         else:
             todo.append(item)
+    _remove_stale_work(out_dir / WORK_DIR, items)
     kinds: list[str] = []  # error class of each attempted case, until one succeeds
     try:
         with ManifestWriter(summary.manifest) as writer:
@@ -236,6 +238,14 @@ def _progress(items: list[WorkItem], enabled: bool, shard: tuple[int, int] | Non
 
     desc = f"bank {shard[0]}/{shard[1]}" if shard else "bank"
     return tqdm(items, desc=desc, unit="case", dynamic_ncols=True)
+
+
+def _remove_stale_work(work: Path, items: list[WorkItem]) -> None:
+    """Scratch folders a killed run left for THIS build's cases (only those: another shard's stay)."""
+    for item in items:
+        folder = work / item.case_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cleanup_work(work: Path) -> None:

@@ -137,3 +137,14 @@ def test_manifest_records_files_for_verification(recipe_dict, tmp_path, fakes):
         image = out / "imagesTr" / f"{entry['case_id']}_0000.nii.gz"
         assert entry["files"]["image"] == {"size": image.stat().st_size,
                                            "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+
+
+def test_resume_clears_only_its_own_stale_work_folders(recipe_dict, tmp_path, fakes):
+    out = tmp_path / "bank"
+    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
+    ours, foreign = out / ".work" / "case_a_syn000", out / ".work" / "someone_elses_case"
+    for folder in (ours, foreign):
+        folder.mkdir(parents=True)
+        (folder / "partial.nii.gz").write_bytes(b"left by a kill")
+    assert build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **fakes).ok
+    assert not ours.exists() and (foreign / "partial.nii.gz").exists()
