@@ -415,13 +415,17 @@ class _Validator:
             params = engine_parameters(role, engine)
         except ImportError as exc:
             raise self.fail(key, f"cannot import the {role} engine {engine!r} to check its options: {exc}") from None
-        unknown = sorted(set(options) - set(params))
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        params = {k: p for k, p in params.items() if p.kind != p.VAR_KEYWORD}
+        unknown = [] if open_ended else sorted(set(options) - set(params))
         if unknown:
             raise self.fail(key, f"unknown option(s) {unknown} for the {role} engine {engine!r}; valid: {sorted(params)}")
         for name, val in options.items():
             if name == "device":
                 self.device(f"{key}.device", val)
                 continue
+            if name not in params:
+                continue  # taken by the factory's **kwargs: its own business
             problem = _type_problem(params[name].default, val)
             if problem:
                 raise self.fail(f"{key}.{name}", problem)

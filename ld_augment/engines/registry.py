@@ -57,7 +57,7 @@ def engine_parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
     if name not in table:
         raise ConfigError(f"unknown {kind} engine {name!r}; choices: {sorted(table)}")
     params = inspect.signature(_resolve(table[name])).parameters
-    return {p.name: p for p in params.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {p.name: p for p in params.values() if p.kind != p.VAR_POSITIONAL}  # a **kwargs entry: anything goes
 
 
 def _register(table: dict[str, Factory], kind: str, name: str, factory: Factory, replace: bool) -> None:

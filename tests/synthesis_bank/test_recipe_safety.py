@@ -107,3 +107,13 @@ def test_invalid_utf8_recipe_is_one_line_exit_two(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a UTF-8 text file" in err and str(recipe) in err
     assert not (tmp_path / "bank").exists()
+
+
+def test_factory_with_kwargs_takes_any_option(recipe_dict, monkeypatch):
+    from ld_augment.engines import registry
+
+    monkeypatch.setitem(registry.MASK_ENGINES, "custom", lambda *, size=3, **rest: None)
+    recipe = Recipe.from_dict(dict(recipe_dict, engine={"mask": "custom", "mask_options": {"size": 4, "anything": 1}}))
+    assert recipe.engine.mask_options == {"size": 4, "anything": 1}
+    with pytest.raises(ConfigError, match="size': expected an integer"):
+        Recipe.from_dict(dict(recipe_dict, engine={"mask": "custom", "mask_options": {"size": "big"}}))
