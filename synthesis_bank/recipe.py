@@ -192,8 +192,19 @@ def load_recipe(path: str | Path) -> Recipe:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: both mean "not a parseable recipe"
-        raise ConfigError(f"{path}: cannot parse recipe: {exc}") from exc
+        raise ConfigError(f"{path}: cannot parse recipe: {_parse_problem(exc)}") from None
     return Recipe.from_dict(data or {}, origin=path, base_dir=path.resolve().parent)
+
+
+def _parse_problem(exc: Exception) -> str:
+    """One line with the problem and its position, never the offending text (a mistyped --recipe may point
+    at a private file, and YAML's messages quote the line)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 class _Validator:

@@ -117,3 +117,14 @@ def test_factory_with_kwargs_takes_any_option(recipe_dict, monkeypatch):
     assert recipe.engine.mask_options == {"size": 4, "anything": 1}
     with pytest.raises(ConfigError, match="size': expected an integer"):
         Recipe.from_dict(dict(recipe_dict, engine={"mask": "custom", "mask_options": {"size": "big"}}))
+
+
+@pytest.mark.parametrize("name, text", [("r.yaml", "organs: [liver\nsecret-token-xyz: 1\n"),
+                                        ("r.json", '{"organs": ["liver"], secret-token-xyz}')])
+def test_unparseable_recipe_is_one_line_without_its_text(tmp_path, capsys, name, text):
+    recipe = tmp_path / name
+    recipe.write_text(text)
+    assert main(["build", "--recipe", str(recipe), "--out", str(tmp_path / "bank"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot parse recipe" in err and "(line " in err
+    assert "secret-token" not in err
