@@ -151,10 +151,10 @@ def build_bank(
         if previous and not resume:
             raise ConfigError(f"{manifest_path} already lists {len(previous)} case(s); pass --resume to finish that "
                               "build, or choose an empty output folder")
+        _check_resume_matches(previous, items, manifest_path)  # a changed seed is never forced through
         with metadata_lock(out_dir):
             settle_recipe(out_dir, read_marker(out_dir), recipe.to_dict(), force=force_recipe_change,
                           allow_pickle=allow_pickle)
-        _check_resume_matches(previous, items, manifest_path)
         if preprocess_fn is None or synthesize_fn is None:
             default_pre, default_syn = _default_pipeline()
             preprocess_fn, synthesize_fn = preprocess_fn or default_pre, synthesize_fn or default_syn
@@ -182,7 +182,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
         else:
             todo.append(item)
     _remove_stale_work(out_dir / WORK_DIR, items)
-    kinds: list[str] = []  # error class of each attempted case, until one succeeds
+    kinds: list[str] = []  # error class of each failed case (only consulted while none has succeeded)
     try:
         with ManifestWriter(summary.manifest) as writer:
             for item in _progress(todo, progress, summary.shard):
@@ -193,7 +193,6 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
                 if entry["status"] == "ok":
                     write_dataset_json(out_dir, base)  # the case becomes visible to nnU-Net only now
                     summary.done.append(item.case_id)
-                    kinds = []
                     continue
                 summary.failed.append((item.case_id, item.source.source_id, entry["error"]))
                 log.warning("case %s (source %s) failed: %s", item.case_id, item.source.source_id, entry["error"])
