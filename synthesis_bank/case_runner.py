@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
+from ld_augment.io.atomic import default_file_mode
 from ld_augment.io.nifti import sha256_file
 from ld_augment.io.standardize import check_memory_budget
 
@@ -75,13 +76,6 @@ def time_limit(seconds: float | None, case_id: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def _output_mode() -> int:
-    """0o666 minus the process umask: outputs follow the umask whatever wrote them in the work folder."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _fsync_dir(path: Path) -> None:
     """Make a rename durable (the directory entry), so a crash cannot undo a move the manifest relies on."""
     try:
@@ -99,7 +93,7 @@ def _fsync_dir(path: Path) -> None:
 def _move_into_place(src: Path, dst: Path) -> None:
     with open(src, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.chmod(src, _output_mode())
+    os.chmod(src, default_file_mode())
     os.replace(src, dst)
     _fsync_dir(dst.parent)
 
@@ -255,7 +249,7 @@ class CaseRunner:
         _move_into_place(label_file, label_path(self.out_dir, item.case_id))
         preview = synth_dir / "preview.png"
         if preview.is_file():
-            os.chmod(preview, _output_mode())
+            os.chmod(preview, default_file_mode())
             os.replace(preview, self.out_dir / "previews" / f"{item.case_id}.png")
         t3 = time.perf_counter()
         lesions = record.get("lesions") or []

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode open() would give a new file (mkstemp gives 0600)."""
     mask = os.umask(0)  # the only portable way to read it; restored at once
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -33,7 +34,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished output follows the umask like open() would
+    os.chmod(tmp, default_file_mode())  # a finished output follows the umask like open() would
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
