@@ -15,8 +15,12 @@ from typing import Any, Iterator
 
 def default_file_mode() -> int:
     """0o666 minus the process umask: the mode open() would give a new file (mkstemp gives 0600)."""
-    mask = os.umask(0)  # the only portable way to read it; restored at once
-    os.umask(mask)
+    try:  # Linux reports it without changing it (the os.umask round trip below is not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
