@@ -19,7 +19,7 @@ from typing import Iterator
 from ld_augment.errors import LdAugmentError
 
 LOCK_FILE = ".ld-augment.lock"
-METADATA_LOCK_FILE = ".metadata.lock"
+METADATA_LOCK_FILE = ".ld-augment.metadata.lock"
 
 
 class BankLockedError(LdAugmentError):
