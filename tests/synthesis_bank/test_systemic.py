@@ -170,3 +170,23 @@ def test_disk_full_inside_a_case_stops_with_one_line(recipe_dict, write_recipe, 
     err = [line for line in captured.err.splitlines() if line.startswith("synthesis-bank:")]
     assert len(err) == 1 and "No space left on device" in err[0] and str(out / ".work") in err[0]
     assert len(read_manifest(out / "manifest.jsonl")) == 1  # stopped at once, not once per case
+
+
+def test_coarse_voxel_source_fails_fast_and_alone(recipe_dict, tmp_path, fakes, ct_folder, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    monkeypatch.delenv("LD_AUGMENT_MAX_MEMORY_GB", raising=False)
+    cts, segs = ct_folder
+    data = np.full((100, 100, 100), -1000, np.int16)
+    data[30:70, 30:70, 30:70] = 400
+    for folder in (cts, segs):
+        nib.save(nib.Nifti1Image(data if folder == cts else (data > 0).astype(np.uint8) * 5,
+                                 np.diag([15.0, 15.0, 15.0, 1.0])), str(folder / "case_coarse.nii.gz"))
+    t0 = time.monotonic()
+    summary = build_bank(_recipe(recipe_dict), tmp_path / "bank", progress=False, **fakes)
+    assert time.monotonic() - t0 < 30
+    failed = {c: e for c, _, e in summary.failed}
+    assert sorted(failed) == ["case_coarse_syn000", "case_coarse_syn001"] and summary.stopped is None
+    assert all("needs about" in e and "LD_AUGMENT_MAX_MEMORY_GB" in e for e in failed.values())
+    assert len(summary.done) == 6
