@@ -38,13 +38,32 @@ def read_marker(out_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def _legacy_bank(out_dir: Path) -> bool:
-    """A bank built before the marker existed: its dataset.json carries our provenance block."""
+def _legacy_provenance(out_dir: Path) -> dict[str, Any] | None:
+    """The provenance block of a bank built before the marker existed (its dataset.json), else None."""
     try:
         data = json.loads((out_dir / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("ld_augment"), dict) and data["ld_augment"].get("kind") == BANK_KIND
+        return None
+    block = data.get("ld_augment") if isinstance(data, dict) else None
+    return block if isinstance(block, dict) and block.get("kind") == BANK_KIND else None
+
+
+def _legacy_bank(out_dir: Path) -> bool:
+    return _legacy_provenance(out_dir) is not None
+
+
+def marker_or_legacy(out_dir: Path) -> dict[str, Any] | None:
+    """The bank marker; for an older bank without one, a stand-in built from the recipe its dataset.json
+    recorded (so a resume of an old bank is still checked against its recipe), flagged "legacy"."""
+    marker = read_marker(out_dir)
+    if marker is not None:
+        return marker
+    block = _legacy_provenance(out_dir)
+    if block is None or not isinstance(block.get("recipe"), Mapping):
+        return None
+    stand_in = new_marker(block["recipe"], allow_pickle=False)
+    stand_in["legacy"] = True
+    return stand_in
 
 
 def check_out_dir(out_dir: Path) -> bool:
@@ -108,6 +127,8 @@ def settle_recipe(out_dir: Path, marker: dict[str, Any] | None, recipe_dict: Map
     if allow_pickle and not marker.get("allow_pickle"):
         events.append({"event": "allow_pickle", "at": time.time()})
         marker["allow_pickle"] = True
+    if marker.pop("legacy", False):
+        events.append({"event": "marker_added", "at": time.time()})
     if events:
         marker["history"] = list(marker.get("history") or []) + events
         atomic_write_json(out_dir / MARKER, marker)

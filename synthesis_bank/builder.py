@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ld_augment.errors import ConfigError, MissingDependencyError
 
 from synthesis_bank import case_runner
-from synthesis_bank.bank_folder import check_out_dir, read_marker, settle_recipe
+from synthesis_bank.bank_folder import check_out_dir, marker_or_legacy, settle_recipe
 from synthesis_bank.lock import bank_lock, metadata_lock
 from synthesis_bank.manifest import (
     ManifestWriter, case_files_verified, image_path, label_path, latest_by_case, manifest_name, read_manifest,
@@ -153,7 +153,7 @@ def build_bank(
                               "build, or choose an empty output folder")
         _check_resume_matches(previous, items, manifest_path)  # a changed seed is never forced through
         with metadata_lock(out_dir):
-            settle_recipe(out_dir, read_marker(out_dir), recipe.to_dict(), force=force_recipe_change,
+            settle_recipe(out_dir, marker_or_legacy(out_dir), recipe.to_dict(), force=force_recipe_change,
                           allow_pickle=allow_pickle)
         if preprocess_fn is None or synthesize_fn is None:
             default_pre, default_syn = _default_pipeline()

@@ -148,3 +148,15 @@ def test_resume_clears_only_its_own_stale_work_folders(recipe_dict, tmp_path, fa
         (folder / "partial.nii.gz").write_bytes(b"left by a kill")
     assert build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **fakes).ok
     assert not ours.exists() and (foreign / "partial.nii.gz").exists()
+
+
+def test_bank_without_marker_is_checked_against_its_recorded_recipe(recipe_dict, tmp_path, fakes):
+    """Banks built before bank.json existed: dataset.json's recorded recipe stands in for the marker."""
+    out = tmp_path / "bank"
+    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
+    (out / "bank.json").unlink()
+    with pytest.raises(ConfigError, match=r"changed: shrink"):
+        build_bank(_recipe(dict(recipe_dict, shrink=True)), out, resume=True, progress=False, **fakes)
+    assert build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **fakes).ok
+    marker = json.loads((out / "bank.json").read_text())
+    assert [e["event"] for e in marker["history"]] == ["marker_added"] and "legacy" not in marker
