@@ -66,10 +66,11 @@ def marker_or_legacy(out_dir: Path) -> dict[str, Any] | None:
     return stand_in
 
 
-def check_out_dir(out_dir: Path) -> bool:
-    """True if `out_dir` is one of our banks, False if it is absent or empty; ConfigError for anything else."""
+def check_out_dir(out_dir: Path, *, role: str = "--out") -> bool:
+    """True if `out_dir` is one of our banks, False if it is absent or empty; ConfigError for anything else.
+    `role` names the folder in messages (the option or command it came from)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file, not a folder; give a new or empty folder")
+        raise ConfigError(f"{role} {out_dir} is a file, not a folder; give a new or empty folder")
     if not out_dir.exists():
         return False
     if read_marker(out_dir) is not None or _legacy_bank(out_dir):
@@ -80,8 +81,8 @@ def check_out_dir(out_dir: Path) -> bool:
         return False
     what = "an nnU-Net raw dataset not written by ld-augment" if (out_dir / "dataset.json").is_file() else "other files"
     shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-    raise ConfigError(f"--out {out_dir} holds {what} ({shown}); a bank needs a new or empty folder "
-                      "(or one of its own banks, with --resume)")
+    hint = "; a bank needs a new or empty folder (or one of its own banks, with --resume)" if role == "--out" else ""
+    raise ConfigError(f"{role} {out_dir} holds {what} ({shown}), not a bank written by synthesis-bank build{hint}")
 
 
 def canonical_recipe(recipe_dict: Mapping[str, Any]) -> tuple[dict[str, Any], str]:

@@ -66,7 +66,7 @@ def _merge(args: argparse.Namespace) -> int:
     from synthesis_bank.manifest import merge_manifests, read_manifest
 
     folder = Path(args.dir)
-    if not folder.is_dir() or not check_out_dir(folder.resolve()):
+    if not folder.is_dir() or not check_out_dir(folder.resolve(), role="merge"):
         raise ConfigError(f"{folder}: not a bank folder written by synthesis-bank build")
     with bank_lock(folder, job="synthesis-bank merge"):
         path = merge_manifests(folder)
