@@ -1,16 +1,22 @@
 """`build_bank`: run the pipeline over a recipe's plan and write an nnU-Net v2 raw dataset plus a manifest.
 
 Crash safety: each case is made in `out_dir/.work/<case_id>/`, its image and label are moved into
-imagesTr/labelsTr with `os.replace` (no temporary names ever appear there for nnU-Net to pick up), and only
-then is its manifest line appended. A case is finished iff it has an "ok" line AND both files; anything else
-is redone by `--resume`, so a kill -9 at any point costs at most the case in flight.
+imagesTr/labelsTr with `os.replace` (no temporary names ever appear there for nnU-Net to pick up), then its
+manifest line is appended, then dataset.json (which lists its cases) is rewritten. A case is finished iff it has
+an "ok" line AND both files match the sizes and hashes on that line; anything else is redone by `--resume`, so a
+kill -9 at any point costs at most the case in flight and leaves a valid nnU-Net dataset.
+
+Safety against people: the output folder is locked for the build (synthesis_bank.lock), must be absent, empty or
+one of our banks (synthesis_bank.bank_folder), and a resumed build must use the recipe of the first one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +24,10 @@ from typing import Any, Callable
 from ld_augment.errors import ConfigError, MissingDependencyError
 
 from synthesis_bank import case_runner
+from synthesis_bank.bank_folder import check_out_dir, marker_or_legacy, settle_recipe
+from synthesis_bank.lock import bank_lock, metadata_lock
 from synthesis_bank.manifest import (
-    ManifestWriter, case_files_exist, image_path, label_path, latest_by_case, manifest_name, read_manifest,
+    ManifestWriter, case_files_verified, image_path, label_path, latest_by_case, manifest_name, read_manifest,
     write_dataset_json,
 )
 from synthesis_bank.plan import WorkItem, plan_build, resolve_shard, select_shard
@@ -28,6 +36,8 @@ from synthesis_bank.recipe import Recipe, load_recipe
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
+#: Stop when the first this-many cases all failed with the same kind of error (it is not the sources' fault).
+SAME_FAILURE_LIMIT = 3
 
 
 @dataclass
@@ -42,11 +52,12 @@ class BuildSummary:
     done: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)   # finished by an earlier run, skipped
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (case_id, source_id, error)
+    stopped: str | None = None        # why the build stopped early (a systemic failure), None if it ran through
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and self.stopped is None
 
     def format_table(self) -> str:
         """A plain-text summary: counts by status, then one row per failed case with its error."""
@@ -61,6 +72,8 @@ class BuildSummary:
             lines.append("  failed cases:")
             lines += [f"    {c:<{width}}  source {s}: {e}" for c, s, e in self.failed]
         lines.append(f"  manifest: {self.manifest}")
+        if self.stopped:
+            lines.append(f"  STOPPED: {self.stopped}")
         return "\n".join(lines)
 
 
@@ -89,6 +102,8 @@ def _dataset_base(recipe: Recipe) -> dict[str, Any]:
 
 
 def _remove_case_files(out_dir: Path, case_id: str) -> None:
+    """Leftovers of an earlier attempt at one of THIS build's cases (never another build's: the lock and the
+    shard's case list guarantee the id is ours)."""
     for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png"):
         path.unlink(missing_ok=True)
 
@@ -102,59 +117,104 @@ def build_bank(
     progress: bool = True,
     preprocess_fn: Callable[..., Any] | None = None,
     synthesize_fn: Callable[..., Any] | None = None,
+    allow_pickle: bool = False,
+    force_recipe_change: bool = False,
+    case_timeout_s: float | None = None,
+    llm_timeout_s: float | None = None,
+    llm_retries: int | None = None,
 ) -> BuildSummary:
     """Synthesize this shard's cases of `recipe` into the nnU-Net raw dataset `out_dir`.
 
     `shard=(i, n)` (0-based) takes the cases whose stable hash falls in shard i; without it torchrun's
     RANK/WORLD_SIZE decide, else the whole plan. `preprocess_fn`/`synthesize_fn` replace
     `ld_augment.pipeline.preprocess_case`/`synthesize_case` (same signatures), e.g. for tests.
-    Failed cases are recorded, not raised; check `summary.ok`.
+    `allow_pickle` lets checkpoints run pickled code (only ever from a person's command line; recorded).
+    Failed cases are recorded, not raised; check `summary.ok`. A systemic failure (see case_runner) stops the
+    build early with `summary.stopped` set; the bank stays valid and `--resume` continues it.
     """
     t_start = time.perf_counter()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out_dir = Path(out_dir).resolve()
     shard = resolve_shard(shard)
+    check_out_dir(out_dir)  # before anything is written there, not even a lock file
     all_items = plan_build(recipe)  # enumerates and checks sources before anything is written
     items = select_shard(all_items, shard)
     manifest_path = out_dir / manifest_name(shard)
-    previous = latest_by_case(read_manifest(manifest_path))
-    if previous and not resume:
-        raise ConfigError(f"{manifest_path} already lists {len(previous)} case(s); pass --resume to finish that "
-                          "build, or choose an empty output folder")
-    _check_resume_matches(previous, items, manifest_path)
-    if preprocess_fn is None or synthesize_fn is None:
-        default_pre, default_syn = _default_pipeline()
-        preprocess_fn, synthesize_fn = preprocess_fn or default_pre, synthesize_fn or default_syn
+    job = f"synthesis-bank build{f' --shard {shard[0]}/{shard[1]}' if shard else ''}"
+    with ExitStack() as locks:
+        locks.enter_context(bank_lock(out_dir, job=job, shared=shard is not None))
+        if shard is not None:
+            locks.enter_context(bank_lock(out_dir, job=job, name=f".ld-augment.{manifest_path.stem}.lock"))
+        check_out_dir(out_dir)  # again under the lock: nobody can have changed it since
+        previous = latest_by_case(read_manifest(manifest_path))
+        if previous and not resume:
+            raise ConfigError(f"{manifest_path} already lists {len(previous)} case(s); pass --resume to finish that "
+                              "build, or choose an empty output folder")
+        _check_resume_matches(previous, items, manifest_path)  # a changed seed is never forced through
+        with metadata_lock(out_dir):
+            settle_recipe(out_dir, marker_or_legacy(out_dir), recipe.to_dict(), force=force_recipe_change,
+                          allow_pickle=allow_pickle)
+        if preprocess_fn is None or synthesize_fn is None:
+            default_pre, default_syn = _default_pipeline()
+            preprocess_fn, synthesize_fn = preprocess_fn or default_pre, synthesize_fn or default_syn
+        runner = case_runner.CaseRunner(recipe, out_dir, out_dir / WORK_DIR, preprocess_fn, synthesize_fn,
+                                        allow_pickle=allow_pickle, case_timeout_s=case_timeout_s,
+                                        llm_timeout_s=llm_timeout_s, llm_retries=llm_retries)
+        summary = BuildSummary(out_dir, manifest_path, shard, len(all_items), len(items))
+        _run(runner, recipe, items, previous, summary, progress)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], previous: dict[str, dict[str, Any]],
+         summary: BuildSummary, progress: bool) -> None:
+    out_dir = summary.out_dir
     for sub in ("imagesTr", "labelsTr", "previews"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     base = _dataset_base(recipe)
     write_dataset_json(out_dir, base)  # valid (possibly empty) dataset from the first moment on
-
-    summary = BuildSummary(out_dir, manifest_path, shard, len(all_items), len(items))
-    runner = case_runner.CaseRunner(recipe, out_dir, out_dir / WORK_DIR, preprocess_fn, synthesize_fn)
     todo = []
     for item in items:
         entry = previous.get(item.case_id)
-        if entry is not None and entry.get("status") == "ok" and case_files_exist(out_dir, item.case_id):
+        if entry is not None and entry.get("status") == "ok" and case_files_verified(out_dir, entry):
             summary.resumed.append(item.case_id)
         else:
             todo.append(item)
-    with ManifestWriter(manifest_path) as writer:
-        for item in _progress(todo, progress, shard):
-            entry = runner.run(item)
-            if entry["status"] != "ok":
-                _remove_case_files(out_dir, item.case_id)  # leftovers of an earlier partial attempt
-            writer.append(entry)
-            if entry["status"] == "ok":
-                summary.done.append(item.case_id)
-            else:
+    _remove_stale_work(out_dir / WORK_DIR, items)
+    kinds: list[str] = []  # error class of each failed case (only consulted while none has succeeded)
+    try:
+        with ManifestWriter(summary.manifest) as writer:
+            for item in _progress(todo, progress, summary.shard):
+                entry = runner.run(item)
+                if entry["status"] != "ok":
+                    _remove_case_files(out_dir, item.case_id)  # leftovers of an earlier partial attempt
+                writer.append(entry)
+                if entry["status"] == "ok":
+                    write_dataset_json(out_dir, base)  # the case becomes visible to nnU-Net only now
+                    summary.done.append(item.case_id)
+                    continue
                 summary.failed.append((item.case_id, item.source.source_id, entry["error"]))
                 log.warning("case %s (source %s) failed: %s", item.case_id, item.source.source_id, entry["error"])
-    _cleanup_work(out_dir / WORK_DIR)
+                kinds.append(entry["error"].split(":", 1)[0])
+                summary.stopped = _stop_reason(entry, kinds, summary)
+                if summary.stopped:
+                    log.info("stopping the build: %s", summary.stopped)  # the CLI prints it as its one error line
+                    break
+    finally:
+        _cleanup_work(out_dir / WORK_DIR)
     write_dataset_json(out_dir, base)
-    summary.seconds = time.perf_counter() - t_start
-    return summary
+
+
+def _stop_reason(entry: dict[str, Any], kinds: list[str], summary: BuildSummary) -> str | None:
+    """A systemic failure, or the same error class on the first SAME_FAILURE_LIMIT attempted cases."""
+    if entry.get("systemic"):
+        return (f"case {entry['case_id']} hit a problem every case would hit: {entry['systemic']}; fix it and "
+                "rerun with --resume")
+    if len(kinds) >= SAME_FAILURE_LIMIT and not summary.done and len(set(kinds)) == 1:
+        return (f"the first {len(kinds)} cases all failed with {kinds[0]} (last: {entry['error']}); fix the cause "
+                "and rerun with --resume")
+    return None
 
 
 def _check_resume_matches(previous: dict[str, dict[str, Any]], items: list[WorkItem], manifest: Path) -> None:
@@ -177,6 +237,14 @@ def _progress(items: list[WorkItem], enabled: bool, shard: tuple[int, int] | Non
 
     desc = f"bank {shard[0]}/{shard[1]}" if shard else "bank"
     return tqdm(items, desc=desc, unit="case", dynamic_ncols=True)
+
+
+def _remove_stale_work(work: Path, items: list[WorkItem]) -> None:
+    """Scratch folders a killed run left for THIS build's cases (only those: another shard's stay)."""
+    for item in items:
+        folder = work / item.case_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cleanup_work(work: Path) -> None:

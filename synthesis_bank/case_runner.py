@@ -1,30 +1,80 @@
 """One bank case: preprocess -> synthesize -> (label union) -> move files into place -> manifest entry.
 
 Kept apart from the builder's loop so the crash-safety order (files first, manifest line after) reads in one
-place, and so any error of one source becomes a "failed" entry instead of ending the batch.
+place, and so any error of one source becomes a "failed" entry instead of ending the batch. Errors that will
+repeat on every case (missing weights or dependencies, a dead LLM server, bad engine options, a full or
+read-only output disk) are marked "systemic" in the entry: the builder then stops instead of failing each case.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
+from ld_augment.io.atomic import default_file_mode
 from ld_augment.io.nifti import sha256_file
+from ld_augment.io.standardize import check_memory_budget
 
 from synthesis_bank.label_mapping import source_roles, source_to_scheme
 from synthesis_bank.labels import existing_lesions, label_dtype, union_labels
-from synthesis_bank.manifest import image_path, label_path
+from synthesis_bank.manifest import file_record, image_path, label_path
 from synthesis_bank.plan import WorkItem
 from synthesis_bank.recipe import LlmWriter, Recipe
 
 ENTRY_FORMAT = "ld-augment-bank-case/1"
+#: errnos that mean the output disk cannot take more (every later case would fail the same way).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class SetupError(LdAugmentError):
+    """Building the recipe's engines or report writer failed: no case of this build can succeed."""
+
+
+class CaseTimeout(LdAugmentError):
+    """A case ran past the build's per-case time limit."""
+
+
+def systemic_reason(exc: BaseException, out_dir: Path) -> str | None:
+    """Why `exc` will fail every case (so the build should stop), or None for a problem of this case only."""
+    if isinstance(exc, (SetupError, MissingDependencyError, CheckpointError)) or getattr(exc, "systemic", False):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        where = exc.filename or ""
+        inside = bool(where) and Path(str(where)).resolve().is_relative_to(out_dir)
+        if exc.errno in DISK_ERRNOS or inside:
+            return f"{where or out_dir}: {exc.strerror or exc}"
+    return None
+
+
+@contextmanager
+def time_limit(seconds: float | None, case_id: str) -> Iterator[None]:
+    """Raise CaseTimeout in the block after `seconds` (SIGALRM: main thread only; elsewhere no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"case {case_id} exceeded the per-case time limit of {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,28 +94,36 @@ def _fsync_dir(path: Path) -> None:
 def _move_into_place(src: Path, dst: Path) -> None:
     with open(src, "rb+") as fh:
         os.fsync(fh.fileno())
+    os.chmod(src, default_file_mode())
     os.replace(src, dst)
     _fsync_dir(dst.parent)
 
 
-def make_report_writer(recipe: Recipe) -> Any:
-    """None for the offline writer (the pipeline's default); the LLM writer built from the recipe otherwise."""
+def make_report_writer(recipe: Recipe, *, timeout_s: float | None = None, max_retries: int | None = None) -> Any:
+    """None for the offline writer (the pipeline's default); the LLM writer built from the recipe otherwise.
+    `timeout_s` / `max_retries` (from the command line) override the recipe's."""
     if not isinstance(recipe.report_writer, LlmWriter):
         return None
-    from ld_augment.errors import MissingDependencyError
-
     try:
         from ld_augment.reports.llm import LLMReportWriter  # type: ignore[import-not-found]
     except ImportError as exc:
         raise MissingDependencyError(f"{recipe.origin}: report_writer llm needs ld_augment.reports.llm ({exc})") from exc
-    return LLMReportWriter(base_url=recipe.report_writer.base_url, model=recipe.report_writer.model)
+    spec = recipe.report_writer
+    return LLMReportWriter(base_url=spec.base_url, model=spec.model,
+                           timeout_s=timeout_s if timeout_s is not None else spec.timeout_s,
+                           max_retries=max_retries if max_retries is not None else spec.max_retries)
 
 
 class CaseRunner:
     """Runs work items of one recipe; caches what all variants of a source share (hashes, the avoid mask)."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, work_root: Path,
-                 preprocess_fn: Callable[..., Any], synthesize_fn: Callable[..., Any]) -> None:
+                 preprocess_fn: Callable[..., Any], synthesize_fn: Callable[..., Any], *,
+                 allow_pickle: bool = False, case_timeout_s: float | None = None,
+                 llm_timeout_s: float | None = None, llm_retries: int | None = None) -> None:
+        self.allow_pickle = allow_pickle
+        self.case_timeout_s = case_timeout_s
+        self.llm_options = {"timeout_s": llm_timeout_s, "max_retries": llm_retries}
         self.recipe = recipe
         self.out_dir = out_dir
         self.work_root = work_root
@@ -85,17 +143,29 @@ class CaseRunner:
     def _engines(self) -> tuple[Any, Any]:
         """The recipe's engines, created once per build (loading and hashing weights once, not per case)."""
         if self._engine_pair is None:
+            from ld_augment.engines.registry import engine_parameters
             from ld_augment.pipeline.synthesize import make_engines
 
             spec = self.recipe.engine
-            self._engine_pair = make_engines(spec.mask, spec.texture, device=spec.device,
-                                             options={"mask": dict(spec.mask_options),
-                                                      "texture": dict(spec.texture_options)})
+            options = {"mask": dict(spec.mask_options), "texture": dict(spec.texture_options)}
+            if self.allow_pickle:  # only ever from the command line (recipes cannot carry it)
+                for role, name in (("mask", spec.mask), ("texture", spec.texture)):
+                    if "allow_pickle" in engine_parameters(role, name):
+                        options[role]["allow_pickle"] = True
+            try:
+                self._engine_pair = make_engines(spec.mask, spec.texture, device=spec.device, options=options)
+            except (OSError, LdAugmentError, ImportError, TypeError, ValueError) as exc:
+                raise SetupError(f"{self.recipe.origin}: cannot build the engines {spec.mask}/{spec.texture}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         return self._engine_pair
 
     def _report_writer(self) -> Any:
         if not self._writer_ready:
-            self._writer, self._writer_ready = make_report_writer(self.recipe), True
+            try:
+                self._writer = make_report_writer(self.recipe, **self.llm_options)
+            except LdAugmentError as exc:
+                raise SetupError(f"report writer: {exc}") from exc
+            self._writer_ready = True
         return self._writer
 
     def _base_entry(self, item: WorkItem) -> dict[str, Any]:
@@ -114,6 +184,7 @@ class CaseRunner:
             "attributes": dict(item.attributes),
             "engine": {"mask": engine.mask, "texture": engine.texture},
             "checkpoints": dict(self.checkpoints),
+            **({"allow_pickle": True} if self.allow_pickle else {}),
         }
 
     def run(self, item: WorkItem) -> dict[str, Any]:
@@ -122,16 +193,20 @@ class CaseRunner:
         work = self.work_root / item.case_id
         t0 = time.perf_counter()
         try:
-            entry["source_sha256"] = self._hash(item.source.image)
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            entry.update(self._make(item, work, t0))
+            with time_limit(self.case_timeout_s, item.case_id):
+                entry["source_sha256"] = self._hash(item.source.image)
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                entry.update(self._make(item, work, t0))
             entry["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - a bad source is logged and skipped, the batch goes on
             entry.setdefault("source_sha256", None)
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=6),
                          timings={"total_s": round(time.perf_counter() - t0, 3)})
+            reason = systemic_reason(exc, self.out_dir)
+            if reason:
+                entry["systemic"] = reason
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return entry
@@ -158,6 +233,8 @@ class CaseRunner:
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)
         organ_source = "source label" if organ_from_source else "user" if item.source.seg else "totalsegmentator"
+        # header only: an absurd voxel size fails here in milliseconds, not after TotalSegmentator and a swap storm
+        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
         case_dir, synth_dir = work / "case", work / "synth"
         self.preprocess_fn(
             str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,
@@ -180,15 +257,18 @@ class CaseRunner:
         case_meta = _read_json(case_dir / "case.json") or {}
         report = _read_json(synth_dir / "report.json")
 
+        files = {"image": file_record(synth_dir / "ct.nii.gz"), "label": file_record(label_file)}
         _move_into_place(synth_dir / "ct.nii.gz", image_path(self.out_dir, item.case_id))
         _move_into_place(label_file, label_path(self.out_dir, item.case_id))
         preview = synth_dir / "preview.png"
         if preview.is_file():
+            os.chmod(preview, default_file_mode())
             os.replace(preview, self.out_dir / "previews" / f"{item.case_id}.png")
         t3 = time.perf_counter()
         lesions = record.get("lesions") or []
         return {
             "organ_segmentation": organ_source,
+            "files": files,
             "reports": report if report is not None else record.get("report"),
             "bboxes": case_meta.get("bboxes", []),
             "engine_provenance": record.get("engine"),

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from ld_augment.errors import ConfigError, LdAugmentError
+from ld_augment.cli.common import EXIT_ERROR, run_command
+from ld_augment.errors import ConfigError
 
 EXIT_FAILED_CASES = 1
-EXIT_ERROR = 2
 
 
 def _shard_arg(text: str) -> tuple[int, int]:
@@ -25,18 +27,49 @@ def _shard_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..20, got {text!r}")
+    return value
+
+
 def _build(args: argparse.Namespace) -> int:
     from synthesis_bank.builder import build_bank
 
-    summary = build_bank(args.recipe, args.out, resume=args.resume, shard=args.shard, progress=not args.no_progress)
+    summary = build_bank(args.recipe, args.out, resume=args.resume, shard=args.shard, progress=not args.no_progress,
+                         allow_pickle=args.allow_pickle, force_recipe_change=args.force_recipe_change,
+                         case_timeout_s=args.case_timeout, llm_timeout_s=args.llm_timeout, llm_retries=args.llm_retries)
     print(summary.format_table())
+    if summary.stopped:
+        print(f"synthesis-bank: error: build stopped: {summary.stopped}", file=sys.stderr)
+        return EXIT_ERROR
     return 0 if summary.ok else EXIT_FAILED_CASES
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from synthesis_bank.bank_folder import check_out_dir
+    from synthesis_bank.lock import bank_lock
     from synthesis_bank.manifest import merge_manifests, read_manifest
 
-    path = merge_manifests(args.dir)
+    folder = Path(args.dir)
+    if not folder.is_dir() or not check_out_dir(folder.resolve(), role="merge"):
+        raise ConfigError(f"{folder}: not a bank folder written by synthesis-bank build")
+    with bank_lock(folder, job="synthesis-bank merge"):
+        path = merge_manifests(folder)
     entries = read_manifest(path)
     failed = sum(1 for e in entries if e.get("status") != "ok")
     print(f"merged {len(entries)} case(s) ({failed} failed) into {path}")
@@ -60,7 +93,23 @@ def _add_prepare(subparsers: Any) -> None:
         parser.add_argument("rest", nargs=argparse.REMAINDER)
         parser.set_defaults(func=_prepare_unavailable, prepare_import_error=f"synthesis_bank.prepare: {exc}")
         return
-    add_prepare_parser(subparsers)
+    parser = add_prepare_parser(subparsers)
+    parser.set_defaults(func=_with_bank_lock(parser.get_default("func"), "synthesis-bank prepare"))
+
+
+def _with_bank_lock(func: Callable[[argparse.Namespace], int], job: str) -> Callable[[argparse.Namespace], int]:
+    """Run `func` holding the bank folder's exclusive lock (`args.bank`), so it never reads a bank mid-build."""
+    from synthesis_bank.lock import bank_lock
+
+    @functools.wraps(func)
+    def locked(args: argparse.Namespace) -> int:
+        bank = Path(getattr(args, "bank", "") or "")
+        if not str(bank) or not bank.is_dir():
+            return func(args)  # the job reports the missing folder itself; a lock must not create it
+        with bank_lock(bank, job=job):
+            return func(args)
+
+    return locked
 
 
 def add_bank_parsers(subparsers: Any) -> None:
@@ -73,6 +122,17 @@ def add_bank_parsers(subparsers: Any) -> None:
     build.add_argument("--shard", type=_shard_arg, default=None, metavar="I/N",
                        help="build only shard I of N (0-based; default: torchrun RANK/WORLD_SIZE, else all)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument("--allow-pickle", action="store_true",
+                       help="let engine checkpoints run pickled code when loaded (only for checkpoints you trust; "
+                            "recipes cannot ask for it; recorded in bank.json and the manifest)")
+    build.add_argument("--force-recipe-change", action="store_true",
+                       help="resume although the recipe changed since the first build (recorded in bank.json)")
+    build.add_argument("--case-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="fail a case that runs longer than this (default: no limit)")
+    build.add_argument("--llm-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="LLM report writer: seconds per request (default: the recipe's, else 30)")
+    build.add_argument("--llm-retries", type=_non_negative_int, default=None, metavar="N",
+                       help="LLM report writer: retries after a failed request (default: the recipe's, else 3)")
     build.set_defaults(func=_build)
 
     merge = subparsers.add_parser("merge", help="join shard manifests into manifest.jsonl and update dataset.json")
@@ -93,13 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: 0 = all cases ok, 1 = some cases failed, 2 = usage/config/input error."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except LdAugmentError as exc:
-        print(f"synthesis-bank: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return run_command(lambda: args.func(args), "synthesis-bank", verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """The bank manifest (JSON lines, one per finished or failed case) and the dataset.json derived from it.
 
-Crash safety without locks: each shard process is the only writer of its own manifest file; a line is written
-with one `write()` on an O_APPEND descriptor and fsynced, and only after the case's files are in place. A kill
-can therefore leave at most one torn final line, which readers ignore and the next writer truncates away.
+Each shard process is the only writer of its own manifest file (synthesis_bank.lock enforces it); a line is
+written with one `write()` on an O_APPEND descriptor and fsynced, and only after the case's files are in place.
+A failed write (disk full) is cut back at once, and a kill leaves at most one torn final line, which readers
+ignore and the next writer truncates away.
+
+dataset.json lists its cases explicitly (nnU-Net's "dataset" key) and is rewritten after each manifest line, so
+files moved into imagesTr/labelsTr before their line is written are invisible to nnU-Net: numTraining and the
+listed files agree at every instant, even between a kill and `--resume`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +21,9 @@ from typing import Any, Iterable
 
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_write_json, atomic_write_text
+from ld_augment.io.nifti import sha256_file
+
+from synthesis_bank.lock import metadata_lock
 
 MANIFEST = "manifest.jsonl"
 DATASET_JSON = "dataset.json"
@@ -38,6 +47,26 @@ def label_path(out_dir: Path, case_id: str) -> Path:
 
 def case_files_exist(out_dir: Path, case_id: str) -> bool:
     return image_path(out_dir, case_id).is_file() and label_path(out_dir, case_id).is_file()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a finished file, stored in its manifest line so `--resume` can verify it."""
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def case_files_verified(out_dir: Path, entry: dict[str, Any]) -> bool:
+    """Both files exist and, when the line recorded them, match its size and sha256 (a truncated or replaced
+    file is redone by --resume instead of being trusted)."""
+    if not case_files_exist(out_dir, entry["case_id"]):
+        return False
+    recorded = entry.get("files") or {}
+    for role, path in (("image", image_path(out_dir, entry["case_id"])), ("label", label_path(out_dir, entry["case_id"]))):
+        rec = recorded.get(role)
+        if rec is None:
+            continue  # a line written before files were recorded: existence is all we can check
+        if path.stat().st_size != rec.get("size") or sha256_file(path) != rec.get("sha256"):
+            return False
+    return True
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -89,7 +118,7 @@ class ManifestWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
 
     def _repair(self) -> None:
         """Cut a torn final line so the next append starts on a fresh line (never a glued, corrupt one)."""
@@ -104,11 +133,22 @@ class ManifestWriter:
                 os.fsync(fh.fileno())
 
     def append(self, entry: dict[str, Any]) -> None:
+        """One whole line or nothing: a failed or short write (disk full) is truncated away before raising."""
         line = (json.dumps(entry, sort_keys=False, default=_jsonable) + "\n").encode("utf-8")
-        written = os.write(self._fd, line)
-        if written != len(line):  # regular files write fully; anything else is a disk problem worth surfacing
-            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
-        os.fsync(self._fd)
+        start = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):  # regular files write fully unless the disk is full
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)", str(self.path))
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            if exc.filename is None:
+                exc.filename = str(self.path)
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -182,17 +222,21 @@ def write_dataset_json(out_dir: str | Path, base: dict[str, Any] | None = None) 
     dataset.json supplies them (merge)."""
     out_dir = Path(out_dir)
     target = out_dir / DATASET_JSON
-    if base is None:
-        if not target.is_file():
-            raise ConfigError(f"{out_dir}: no dataset.json to update; run `synthesis-bank build` first")
-        base = json.loads(target.read_text(encoding="utf-8"))
-    entries = collect_entries(out_dir)
-    ok = sorted(cid for cid, e in entries.items() if e.get("status") == "ok" and case_files_exist(out_dir, cid))
-    failed = sorted(cid for cid, e in entries.items() if e.get("status") != "ok")
-    dataset = dict(base)
-    dataset.update({"channel_names": {"0": "CT"}, "numTraining": len(ok), "file_ending": FILE_ENDING})
-    provenance = dict(dataset.get("ld_augment") or {})
-    provenance.update({"num_failed": len(failed), "manifest": MANIFEST})
-    dataset["ld_augment"] = provenance
-    atomic_write_json(out_dir / DATASET_JSON, dataset)
+    with metadata_lock(out_dir):  # concurrent shards: the last writer saw every earlier shard's line
+        if base is None:
+            if not target.is_file():
+                raise ConfigError(f"{out_dir}: no dataset.json to update; run `synthesis-bank build` first")
+            base = json.loads(target.read_text(encoding="utf-8"))
+        entries = collect_entries(out_dir)
+        ok = sorted(cid for cid, e in entries.items() if e.get("status") == "ok" and case_files_exist(out_dir, cid))
+        failed = sorted(cid for cid, e in entries.items() if e.get("status") != "ok")
+        dataset = dict(base)
+        dataset.update({"channel_names": {"0": "CT"}, "numTraining": len(ok), "file_ending": FILE_ENDING})
+        # Explicit list (paths relative to the dataset folder): files of unfinished cases are not part of it.
+        dataset["dataset"] = {cid: {"images": [f"imagesTr/{cid}_0000{FILE_ENDING}"], "label": f"labelsTr/{cid}{FILE_ENDING}"}
+                              for cid in ok}
+        provenance = dict(dataset.get("ld_augment") or {})
+        provenance.update({"num_failed": len(failed), "manifest": MANIFEST})
+        dataset["ld_augment"] = provenance
+        atomic_write_json(out_dir / DATASET_JSON, dataset)
     return dataset

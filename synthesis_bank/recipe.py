@@ -11,7 +11,8 @@ lesion_types: {hepatocellular carcinoma: 0.6, cyst: 0.4}
 attributes:
   density: {choices: {hypodense lesion: 0.7, hyperdense lesion: 0.3}}
   density variations: homogeneous                # a fixed value; "llm" lets the LLM writer choose
-report_writer: offline                           # or {llm: {base_url: http://..., model: ...}}
+report_writer: offline                           # or {llm: {base_url: http://..., model: ..., timeout_s: 30,
+#                                                     max_retries: 3}}
 lesions_per_case: [1, 3]
 variants_per_source: 4
 engine: {mask: procedural, texture: procedural, device: cpu}
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from ld_augment.errors import ConfigError
+from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
 
 from synthesis_bank import vocabulary
 
@@ -57,6 +60,13 @@ class Sources:
 class LlmWriter:
     base_url: str
     model: str
+    timeout_s: float = 30.0    # per request; a dead server costs at most timeout_s x (max_retries + 1) per build
+    max_retries: int = 3
+
+
+#: Engine options a recipe may not set: a recipe is a shared file, and these run code stored in checkpoints.
+FORBIDDEN_OPTIONS = ("allow_pickle",)
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 #: Engine options that name weight files (resolved against the recipe's folder; hashed into the manifest).
@@ -147,7 +157,8 @@ class Recipe:
         """A JSON-able form (for dataset.json provenance); not guaranteed to round-trip relative paths."""
         writer: Any = self.report_writer
         if isinstance(writer, LlmWriter):
-            writer = {"llm": {"base_url": writer.base_url, "model": writer.model}}
+            writer = {"llm": {"base_url": writer.base_url, "model": writer.model, "timeout_s": writer.timeout_s,
+                              "max_retries": writer.max_retries}}
         return {
             "sources": {"kind": self.sources.kind, "path": str(self.sources.path),
                         "segmentations": str(self.sources.segmentations) if self.sources.segmentations else None},
@@ -168,7 +179,11 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); save the recipe as "
+                          "UTF-8 YAML or JSON") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -177,8 +192,19 @@ def load_recipe(path: str | Path) -> Recipe:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: both mean "not a parseable recipe"
-        raise ConfigError(f"{path}: cannot parse recipe: {exc}") from exc
+        raise ConfigError(f"{path}: cannot parse recipe: {_parse_problem(exc)}") from None
     return Recipe.from_dict(data or {}, origin=path, base_dir=path.resolve().parent)
+
+
+def _parse_problem(exc: Exception) -> str:
+    """One line with the problem and its position, never the offending text (a mistyped --recipe may point
+    at a private file, and YAML's messages quote the line)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 class _Validator:
@@ -300,20 +326,29 @@ class _Validator:
             return "offline"
         if isinstance(value, Mapping) and set(value) == {"llm"} and isinstance(value["llm"], Mapping):
             llm = value["llm"]
-            unknown = sorted(set(llm) - {"base_url", "model"})
+            unknown = sorted(set(llm) - {"base_url", "model", "timeout_s", "max_retries"})
             if unknown or not all(isinstance(llm.get(k), str) and llm.get(k) for k in ("base_url", "model")):
-                raise self.fail("report_writer.llm", f"needs exactly base_url and model (strings), got {dict(llm)}")
-            return LlmWriter(base_url=llm["base_url"], model=llm["model"])
+                raise self.fail("report_writer.llm", f"needs base_url and model (strings) and optionally timeout_s "
+                                                     f"and max_retries, got {dict(llm)}")
+            timeout = llm.get("timeout_s", 30.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+                raise self.fail("report_writer.llm.timeout_s", f"expected seconds in (0, 3600], got {timeout!r}")
+            retries = self.non_negative_int("report_writer.llm.max_retries", llm.get("max_retries", 3))
+            if retries > 20:
+                raise self.fail("report_writer.llm.max_retries", f"at most 20, got {retries}")
+            return LlmWriter(base_url=llm["base_url"], model=llm["model"], timeout_s=float(timeout), max_retries=retries)
         raise self.fail("report_writer", f"expected 'offline' or {{llm: {{base_url, model}}}}, got {value!r}")
 
-    def count_range(self, key: str, value: Any) -> tuple[int, int]:
+    def count_range(self, key: str, value: Any, limit: int = MAX_LESIONS_PER_CASE) -> tuple[int, int]:
         if isinstance(value, (list, tuple)) and len(value) == 2:
             lo, hi = (self.positive_int(key, v) for v in value)
             if lo > hi:
                 raise self.fail(key, f"[min, max] needs min <= max, got {list(value)}")
-            return lo, hi
-        n = self.positive_int(key, value)
-        return n, n
+        else:
+            lo = hi = self.positive_int(key, value)
+        if hi > limit:
+            raise self.fail(key, f"at most {limit} lesions per case, got {hi}")
+        return lo, hi
 
     def _int(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -356,7 +391,9 @@ class _Validator:
         texture = self.one_of("engine.texture", value.get("texture", "procedural"), vocabulary.engine_names("texture"))
         options = {role: self.engine_options(f"engine.{role}_options", value.get(f"{role}_options") or {})
                    for role in ("mask", "texture")}
-        device = self.string("engine.device", value.get("device", "cpu"))
+        for role, name in (("mask", mask), ("texture", texture)):
+            self.check_engine_signature(f"engine.{role}_options", role, name, options[role])
+        device = self.device("engine.device", value.get("device", "cpu"))
         return EngineSpec(mask=mask, texture=texture, mask_options=options["mask"],
                           texture_options=options["texture"], device=device)
 
@@ -364,6 +401,10 @@ class _Validator:
         """Keyword options for an engine; weight paths must exist (encoder_weights may be a folder)."""
         if not isinstance(value, Mapping):
             raise self.fail(key, f"expected a mapping of engine options, got {value!r}")
+        forbidden = [name for name in FORBIDDEN_OPTIONS if name in value]
+        if forbidden:
+            raise self.fail(f"{key}.{forbidden[0]}", "not allowed in a recipe (it lets a checkpoint run code when "
+                            "loaded); a person who trusts the checkpoint passes --allow-pickle on the command line")
         out = dict(value)
         for name in WEIGHT_OPTIONS:
             if name in out:
@@ -371,6 +412,34 @@ class _Validator:
                 kind = "dir" if name == "encoder_weights" and (self.base / raw).is_dir() else "file"
                 out[name] = str(self.path(f"{key}.{name}", out[name], kind=kind))
         return out
+
+    def device(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not _DEVICE_RE.match(value):
+            raise self.fail(key, f"expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+    def check_engine_signature(self, key: str, role: str, engine: str, options: Mapping[str, Any]) -> None:
+        """Option names and value types against the engine's constructor (types judged by each default)."""
+        from ld_augment.engines.registry import engine_parameters
+
+        try:
+            params = engine_parameters(role, engine)
+        except ImportError as exc:
+            raise self.fail(key, f"cannot import the {role} engine {engine!r} to check its options: {exc}") from None
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        params = {k: p for k, p in params.items() if p.kind != p.VAR_KEYWORD}
+        unknown = [] if open_ended else sorted(set(options) - set(params))
+        if unknown:
+            raise self.fail(key, f"unknown option(s) {unknown} for the {role} engine {engine!r}; valid: {sorted(params)}")
+        for name, val in options.items():
+            if name == "device":
+                self.device(f"{key}.device", val)
+                continue
+            if name not in params:
+                continue  # taken by the factory's **kwargs: its own business
+            problem = _type_problem(params[name].default, val)
+            if problem:
+                raise self.fail(f"{key}.{name}", problem)
 
     def label_scheme(self, value: Any) -> dict[str, int]:
         allowed = ("background", "organ", "lesion")
@@ -407,3 +476,33 @@ class _Validator:
         if self._int("dataset_id", value) < 1 or value > 999:
             raise self.fail("dataset_id", f"nnU-Net dataset ids are 1..999, got {value}")
         return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_problem(default: Any, value: Any) -> str | None:
+    """Why `value` cannot stand in for an option whose default is `default` (None: fine or not judgeable)."""
+    import inspect
+
+    if default is inspect.Parameter.empty or default is None:
+        return None  # required or optional-path options: judged by the engine itself
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif isinstance(default, float):
+        ok = _is_number(value)
+        want = "a number"
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+        want = "a string"
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(_is_number(v) for v in value)
+        want = f"a list of {len(default)} numbers"
+    else:
+        return None
+    return None if ok else f"expected {want} (default {default!r}), got {value!r}"

@@ -7,6 +7,7 @@ once instead of after hours; a source that exists but is unreadable is the build
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from ld_augment.io.nifti import NIFTI_SUFFIXES, strip_nifti_suffix
 
 from synthesis_bank.label_mapping import names_organ, source_roles
 from synthesis_bank.recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
@@ -45,24 +48,43 @@ def _find_seg(folder: Path | None, file_name: str, source_id: str) -> Path | Non
 
 def _from_folder(recipe: Recipe) -> list[Source]:
     out = []
+    hidden = []
     for path in sorted(recipe.sources.path.iterdir()):
         source_id = strip_nifti_suffix(path.name)
-        if source_id is None or not path.is_file() or path.name.startswith("."):
+        if source_id is None or not path.is_file():
+            continue
+        if path.name.startswith("."):  # editor/OS droppings (._x.nii.gz) are usually not CTs: skipped, but said
+            hidden.append(path.name)
             continue
         out.append(Source(source_id, path, _find_seg(recipe.sources.segmentations, path.name, source_id)))
+    if hidden:
+        log.warning("%s: skipped %d hidden file(s) whose names start with '.': %s; rename them to include them",
+                    recipe.sources.path, len(hidden), ", ".join(hidden[:5]) + (" ..." if len(hidden) > 5 else ""))
     return out
 
 
+def _looks_like_nifti(text: str) -> bool:
+    return strip_nifti_suffix(Path(text).name) is not None
+
+
 def _from_list_file(recipe: Recipe) -> list[Source]:
+    """Lines 'ct_path[,seg_path]'. Errors name the file and line number but never echo a line that is not a
+    NIfTI path: a list_file pointed at the wrong (maybe private) file must not leak its contents."""
     list_file = recipe.sources.path
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{list_file}: not a UTF-8 text list file (byte {exc.start}); expected lines "
+                          "'ct_path[,seg_path]'") from None
     out = []
-    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) > 2 or not parts[0]:
-            raise ConfigError(f"{list_file}:{lineno}: expected 'ct_path[,seg_path]', got {line!r}")
+        if len(parts) > 2 or not all(parts) or not all(_looks_like_nifti(p) for p in parts):
+            raise ConfigError(f"{list_file}:{lineno}: expected 'ct_path[,seg_path]' naming .nii/.nii.gz files "
+                              f"({len(parts)} comma-separated field(s) found; line not shown)")
         paths = []
         for p in parts:
             path = Path(p).expanduser()

@@ -1,12 +1,42 @@
-"""Small argument helpers shared by the subcommands (parsing only)."""
+"""Small argument helpers shared by the subcommands (parsing), and the command boundary that turns errors into
+one line and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
+from typing import Callable
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, LdAugmentError
+
+EXIT_ERROR = 2
+log = logging.getLogger("ld_augment.cli")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason
+
+
+def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) -> int:
+    """The command boundary: the job's exit code, or 2 with ONE line on stderr for every expected error (ours,
+    and OS/IO errors such as a full or read-only disk). With `verbose` the traceback also goes to the log."""
+    try:
+        return int(func() or 0)
+    except (LdAugmentError, OSError) as exc:
+        message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        if verbose:
+            log.info("traceback of the error below:", exc_info=exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def parse_attr(values: list[str] | None) -> dict[str, str]:
@@ -30,6 +60,38 @@ def parse_json_arg(text: str, what: str) -> dict:
         raise ConfigError(f"{what}: neither a JSON file nor inline JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def engine_options_arg(text: str | None, *, allow_pickle: bool, engines: dict[str, str]) -> dict | None:
+    """--engine-options (inline JSON or a file) for {"mask": {...}, "texture": {...}}.
+
+    `allow_pickle` inside it is refused: an options file is shared like a recipe, and the option lets a
+    checkpoint run code. Only the person typing the command enables it, with --allow-pickle; it then goes to
+    every named non-procedural engine (`engines` = role -> engine name).
+    """
+    options = parse_json_arg(text, "--engine-options") if text else {}
+    for role, opts in options.items():
+        if isinstance(opts, dict) and "allow_pickle" in opts:
+            raise ConfigError(f"--engine-options: '{role}.allow_pickle' is not accepted in an options file or JSON "
+                              "(it lets a checkpoint run code); pass --allow-pickle on the command line instead")
+    if allow_pickle:
+        for role, name in engines.items():
+            if name != "procedural":
+                options.setdefault(role, {})["allow_pickle"] = True
+    return options or None
+
+
+def parse_num_lesions(text: str) -> int:
+    """--num-lesions: 1..MAX_LESIONS_PER_CASE (refused at parse time, not after hours of placement)."""
+    from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_LESIONS_PER_CASE:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_LESIONS_PER_CASE}, got {value}")
     return value
 
 
@@ -60,4 +122,8 @@ def read_list_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"list file {p} not found")
-    return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # never echo the bytes: a wrong path may point at a private file
+        raise ConfigError(f"list file {p} is not UTF-8 text (byte {exc.start})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]

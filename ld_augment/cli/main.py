@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ld_augment import __version__
-from ld_augment.errors import LdAugmentError
+from ld_augment.cli.common import run_command
 
 # Subcommand modules, in the order of the data flow. Each defines add_parser(subparsers) and sets
 # `func` on its parser; heavy imports happen inside the handlers so `ld-augment --help` stays fast.
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.func(args) or 0)
-    except LdAugmentError as exc:
-        print(f"ld-augment {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args), f"ld-augment {args.command}", verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ld_augment.cli.common import parse_attr, parse_json_arg, parse_spacing, read_list_file
+from ld_augment.cli.common import parse_attr, parse_json_arg, parse_num_lesions, parse_spacing, read_list_file
 from ld_augment.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--organ", help="target organ, e.g. liver, kidney_left, 'urinary bladder'")
     p.add_argument("--lesion-type", help="lesion type, e.g. 'hepatocellular carcinoma', cyst, metastasis")
     p.add_argument("--attr", action="append", metavar="NAME=VALUE", help="fix a report attribute (repeatable)")
-    p.add_argument("--num-lesions", type=int, default=1)
+    p.add_argument("--num-lesions", type=parse_num_lesions, default=1)
     p.add_argument("--spacing", type=parse_spacing, default=(1.0, 1.0, 1.0), help="target spacing in mm (1 or 3 values)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shrink", action="store_true", help="shrink lesions that do not fit instead of failing")

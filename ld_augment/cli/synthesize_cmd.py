@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ld_augment.cli.common import parse_json_arg, read_list_file
+from ld_augment.cli.common import engine_options_arg, parse_json_arg, read_list_file
 from ld_augment.errors import ConfigError
 
 
@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-engine", default=None, help="texture engine name (default: procedural)")
     p.add_argument("--engine-options", default=None,
                    help='JSON {"mask": {...}, "texture": {...}} (inline or a file), e.g. checkpoint paths')
+    p.add_argument("--allow-pickle", action="store_true", help="let checkpoints run pickled code when loaded "
+                   "(only for files you trust; never accepted inside --engine-options)")
     p.add_argument("--label-scheme", default=None, help='JSON, default {"background": 0, "organ": 1, "lesion": 2}')
     p.add_argument("--source", default=None, help="the source CT, if it moved since preprocessing (one case only; "
                    "its sha256 must match the recorded one)")
@@ -57,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.source and len(cases) != 1:
         raise ConfigError(f"--source names the source CT of one case, but {len(cases)} cases were given")
     scheme = parse_json_arg(args.label_scheme, "--label-scheme") if args.label_scheme else None
-    options = parse_json_arg(args.engine_options, "--engine-options") if args.engine_options else None
+    names = {"mask": args.mask_engine or args.engine or "procedural",
+             "texture": args.texture_engine or args.engine or "procedural"}
+    options = engine_options_arg(args.engine_options, allow_pickle=args.allow_pickle, engines=names)
     # engines are built once for the whole batch (weights load and hash once)
-    mask, texture = make_engines(args.mask_engine or args.engine or "procedural",
-                                 args.texture_engine or args.engine or "procedural",
-                                 options=options, device=args.device)
+    mask, texture = make_engines(names["mask"], names["texture"], options=options, device=args.device)
     out = Path(args.out)
 
     def job(case_dir: Path):

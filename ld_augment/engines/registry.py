@@ -47,6 +47,19 @@ def create_texture_engine(name: str, **options: Any) -> TextureEngine:
     return _create(TEXTURE_ENGINES, "texture", name, TextureEngine, options)
 
 
+def engine_parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options engine ``name`` of ``kind`` ("mask"/"texture") accepts, by name, with their defaults.
+
+    Lets a recipe's options be checked when it loads (names and value types), hours before engines are built;
+    imports the engine's module, not its weights.
+    """
+    table = {"mask": MASK_ENGINES, "texture": TEXTURE_ENGINES}[kind]
+    if name not in table:
+        raise ConfigError(f"unknown {kind} engine {name!r}; choices: {sorted(table)}")
+    params = inspect.signature(_resolve(table[name])).parameters
+    return {p.name: p for p in params.values() if p.kind != p.VAR_POSITIONAL}  # a **kwargs entry: anything goes
+
+
 def _register(table: dict[str, Factory], kind: str, name: str, factory: Factory, replace: bool) -> None:
     if name in table and not replace:
         raise ConfigError(f"{kind} engine {name!r} is already registered (pass replace=True to override)")

@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode open() would give a new file (mkstemp gives 0600)."""
+    try:  # Linux reports it without changing it (the os.umask round trip below is not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed.
@@ -27,6 +38,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, default_file_mode())  # a finished output follows the umask like open() would
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

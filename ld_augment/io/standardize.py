@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
-from nibabel.processing import resample_from_to, resample_to_output
+from nibabel.processing import resample_from_to, resample_to_output, vox2out_vox
 
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.geometry import (  # noqa: F401  (re-exported: the write-back helpers live beside this)
@@ -29,11 +29,23 @@ from ld_augment.io.nifti import ImageLike, describe, label_dtype, load_ct, sha25
 
 __all__ = [
     "DEFAULT_SPACING", "SourceGeometry", "standardize_image", "standardize_ct", "resample_to_grid", "is_standard",
+    "check_memory_budget", "estimate_standardize_bytes", "memory_limit_bytes",
     # write-back helpers, defined in geometry.py and re-exported so callers find them beside standardization
     "VoxelBox", "as_voxel_box", "region_affine", "resample_region_to_source", "source_region_for_std_box",
 ]
 
 DEFAULT_SPACING = (1.0, 1.0, 1.0)
+#: Memory one standardization may use unless LD_AUGMENT_MAX_MEMORY_GB says otherwise: sized for a 24 GB
+#: machine, leaving room for the networks, TotalSegmentator and the OS.
+DEFAULT_MAX_MEMORY_GB = 16.0
+MAX_MEMORY_ENV = "LD_AUGMENT_MAX_MEMORY_GB"
+# Working copies: the stored voxels plus a float32 copy of the input and its reoriented copy (_voxels,
+# as_closest_canonical), and two float32-sized volumes in the standardized grid: the interpolated CT itself
+# (measured: one copy in standardize_image) plus what a case keeps beside it there (segmentation, organ and
+# occupancy masks), so the budget is that of preprocessing a case, not of one call.
+# benchmarks/bench_bank_guards.py prints the estimate against the traced peak of standardize_image.
+_INPUT_FLOAT_COPIES = 2
+_OUTPUT_FLOAT_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,59 @@ def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def memory_limit_bytes() -> int:
+    """The standardization memory budget: $LD_AUGMENT_MAX_MEMORY_GB (read at call time) or the default."""
+    raw = os.environ.get(MAX_MEMORY_ENV)
+    if raw is None or not raw.strip():
+        return int(DEFAULT_MAX_MEMORY_GB * 2**30)
+    try:
+        gb = float(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_MEMORY_ENV}={raw!r}: expected a number of GB (e.g. 16)") from None
+    if not (np.isfinite(gb) and gb > 0):
+        raise ConfigError(f"{MAX_MEMORY_ENV}={raw!r}: expected a positive number of GB")
+    return int(gb * 2**30)
+
+
+def estimate_standardize_bytes(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float],
+                               itemsize: int = 4) -> tuple[int, tuple[int, int, int]]:
+    """(peak bytes of standardize_image, standardized shape) from the header alone (nothing is loaded).
+
+    The output grid is nibabel's own (`vox2out_vox`, what resample_to_output uses): voxel count x 4 bytes x
+    working copies, plus the input's stored voxels and their float32 copies.
+    """
+    target = _check_spacing(spacing)
+    shape3 = tuple(int(n) for n in tuple(shape)[:3])
+    if is_standard(nib.as_closest_canonical(nib.Nifti1Image(np.empty((1, 1, 1), np.uint8), affine)).affine, target):
+        out_shape = shape3  # reorientation only: the same voxels
+    else:
+        out_shape = tuple(int(n) for n in vox2out_vox((shape3, np.asarray(affine, float)), target)[0])
+    n_in, n_out = float(np.prod(shape3, dtype=float)), float(np.prod(out_shape, dtype=float))
+    peak = n_in * (int(itemsize) + 4 * _INPUT_FLOAT_COPIES) + n_out * 4 * _OUTPUT_FLOAT_COPIES
+    return int(peak), out_shape  # type: ignore[return-value]
+
+
+def check_memory_budget(img: nib.spatialimages.SpatialImage, spacing: Sequence[float] = DEFAULT_SPACING, *,
+                        name: str | None = None, limit_bytes: int | None = None) -> int:
+    """Refuse (InputError naming the file) a volume whose standardization would exceed the memory budget.
+
+    Header-only and instant, so a 15 mm-voxel file that would need tens of GB at 1 mm fails in milliseconds
+    instead of after minutes of swapping. Returns the estimate in bytes.
+    """
+    limit = memory_limit_bytes() if limit_bytes is None else int(limit_bytes)
+    itemsize = int(np.dtype(img.get_data_dtype()).itemsize)
+    peak, out_shape = estimate_standardize_bytes(img.shape, np.asarray(img.affine, float), spacing, itemsize)
+    if peak > limit:
+        zooms = tuple(round(float(z), 3) for z in img.header.get_zooms()[:3])
+        raise InputError(
+            f"{name or describe(img)}: standardizing {tuple(int(n) for n in img.shape[:3])} voxels of {zooms} mm to "
+            f"{tuple(float(s) for s in spacing)} mm gives {out_shape} voxels and needs about {peak / 2**30:.1f} GB, "
+            f"over the limit of {limit / 2**30:.1f} GB; check the file's voxel size, choose a coarser spacing, or "
+            f"raise {MAX_MEMORY_ENV}"
+        )
+    return peak
+
+
 def _with_clean_header(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """A Nifti1Image whose qform/sform both equal `affine` and whose stored dtype is the array's."""
     img = nib.Nifti1Image(data, affine)
@@ -151,6 +216,7 @@ def standardize_image(
     """
     target = _check_spacing(spacing)
     name = describe(img)
+    check_memory_budget(img, target, name=name)
     work = _with_clean_header(_voxels(img, is_label, name), np.asarray(img.affine, float))
     canonical = nib.as_closest_canonical(work)
     if is_standard(canonical.affine, target):
@@ -188,6 +254,13 @@ def standardize_ct(
     img_or_path: ImageLike, spacing: Sequence[float] = DEFAULT_SPACING
 ) -> tuple[nib.Nifti1Image, SourceGeometry]:
     """Validate (load_ct), standardize, and record the source geometry of a CT in one call."""
+    if isinstance(img_or_path, (str, os.PathLike)) and Path(img_or_path).is_file():
+        try:
+            header_only = nib.load(str(img_or_path))
+        except Exception:  # noqa: BLE001 - unreadable files get load_ct's precise message below
+            header_only = None
+        if header_only is not None and len(header_only.shape) >= 3:
+            check_memory_budget(header_only, spacing, name=str(img_or_path))  # before the voxels are read
     img = load_ct(img_or_path)
     path = img_or_path if isinstance(img_or_path, (str, os.PathLike)) else img_or_path.get_filename()
     return standardize_image(img, spacing), SourceGeometry.from_image(path, img)

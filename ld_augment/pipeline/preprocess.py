@@ -18,7 +18,7 @@ from ld_augment.errors import ConfigError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
 from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map, strip_nifti_suffix
 from ld_augment.io.preview import save_bbox_preview
-from ld_augment.io.standardize import SourceGeometry, standardize_image
+from ld_augment.io.standardize import SourceGeometry, check_memory_budget, standardize_image
 from ld_augment.organs.masks import detect_label_version, organ_mask
 from ld_augment.organs.registry import normalize_organ_name
 from ld_augment.placement.bboxes import bbox_map, place_lesions
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 ImageArg = str | Path | nib.Nifti1Image
 
+
+#: At most this many lesions per case: placement and synthesis run once per lesion, so a typo such as 100000
+#: must fail at once instead of running for days (the bank's recipe uses the same bound).
+MAX_LESIONS_PER_CASE = 50
 
 def _case_id_for(image: ImageArg) -> str:
     if isinstance(image, (str, Path)):
@@ -115,8 +119,8 @@ def preprocess_case(
     `seg` is the user's organ segmentation (TotalSegmentator v1/v2 ids, or a binary organ mask) in the CT's
     grid; without it TotalSegmentator runs (needs its weights). `avoid` marks voxels (> 0) no box may touch.
     """
-    if num_lesions < 1:
-        raise ConfigError(f"num_lesions must be >= 1, got {num_lesions}")
+    if not 1 <= num_lesions <= MAX_LESIONS_PER_CASE:
+        raise ConfigError(f"num_lesions must be 1..{MAX_LESIONS_PER_CASE}, got {num_lesions}")
     if len(spacing) != 3 or min(float(s) for s in spacing) <= 0:
         raise ConfigError(f"spacing must be three positive numbers in mm, got {tuple(spacing)}")
     organ = normalize_organ_name(organ)
@@ -125,6 +129,7 @@ def preprocess_case(
     rng = np.random.default_rng(seed)
 
     ct_img = load_ct(image, name=str(image) if isinstance(image, (str, Path)) else "CT")
+    check_memory_budget(ct_img, spacing, name=str(image) if isinstance(image, (str, Path)) else "CT")  # before TotalSegmentator
     # absolute, so `synthesize` finds the source from any working directory
     source = SourceGeometry.from_image(Path(image).resolve() if isinstance(image, (str, Path)) else None, ct_img)
     with tempfile.TemporaryDirectory(prefix="ld_pre_") as tmp:

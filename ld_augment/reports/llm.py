@@ -111,6 +111,8 @@ class LLMReportWriter(ReportWriter):
     ``max_retries`` bounds the extra attempts after a timeout, connection error, 429/5xx or invalid answer;
     waits grow as ``backoff_s * 2**i``. ``sleep`` is injectable so tests do not wait. The openai client's own
     retries are off, so ``timeout_s`` x (max_retries + 1) bounds the time spent waiting on the server.
+    An unreachable server or a refused request raises an ExternalServiceError with ``systemic = True``: every
+    later report would fail the same way, so a batch (the bank builder) stops instead of retrying per case.
     """
 
     name = "llm"
@@ -177,6 +179,7 @@ class LLMReportWriter(ReportWriter):
         where = f"LLM server {base_url or 'api.openai.com'} (model {model!r})"
         attempts = self.max_retries + 1
         problem = ""
+        unreachable = True  # every attempt timed out or could not connect
         for attempt in range(attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -190,21 +193,29 @@ class LLMReportWriter(ReportWriter):
                 content = choices[0].message.content if choices else None
                 return parse_answer(content, cavities)
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                problem = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
+                problem = (f"timed out after {self.timeout_s:g} s" if isinstance(err, openai.APITimeoutError)
+                           else "connection failed")
             except (openai.RateLimitError, openai.InternalServerError) as err:
-                problem = f"HTTP {err.status_code}"
+                problem, unreachable = f"HTTP {err.status_code}", False
             except openai.APIStatusError as err:  # 400/401/403/404...: retrying cannot help
                 hint = " (check OPENAI_API_KEY)" if err.status_code in (401, 403) else ""
                 if err.status_code == 400:
                     hint = " (does the server support response_format json_schema?)"
-                raise ExternalServiceError(
+                raise _systemic(ExternalServiceError(
                     f"{where} refused the request: HTTP {err.status_code}{hint}: {_scrub(_message(err), key)}"
-                ) from None
+                )) from None
             except _InvalidAnswer as err:
-                problem = f"unusable answer: {err}"
+                problem, unreachable = f"unusable answer: {err}", False
             problem = _scrub(problem, key)
             log.warning("%s attempt %d/%d failed: %s", where, attempt + 1, attempts, problem)
-        raise ExternalServiceError(f"{where} gave no usable report after {attempts} attempts; last problem: {problem}")
+        error = ExternalServiceError(f"{where} gave no usable report after {attempts} attempts; last problem: {problem}")
+        raise _systemic(error) if unreachable else error
+
+
+def _systemic(error: ExternalServiceError) -> ExternalServiceError:
+    """Mark an error that no retry of another request can avoid (read by batch runners)."""
+    error.systemic = True  # type: ignore[attr-defined]
+    return error
 
 
 def _message(err: Exception) -> str:

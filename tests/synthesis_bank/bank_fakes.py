@@ -2,7 +2,9 @@
 
 They let the builder's bookkeeping (plan, resume, shards, manifest, label union) be tested in milliseconds.
 LD_FAKE_HANG_CASE / LD_FAKE_HANG_MARKER make synthesize block on one case, so a test can SIGKILL the build
-mid-case.
+mid-case; with LD_FAKE_RELEASE it blocks only until that file exists (a concurrent build then finishes).
+LD_FAKE_DELAY_S slows every case down (kill-at-any-moment tests). A report writer, if given, is asked for a
+report like the real preprocess does (so a dead LLM server is hit).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def fake_preprocess(image, out_dir, *, organ, lesion_type, seg=None, attributes=
                     preview=True):
     ct = _load(image)
     data = np.asarray(ct.dataobj)  # a corrupt file raises here, like the real loader
+    if report_writer is not None:
+        report_writer.write(organ=organ, lesion_type=lesion_type, organ_extent=(20, 20, 20), seed=seed,
+                            num_lesions=num_lesions)
     if seg is None:
         raise RuntimeError("fake pipeline has no TotalSegmentator")
     organ_mask = np.asarray(_load(seg).dataobj) == LIVER
@@ -49,9 +54,15 @@ def fake_preprocess(image, out_dir, *, organ, lesion_type, seg=None, attributes=
 
 
 def _maybe_hang(case_id: str) -> None:
+    delay = float(os.environ.get("LD_FAKE_DELAY_S") or 0)
+    if delay:
+        time.sleep(delay)
     if os.environ.get("LD_FAKE_HANG_CASE") == case_id:
         Path(os.environ["LD_FAKE_HANG_MARKER"]).write_text(case_id)
-        time.sleep(600)
+        release = os.environ.get("LD_FAKE_RELEASE")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (release and Path(release).exists()):
+            time.sleep(0.05)
 
 
 def fake_synthesize(case_dir, out_dir, *, mask_engine="procedural", texture_engine="procedural", seed=0,
@@ -87,3 +98,22 @@ def fake_synthesize(case_dir, out_dir, *, mask_engine="procedural", texture_engi
 
 
 FAKES = {"preprocess_fn": fake_preprocess, "synthesize_fn": fake_synthesize}
+
+
+# A bank CLI process with the fake pipeline: `python -c CLI_WORKER <synthesis-bank arguments>`.
+CLI_WORKER = """
+import sys
+sys.path.insert(0, {here!r})
+import bank_fakes
+import synthesis_bank.builder as builder
+builder._default_pipeline = lambda: (bank_fakes.fake_preprocess, bank_fakes.fake_synthesize)
+from synthesis_bank.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_command(*args: str) -> list[str]:
+    """argv of a `synthesis-bank` process that uses the fake pipeline."""
+    import sys
+
+    return [sys.executable, "-c", CLI_WORKER.format(here=str(Path(__file__).resolve().parent)), *args]

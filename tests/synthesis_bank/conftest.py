@@ -131,3 +131,15 @@ def write_recipe(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def verify() -> Callable[[Path], None]:
+    """nnU-Net's own verify_dataset_integrity on a bank folder (raises on any inconsistency)."""
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    def _verify(folder: Path) -> None:
+        verify_dataset_integrity(str(folder), num_processes=1)
+
+    return _verify
