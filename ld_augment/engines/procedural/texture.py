@@ -2,9 +2,15 @@
 
 Inside the lesion the CT is replaced by ``design field + matched noise``; a blend weight from the signed
 distance to the mask's surface gives partial volume at the edge (well-defined margin) or a wide transition
-(ill-defined). The design field starts from a target mean set relative to the measured organ (or the report's
-CT value) and adds the report's features (rim, heterogeneity, dark/bright areas, stones). A final shift of the
-shiftable part makes the lesion's measured mean land on the target despite blending and spots.
+(ill-defined). The transition lies INSIDE the mask (only the half-voxel partial-volume layer is outside), so
+the label covers every voxel that visibly changed; an ill-defined margin is a soft gradient within the label,
+not a halo of changed organ around it. Where old and new tissue blend, independent noise tops the blend up
+to the organ's noise level (a weighted mean of two noises is smoother than either).
+
+The design field starts from a target mean set relative to the organ's parenchyma (``density.py``: fat and
+gas excluded, the contrast phase from the report) or the report's CT value, and adds the report's features
+(rim, heterogeneity, dark/bright areas, stones, a capsule that makes an isodense lesion detectable). A final
+shift of the shiftable part makes the lesion's measured mean land on the target despite blending and spots.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ld_augment.engines.attributes import LesionSpec, is_bone, is_lung, lesion_spec
+from ld_augment.engines.attributes import LesionSpec, lesion_spec
 from ld_augment.engines.base import LesionContext, TextureEngine
+from ld_augment.engines.procedural.density import lesion_hu, phase_of
 from ld_augment.engines.procedural.fields import mask_slices, signed_distance, smooth_noise
 from ld_augment.engines.procedural.stats import OrganStats, matched_noise, organ_stats
 from ld_augment.errors import ConfigError
 
 #: Blend half-width (mm) of the edge transition per margin kind.
 MARGIN_MM = {"well": 1.0, "default": 1.5, "ill": 4.0}
+#: How far (mm) the transition may reach outside the mask: the partial-volume layer of a sharp edge.
+OUTSIDE_MM = 0.75
 
 
 class ProceduralTextureEngine(TextureEngine):
@@ -46,18 +55,22 @@ class ProceduralTextureEngine(TextureEngine):
         spacing = ctx.spacing
         margin = [int(np.ceil(self.neighbourhood_mm / s)) for s in spacing]
         region = mask_slices(lesion_mask, margin)
-        stats = organ_stats(ctx.ct, ctx.organ_mask, lesion_mask | ctx.occupied, region, spacing)
+        stats = organ_stats(ctx.ct, ctx.organ_mask, lesion_mask | ctx.occupied, region, spacing,
+                            organ_name=ctx.organ_name)
 
         ct = ctx.ct[region].astype(np.float32)
         mask = lesion_mask[region]
         sd = signed_distance(mask, spacing)
-        half = MARGIN_MM[spec.margin]
-        t = np.clip(0.5 + sd / (2.0 * half), 0.0, 1.0)
-        alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: 0.5 on the surface
-        alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # soft margins spread into the organ, not its neighbours
+        # transition from OUTSIDE_MM outside the surface to 2 x half-width inside it (at most 60 % of the
+        # lesion's depth, so a small ill-defined lesion still reaches its density)
+        width = min(2.0 * MARGIN_MM[spec.margin], max(0.6 * float(sd[mask].max()) + OUTSIDE_MM, 1.0))
+        t = np.clip((sd + OUTSIDE_MM) / (width + OUTSIDE_MM), 0.0, 1.0)
+        alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+        alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # partial volume spreads into the organ, not its neighbours
         alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
 
-        design = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng)
+        phase = phase_of(getattr(report, "enhancement_status", None))
+        design = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng, phase)
         stone_weight, stone_hu = self._stones(spec, mask, sd, spacing, rng)
         field = design + matched_noise(ct.shape, stats, spacing, rng)
         # The report's CT value when given, else the design's own mean (which blending would otherwise dilute).
@@ -75,6 +88,9 @@ class ProceduralTextureEngine(TextureEngine):
             if abs(error) < 0.25 or shiftable <= 0:
                 break
             field += error / shiftable
+        # (1-a) old + a new noise has variance ((1-a)^2 + a^2) s^2: top it up to s^2 with 2a(1-a) s^2 more
+        top_up = np.sqrt(np.clip(2.0 * alpha * (1.0 - alpha), 0.0, None)) * (1.0 - stone_weight)
+        blended = np.clip(blended + top_up * matched_noise(ct.shape, stats, spacing, rng), low, high)
         out = ctx.ct.astype(np.float32, copy=True)
         out[region] = np.where(alpha > 0, blended, ct)
         return out
@@ -88,11 +104,12 @@ class ProceduralTextureEngine(TextureEngine):
         sd: np.ndarray,
         spacing: tuple[float, float, float],
         rng: np.random.Generator,
+        phase: str | None = None,
     ) -> np.ndarray:
         """Noise-free intensity field (float32, crop shape): base HU plus rim, halo, wall, heterogeneity, blobs."""
         ref = stats.median_hu
         depth = float(sd[mask].max()) if mask.any() else 1.0
-        field = np.full(mask.shape, self._base_hu(spec, ref, organ_name, rng), dtype=np.float32)
+        field = np.full(mask.shape, self._base_hu(spec, ref, organ_name, phase, rng), dtype=np.float32)
         contrast = abs(float(field.flat[0]) - ref)
         if spec.density == "ring":
             rim = np.clip(0.25 * depth, 1.5, 4.0)
@@ -105,6 +122,10 @@ class ProceduralTextureEngine(TextureEngine):
             field[sd < 0.4 * depth] = rng.uniform(-650.0, -500.0)
         elif spec.shape == "cystic":  # thin, slightly denser wall around the fluid
             field[sd <= 1.5] += rng.uniform(8.0, 15.0)
+        elif spec.density == "iso":  # an isodense lesion is seen by its capsule and texture, not its mean
+            capsule = np.clip(0.2 * depth, 1.5, 3.0)
+            field[sd <= capsule] += rng.choice([-1.0, 1.0]) * rng.uniform(15.0, 25.0)
+            contrast = max(contrast, 15.0)
         sigma_mm = lambda mm: [mm / s for s in spacing]  # noqa: E731
         if spec.heterogeneous or spec.density == "mixed":
             amplitude = max(20.0, 0.6 * contrast) if spec.density == "mixed" else max(8.0, 0.35 * contrast)
@@ -116,28 +137,11 @@ class ProceduralTextureEngine(TextureEngine):
         return field.astype(np.float32)
 
     @staticmethod
-    def _base_hu(spec: LesionSpec, ref: float, organ_name: str, rng: np.random.Generator) -> float:
-        """Target lesion HU before features: relative to the organ's reference, with organ-specific physics."""
+    def _base_hu(spec: LesionSpec, ref: float, organ_name: str, phase: str | None, rng: np.random.Generator) -> float:
+        """Target lesion HU before features: the report's CT value, else from the organ's parenchyma (density.py)."""
         if spec.ct_value is not None:
             return spec.ct_value
-        if spec.density == "fluid":
-            return rng.uniform(0.0, 15.0)
-        if spec.density == "ground_glass" and is_lung(organ_name):
-            return rng.uniform(-700.0, -500.0)
-        if is_lung(organ_name) or spec.density in ("soft_tissue", "soft_tissue_ggo"):
-            return rng.uniform(25.0, 45.0)  # solid nodules are soft tissue whatever the wording
-        if is_bone(organ_name):
-            if spec.density in ("hypo", "ground_glass"):  # lytic: bone replaced by soft tissue
-                return rng.uniform(20.0, 60.0) if ref > 150 else ref - rng.uniform(40.0, 80.0)
-            if spec.density == "hyper":  # sclerotic
-                return ref + rng.uniform(300.0, 600.0)
-        if spec.density in ("hypo", "ground_glass"):
-            return ref - rng.uniform(25.0, 50.0)
-        if spec.density == "hyper":
-            return ref + rng.uniform(20.0, 45.0)
-        if spec.density == "mixed":
-            return ref - rng.uniform(0.0, 15.0)
-        return ref + rng.uniform(-5.0, 5.0)  # iso (ring builds its own profile)
+        return lesion_hu(spec, ref, organ_name, phase, rng)
 
     @staticmethod
     def _stones(
