@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,17 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import source_image_like, write_back
+from ld_augment.pipeline.write_back import lesion_in_source, source_image_like, write_back
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_SCHEME = {"background": 0, "organ": 1, "lesion": 2}
 #: HU range a CT voxel can hold (air to dense bone/metal as stored by scanners).
 CT_HU_RANGE = (-1024.0, 3071.0)
+#: Fewest source-grid voxels a lesion's label may have (a ball 3 voxels across holds 14): below this it is redrawn.
+MIN_SOURCE_VOXELS = 14
+#: Redraws of a lesion whose source-grid label would be too small, each with a 1.3x larger box.
+REDRAWS = 3
 
 
 @dataclass
@@ -123,11 +128,15 @@ def synthesize_case(
     preview: bool = True,
     engine_options: dict[str, dict[str, Any]] | None = None,
     source_image: str | Path | None = None,
+    min_source_voxels: int = MIN_SOURCE_VOXELS,
 ) -> SynthesisResult:
     """Draw and texture every lesion box of `case_dir`, then write the results in the source CT's grid.
 
     `engine_options` = {"mask": {...}, "texture": {...}} are passed to engines given by name (e.g.
     checkpoint paths for the diffusion engine); `device` is added for engines other than "procedural".
+    A lesion whose label in the source grid would have fewer than `min_source_voxels` voxels is redrawn
+    (larger box, up to REDRAWS times) and otherwise left out, so no written lesion has a vanished label;
+    a case where every lesion would vanish is a ConfigError.
     """
     scheme = check_label_scheme(label_scheme)
     case = PreprocessedCase.open(case_dir)
@@ -151,35 +160,56 @@ def synthesize_case(
     # The valid range always contains the CT's own values, so clipping never alters an untouched voxel.
     hu_range = (min(CT_HU_RANGE[0], float(ct_before.min())), max(CT_HU_RANGE[1], float(ct_before.max())))
 
-    rng = np.random.default_rng(seed)
     ct = ct_before.copy()
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
     lesions: list[dict[str, Any]] = []
+    # independent streams per organ/lesion type and per lesion: seed 3 in the liver is not seed 3 in the kidney
+    streams = np.random.SeedSequence(
+        [int(seed) & 0xFFFFFFFF, zlib.crc32(f"{organ}|{case.meta.get('lesion_type', '')}".encode())]
+    ).spawn(len(boxes) + 1)
     for k, box in enumerate(boxes, start=1):
+        rng = np.random.default_rng(streams[k - 1])
         # the report's size text follows its first lesion; each lesion is drawn and measured at its own box
-        lesion_report = report.with_values(size=box.size)
         ctx = LesionContext(ct=ct, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
                             occupied=occupied.copy())
         t0 = time.perf_counter()
-        mask = np.asarray(masker.generate_mask(ctx, box, lesion_report, rng), dtype=bool)
+        drawn, source_voxels = box, 0
+        for attempt in range(REDRAWS + 1):
+            lesion_report = report.with_values(size=drawn.size)
+            mask = np.asarray(masker.generate_mask(ctx, drawn, lesion_report, rng), dtype=bool)
+            source_voxels = int(lesion_in_source(source_img, std_img.affine, mask).sum()) if mask.any() else 0
+            if source_voxels >= min_source_voxels:
+                break
+            drawn = BBox(box.center, tuple(max(int(np.ceil(s * 1.3)), s + 1) for s in drawn.size))  # type: ignore[arg-type]
         t1 = time.perf_counter()
-        if not mask.any():
-            raise InputError(f"case {case.case_id}: the mask engine drew an empty lesion in box {box.to_dict()}")
+        if source_voxels < min_source_voxels:
+            log.warning("%s lesion %d left out: its label would have %d voxel(s) in the source grid (< %d)",
+                        case.case_id, k, source_voxels, min_source_voxels)
+            lesions.append({"index": k, "bbox": box.to_dict(), "skipped": "vanishes in the source grid",
+                            "source_voxels": source_voxels, "attempts": attempt + 1})
+            continue
         rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
         t2 = time.perf_counter()
-        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing)
+        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing, organ_name=organ)
         ct = rendered
         occupied |= mask
         lesion_ids[mask] = k
-        lesions.append({"index": k, "bbox": box.to_dict(), "voxels_std": int(mask.sum()),
+        lesions.append({"index": k, "bbox": box.to_dict(), "drawn_bbox": drawn.to_dict(), "attempts": attempt + 1,
+                        "voxels_std": int(mask.sum()), "voxels_source": source_voxels,
                         "seconds": {"mask": round(t1 - t0, 4), "texture": round(t2 - t1, 4)},
                         "adherence": adherence})
         log.info("%s lesion %d: %d voxels, %.2fs", case.case_id, k, int(mask.sum()), t2 - t0)
+    if not (lesion_ids > 0).any():
+        raise ConfigError(f"case {case.case_id}: every lesion in {organ!r} would be smaller than "
+                          f"{min_source_voxels} voxels in the source grid of {source_path}; ask for larger lesions "
+                          "or a finer source scan")
 
-    written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range)
+    organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
+    written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,
+                         organ_src=organ_src, rng=np.random.default_rng(streams[-1]))
     label = np.zeros(source_img.shape[:3], dtype=np.uint8)
     if "organ" in scheme:
-        label[_source_organ_mask(case, source_img, target, std_img.affine)] = scheme["organ"]
+        label[organ_src] = scheme["organ"]
     label[written.lesion] = scheme["lesion"]
     label_img = nib.Nifti1Image(label, source_img.affine)
     label_img.set_qform(source_img.affine, code=1)
@@ -206,6 +236,7 @@ def synthesize_case(
         "source_region": written.region.to_dict() if written.region else None,
         "changed_voxels_source": int(written.changed.sum()),
         "lesion_voxels_source": int(written.lesion.sum()),
+        "source_noise": written.noise,
     }
     atomic_write_json(out_dir / "synthesis.json", record)
     return SynthesisResult(out_dir, Path(ct_path), Path(label_path), Path(report_path), record)

@@ -42,6 +42,8 @@ Triple = tuple[int, int, int]
 LUMEN, WALL, WITHIN, PROTRUDING = "lumen", "wall", "within", "protruding"
 #: Normalized depth band of a subcapsular centre (the ellipsoid pokes up to 25 % of a semi-axis past the capsule).
 SUBCAPSULAR_DEPTH = (0.7, 0.95)
+#: Least normalized depth of a lesion too large to lie deep (it flattens against the capsule by <= 15 %).
+SUBCAPSULAR_FIT = 0.85
 #: Normalized depth band of a protruding (exophytic) centre: inside the organ, 15-65 % of the lesion outside it.
 PROTRUDE_DEPTH = (0.05, 0.6)
 
@@ -246,6 +248,8 @@ def _place_one(
     current = size
     for _ in range(max(1, max_tries) if shrink else 1):
         ok = _feasible_centres(region, blocked, current, rule, band)
+        if not ok.any() and rule == WITHIN and band is None:  # too big to lie deep: against the capsule
+            ok = _feasible_centres(region, blocked, current, rule, (SUBCAPSULAR_FIT, np.inf))
         candidates = np.flatnonzero(ok)
         if candidates.size:
             centre = np.unravel_index(candidates[rng.integers(candidates.size)], ok.shape)

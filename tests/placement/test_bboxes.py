@@ -82,9 +82,9 @@ def test_protruding_centre_inside_lesion_partly_outside(solid_organ: np.ndarray)
         ell = _ellipsoid(solid_organ.shape, b)
         assert solid_organ[b.center] and 0.1 < (ell & ~solid_organ).sum() / ell.sum() < 0.75
     # a box this big cannot fit inside this organ: the looser rule is really in use
-    place_lesions(solid_organ, [(48, 48, 48)], cavity=CAVITY_PROTRUDING, rng=np.random.default_rng(1))
+    place_lesions(solid_organ, [(70, 70, 70)], cavity=CAVITY_PROTRUDING, rng=np.random.default_rng(1))
     with pytest.raises(ConfigError):
-        place_lesions(solid_organ, [(48, 48, 48)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(1),
+        place_lesions(solid_organ, [(70, 70, 70)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(1),
                       organ_name="organ")
 
 
@@ -133,7 +133,8 @@ def test_shrink_reduces_size_until_it_fits(make_ellipsoid) -> None:
     small = make_ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
     (box,) = place_lesions(small, [(15, 15, 15)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(0),
                            shrink=True)
-    assert max(box.size) < 15 and not (_ellipsoid(small.shape, box) & ~small).any()
+    ell = _ellipsoid(small.shape, box)  # the largest that fits: against the capsule, mostly inside
+    assert max(box.size) < 15 and (ell & small).sum() >= 0.8 * ell.sum()
 
 
 @pytest.mark.needs_shared

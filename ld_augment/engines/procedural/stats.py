@@ -33,6 +33,12 @@ def _trend_sigma(spacing: Sequence[float]) -> tuple[float, ...]:
     return tuple(TREND_MM / float(s) for s in spacing)
 
 
+def residual(values: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``values`` minus their smooth trend (Gaussian of TREND_MM): the noise part every measurement here uses."""
+    values = values.astype(np.float32, copy=False)
+    return values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
+
+
 def _correlation_sigma(residual: np.ndarray, valid: np.ndarray) -> tuple[float, float, float]:
     """Per-axis sigma of Gaussian-smoothed white noise with the residual's lag-1 autocorrelation rho.
 
