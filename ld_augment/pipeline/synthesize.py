@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from ld_augment.engines.adherence import measure_adherence
+from ld_augment.engines.attributes import lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
@@ -24,7 +25,7 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import lesion_in_source, source_image_like, write_back
+from ld_augment.pipeline.write_back import lesion_in_source, source_image_like, transition_band, write_back
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,20 @@ class SynthesisResult:
 
 
 def check_label_scheme(scheme: dict[str, int] | None) -> dict[str, int]:
-    """The target label scheme: names -> ids; needs a lesion label, ids distinct and in 0..255."""
+    """The target label scheme: names -> ids; needs a lesion label, ids distinct and in 0..255.
+
+    An optional "ignore" entry (nnU-Net's ignore label, which must be the highest id) receives the transition
+    band of ill-defined lesions: voxels that changed, but less than half-way to the lesion's density.
+    """
     scheme = dict(DEFAULT_LABEL_SCHEME if scheme is None else scheme)
     if "lesion" not in scheme:
         raise ConfigError(f"label scheme {scheme} needs a 'lesion' entry (e.g. {DEFAULT_LABEL_SCHEME})")
-    unknown = set(scheme) - {"background", "organ", "lesion"}
+    unknown = set(scheme) - {"background", "organ", "lesion", "ignore"}
     if unknown:
-        raise ConfigError(f"label scheme has unknown names {sorted(unknown)}; allowed: background, organ, lesion")
+        raise ConfigError(f"label scheme has unknown names {sorted(unknown)}; allowed: background, organ, lesion, "
+                          "ignore")
+    if "ignore" in scheme and scheme["ignore"] != max(scheme.values()):
+        raise ConfigError(f"the ignore label must be the highest id (nnU-Net), got {scheme}")
     ids = list(scheme.values())
     if len(set(ids)) != len(ids) or any(not isinstance(i, int) or not 0 <= i <= 255 for i in ids):
         raise ConfigError(f"label scheme ids must be distinct integers in 0..255, got {scheme}")
@@ -129,6 +137,7 @@ def synthesize_case(
     engine_options: dict[str, dict[str, Any]] | None = None,
     source_image: str | Path | None = None,
     min_source_voxels: int = MIN_SOURCE_VOXELS,
+    ignore_band: str = "ill",
 ) -> SynthesisResult:
     """Draw and texture every lesion box of `case_dir`, then write the results in the source CT's grid.
 
@@ -136,9 +145,13 @@ def synthesize_case(
     checkpoint paths for the diffusion engine); `device` is added for engines other than "procedural".
     A lesion whose label in the source grid would have fewer than `min_source_voxels` voxels is redrawn
     (larger box, up to REDRAWS times) and otherwise left out, so no written lesion has a vanished label;
-    a case where every lesion would vanish is a ConfigError.
+    a case where every lesion would vanish is a ConfigError. With an "ignore" label in the scheme, the
+    transition band (`write_back.transition_band`) of lesions with ill-defined margins (`ignore_band="ill"`),
+    of every lesion ("all") or of none ("none") is written with it.
     """
     scheme = check_label_scheme(label_scheme)
+    if ignore_band not in ("ill", "all", "none"):
+        raise ConfigError(f"ignore_band must be 'ill', 'all' or 'none', got {ignore_band!r}")
     case = PreprocessedCase.open(case_dir)
     out_dir = Path(out_dir)
     masker, texturer = make_engines(mask_engine, texture_engine, options=engine_options, device=device)
@@ -162,6 +175,7 @@ def synthesize_case(
 
     ct = ct_before.copy()
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
+    band_std = np.zeros(target.shape, dtype=bool)
     lesions: list[dict[str, Any]] = []
     # independent streams per organ/lesion type and per lesion: seed 3 in the liver is not seed 3 in the kidney
     streams = np.random.SeedSequence(
@@ -191,6 +205,9 @@ def synthesize_case(
         rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
         t2 = time.perf_counter()
         adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing, organ_name=organ)
+        if "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
+                                                            and lesion_spec(lesion_report).margin == "ill")):
+            band_std |= transition_band(rendered - ct, mask, spacing)
         ct = rendered
         occupied |= mask
         lesion_ids[mask] = k
@@ -211,6 +228,10 @@ def synthesize_case(
     if "organ" in scheme:
         label[organ_src] = scheme["organ"]
     label[written.lesion] = scheme["lesion"]
+    if band_std.any():
+        band_src = lesion_in_source(source_img, std_img.affine, band_std) & written.lesion
+        if (written.lesion & ~band_src).sum() >= min_source_voxels:  # the band never swallows the lesion label
+            label[band_src] = scheme["ignore"]
     label_img = nib.Nifti1Image(label, source_img.affine)
     label_img.set_qform(source_img.affine, code=1)
     label_img.set_sform(source_img.affine, code=1)
@@ -236,6 +257,7 @@ def synthesize_case(
         "source_region": written.region.to_dict() if written.region else None,
         "changed_voxels_source": int(written.changed.sum()),
         "lesion_voxels_source": int(written.lesion.sum()),
+        "ignore_voxels_source": int((label == scheme["ignore"]).sum()) if "ignore" in scheme else 0,
         "source_noise": written.noise,
     }
     atomic_write_json(out_dir / "synthesis.json", record)

@@ -66,6 +66,28 @@ def lesion_in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, lesion
     return lesion
 
 
+def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Lesion voxels whose mean change is under half the lesion's core contrast: an ill-defined margin's band.
+
+    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count). An
+    isodense lesion (core contrast < 5 HU) has no band. Returned as bool in the standardized grid.
+    """
+    band = np.zeros(lesion_std.shape, dtype=bool)
+    if not lesion_std.any():
+        return band
+    box = ndimage.find_objects(lesion_std.astype(np.uint8))[0]
+    box = tuple(slice(max(sl.start - 2, 0), sl.stop + 2) for sl in box)
+    mask = lesion_std[box]
+    smooth = ndimage.gaussian_filter(delta_hu[box].astype(np.float32), [1.0 / s for s in spacing])
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    core = mask & (depth >= 0.6 * depth.max())
+    contrast = float(np.median(smooth[core]))
+    if abs(contrast) < 5.0:
+        return band
+    band[box] = mask & (smooth * np.sign(contrast) < 0.5 * abs(contrast))
+    return band
+
+
 def _lesion_core(lesion: np.ndarray) -> np.ndarray:
     """Lesion voxels away from its edge (where a detrended residual is noise, not the lesion/organ step)."""
     core = ndimage.binary_erosion(lesion)

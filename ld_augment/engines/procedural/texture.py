@@ -67,6 +67,7 @@ class ProceduralTextureEngine(TextureEngine):
         t = np.clip((sd + OUTSIDE_MM) / (width + OUTSIDE_MM), 0.0, 1.0)
         alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
         alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # partial volume spreads into the organ, not its neighbours
+        alpha[~mask & ((ct < -200.0) | (ct > 300.0))] = 0.0  # nor into a lumen's gas or a calcification
         alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
 
         phase = phase_of(getattr(report, "enhancement_status", None))
