@@ -143,3 +143,21 @@ def test_lung_ground_glass_and_bone_lytic_sclerotic(make_report, make_case) -> N
         mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(1))
         after = ProceduralTextureEngine().render(ctx, mask, report, np.random.default_rng(1))
         assert low <= after[mask].mean() <= high, (name, density, after[mask].mean())
+
+
+def test_mass_effect_pushes_unlabelled_tissue_aside(make_report) -> None:
+    """A lesion grown out of its organ displaces the fat stripe beside it instead of only overwriting it."""
+    from ld_augment.engines.procedural.texture import displace_around
+
+    ct = np.full((60, 60, 40), -100.0, np.float32)  # fat
+    ct[:, :, 30:] = 40.0  # a muscle layer above
+    grown = np.zeros(ct.shape, bool)
+    grid = np.indices(ct.shape)
+    grown[(((grid - np.array([30, 30, 20])[:, None, None, None]) ** 2).sum(0)) <= 64] = True  # radius 8
+    movable = np.ones(ct.shape, bool)
+    movable[:, :, 35:] = False  # a labelled structure beyond the muscle never moves
+    out = displace_around(ct, grown, movable, (1.0, 1.0, 1.0))
+    column = out[30, 30, :]
+    assert ct[30, 30, 30] > 0 > column[30]  # the fat/muscle edge moved up, away from the lesion
+    assert np.array_equal(out[..., 35:], ct[..., 35:]) and np.array_equal(out[grown], ct[grown])
+    assert np.array_equal(out[:, :, :2], ct[:, :, :2])  # far away nothing changes

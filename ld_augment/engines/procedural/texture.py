@@ -11,6 +11,7 @@ The design field starts from a target mean set relative to the organ's parenchym
 gas excluded, the contrast phase from the report) or the report's CT value, and adds the report's features
 (rim, heterogeneity, dark/bright areas, stones, a capsule that makes an isodense lesion detectable). A final
 shift of the shiftable part makes the lesion's measured mean land on the target despite blending and spots.
+Where a lesion grew out of its organ, the unlabelled tissue around it is displaced (``displace_around``).
 """
 
 from __future__ import annotations
@@ -33,19 +34,51 @@ MARGIN_MM = {"well": 1.0, "default": 1.5, "ill": 4.0}
 OUTSIDE_MM = 0.75
 
 
+def displace_around(ct: np.ndarray, grown: np.ndarray, movable: np.ndarray, spacing: tuple[float, ...],
+                    reach_mm: float = 12.0) -> np.ndarray:
+    """Mass effect: push the tissue around ``grown`` (the lesion's part outside its organ) radially outwards.
+
+    Incompressible radial model: a ball of radius R (``grown``'s equivalent radius) inserted at its centre
+    moves the tissue at distance r to where r0 lay, r^3 = r0^3 + R^3, so the displacement R^3 / (3 r^2)
+    fades with distance (tapered to zero ``reach_mm`` from the surface). Only ``movable`` (unlabelled) voxels outside ``grown`` change, and only to values
+    from movable positions, so no labelled structure moves away from its label.
+    """
+    if grown.sum() < 5:
+        return ct
+    sp = np.asarray(spacing, dtype=np.float64)
+    radius = float((3.0 * grown.sum() * np.prod(sp) / (4.0 * np.pi)) ** (1.0 / 3.0))
+    centre = np.asarray(ndimage.center_of_mass(grown))
+    grid = np.indices(ct.shape, dtype=np.float32)
+    offset = [(grid[a] - centre[a]) * sp[a] for a in range(3)]
+    r = np.sqrt(sum(o * o for o in offset)).astype(np.float32)
+    r0 = np.cbrt(np.clip(r**3 - radius**3, 0.0, None))
+    # taper to zero displacement within `reach` of the surface, so the warp ends smoothly inside the crop
+    taper = np.clip(1.0 - (r - radius) / reach_mm, 0.0, 1.0) ** 2
+    r0 = r - taper * (r - r0)
+    scale = np.where(r > 0, r0 / np.maximum(r, 1e-6), 1.0)
+    source = [centre[a] + (grid[a] - centre[a]) * scale for a in range(3)]
+    warped = ndimage.map_coordinates(ct, source, order=1, mode="nearest").astype(np.float32)
+    from_movable = ndimage.map_coordinates(movable.astype(np.float32), source, order=0, mode="nearest") > 0.5
+    apply = movable & from_movable & ~grown & (r > radius) & (r - r0 > 0.25)
+    return np.where(apply, warped, ct)
+
+
 class ProceduralTextureEngine(TextureEngine):
     """Weight-free texture engine following the report's density, variations, features and margin."""
 
     name = "procedural"
 
-    def __init__(self, *, hu_range: tuple[float, float] = (-1024.0, 3071.0), neighbourhood_mm: float = 15.0) -> None:
+    def __init__(self, *, hu_range: tuple[float, float] = (-1024.0, 3071.0), neighbourhood_mm: float = 15.0,
+                 mass_effect: bool = True) -> None:
         if hu_range[0] >= hu_range[1]:
             raise ConfigError(f"hu_range must be (low, high) with low < high, got {hu_range}")
         self.hu_range = (float(hu_range[0]), float(hu_range[1]))
         self.neighbourhood_mm = float(neighbourhood_mm)
+        self.mass_effect = bool(mass_effect)
 
     def provenance(self) -> dict:
-        return {"engine": self.name, "options": {"hu_range": list(self.hu_range), "neighbourhood_mm": self.neighbourhood_mm}}
+        return {"engine": self.name, "options": {"hu_range": list(self.hu_range), "neighbourhood_mm": self.neighbourhood_mm,
+                                                 "mass_effect": self.mass_effect}}
 
     def render(self, ctx: LesionContext, lesion_mask: np.ndarray, report: Any, rng: np.random.Generator) -> np.ndarray:
         lesion_mask = np.asarray(lesion_mask, dtype=bool)
@@ -60,6 +93,9 @@ class ProceduralTextureEngine(TextureEngine):
 
         ct = ctx.ct[region].astype(np.float32)
         mask = lesion_mask[region]
+        if self.mass_effect:  # tissue the exophytic part grew into is pushed aside, not overwritten
+            ct = displace_around(ct, mask & ~ctx.organ_mask[region], np.asarray(ctx.organ_seg[region]) == 0,
+                                 spacing)
         sd = signed_distance(mask, spacing)
         # transition from OUTSIDE_MM outside the surface to 2 x half-width inside it (at most 60 % of the
         # lesion's depth, so a small ill-defined lesion still reaches its density)
