@@ -154,7 +154,7 @@ def measure_case(case_root: Path, organ: str) -> dict | None:
     hp_after, hp_before = _highpass(after), _highpass(before)
     core = ndimage.binary_erosion(lesion)
     core = core if core.sum() >= 8 else lesion
-    soft = (before >= 5) & (before <= 300)  # parenchyma, as the engines measure it
+    soft = (before >= -30) & (before <= 300)  # no fat or gas, as the engines measure noise (stats.NOISE_WINDOW)
     organ_noise = organ_ref & ndimage.binary_erosion(organ_src) & soft
     if organ_noise.sum() < 30:
         organ_noise = organ_ref

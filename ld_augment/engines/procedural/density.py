@@ -21,8 +21,8 @@ from ld_augment.engines.attributes import LesionSpec, is_bone, is_lung
 from ld_augment.errors import InputError
 from ld_augment.organs.masks import organ_mask
 
-#: Soft-tissue window (HU) of parenchyma: above fat/partial-volume fat, below bone and dense contrast.
-PARENCHYMA_WINDOW = (5.0, 300.0)
+#: Soft-tissue window (HU) of parenchyma: above water, fat and fat partial volume; below bone and dense contrast.
+PARENCHYMA_WINDOW = (15.0, 300.0)
 #: A solid tumour's mean HU is at least this (non-contrast soft tissue is 20-60 HU; water 0, fat -100).
 SOLID_MIN_HU = 15.0
 #: Fluid (cyst) HU range: water plus a little protein.
@@ -37,7 +37,8 @@ def parenchyma_hu(values: np.ndarray, organ_name: str = "organ") -> float:
     """Robust reference HU of an organ's parenchyma from its voxel values (1-D or any shape).
 
     Bone and lung keep the plain median (their "parenchyma" is outside the soft-tissue window). When fewer
-    than a fifth of the voxels (or < 20) fall in the window, the plain median is the honest answer too.
+    than 15 % of the voxels (or < 20) fall in the window (a bile- or urine-filled organ), the plain median
+    is the honest answer too.
     """
     values = np.asarray(values, dtype=np.float32).ravel()
     if values.size == 0:
@@ -46,7 +47,7 @@ def parenchyma_hu(values: np.ndarray, organ_name: str = "organ") -> float:
         return float(np.median(values))
     low, high = PARENCHYMA_WINDOW
     soft = values[(values >= low) & (values <= high)]
-    if soft.size < max(20, values.size // 5):
+    if soft.size < max(20, int(0.15 * values.size)):
         return float(np.median(values))
     return float(np.median(soft))
 

@@ -14,11 +14,14 @@ import numpy as np
 from scipy import ndimage
 
 from ld_augment.engines.attributes import is_bone, is_lung
-from ld_augment.engines.procedural.density import PARENCHYMA_WINDOW, parenchyma_hu
+from ld_augment.engines.procedural.density import parenchyma_hu
 from ld_augment.engines.procedural.fields import mask_slices, robust_std
 
 #: Width (mm) of the Gaussian that estimates the smooth trend removed before measuring noise.
 TREND_MM = 2.0
+#: HU window of voxels whose residual counts as organ noise: drops fat and gas, but not the low tail of the
+#: parenchyma's own noise (a narrower window would truncate it and underestimate the SD).
+NOISE_WINDOW = (-30.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def organ_stats(
     values = ct[region].astype(np.float32)
     residual = values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
     reference = parenchyma_hu(values[valid], organ_name)
-    soft = valid & (values >= PARENCHYMA_WINDOW[0]) & (values <= PARENCHYMA_WINDOW[1])
+    soft = valid & (values >= NOISE_WINDOW[0]) & (values <= NOISE_WINDOW[1])
     soft = ndimage.binary_erosion(soft) & soft  # a trend across a fat/gas edge is no noise
     if not (is_bone(organ_name) or is_lung(organ_name)) and soft.sum() >= min_voxels // 2:
         valid = soft
