@@ -265,11 +265,16 @@ def main() -> None:
         generate(root, args.types, args.seeds)
         return
     t0 = time.perf_counter()
+    if (root / "current").exists():
+        import shutil
+
+        shutil.rmtree(root / "current")
     generate(root / "current", args.types, args.seeds)
     t1 = time.perf_counter()
     runs = [summarize("current", root / "current", args.types, args.seeds)]
     if args.baseline_ref:
-        generate_with_revision(args.baseline_ref, root / "baseline", args.types, args.seeds)
+        if not (root / "baseline" / "failures.json").is_file():  # a finished baseline in --out is reused
+            generate_with_revision(args.baseline_ref, root / "baseline", args.types, args.seeds)
         runs.append(summarize(args.baseline_ref[:8], root / "baseline", args.types, args.seeds))
     print(f"\n{len(args.types)} types x {args.seeds} seeds on the shared 3 mm crop; current: "
           f"{(t1 - t0) / (len(args.types) * args.seeds):.1f} s per case (preprocess + synthesize); outputs in {root}\n")

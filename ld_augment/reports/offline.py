@@ -27,6 +27,8 @@ from ld_augment.reports.writers import ReportWriter, check_request, finalize_rep
 MIN_DIAMETER_MM = 9.0
 #: Largest lesion diameter as a fraction of the organ's smallest extent (placement shrinks what still won't fit).
 HOLD_FRACTION = 0.8
+#: Relative per-axis spread of further lesions around the first one's size (used by the LLM writer).
+SIZE_JITTER = 0.15
 #: Log-space spread of each axis around the diameter (real lesions are not spheres; aspect ~0.75-1.3).
 AXIS_SIGMA = 0.12
 
