@@ -105,3 +105,13 @@ def test_lesions_differ_between_organs_for_the_same_seed(ct_variants, tmp_path) 
     first, second = (list(r.values())[0][2] for r in records)
     assert {k: v for k, v in first.items() if k != "lesion location"} != \
         {k: v for k, v in second.items() if k != "lesion location"}
+
+
+def test_bank_union_keeps_the_new_ignore_band() -> None:
+    """The bank's label union (synthesis_bank.labels) writes the band as the ignore class, never over old lesions."""
+    from synthesis_bank.labels import union_labels
+
+    scheme = {"background": 0, "organ": 1, "lesion": 2, "ignore": 3}
+    source = np.array([0, 1, 2, 0, 1])
+    synth = np.array([0, 3, 3, 2, 1])
+    assert union_labels(source, synth, scheme).tolist() == [0, 3, 2, 2, 1]

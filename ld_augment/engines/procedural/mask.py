@@ -27,7 +27,7 @@ from ld_augment.errors import ConfigError
 from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 
 #: Amplitude (in units of the normalized radius) of the surface deformation per shape kind.
-DEFORMATION = {"round": 0.12, "cystic": 0.04, "punctate": 0.08, "irregular": 0.32, "wall": 0.15}
+DEFORMATION = {"round": 0.16, "cystic": 0.04, "punctate": 0.08, "irregular": 0.32, "wall": 0.15}
 #: HU window a protruding lesion may grow into outside its organ (fat and soft tissue; not air, not bone).
 PROTRUDE_HU = (-200.0, 150.0)
 
