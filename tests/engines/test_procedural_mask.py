@@ -57,7 +57,7 @@ def test_shapes_differ_round_vs_irregular(generated_case, make_report) -> None:
         mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(shape=shape), np.random.default_rng(0))
         return float((mask ^ ellipsoid).sum() / ellipsoid.sum())
 
-    assert mismatch("irregular") > 2 * mismatch("round-like")
+    assert mismatch("irregular") > 1.5 * mismatch("round-like")  # round-like lesions are lobulated too, less so
 
 
 def test_punctate_is_small(generated_case, make_report) -> None:
