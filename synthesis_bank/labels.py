@@ -35,6 +35,8 @@ def union_labels(source_label: np.ndarray, synth_label: np.ndarray, scheme: Mapp
         out[organ] = scheme["organ"]
     new_lesion = (synth_label == scheme["lesion"]) & ~old_lesion
     out[new_lesion] = scheme["lesion"]
+    if "ignore" in scheme:  # the transition band of an ill-defined new lesion
+        out[(synth_label == scheme["ignore"]) & ~old_lesion] = scheme["ignore"]
     return out
 
 

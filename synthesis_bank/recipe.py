@@ -442,7 +442,7 @@ class _Validator:
                 raise self.fail(f"{key}.{name}", problem)
 
     def label_scheme(self, value: Any) -> dict[str, int]:
-        allowed = ("background", "organ", "lesion")
+        allowed = ("background", "organ", "lesion", "ignore")  # ignore: nnU-Net's ignore label, the highest id
         if not isinstance(value, Mapping):
             raise self.fail("label_scheme", f"expected {{background: 0, organ: 1, lesion: 2}}, got {value!r}")
         unknown = sorted(set(value) - set(allowed))
@@ -453,6 +453,8 @@ class _Validator:
         ids = [self.non_negative_int(f"label_scheme.{k}", v) for k, v in value.items()]
         if sorted(ids) != list(range(len(ids))):
             raise self.fail("label_scheme", f"label ids must be distinct and consecutive from 0 (nnU-Net), got {dict(value)}")
+        if "ignore" in value and value["ignore"] != max(ids):
+            raise self.fail("label_scheme", f"the ignore label must be the highest id (nnU-Net), got {dict(value)}")
         return dict(sorted(value.items(), key=lambda kv: kv[1]))
 
     def spacing(self, value: Any) -> tuple[float, float, float]:

@@ -1,6 +1,6 @@
 """How well a synthesized lesion follows its report: stored with every lesion and used by the tests.
 
-Measured on a crop around the lesion: the lesion's mean HU against the organ's median near it (before
+Measured on a crop around the lesion: the lesion's mean HU against the organ's parenchyma HU near it (before
 synthesis, without the lesion), the requested CT value, the mask's bbox extent against the requested size,
 the fraction of the lesion inside the organ, and the rim-minus-core HU for ring enhancement.
 """
@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
+from ld_augment.engines.procedural.density import parenchyma_hu
 from ld_augment.engines.procedural.fields import mask_slices
 
 #: |measured contrast| below which an "isodense" lesion counts as iso.
@@ -48,7 +49,8 @@ def measure_adherence(
     reference_voxels = organ & ~ndimage.binary_dilation(mask, iterations=2)
     if not reference_voxels.any():
         reference_voxels = organ & ~mask
-    organ_hu = float(np.median(before[reference_voxels])) if reference_voxels.any() else float("nan")
+    # the parenchyma (fat and gas excluded), as the engines and the report's CT value use it
+    organ_hu = parenchyma_hu(before[reference_voxels], organ_name) if reference_voxels.any() else float("nan")
     lesion_hu = float(after[mask].mean())
     contrast = lesion_hu - organ_hu
     sign = expected_contrast_sign(spec, organ_name)

@@ -22,6 +22,7 @@ from ld_augment.io.geometry import as_voxel_box
 
 HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 MAX_ROWS = 8  # a preview with more rows is unreadable; the first ones are shown
+LESION_FOV_MM = 80.0  # field of view around each lesion in the before/after preview: the margin must be visible
 # (name, array axis held fixed, the two axes shown as (horizontal, vertical))
 VIEWS = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))
 
@@ -47,6 +48,16 @@ def _panel(
     if h == 0:  # radiological convention: the patient's right (+x in RAS) on the viewer's left
         ax.invert_xaxis()
     return sl
+
+
+def _zoom(ax: Any, centre: Sequence[int], spacing: Sequence[float], shown: tuple[int, int], fov_mm: float,
+          shape: Sequence[int]) -> None:
+    """Limit a panel to ``fov_mm`` around ``centre`` (keeping the radiological left-right flip of axis 0)."""
+    h, v = shown
+    half_h, half_v = fov_mm / 2.0 / spacing[h], fov_mm / 2.0 / spacing[v]
+    lo_h, hi_h = max(centre[h] - half_h, -0.5), min(centre[h] + half_h, shape[h] - 0.5)
+    ax.set_xlim((hi_h, lo_h) if h == 0 else (lo_h, hi_h))
+    ax.set_ylim(max(centre[v] - half_v, -0.5), min(centre[v] + half_v, shape[v] - 0.5))
 
 
 def _outline(ax: Any, mask: np.ndarray | None, axis: int, index: int, color: str) -> None:
@@ -126,9 +137,12 @@ def save_before_after_preview(
     *,
     title: str | None = None,
     spacing: Sequence[float] | None = None,
+    fov_mm: float = LESION_FOV_MM,
 ) -> Path:
-    """Per lesion one row: before/after pairs of axial, coronal and sagittal slices; lesion outlined in red.
+    """Per lesion one row: before, after and the label outline, for axial, coronal and sagittal slices.
 
+    Each panel is cropped to ``fov_mm`` around the lesion so its margin and texture are visible, and the
+    outline is drawn on its own panel beside the image, never over the margin it would hide.
     `centres`: voxel coordinates of the lesions (None: centres of the mask's connected components).
     """
     before, sp = _array_and_spacing(ct_before, spacing)
@@ -140,13 +154,14 @@ def save_before_after_preview(
         centres = _lesion_centres(mask) if mask is not None else []
     points = [tuple(int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(p, before.shape)) for p in centres]
     points = points[:MAX_ROWS] or [tuple(n // 2 for n in before.shape)]
-    fig, axes = _figure(len(points), 6, 16, 3.0)
+    fig, axes = _figure(len(points), 9, 18, 2.2)
     for row, centre in enumerate(points):
         for col, (view, axis, shown) in enumerate(VIEWS):
-            for k, (label, volume) in enumerate((("before", before), ("after", after))):
-                ax = axes[row, 2 * col + k]
+            for k, (label, volume) in enumerate((("before", before), ("after", after), ("label", after))):
+                ax = axes[row, 3 * col + k]
                 _panel(ax, volume, axis, centre[axis], sp, shown)
-                if label == "after":
+                if label == "label":
                     _outline(ax, mask, axis, centre[axis], "red")
-                ax.set_title(f"lesion {row + 1} {view} {label}", fontsize=8)
+                _zoom(ax, centre, sp, shown, fov_mm, before.shape)
+                ax.set_title(f"lesion {row + 1} {view} {label}", fontsize=7)
     return _finish(fig, path, title)

@@ -23,6 +23,9 @@ from ld_augment.organs.masks import detect_label_version, organ_mask
 from ld_augment.organs.registry import normalize_organ_name
 from ld_augment.placement.bboxes import bbox_map, place_lesions
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
+from ld_augment.engines.procedural.density import (
+    CONTRAST_RANGE, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
+)
 from ld_augment.reports.model import LesionReport, save_reports
 from ld_augment.reports.writers import OfflineReportWriter, ReportWriter
 from ld_augment.pipeline.case import CASE_FILES, CASE_FORMAT, PreprocessedCase
@@ -59,17 +62,20 @@ def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: n
         return report
     spec = lesion_spec(report)
     sign = expected_contrast_sign(spec, organ)
-    if spec.density == "fluid":
-        ok, new = -5.0 <= hu <= 20.0, float(rng.uniform(0.0, 15.0))
+    low = CONTRAST_RANGE.get(phase_of(report.enhancement_status), CONTRAST_RANGE[None])[0]
+    if spec.density == "fluid" or sign is None:
+        ok = True
     elif sign == -1:
-        ok, new = hu <= organ_hu - 15.0, organ_hu - float(rng.uniform(20.0, 50.0))
+        ok = hu <= organ_hu - low
     elif sign == 1:
-        ok, new = hu >= organ_hu + 15.0, organ_hu + float(rng.uniform(20.0, 50.0))
-    elif sign == 0:
-        ok, new = abs(hu - organ_hu) <= 10.0, organ_hu + float(rng.uniform(-5.0, 5.0))
+        ok = hu >= organ_hu + low
     else:
+        ok = abs(hu - organ_hu) <= 10.0
+    ok = ok and bound_lesion_hu(spec, hu, organ, rng) == hu  # a solid tumour never at fat/water density
+    if ok:
         return report
-    return report if ok else report.with_values(ct_value=float(round(new)))
+    new = lesion_hu(spec, organ_hu, organ, phase_of(report.enhancement_status), rng)
+    return report.with_values(ct_value=float(round(new)))
 
 
 def _organ_extent(mask: np.ndarray) -> tuple[int, int, int]:
@@ -146,11 +152,17 @@ def preprocess_case(
         check_same_grid(ct_img, avoid_img, name_a=str(image), name_b=str(avoid))
         occupied = np.asarray(standardize_image(avoid_img, spacing, is_label=True).dataobj) > 0
 
-    writer = report_writer or OfflineReportWriter()
+    ct_std = np.asarray(std_ct.dataobj, dtype=np.float32)
+    phase = infer_contrast_phase(ct_std, aorta_mask(seg_arr, version))
+    if phase is not None and not _user_gave(attributes, "enhancement status"):
+        attributes = {**(attributes or {}), "enhancement status": phase}  # what this scan is, not a coin flip
+    # clinical sizes in mm on the standardized grid, floored at 3 voxels of the source scan
+    writer = report_writer or OfflineReportWriter(
+        spacing=spacing, min_diameter_mm=3.0 * max(float(z) for z in ct_img.header.get_zooms()[:3]))
     report = writer.write(organ=organ, lesion_type=lesion_type, organ_extent=_organ_extent(target),
                           overrides=attributes, seed=seed, num_lesions=num_lesions)
     if not _user_gave(attributes, "ct value"):
-        organ_hu = float(np.median(np.asarray(std_ct.dataobj, dtype=np.float32)[target]))
+        organ_hu = parenchyma_hu(ct_std[target], organ)  # not the plain median: fat would pull it down
         report = harmonize_ct_value(report, organ_hu, organ, rng)
     sizes = list(report.bbox_sizes) if len(report.bbox_sizes) == num_lesions else [report.size] * num_lesions
     boxes = place_lesions(target, sizes, cavity=report.cavity, rng=rng,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from ld_augment.engines.adherence import measure_adherence
+from ld_augment.engines.attributes import lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
@@ -23,13 +25,17 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import source_image_like, write_back
+from ld_augment.pipeline.write_back import lesion_in_source, source_image_like, transition_band, write_back
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_SCHEME = {"background": 0, "organ": 1, "lesion": 2}
 #: HU range a CT voxel can hold (air to dense bone/metal as stored by scanners).
 CT_HU_RANGE = (-1024.0, 3071.0)
+#: Fewest source-grid voxels a lesion's label may have (a ball 3 voxels across holds 14): below this it is redrawn.
+MIN_SOURCE_VOXELS = 14
+#: Redraws of a lesion whose source-grid label would be too small, each with a 1.3x larger box.
+REDRAWS = 3
 
 
 @dataclass
@@ -48,13 +54,20 @@ class SynthesisResult:
 
 
 def check_label_scheme(scheme: dict[str, int] | None) -> dict[str, int]:
-    """The target label scheme: names -> ids; needs a lesion label, ids distinct and in 0..255."""
+    """The target label scheme: names -> ids; needs a lesion label, ids distinct and in 0..255.
+
+    An optional "ignore" entry (nnU-Net's ignore label, which must be the highest id) receives the transition
+    band of ill-defined lesions: voxels that changed, but less than half-way to the lesion's density.
+    """
     scheme = dict(DEFAULT_LABEL_SCHEME if scheme is None else scheme)
     if "lesion" not in scheme:
         raise ConfigError(f"label scheme {scheme} needs a 'lesion' entry (e.g. {DEFAULT_LABEL_SCHEME})")
-    unknown = set(scheme) - {"background", "organ", "lesion"}
+    unknown = set(scheme) - {"background", "organ", "lesion", "ignore"}
     if unknown:
-        raise ConfigError(f"label scheme has unknown names {sorted(unknown)}; allowed: background, organ, lesion")
+        raise ConfigError(f"label scheme has unknown names {sorted(unknown)}; allowed: background, organ, lesion, "
+                          "ignore")
+    if "ignore" in scheme and scheme["ignore"] != max(scheme.values()):
+        raise ConfigError(f"the ignore label must be the highest id (nnU-Net), got {scheme}")
     ids = list(scheme.values())
     if len(set(ids)) != len(ids) or any(not isinstance(i, int) or not 0 <= i <= 255 for i in ids):
         raise ConfigError(f"label scheme ids must be distinct integers in 0..255, got {scheme}")
@@ -123,13 +136,22 @@ def synthesize_case(
     preview: bool = True,
     engine_options: dict[str, dict[str, Any]] | None = None,
     source_image: str | Path | None = None,
+    min_source_voxels: int = MIN_SOURCE_VOXELS,
+    ignore_band: str = "ill",
 ) -> SynthesisResult:
     """Draw and texture every lesion box of `case_dir`, then write the results in the source CT's grid.
 
     `engine_options` = {"mask": {...}, "texture": {...}} are passed to engines given by name (e.g.
     checkpoint paths for the diffusion engine); `device` is added for engines other than "procedural".
+    A lesion whose label in the source grid would have fewer than `min_source_voxels` voxels is redrawn
+    (larger box, up to REDRAWS times) and otherwise left out, so no written lesion has a vanished label;
+    a case where every lesion would vanish is a ConfigError. With an "ignore" label in the scheme, the
+    transition band (`write_back.transition_band`) of lesions with ill-defined margins (`ignore_band="ill"`),
+    of every lesion ("all") or of none ("none") is written with it.
     """
     scheme = check_label_scheme(label_scheme)
+    if ignore_band not in ("ill", "all", "none"):
+        raise ConfigError(f"ignore_band must be 'ill', 'all' or 'none', got {ignore_band!r}")
     case = PreprocessedCase.open(case_dir)
     out_dir = Path(out_dir)
     masker, texturer = make_engines(mask_engine, texture_engine, options=engine_options, device=device)
@@ -151,47 +173,78 @@ def synthesize_case(
     # The valid range always contains the CT's own values, so clipping never alters an untouched voxel.
     hu_range = (min(CT_HU_RANGE[0], float(ct_before.min())), max(CT_HU_RANGE[1], float(ct_before.max())))
 
-    rng = np.random.default_rng(seed)
     ct = ct_before.copy()
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
+    band_std = np.zeros(target.shape, dtype=bool)
     lesions: list[dict[str, Any]] = []
     # an engine may choose which boxes it draws and in which order (released LMNet: > 50 voxels, largest first,
     # at most 3) and may drop a lesion that fails its selection (an empty mask), as the original inference does
     plan = getattr(masker, "plan_lesions", None)
-    order = plan(boxes, target.shape) if plan is not None else range(len(boxes))
+    order = list(plan(boxes, target.shape)) if plan is not None else list(range(len(boxes)))
     skipped = [{"index": i + 1, "bbox": b.to_dict(), "reason": "not planned by the mask engine"}
                for i, b in enumerate(boxes) if i not in set(order)]
+    drops_failed = getattr(masker, "skips_failed_lesions", False)
+    # independent streams per organ/lesion type and per lesion: seed 3 in the liver is not seed 3 in the kidney
+    streams = np.random.SeedSequence(
+        [int(seed) & 0xFFFFFFFF, zlib.crc32(f"{organ}|{case.meta.get('lesion_type', '')}".encode())]
+    ).spawn(len(boxes) + 1)
     for i in order:
         k, box = i + 1, boxes[i]
+        rng = np.random.default_rng(streams[k - 1])
         # the report's size text follows its first lesion; each lesion is drawn and measured at its own box
-        lesion_report = report.with_values(size=box.size)
         ctx = LesionContext(ct=ct, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
                             occupied=occupied.copy())
         t0 = time.perf_counter()
-        mask = np.asarray(masker.generate_mask(ctx, box, lesion_report, rng), dtype=bool)
+        drawn, source_voxels = box, 0
+        for attempt in range(REDRAWS + 1):
+            lesion_report = report.with_values(size=drawn.size)
+            mask = np.asarray(masker.generate_mask(ctx, drawn, lesion_report, rng), dtype=bool)
+            source_voxels = int(lesion_in_source(source_img, std_img.affine, mask).sum()) if mask.any() else 0
+            if source_voxels >= min_source_voxels or (drops_failed and not mask.any()):
+                break
+            drawn = BBox(box.center, tuple(max(int(np.ceil(s * 1.3)), s + 1) for s in drawn.size))  # type: ignore[arg-type]
         t1 = time.perf_counter()
-        if not mask.any() and getattr(masker, "skips_failed_lesions", False):
+        if not mask.any() and drops_failed:
             skipped.append({"index": k, "bbox": box.to_dict(), "reason": "no acceptable mask (dropped)"})
             log.info("%s lesion %d: no acceptable mask, dropped as the original does", case.case_id, k)
             continue
-        if not mask.any():
-            raise InputError(f"case {case.case_id}: the mask engine drew an empty lesion in box {box.to_dict()}")
+        if source_voxels < min_source_voxels:
+            log.warning("%s lesion %d left out: its label would have %d voxel(s) in the source grid (< %d)",
+                        case.case_id, k, source_voxels, min_source_voxels)
+            skipped.append({"index": k, "bbox": box.to_dict(), "reason": "vanishes in the source grid",
+                            "source_voxels": source_voxels, "attempts": attempt + 1})
+            continue
         rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
         t2 = time.perf_counter()
-        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing)
+        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing, organ_name=organ)
+        if "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
+                                                            and lesion_spec(lesion_report).margin == "ill")):
+            band_std |= transition_band(rendered - ct, mask, spacing)
         ct = rendered
         occupied |= mask
         lesion_ids[mask] = k
-        lesions.append({"index": k, "bbox": box.to_dict(), "voxels_std": int(mask.sum()),
+        lesions.append({"index": k, "bbox": box.to_dict(), "drawn_bbox": drawn.to_dict(), "attempts": attempt + 1,
+                        "voxels_std": int(mask.sum()), "voxels_source": source_voxels,
                         "seconds": {"mask": round(t1 - t0, 4), "texture": round(t2 - t1, 4)},
                         "adherence": adherence})
         log.info("%s lesion %d: %d voxels, %.2fs", case.case_id, k, int(mask.sum()), t2 - t0)
+    if not (lesion_ids > 0).any():
+        reasons = sorted({r["reason"] for r in skipped})
+        raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)}); "
+                          f"a label needs at least {min_source_voxels} voxels in the source grid of {source_path}: "
+                          "ask for larger lesions or a finer source scan")
 
-    written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range)
+    organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
+    written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,
+                         organ_src=organ_src, rng=np.random.default_rng(streams[-1]))
     label = np.zeros(source_img.shape[:3], dtype=np.uint8)
     if "organ" in scheme:
-        label[_source_organ_mask(case, source_img, target, std_img.affine)] = scheme["organ"]
+        label[organ_src] = scheme["organ"]
     label[written.lesion] = scheme["lesion"]
+    if band_std.any():
+        band_src = lesion_in_source(source_img, std_img.affine, band_std) & written.lesion
+        if (written.lesion & ~band_src).sum() >= min_source_voxels:  # the band never swallows the lesion label
+            label[band_src] = scheme["ignore"]
     label_img = nib.Nifti1Image(label, source_img.affine)
     label_img.set_qform(source_img.affine, code=1)
     label_img.set_sform(source_img.affine, code=1)
@@ -218,6 +271,8 @@ def synthesize_case(
         "source_region": written.region.to_dict() if written.region else None,
         "changed_voxels_source": int(written.changed.sum()),
         "lesion_voxels_source": int(written.lesion.sum()),
+        "ignore_voxels_source": int((label == scheme["ignore"]).sum()) if "ignore" in scheme else 0,
+        "source_noise": written.noise,
     }
     atomic_write_json(out_dir / "synthesis.json", record)
     return SynthesisResult(out_dir, Path(ct_path), Path(label_path), Path(report_path), record)

@@ -3,6 +3,13 @@
 The synthetic CT must keep the source's shape, affine, orientation and dtype, and every voxel outside the
 written neighbourhood must stay bit-identical. So only the *change* (synthetic minus healthy HU) and the
 lesion mask are resampled, onto the small source-grid box that covers them, and added to the stored values.
+
+Noise is then matched in the SOURCE grid, the grid a segmenter trains on: the engines synthesize noise on the
+standardized grid, whose CT was interpolated from the source and is smoother than it, so a lesion sampled
+back at the source's voxels has about half the organ's noise there (a texture shortcut). After the change is
+added, the lesion's noise is measured with the same detrended robust estimate as the organ around it (in
+the source grid) and topped up with noise of the organ's own spatial correlation; variation a heterogeneous
+lesion has beyond the organ's noise is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ld_augment.engines.procedural.fields import robust_std
+from ld_augment.engines.procedural.stats import matched_noise, organ_stats, residual
 from ld_augment.io.geometry import VoxelBox, resample_region_to_source, source_region_for_std_box
 
 
@@ -24,6 +33,7 @@ class SourceWrite:
     lesion: np.ndarray          # bool, source shape
     changed: np.ndarray         # bool, voxels whose stored value differs from the source
     region: VoxelBox | None
+    noise: dict | None = None   # source-grid noise matching: organ / lesion SD before and after
 
 
 def _stored_values(img: nib.Nifti1Image) -> tuple[np.ndarray, float, float]:
@@ -36,12 +46,88 @@ def _stored_values(img: nib.Nifti1Image) -> tuple[np.ndarray, float, float]:
     return np.array(raw, copy=True), slope, inter
 
 
+def source_spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Voxel size (mm) of an image from its affine's column norms (robust to a header without zooms)."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def lesion_in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, lesion_std: np.ndarray) -> np.ndarray:
+    """The standardized lesion mask as the source grid will label it (bool, source shape; linear, >= 0.5)."""
+    lesion = np.zeros(source_img.shape[:3], dtype=bool)
+    if not lesion_std.any():
+        return lesion
+    box = ndimage.find_objects(lesion_std.astype(np.uint8))[0]
+    std_box = VoxelBox(tuple(s.start for s in box), tuple(s.stop for s in box))  # type: ignore[arg-type]
+    region = source_region_for_std_box(std_box, std_affine, source_img.shape[:3], source_img.affine, pad=2)
+    if region.is_empty:
+        return lesion
+    lesion[region.slices] = resample_region_to_source(lesion_std.astype(bool), std_affine, source_img.shape[:3],
+                                                      source_img.affine, region, order=1, cval=0.0, mode="constant")
+    return lesion
+
+
+def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Lesion voxels whose mean change is under half the lesion's core contrast: an ill-defined margin's band.
+
+    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count). An
+    isodense lesion (core contrast < 5 HU) has no band. Returned as bool in the standardized grid.
+    """
+    band = np.zeros(lesion_std.shape, dtype=bool)
+    if not lesion_std.any():
+        return band
+    box = ndimage.find_objects(lesion_std.astype(np.uint8))[0]
+    box = tuple(slice(max(sl.start - 2, 0), sl.stop + 2) for sl in box)
+    mask = lesion_std[box]
+    smooth = ndimage.gaussian_filter(delta_hu[box].astype(np.float32), [1.0 / s for s in spacing])
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    core = mask & (depth >= 0.6 * depth.max())
+    contrast = float(np.median(smooth[core]))
+    if abs(contrast) < 5.0:
+        return band
+    band[box] = mask & (smooth * np.sign(contrast) < 0.5 * abs(contrast))
+    return band
+
+
+def _lesion_core(lesion: np.ndarray) -> np.ndarray:
+    """Lesion voxels away from its edge (where a detrended residual is noise, not the lesion/organ step)."""
+    core = ndimage.binary_erosion(lesion)
+    return core if core.sum() >= 8 else lesion
+
+
+def match_source_noise(new_hu: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacing: tuple[float, ...],
+                       rng: np.random.Generator) -> tuple[np.ndarray, dict | None]:
+    """Top the lesion's noise up to the surrounding organ's, measured in this (source-grid) region.
+
+    Returns the new HU and a record; unchanged when the organ is too small to measure or the lesion already
+    has the organ's noise (or more, e.g. heterogeneous texture).
+    """
+    if not lesion.any() or not organ.any():
+        return new_hu, None
+    exclude = ndimage.binary_dilation(lesion, iterations=2)
+    full = tuple(slice(0, n) for n in new_hu.shape)
+    try:
+        stats = organ_stats(new_hu.astype(np.float32), organ, exclude, full, spacing, min_voxels=30)
+    except ValueError:
+        return new_hu, None
+    core = _lesion_core(lesion)
+    before = robust_std(residual(new_hu.astype(np.float32), spacing)[core])
+    record = {"organ_sd": round(stats.noise_std, 2), "lesion_sd_before": round(before, 2)}
+    deficit = float(np.sqrt(max(stats.noise_std**2 - before**2, 0.0)))
+    if deficit > 0.05 * stats.noise_std:
+        unit = matched_noise(new_hu.shape, stats, spacing, rng) / max(stats.noise_std, 1e-6)
+        new_hu = new_hu + deficit * unit * lesion
+    record["lesion_sd_after"] = round(robust_std(residual(new_hu.astype(np.float32), spacing)[core]), 2)
+    return new_hu, record
+
+
 def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
-               lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None) -> SourceWrite:
+               lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
+               organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None) -> SourceWrite:
     """Add the standardized-space HU change `delta_hu` and map `lesion_std` into the source grid.
 
     Only the source box covering the changed voxels (plus two voxels of padding for interpolation) is
-    resampled; voxels whose rounded change is zero keep their exact stored value.
+    resampled; voxels whose rounded change is zero keep their exact stored value. With the target organ in
+    the source grid (`organ_src`) and an `rng`, the lesion's noise is matched to the organ's there.
     """
     raw, slope, inter = _stored_values(source_img)
     lesion = np.zeros(raw.shape[:3], dtype=bool)
@@ -51,7 +137,9 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
         return SourceWrite(raw, lesion, changed, None)
     box = ndimage.find_objects(touched.astype(np.uint8))[0]
     std_box = VoxelBox(tuple(s.start for s in box), tuple(s.stop for s in box))  # type: ignore[arg-type]
-    region = source_region_for_std_box(std_box, std_affine, raw.shape, source_img.affine, pad=2)
+    spacing = source_spacing(source_img)
+    pad = 2 if organ_src is None else max(2, int(np.ceil(15.0 / min(spacing))))  # room to measure the organ
+    region = source_region_for_std_box(std_box, std_affine, raw.shape, source_img.affine, pad=pad)
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
     delta_src = resample_region_to_source(delta_hu.astype(np.float32), std_affine, raw.shape, source_img.affine,
@@ -60,6 +148,10 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
                                            region, order=1, cval=0.0, mode="constant")
     old = raw[region.slices].astype(np.float64)
     new_hu = old * slope + inter + delta_src
+    noise = None
+    if organ_src is not None and rng is not None:
+        organ_here = np.asarray(organ_src[region.slices], dtype=bool) & ~lesion_src
+        new_hu, noise = match_source_noise(new_hu, lesion_src, organ_here, spacing, rng)
     if hu_range is not None:
         new_hu = np.clip(new_hu, *hu_range)
     new_raw = (new_hu - inter) / slope
@@ -72,7 +164,7 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     region_vals[diff] = new_raw[diff]
     changed[region.slices] = diff
     lesion[region.slices] = lesion_src
-    return SourceWrite(raw, lesion, changed, region)
+    return SourceWrite(raw, lesion, changed, region, noise)
 
 
 def source_image_like(source_img: nib.Nifti1Image, raw: np.ndarray) -> nib.Nifti1Image:

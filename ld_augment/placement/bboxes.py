@@ -2,18 +2,23 @@
 
 Cavity rules (the four values of ``ld_augment.organs.CAVITY_VALUES``):
 
-* "within the lumen of a hollow organ": the WHOLE box lies inside the lumen, i.e. the organ minus a wall band
-  of ``wall_mm`` (found with a Euclidean distance transform, which is an erosion by a ball).
+* "within the lumen of a hollow organ": the box's INSCRIBED ELLIPSOID lies inside the lumen, i.e. the organ
+  minus a wall band of ``wall_mm`` (found with a Euclidean distance transform, which is an erosion by a ball).
 * "wall thickening": the box CENTRE lies on the wall band (organ minus lumen); the box may leave the organ.
-* "within the parenchymal organ": the WHOLE box lies inside the organ. We require the box rather than its
-  inscribed ellipsoid because mask engines may fill any voxel of the box (irregular deformations reach into
-  the corners), so only the box guarantees the lesion can stay inside the parenchyma.
-* "protruding from the parenchymal organ": only the box centre lies inside the organ.
+* "within the parenchymal organ": the box's inscribed ellipsoid lies inside the organ (the procedural mask
+  engine keeps every bump inside that ellipsoid), except that a ``capsule_fraction`` of lesions is drawn
+  subcapsular: the ellipsoid reaches the organ's surface and is cut flat by it, so the lesion touches the
+  capsule as real liver and kidney tumours often do. Requiring the whole box instead (as before) kept every
+  kidney or spleen lesion away from the capsule and far smaller than the organ allows.
+* "protruding from the parenchymal organ": the centre lies inside the organ but near its surface (normalized
+  depth below ``PROTRUDE_DEPTH``), so part of the lesion grows out of it (exophytic).
 
-Every box also lies inside the volume for the two "whole box" rules and is clipped to it for the two
-"centre" rules, never overlaps another placed box or an ``occupied`` voxel. Feasible centres are computed for
-all voxels at once with separable min/max filters (box erosion/dilation), so placement never loops over
-candidate positions; a centre is then drawn uniformly from the feasible set with the caller's ``rng``.
+Depth is measured in the ellipsoid's own metric: a Euclidean distance transform with sampling ``1 / semi-axis``
+gives, for every voxel, the normalized distance to the nearest voxel outside the region, and an ellipsoid
+centred there fits iff that distance is >= 1. The volume border counts as outside. Boxes never overlap
+another placed box or an ``occupied`` voxel (a box dilation with a separable max filter). Feasible centres are
+computed for all voxels at once, so placement never loops over candidate positions; a centre is then drawn
+uniformly from the feasible set with the caller's ``rng``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ Triple = tuple[int, int, int]
 
 #: Canonical rule names, keyed by keywords that identify the original's cavity texts.
 LUMEN, WALL, WITHIN, PROTRUDING = "lumen", "wall", "within", "protruding"
+#: Normalized depth band of a subcapsular centre (the ellipsoid pokes up to 25 % of a semi-axis past the capsule).
+SUBCAPSULAR_DEPTH = (0.7, 0.95)
+#: Least normalized depth of a lesion too large to lie deep (it flattens against the capsule by <= 15 %).
+SUBCAPSULAR_FIT = 0.85
+#: Normalized depth band of a protruding (exophytic) centre: inside the organ, 15-65 % of the lesion outside it.
+PROTRUDE_DEPTH = (0.05, 0.6)
 
 
 @dataclass(frozen=True)
@@ -117,15 +128,32 @@ def _organ_crop(organ_mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, .
     )
 
 
-def _feasible_centres(region: np.ndarray, blocked: np.ndarray, size: Triple, rule: str) -> np.ndarray:
+def ellipsoid_depth(region: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Normalized distance (units of the box's semi-axes) from each region voxel to the nearest outside voxel.
+
+    An ellipsoid with the box's semi-axes centred at a voxel lies inside ``region`` iff this is >= 1. The
+    region is padded with one outside layer so the volume border counts as outside.
+    """
+    padded = np.pad(region, 1, constant_values=False)
+    # semi-axis + half a voxel: an even-sized box's ellipsoid is centred half a voxel off its centre voxel
+    sampling = tuple(1.0 / (float(s) / 2.0 + 0.5) for s in size)
+    depth = ndimage.distance_transform_edt(padded, sampling=sampling)
+    return depth[1:-1, 1:-1, 1:-1]
+
+
+def _feasible_centres(region: np.ndarray, blocked: np.ndarray, size: Triple, rule: str,
+                      band: tuple[float, float] | None = None) -> np.ndarray:
     """Voxels where a box of ``size`` centred there obeys ``rule`` on ``region`` and touches no ``blocked`` voxel.
 
-    A box fits inside ``region`` at every centre of the region's erosion by the box, which a separable
-    ``minimum_filter`` computes exactly (outside the array counts as outside). Dilating ``blocked`` by the box
-    (``maximum_filter``; outside the array is free) marks every centre whose box would touch it.
+    LUMEN/WITHIN: the inscribed ellipsoid fits (normalized depth >= 1), or, with ``band``, the depth lies in
+    ``[band[0], band[1])`` (subcapsular). PROTRUDING: depth in PROTRUDE_DEPTH. WALL: the centre on the region.
+    Dilating ``blocked`` by the box (``maximum_filter``; outside the array is free) marks every centre whose
+    box would touch it.
     """
-    if rule in (LUMEN, WITHIN):
-        ok = ndimage.minimum_filter(region, size=size, mode="constant", cval=False)
+    if rule in (LUMEN, WITHIN, PROTRUDING):
+        depth = ellipsoid_depth(region, size)
+        low, high = band if band is not None else ((1.0, np.inf) if rule != PROTRUDING else PROTRUDE_DEPTH)
+        ok = region & (depth > low) & (depth <= high)
     else:
         ok = region.copy()
     if blocked.any():
@@ -146,13 +174,15 @@ def place_lesions(
     wall_mm: float = 3.0,
     shrink_factor: float = 0.85,
     max_tries: int = 30,
+    capsule_fraction: float = 0.3,
 ) -> list[BBox]:
     """Place one box per requested size inside ``organ_mask`` following ``cavity``'s rule (see module doc).
 
     ``sizes`` are (x, y, z) voxel extents, placed in the given order; the k-th box belongs to the k-th size.
     With ``shrink=True`` a size that does not fit is multiplied by ``shrink_factor`` (at most ``max_tries``
     times, never below 1 voxel) until it fits; the returned box then carries the smaller size, which callers
-    must write back into the report. Raises InputError when the organ is absent and ConfigError when a size
+    must write back into the report. ``capsule_fraction`` is the chance that a "within" lesion is subcapsular
+    (falls back to a deep position when no subcapsular one is free). Raises InputError when the organ is absent and ConfigError when a size
     cannot be placed (naming the organ, the sizes and the organ's extent).
     """
     organ_mask = np.asarray(organ_mask, dtype=bool)
@@ -182,7 +212,11 @@ def place_lesions(
 
     boxes: list[BBox] = []
     for size in requested:
-        box = _place_one(region, blocked, size, rule, rng, shrink, shrink_factor, max_tries)
+        box = None
+        if rule == WITHIN and rng.random() < capsule_fraction:
+            box = _place_one(region, blocked, size, rule, rng, False, shrink_factor, 1, band=SUBCAPSULAR_DEPTH)
+        if box is None:
+            box = _place_one(region, blocked, size, rule, rng, shrink, shrink_factor, max_tries)
         if box is None:
             extent = tuple(int(sl.stop - sl.start) for sl in _organ_crop(organ_mask, (0, 0, 0)))
             placed = [b.size for b in boxes]
@@ -208,11 +242,14 @@ def _place_one(
     shrink: bool,
     shrink_factor: float,
     max_tries: int,
+    band: tuple[float, float] | None = None,
 ) -> BBox | None:
     """Draw one feasible box (crop coordinates), shrinking the size step by step when allowed."""
     current = size
     for _ in range(max(1, max_tries) if shrink else 1):
-        ok = _feasible_centres(region, blocked, current, rule)
+        ok = _feasible_centres(region, blocked, current, rule, band)
+        if not ok.any() and rule == WITHIN and band is None:  # too big to lie deep: against the capsule
+            ok = _feasible_centres(region, blocked, current, rule, (SUBCAPSULAR_FIT, np.inf))
         candidates = np.flatnonzero(ok)
         if candidates.size:
             centre = np.unravel_index(candidates[rng.integers(candidates.size)], ok.shape)

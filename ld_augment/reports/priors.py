@@ -1,9 +1,14 @@
-"""Attribute priors of the offline writer: which vocabulary values fit which lesion type.
+"""Attribute priors of the offline writer: which vocabulary values and which sizes fit which lesion type.
 
-These are plausible radiological defaults (a cyst is a homogeneous fluid-density round lesion, a stone is a
-small hyperdense punctate one, a bladder cancer thickens the wall...), not statistics of a dataset. Every
-value is a canonical vocabulary value; a test checks that, so a vocabulary change cannot silently break them.
-A lesion type is matched by keywords; an unknown type uses the generic profile.
+The attribute weights are plausible radiological defaults (a cyst is a homogeneous fluid-density round
+lesion, a stone is a small hyperdense punctate one, a bladder cancer thickens the wall...), not statistics
+of a dataset. Every value is a canonical vocabulary value; a test checks that, so a vocabulary change cannot
+silently break them. A lesion type is matched by keywords; an unknown type uses the generic profile.
+
+Sizes are clinical: each profile carries a log-normal distribution of the lesion's equivalent diameter in
+mm (median, log-space spread, and the range it is truncated to). The figures are rounded typical values
+from the sources named on each ``SizePrior`` (dataset statistics and radiology references); they are not
+fitted to any one dataset, and a user who needs another distribution passes a size.
 """
 
 from __future__ import annotations
@@ -14,11 +19,22 @@ Choices = dict[str, float]  # canonical value -> weight
 
 
 @dataclass(frozen=True)
-class LesionProfile:
-    """Weighted attribute choices, a CT range (HU) and a size range as a fraction of the organ's smallest extent.
+class SizePrior:
+    """Log-normal equivalent diameter (mm): ``median * exp(sigma * N(0, 1))``, redrawn outside ``[low, high]``."""
 
-    Fractions stay below ~0.3: the largest box that fits inside a real organ is about a quarter to a half of
-    its bbox's smallest side (kidney ~0.25, spleen ~0.3, liver ~0.5 on the bundled TotalSegmentator case).
+    median_mm: float
+    sigma: float
+    low_mm: float
+    high_mm: float
+    source: str
+
+
+@dataclass(frozen=True)
+class LesionProfile:
+    """Weighted attribute choices, a CT range (HU) and a clinical size distribution (mm).
+
+    ``wall_thickness_mm`` is the pathological wall thickness a wall-thickening lesion of this type reaches
+    (hollow organs only; the normal distended gastric/bladder wall is <= 3-5 mm).
     """
 
     name: str
@@ -29,10 +45,10 @@ class LesionProfile:
     margin: Choices  # "well" / "ill": mapped to the organ's surface phrase
     features: Choices  # canonical feature (or "" for none) -> weight
     ct_range: tuple[float, float]
-    size_fraction: tuple[float, float]
-    max_size: int  # voxels (mm at 1 mm spacing): caps lesions in large organs
+    size: SizePrior
     cavity: dict[str, Choices] = field(default_factory=dict)  # "hollow"/"solid" -> cavity weights
     close_relationship: float = 0.15
+    wall_thickness_mm: tuple[float, float] = (8.0, 20.0)
 
 
 _SOLID_DEFAULT = {"within the parenchymal organ": 0.85, "protruding from the parenchymal organ": 0.15}
@@ -40,13 +56,46 @@ _HOLLOW_WALL = {"wall thickening": 0.8, "within the lumen of a hollow organ": 0.
 _HOLLOW_LUMEN = {"within the lumen of a hollow organ": 0.85, "wall thickening": 0.15}
 _MIXED_AREAS = "presence of increased attenuation areas, presence of decreased attenuation areas"
 
+# Clinical size distributions (equivalent diameter, mm). Sources, by profile:
+SIZE_STONE = SizePrior(5.0, 0.55, 2.0, 25.0,
+                       "urolithiasis/cholelithiasis series: most urinary stones 2-10 mm, gallstones 2-30 mm "
+                       "(EAU urolithiasis guideline; Radiopaedia 'gallstones')")
+SIZE_CYST = SizePrior(15.0, 0.6, 5.0, 80.0,
+                      "simple hepatic and renal cysts: most 5-50 mm at incidental CT (Bosniak classification "
+                      "v2019, Silverman et al., Radiology 2019; Radiopaedia 'simple renal cyst')")
+SIZE_HCC = SizePrior(40.0, 0.55, 10.0, 150.0,
+                     "HCC at diagnosis: median ~3-5 cm, BCLC early stage <= 3 nodules <= 3 cm, advanced > 10 cm "
+                     "(EASL HCC guideline 2018); LiTS tumours span < 10 mm to > 100 mm (Bilic et al., MedIA 2023)")
+SIZE_RCC = SizePrior(40.0, 0.5, 15.0, 120.0,
+                     "RCC: KiTS19 surgical cohort tumours mostly 2-10 cm, median ~4 cm (Heller et al., MedIA "
+                     "2021); T1a <= 4 cm is the commonest incidental stage (AJCC 8th ed.)")
+SIZE_PANCREAS = SizePrior(28.0, 0.4, 12.0, 80.0,
+                          "pancreatic ductal adenocarcinoma: median ~3 cm at diagnosis, T1 <= 2 cm a minority "
+                          "(AJCC 8th ed.; MSD Task07 pancreas tumours, Antonelli et al., Nat Commun 2022)")
+SIZE_METASTASIS = SizePrior(16.0, 0.6, 6.0, 80.0,
+                            "metastases: DeepLesion RECIST long axes median ~1.5-2 cm, most 5-60 mm (Yan et al., "
+                            "J Med Imaging 2018); RECIST 1.1 measurable lesion >= 10 mm")
+SIZE_ABSCESS = SizePrior(45.0, 0.45, 15.0, 120.0,
+                         "pyogenic liver abscess: typically 3-8 cm at CT (Radiopaedia 'hepatic abscess'; "
+                         "Mavilia et al., J Clin Transl Hepatol 2016)")
+SIZE_NODULE = SizePrior(8.0, 0.5, 3.0, 30.0,
+                        "lung nodules <= 30 mm by definition; LIDC-IDRI nodules 3-30 mm, most < 10 mm "
+                        "(Armato et al., Med Phys 2011; Fleischner Society 2017)")
+SIZE_HOLLOW = SizePrior(35.0, 0.4, 15.0, 90.0,
+                        "gastric/colorectal/bladder cancer: tumour extent along the wall typically 2-8 cm, wall "
+                        "thickness 10-20 mm vs normal <= 5 mm (Radiopaedia 'gastric adenocarcinoma'; ESUR bladder)")
+SIZE_TUMOR = SizePrior(30.0, 0.5, 10.0, 120.0,
+                       "solid abdominal malignancies: typically 1-10 cm at CT (DeepLesion abdomen/kidney/liver "
+                       "subsets, Yan et al. 2018)")
+SIZE_GENERIC = SizePrior(18.0, 0.6, 5.0, 80.0, "generic focal lesion: DeepLesion overall, most 5-60 mm (Yan et al. 2018)")
+
 PROFILES: tuple[LesionProfile, ...] = (
     LesionProfile(
         "stone", ("stone", "calculus", "calculi", "lith"),
         shape={"punctate": 0.6, "round-like": 0.4},
         density={"hyperdense lesion": 1.0}, density_variations={"homogeneous": 0.9, "heterogeneous": 0.1},
         margin={"well": 1.0}, features={"stone": 1.0}, ct_range=(250.0, 900.0),
-        size_fraction=(0.04, 0.12), max_size=25,
+        size=SIZE_STONE,
         cavity={"hollow": _HOLLOW_LUMEN, "solid": {"within the parenchymal organ": 1.0}}, close_relationship=0.0,
     ),
     LesionProfile(
@@ -55,7 +104,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypoattenuating fluid-like lesion": 0.6, "hypodense lesion": 0.4},
         density_variations={"homogeneous": 0.9, "heterogeneous": 0.1},
         margin={"well": 0.9, "ill": 0.1}, features={"": 0.85, "presence of decreased density areas": 0.15},
-        ct_range=(0.0, 20.0), size_fraction=(0.06, 0.22), max_size=70, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(0.0, 20.0), size=SIZE_CYST, cavity={"solid": _SOLID_DEFAULT},
         close_relationship=0.05,
     ),
     LesionProfile(
@@ -66,7 +115,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         margin={"ill": 0.6, "well": 0.4},
         features={_MIXED_AREAS: 0.3, "presence of decreased density areas": 0.3,
                   "presence of increased density areas": 0.15, "": 0.25},
-        ct_range=(35.0, 75.0), size_fraction=(0.08, 0.28), max_size=100, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(35.0, 75.0), size=SIZE_HCC, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "metastasis", ("metasta", "secondary"),
@@ -74,14 +123,14 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypodense lesion": 0.7, "ring enhancement": 0.15, "mixed-density lesion": 0.15},
         density_variations={"homogeneous": 0.5, "heterogeneous": 0.5},
         margin={"well": 0.5, "ill": 0.5}, features={"": 0.7, "presence of decreased density areas": 0.3},
-        ct_range=(25.0, 60.0), size_fraction=(0.04, 0.15), max_size=50, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(25.0, 60.0), size=SIZE_METASTASIS, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "abscess", ("abscess",),
         shape={"round-like": 0.6, "irregular": 0.4},
         density={"ring enhancement": 0.6, "hypodense lesion": 0.4}, density_variations={"heterogeneous": 1.0},
         margin={"ill": 0.6, "well": 0.4}, features={"presence of decreased density areas": 0.7, "": 0.3},
-        ct_range=(10.0, 35.0), size_fraction=(0.08, 0.22), max_size=70, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(10.0, 35.0), size=SIZE_ABSCESS, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "lung nodule", ("nodule", "ground-glass", "ground glass", "ggo"),
@@ -90,7 +139,7 @@ PROFILES: tuple[LesionProfile, ...] = (
                  "isodense soft tissue mass with peripheral low-density ground-glass opacity": 0.2},
         density_variations={"homogeneous": 0.6, "heterogeneous": 0.4},
         margin={"well": 0.6, "ill": 0.4}, features={"": 0.7, "spiculated margins": 0.3},
-        ct_range=(-600.0, 40.0), size_fraction=(0.03, 0.12), max_size=30, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(-600.0, 40.0), size=SIZE_NODULE, cavity={"solid": _SOLID_DEFAULT},
     ),
     LesionProfile(
         "hollow-organ cancer", ("bladder", "gastric", "stomach", "esophag", "oesophag", "colon", "colorectal",
@@ -99,8 +148,22 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"isodense lesion": 0.5, "isodense soft tissue mass": 0.3, "mixed-density lesion": 0.2},
         density_variations={"heterogeneous": 0.6, "homogeneous": 0.4},
         margin={"ill": 0.6, "well": 0.4}, features={"": 0.8, "presence of decreased density areas": 0.2},
-        ct_range=(30.0, 60.0), size_fraction=(0.08, 0.28), max_size=80,
+        ct_range=(30.0, 60.0), size=SIZE_HOLLOW,
         cavity={"hollow": _HOLLOW_WALL, "solid": _SOLID_DEFAULT}, close_relationship=0.3,
+        wall_thickness_mm=(10.0, 20.0),
+    ),
+    LesionProfile(
+        "renal cell carcinoma", ("renal cell", "rcc", "kidney cancer", "renal cancer", "renal carcinoma",
+                                 "renal tumo", "kidney tumo"),
+        shape={"round-like": 0.6, "irregular": 0.4},
+        density={"hypodense lesion": 0.45, "mixed-density lesion": 0.35, "isodense lesion": 0.2},
+        density_variations={"heterogeneous": 0.75, "homogeneous": 0.25},
+        margin={"well": 0.6, "ill": 0.4},
+        features={"": 0.5, "presence of decreased density areas": 0.35, _MIXED_AREAS: 0.15},
+        ct_range=(25.0, 45.0), size=SIZE_RCC,
+        # RCC grows exophytically in about half of cases (cortical origin)
+        cavity={"solid": {"within the parenchymal organ": 0.55, "protruding from the parenchymal organ": 0.45}},
+        close_relationship=0.3,
     ),
     LesionProfile(
         "pancreatic tumor", ("pancrea",),
@@ -108,7 +171,9 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"hypodense lesion": 0.7, "isodense lesion": 0.3},
         density_variations={"heterogeneous": 0.7, "homogeneous": 0.3},
         margin={"ill": 0.7, "well": 0.3}, features={"": 0.6, "retention of pancreatic fluid": 0.4},
-        ct_range=(25.0, 55.0), size_fraction=(0.1, 0.28), max_size=60, cavity={"solid": _SOLID_DEFAULT},
+        ct_range=(25.0, 55.0), size=SIZE_PANCREAS,
+        # a pancreatic mass usually deforms the gland's contour: often larger than the gland is thick
+        cavity={"solid": {"within the parenchymal organ": 0.5, "protruding from the parenchymal organ": 0.5}},
         close_relationship=0.4,
     ),
     LesionProfile(
@@ -119,7 +184,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         density_variations={"heterogeneous": 0.75, "homogeneous": 0.25},
         margin={"ill": 0.65, "well": 0.35},
         features={"": 0.5, "presence of decreased density areas": 0.3, _MIXED_AREAS: 0.2},
-        ct_range=(30.0, 65.0), size_fraction=(0.08, 0.25), max_size=90,
+        ct_range=(30.0, 65.0), size=SIZE_TUMOR,
         cavity={"hollow": _HOLLOW_WALL, "solid": _SOLID_DEFAULT}, close_relationship=0.3,
     ),
 )
@@ -130,7 +195,7 @@ GENERIC = LesionProfile(
     density={"hypodense lesion": 0.6, "isodense lesion": 0.2, "mixed-density lesion": 0.2},
     density_variations={"homogeneous": 0.5, "heterogeneous": 0.5},
     margin={"well": 0.5, "ill": 0.5}, features={"": 0.7, "presence of decreased density areas": 0.3},
-    ct_range=(20.0, 60.0), size_fraction=(0.05, 0.2), max_size=70,
+    ct_range=(20.0, 60.0), size=SIZE_GENERIC,
     cavity={"hollow": _HOLLOW_LUMEN, "solid": _SOLID_DEFAULT},
 )
 
@@ -142,6 +207,8 @@ SURFACE_PHRASES = {
     "solid": {"well": "well-defined margin", "ill": "ill-defined margin"},
 }
 HOLLOW_ONLY_SHAPES = frozenset({"irregular wall thickening", "luminal narrowing", "protrusion into the lumen"})
+#: Shapes that ARE the wall: they need the "wall thickening" cavity (a box inside the lumen has no wall).
+WALL_SHAPES = frozenset({"irregular wall thickening", "luminal narrowing"})
 
 
 def profile_for(lesion_type: str) -> LesionProfile:

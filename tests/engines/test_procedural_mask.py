@@ -39,7 +39,11 @@ def test_within_liver_inside_box_and_sized(real_case, shape: str, make_report) -
         assert not (mask & ~inside_box).any()
         ratio = _extent(mask) / np.array(box.size)
         assert np.all((ratio >= 0.75) & (ratio <= 1.0)), ratio
-        assert ndimage.label(mask)[1] == 1
+        labels, count = ndimage.label(mask)
+        if shape == "irregular":  # satellite nodules beside the main mass, which holds most of the lesion
+            assert count <= 3 and np.bincount(labels.ravel())[1:].max() >= 0.85 * mask.sum()
+        else:
+            assert count == 1
 
 
 def test_shapes_differ_round_vs_irregular(generated_case, make_report) -> None:
@@ -53,7 +57,7 @@ def test_shapes_differ_round_vs_irregular(generated_case, make_report) -> None:
         mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(shape=shape), np.random.default_rng(0))
         return float((mask ^ ellipsoid).sum() / ellipsoid.sum())
 
-    assert mismatch("irregular") > 2 * mismatch("round-like")
+    assert mismatch("irregular") > 1.5 * mismatch("round-like")  # round-like lesions are lobulated too, less so
 
 
 def test_punctate_is_small(generated_case, make_report) -> None:

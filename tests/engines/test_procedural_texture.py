@@ -69,16 +69,24 @@ def test_ct_unchanged_away_from_the_lesion(real_case, margin: str, make_report) 
     assert not (changed & ~mask & ~ctx.organ_mask).any()  # soft margins never spill into neighbours
 
 
-def test_ill_defined_margin_is_wider(generated_case, make_report) -> None:
+def test_ill_defined_margin_is_a_gradient_inside_the_label(generated_case, make_report) -> None:
+    """Ill-defined: a wide transition, but inside the mask; outside only the partial-volume layer changes."""
     ctx = generated_case.context(LIVER, "liver")
-    box = BBox((45, 40, 25), (20, 20, 14))
-    mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))
-    spread = []
+    box = BBox((45, 40, 25), (24, 24, 18))
+    report = make_report(density="hypodense lesion", ct_value=None)
+    mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(0))
+    depth = ndimage.distance_transform_edt(mask, sampling=ctx.spacing)
+    shell, core = mask & (depth <= 3.0), mask & (depth > 6.0)
+    outside = ndimage.binary_dilation(mask, iterations=3) & ~mask
+    ratios, spill = [], []
     for margin in ("well-defined margin", "ill-defined margin"):
-        after = ProceduralTextureEngine().render(ctx, mask, make_report(surface_characteristics=margin),
+        after = ProceduralTextureEngine().render(ctx, mask, make_report(surface_characteristics=margin, ct_value=None),
                                                  np.random.default_rng(0))
-        spread.append(int(((after != ctx.ct) & ~mask).sum()))
-    assert spread[1] > 2 * spread[0] > 0
+        delta = ndimage.gaussian_filter(after - ctx.ct, 1.0)  # the mean change, not the new noise
+        ratios.append(delta[shell].mean() / delta[core].mean())
+        spill.append(np.abs(delta[outside]).mean() / abs(delta[core].mean()))
+    assert ratios[1] < ratios[0] - 0.15  # the ill-defined shell is only part-way to the lesion's density
+    assert max(spill) < 0.25  # no halo of changed organ outside the label for either margin
 
 
 def test_seeded_render_identical(real_case, make_report) -> None:
@@ -135,3 +143,21 @@ def test_lung_ground_glass_and_bone_lytic_sclerotic(make_report, make_case) -> N
         mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(1))
         after = ProceduralTextureEngine().render(ctx, mask, report, np.random.default_rng(1))
         assert low <= after[mask].mean() <= high, (name, density, after[mask].mean())
+
+
+def test_mass_effect_pushes_unlabelled_tissue_aside(make_report) -> None:
+    """A lesion grown out of its organ displaces the fat stripe beside it instead of only overwriting it."""
+    from ld_augment.engines.procedural.texture import displace_around
+
+    ct = np.full((60, 60, 40), -100.0, np.float32)  # fat
+    ct[:, :, 30:] = 40.0  # a muscle layer above
+    grown = np.zeros(ct.shape, bool)
+    grid = np.indices(ct.shape)
+    grown[(((grid - np.array([30, 30, 20])[:, None, None, None]) ** 2).sum(0)) <= 64] = True  # radius 8
+    movable = np.ones(ct.shape, bool)
+    movable[:, :, 35:] = False  # a labelled structure beyond the muscle never moves
+    out = displace_around(ct, grown, movable, (1.0, 1.0, 1.0))
+    column = out[30, 30, :]
+    assert ct[30, 30, 30] > 0 > column[30]  # the fat/muscle edge moved up, away from the lesion
+    assert np.array_equal(out[..., 35:], ct[..., 35:]) and np.array_equal(out[grown], ct[grown])
+    assert np.array_equal(out[:, :, :2], ct[:, :, :2])  # far away nothing changes

@@ -61,7 +61,24 @@ def test_before_after_preview(tmp_path: Path) -> None:
     after[lesion] = 10.0
     explicit = read_png(save_before_after_preview(before, after, lesion, [(18, 17, 15)], tmp_path / "ba.png"))
     derived = read_png(save_before_after_preview(before, after, lesion, None, tmp_path / "ba2.png", title="t"))
-    assert explicit.shape[1] > explicit.shape[0]  # six panels side by side
+    assert explicit.shape[1] > 3 * explicit.shape[0]  # nine panels side by side: before, after, label per view
     assert derived.size > 0
     with pytest.raises(ValueError, match="shapes differ"):
         save_before_after_preview(before, after[:-1], lesion, None, tmp_path / "bad.png")
+
+
+def test_before_after_preview_zooms_on_the_lesion(tmp_path: Path) -> None:
+    """An 80 mm field of view makes a small lesion's outline several times longer than the whole-slice view."""
+    before = np.zeros((240, 200, 40), np.float32)
+    lesion = np.zeros(before.shape, bool)
+    lesion[100:108, 90:98, 18:24] = True
+    after = before.copy()
+    after[lesion] = -60.0
+
+    def red_pixels(fov: float) -> int:
+        img = read_png(save_before_after_preview(before, after, lesion, None, tmp_path / f"z{fov}.png", fov_mm=fov))
+        rgb = img[..., :3].astype(float)
+        return int(((rgb[..., 0] > 0.6) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)).sum())
+
+    zoomed, whole = red_pixels(80.0), red_pixels(1000.0)
+    assert zoomed > 2 * whole > 0

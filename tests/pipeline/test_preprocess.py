@@ -106,8 +106,20 @@ def test_sampled_ct_value_agrees_with_density(ct_variants, tmp_path) -> None:
                                attributes={"density": "hypodense lesion"}, seed=seed, preview=False,
                                spacing=(2.0, 2.0, 2.0))
         (report,) = load_reports(case.path("report"))
+        # the crop is non-contrast (aorta ~43 HU): inferred, and hypodense = 10-25 HU below ~46 HU parenchyma
+        assert report.enhancement_status == "non-contrast ct"
         if report.ct_value is not None:
-            assert report.ct_value < 45 - 10  # the crop's liver is about 45 HU
+            assert 15 <= report.ct_value <= 46 - 10
+
+
+def test_solid_tumour_never_at_fat_density(ct_variants, tmp_path) -> None:
+    """The crop's pancreas has a plain median of about -7 HU (fat): the tumour's value comes from parenchyma."""
+    ct, seg = ct_variants["ras"]
+    for seed in range(4):
+        case = preprocess_case(ct, tmp_path / f"p{seed}", organ="pancreas", lesion_type="pancreatic tumor", seg=seg,
+                               seed=seed, preview=False, spacing=(2.0, 2.0, 2.0))
+        (report,) = load_reports(case.path("report"))
+        assert report.ct_value >= 15, (seed, report.ct_value, report.density)
 
 
 def test_errors_name_the_file_or_organ(ct_variants, tmp_path) -> None:

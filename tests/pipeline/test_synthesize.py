@@ -24,7 +24,8 @@ def synthesized(request, ct_variants, tmp_path_factory):
     ct, seg = ct_variants[request.param]
     root = tmp_path_factory.mktemp(f"syn_{request.param}")
     case = preprocess_case(ct, root / "case", organ="liver", lesion_type="hepatocellular carcinoma", seg=seg,
-                           attributes={"density": "hypodense lesion", "size": "[[16 14 12]] pixel"},
+                           attributes={"density": "hypodense lesion", "size": "[[16 14 12]] pixel",
+                                       "cavity": "within the parenchymal organ"},
                            num_lesions=2, seed=1)
     before = sha(ct)
     result = synthesize_case(case.case_dir, root / "out", seed=7, keep_standardized=True)

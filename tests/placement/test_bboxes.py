@@ -17,6 +17,13 @@ def _box_voxels(mask: np.ndarray, box: BBox) -> np.ndarray:
     return mask[box.slices(mask.shape)]
 
 
+def _ellipsoid(shape, box: BBox) -> np.ndarray:
+    """The box's inscribed ellipsoid (what the procedural engine may fill) as a bool volume."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    centre = np.asarray(box.start(), float) + (np.asarray(box.size) - 1) / 2.0
+    return sum(((g - c) / (s / 2.0)) ** 2 for g, c, s in zip(grid, centre, box.size)) <= 1.0
+
+
 def test_bbox_geometry_and_clipping() -> None:
     box = BBox((10, 10, 10), (5, 4, 1))
     assert box.start() == (8, 8, 10) and box.stop() == (13, 12, 11)
@@ -52,19 +59,32 @@ def test_cavity_rule_keywords_and_default() -> None:
         cavity_rule("somewhere", "liver")
 
 
-def test_within_parenchyma_box_fully_inside(solid_organ: np.ndarray) -> None:
+def test_within_parenchyma_ellipsoid_inside_or_subcapsular(solid_organ: np.ndarray) -> None:
     rng = np.random.default_rng(0)
     for _ in range(5):
-        (box,) = place_lesions(solid_organ, [(12, 10, 8)], cavity=CAVITY_PARENCHYMA, rng=rng)
-        assert _box_voxels(solid_organ, box).all() and _box_voxels(solid_organ, box).size == 12 * 10 * 8
+        (box,) = place_lesions(solid_organ, [(12, 10, 8)], cavity=CAVITY_PARENCHYMA, rng=rng, capsule_fraction=0.0)
+        assert not (_ellipsoid(solid_organ.shape, box) & ~solid_organ).any()
+    # the inscribed ellipsoid, not the whole box: a box as large as the organ allows reaches outside at its corners
+    (big,) = place_lesions(solid_organ, [(40, 36, 30)], cavity=CAVITY_PARENCHYMA, rng=rng, capsule_fraction=0.0)
+    assert not (_ellipsoid(solid_organ.shape, big) & ~solid_organ).any() and not _box_voxels(solid_organ, big).all()
+    touching = 0
+    for _ in range(8):  # subcapsular: the ellipsoid reaches the capsule, mostly inside the organ
+        (box,) = place_lesions(solid_organ, [(12, 12, 12)], cavity=CAVITY_PARENCHYMA, rng=rng, capsule_fraction=1.0)
+        ell = _ellipsoid(solid_organ.shape, box)
+        assert (ell & solid_organ).sum() >= 0.8 * ell.sum()
+        touching += int((ndimage.binary_dilation(ell) & ~solid_organ).any())
+    assert touching == 8
 
 
-def test_protruding_only_centre_inside(solid_organ: np.ndarray) -> None:
+def test_protruding_centre_inside_lesion_partly_outside(solid_organ: np.ndarray) -> None:
     boxes = place_lesions(solid_organ, [(20, 20, 20)] * 3, cavity=CAVITY_PROTRUDING, rng=np.random.default_rng(1))
-    assert all(solid_organ[b.center] for b in boxes)
-    # boxes this big in this organ cannot all fit fully inside: the looser rule is really in use
+    for b in boxes:
+        ell = _ellipsoid(solid_organ.shape, b)
+        assert solid_organ[b.center] and 0.1 < (ell & ~solid_organ).sum() / ell.sum() < 0.75
+    # a box this big cannot fit inside this organ: the looser rule is really in use
+    place_lesions(solid_organ, [(70, 70, 70)], cavity=CAVITY_PROTRUDING, rng=np.random.default_rng(1))
     with pytest.raises(ConfigError):
-        place_lesions(solid_organ, [(20, 20, 20)] * 3, cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(1),
+        place_lesions(solid_organ, [(70, 70, 70)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(1),
                       organ_name="organ")
 
 
@@ -72,7 +92,7 @@ def test_hollow_rules_lumen_and_wall(hollow_organ: np.ndarray) -> None:
     wall, lumen = wall_and_lumen(hollow_organ, (1.0, 1.0, 1.0), 3.0)
     rng = np.random.default_rng(2)
     for box in place_lesions(hollow_organ, [(8, 8, 8)] * 4, cavity=CAVITY_LUMEN, rng=rng):
-        assert _box_voxels(lumen, box).all()
+        assert not (_ellipsoid(lumen.shape, box) & ~lumen).any()
     for box in place_lesions(hollow_organ, [(8, 8, 8)] * 4, cavity=CAVITY_WALL, rng=rng):
         assert wall[box.center] and not lumen[box.center]
 
@@ -113,16 +133,17 @@ def test_shrink_reduces_size_until_it_fits(make_ellipsoid) -> None:
     small = make_ellipsoid((40, 40, 40), (20, 20, 20), (5, 5, 5))
     (box,) = place_lesions(small, [(15, 15, 15)], cavity=CAVITY_PARENCHYMA, rng=np.random.default_rng(0),
                            shrink=True)
-    assert max(box.size) < 15 and _box_voxels(small, box).all()
+    ell = _ellipsoid(small.shape, box)  # the largest that fits: against the capsule, mostly inside
+    assert max(box.size) < 15 and (ell & small).sum() >= 0.8 * ell.sum()
 
 
 @pytest.mark.needs_shared
 def test_real_liver_box_inside_liver(real_seg_1mm: np.ndarray) -> None:
     liver = real_seg_1mm == LIVER
     boxes = place_lesions(liver, [(28, 29, 26), (15, 15, 15)], cavity=CAVITY_PARENCHYMA,
-                          rng=np.random.default_rng(0), organ_name="liver")
+                          rng=np.random.default_rng(0), organ_name="liver", capsule_fraction=0.0)
     for box in boxes:
-        assert _box_voxels(liver, box).all()
+        assert not (_ellipsoid(liver.shape, box) & ~liver).any()
     assert not boxes[0].overlaps(boxes[1])
 
 
@@ -132,7 +153,7 @@ def test_real_stomach_lumen_and_wall(real_seg_1mm: np.ndarray) -> None:
     depth = ndimage.distance_transform_edt(stomach)
     (inside,) = place_lesions(stomach, [(10, 10, 10)], cavity=CAVITY_LUMEN, rng=np.random.default_rng(0),
                               organ_name="stomach")
-    assert (_box_voxels(depth, inside) > 3.0).all()
+    assert (depth[_ellipsoid(depth.shape, inside)] > 3.0).all()
     walls = place_lesions(stomach, [(12, 12, 12)] * 3, cavity=CAVITY_WALL, rng=np.random.default_rng(0),
                           organ_name="stomach")
     assert all(0 < depth[b.center] <= 3.0 for b in walls)

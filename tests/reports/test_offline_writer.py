@@ -59,15 +59,47 @@ def test_reports_respect_vocabulary_extent_and_cavity_over_many_seeds(organ, les
             assert report.shape not in {"irregular wall thickening", "luminal narrowing", "protrusion into the lumen"}
 
 
-def test_small_organs_get_small_lesions() -> None:
-    writer = OfflineReportWriter()
-    small = [np.prod(writer.write(organ="liver", lesion_type="cyst", organ_extent=(20, 20, 20), seed=s).size)
-             for s in range(40)]
-    large = [np.prod(writer.write(organ="liver", lesion_type="cyst", organ_extent=(160, 130, 110), seed=s).size)
-             for s in range(40)]
-    assert np.median(small) * 8 < np.median(large)
-    tiny = writer.write(organ="spleen", lesion_type="tumor", organ_extent=(2, 5, 1), seed=3)
+def _diameters_mm(writer, organ, lesion_type, extent, n=80) -> np.ndarray:
+    sizes = [writer.write(organ=organ, lesion_type=lesion_type, organ_extent=extent, seed=s).size for s in range(n)]
+    return np.array([np.prod(np.asarray(sz) * writer.spacing) ** (1 / 3) for sz in sizes])
+
+
+def test_sizes_follow_the_clinical_prior_in_mm() -> None:
+    big = (160, 130, 110)
+    hcc = _diameters_mm(OfflineReportWriter(), "liver", "hepatocellular carcinoma", big)
+    prior = profile_for("hepatocellular carcinoma").size
+    assert 0.75 * prior.median_mm < np.median(hcc) < 1.3 * prior.median_mm
+    assert hcc.min() >= prior.low_mm - 1 and hcc.max() <= prior.high_mm + 1
+    rcc = _diameters_mm(OfflineReportWriter(), "kidney_left", "renal cell carcinoma", (60, 60, 110))
+    assert np.median(rcc) >= 25  # not a fraction of the kidney's smallest side any more
+    # the same mm on a 2 mm standardized grid: half the voxels
+    coarse = _diameters_mm(OfflineReportWriter(spacing=(2.0, 2.0, 2.0)), "liver", "hepatocellular carcinoma",
+                           (80, 65, 55))
+    assert abs(np.median(coarse) - np.median(hcc)) < 0.2 * np.median(hcc)
+
+
+def test_floor_and_organ_cap() -> None:
+    floored = _diameters_mm(OfflineReportWriter(min_diameter_mm=12.0), "liver", "metastasis", (160, 130, 110))
+    assert floored.min() >= 11.0  # rounding to voxels and axis jitter keep it within a voxel
+    small = _diameters_mm(OfflineReportWriter(), "liver", "cyst", (20, 20, 20))
+    assert small.max() <= 0.8 * 20 + 2
+    tiny = OfflineReportWriter().write(organ="spleen", lesion_type="tumor", organ_extent=(2, 5, 1), seed=3)
     assert all(s <= e for s, e in zip(tiny.size, (2, 5, 1)))
+
+
+def test_hollow_shapes_never_paired_with_an_impossible_cavity() -> None:
+    writer = OfflineReportWriter()
+    for seed in range(60):
+        report = writer.write(organ="stomach", lesion_type="gastric cancer", organ_extent=(80, 70, 60), seed=seed)
+        if report.cavity == "within the lumen of a hollow organ":
+            assert report.shape not in {"irregular wall thickening", "luminal narrowing"}, seed
+
+
+def test_same_seed_differs_across_organs() -> None:
+    writer = OfflineReportWriter()
+    a = writer.write(organ="liver", lesion_type="metastasis", organ_extent=(100, 100, 100), seed=5)
+    b = writer.write(organ="spleen", lesion_type="metastasis", organ_extent=(100, 100, 100), seed=5)
+    assert a.size != b.size or a.attributes != b.attributes
 
 
 def test_lesion_type_shapes_the_report() -> None:

@@ -60,6 +60,7 @@ def test_unknown_key_lists_valid_keys_and_names_the_file(recipe_dict, write_reci
     ("label_scheme", {"background": 0, "lesion": 2}, "consecutive"),
     ("label_scheme", {"background": 1, "lesion": 0}, "background: 0"),
     ("label_scheme", {"background": 0, "tumour": 1}, "unknown class"),
+    ("label_scheme", {"background": 0, "ignore": 1, "lesion": 2}, "highest"),
     ("segmentation", "auto", "totalsegmentator"),
     ("report_writer", "gpt", "offline"),
     ("report_writer", {"llm": {"base_url": "http://x"}}, "base_url and model"),

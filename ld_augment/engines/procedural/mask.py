@@ -1,9 +1,16 @@
 """Procedural lesion masks: an ellipsoid level set shaped by the report and cut to the organ's cavity rule.
 
 The ellipsoid fills the report's bbox (semi-axes = half the bbox size). Its normalized radius field
-``r(x) = |(x - c) / a|`` is perturbed by a smoothed noise field before thresholding at 1, which deforms the
-surface at low frequency (irregular/lobulated) or barely at all (round-like, cystic). Wall thickening in a
-hollow organ keeps only the organ's outer band inside that ellipsoid, giving a crescent along the wall.
+``r(x) = |(x - c) / a|`` is perturbed by smoothed noise at two scales before thresholding at 1, which lobulates
+the surface (coarse lobes plus finer bumps: real tumour masks have sphericity ~0.75-0.8, a gently bumpy
+ellipsoid ~0.9); irregular lesions may get satellite nodules beside the main mass.
+
+Hollow organs (TotalSegmentator's mask covers wall and lumen): wall thickening keeps the organ's outer band of
+a pathological thickness (``wall_thickness_mm``, beyond the normal <= 5 mm wall) inside the ellipsoid, so the
+lesion grows into the lumen and displaces gas; "luminal narrowing" is the same band around the whole
+circumference of a segment (a ring that leaves a narrowed lumen); "protrusion into the lumen" is a polypoid
+mass. A protruding (exophytic) lesion leaves its organ only into unlabelled soft tissue or fat, never into
+bone, air or another labelled structure.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from ld_augment.errors import ConfigError
 from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 
 #: Amplitude (in units of the normalized radius) of the surface deformation per shape kind.
-DEFORMATION = {"round": 0.04, "cystic": 0.02, "punctate": 0.05, "irregular": 0.28, "wall": 0.15}
+DEFORMATION = {"round": 0.16, "cystic": 0.04, "punctate": 0.08, "irregular": 0.32, "wall": 0.15}
+#: HU window a protruding lesion may grow into outside its organ (fat and soft tissue; not air, not bone).
+PROTRUDE_HU = (-200.0, 150.0)
 
 
 class ProceduralMaskEngine(MaskEngine):
@@ -32,14 +41,16 @@ class ProceduralMaskEngine(MaskEngine):
         self,
         *,
         punctate_max_mm: float = 10.0,
-        wall_thickness_mm: tuple[float, float] = (3.0, 12.0),
+        wall_thickness_mm: tuple[float, float] = (8.0, 20.0),
         body_threshold_hu: float = -500.0,
         deformation_scale: float = 0.4,
+        satellite_probability: float = 0.3,
     ) -> None:
         self.punctate_max_mm = float(punctate_max_mm)
         self.wall_thickness_mm = (float(wall_thickness_mm[0]), float(wall_thickness_mm[1]))
         self.body_threshold_hu = float(body_threshold_hu)
         self.deformation_scale = float(deformation_scale)
+        self.satellite_probability = float(satellite_probability)
 
     def provenance(self) -> dict:
         return {
@@ -49,6 +60,7 @@ class ProceduralMaskEngine(MaskEngine):
                 "wall_thickness_mm": list(self.wall_thickness_mm),
                 "body_threshold_hu": self.body_threshold_hu,
                 "deformation_scale": self.deformation_scale,
+                "satellite_probability": self.satellite_probability,
             },
         }
 
@@ -56,6 +68,9 @@ class ProceduralMaskEngine(MaskEngine):
         spec = lesion_spec(report)
         rule = cavity_rule(spec.cavity, ctx.organ_name)
         shape = ctx.ct.shape
+        narrowing = "narrowing" in str(getattr(report, "shape", "") or "").lower() and rule != PROTRUDING
+        if narrowing:  # a ring around the whole circumference of the segment: twice the box, thickness capped
+            bbox = BBox(bbox.center, tuple(2 * int(s) for s in bbox.size))  # type: ignore[arg-type]
         spacing = np.asarray(ctx.spacing, dtype=np.float64)
         crop = grow_slices(bbox.start(shape), bbox.stop(shape), (1, 1, 1), shape)
         if any(sl.stop <= sl.start for sl in crop):
@@ -75,9 +90,13 @@ class ProceduralMaskEngine(MaskEngine):
 
         organ = ctx.organ_mask[crop]
         if spec.shape == "wall" or rule == WALL:
-            lesion &= self._wall_band(organ, semi, spacing, rng)
-        if rule == PROTRUDING:  # may leave the organ, but not into air outside the body
-            lesion &= organ | (ctx.ct[crop] > self.body_threshold_hu)
+            band = self._wall_band(organ, semi, spacing, rng, narrowing=narrowing) & lesion
+            if band.any():  # a box inside the lumen has no wall: keep the polypoid mass instead of nothing
+                lesion = band
+        if rule == PROTRUDING:  # may leave the organ into fat/soft tissue nobody labelled; not bone, air, organs
+            ct = ctx.ct[crop]
+            free = (np.asarray(ctx.organ_seg[crop]) == 0) & (ct >= PROTRUDE_HU[0]) & (ct <= PROTRUDE_HU[1])
+            lesion &= organ | (free & (ct > self.body_threshold_hu))
         else:  # within the parenchyma, within the lumen (the organ mask includes it) and along the wall
             lesion &= organ
         lesion &= ~ctx.occupied[crop]
@@ -87,8 +106,31 @@ class ProceduralMaskEngine(MaskEngine):
                 f"voxel for cavity rule {rule!r} (occupied or outside the organ)"
             )
         lesion = largest_component(lesion, prefer=np.round(centre).astype(int))
+        if spec.shape == "irregular" and rule != WALL and rng.random() < self.satellite_probability:
+            lesion |= self._satellites(lesion, organ & in_box & ~ctx.occupied[crop], semi, spacing, rng)
         out = np.zeros(shape, bool)
         out[crop] = lesion
+        return out
+
+    @staticmethod
+    def _satellites(lesion: np.ndarray, allowed: np.ndarray, semi: np.ndarray, spacing: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+        """One or two small nodules 1-4 mm beside the main mass (inside ``allowed``: organ and box), as infiltrative
+        tumours show."""
+        out = np.zeros(lesion.shape, bool)
+        gap = ndimage.distance_transform_edt(~lesion, sampling=tuple(spacing))
+        grid = np.ogrid[tuple(slice(0, n) for n in lesion.shape)]
+        for _ in range(int(rng.integers(1, 3))):
+            radius_mm = float(rng.uniform(0.15, 0.3) * np.min(semi * spacing))
+            if radius_mm < 1.5 * float(np.max(spacing)):
+                continue
+            ring = allowed & (gap > radius_mm + 1.0) & (gap <= radius_mm + 4.0)
+            candidates = np.flatnonzero(ring)
+            if candidates.size == 0:
+                continue
+            c = np.unravel_index(candidates[rng.integers(candidates.size)], lesion.shape)
+            ball = sum(((g - ci) * s) ** 2 for g, ci, s in zip(grid, c, spacing)) <= radius_mm**2
+            out |= ball & allowed
         return out
 
     def _level_set(
@@ -102,7 +144,9 @@ class ProceduralMaskEngine(MaskEngine):
         """
         grid = np.ogrid[tuple(slice(0, n) for n in crop_shape)]
         amplitude = DEFORMATION[spec.shape] * (1.5 if spec.spiculated else 1.0)
-        bumps = smooth_noise(crop_shape, self.deformation_scale * semi, rng)
+        # coarse lobes plus finer bumps (multi-scale lobulation)
+        bumps = 0.85 * smooth_noise(crop_shape, self.deformation_scale * semi, rng)
+        bumps += 0.55 * smooth_noise(crop_shape, np.maximum(0.15 * semi, 0.7), rng)
         if spec.spiculated:  # thin high-frequency spikes on top of the lobulation
             bumps = 0.7 * bumps + 0.7 * smooth_noise(crop_shape, 0.1 * semi + 0.5, rng)
         bumps = amplitude * np.tanh(bumps)
@@ -119,11 +163,17 @@ class ProceduralMaskEngine(MaskEngine):
                 lesion = level(semi * gain)
         return lesion
 
-    def _wall_band(self, organ: np.ndarray, semi: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Organ voxels within a (slightly varying) thickness of the organ surface: the crescent of a thickened wall."""
+    def _wall_band(self, organ: np.ndarray, semi: np.ndarray, spacing: np.ndarray, rng: np.random.Generator,
+                   *, narrowing: bool = False) -> np.ndarray:
+        """Organ voxels within a pathological wall thickness of the organ surface (lumen gas included).
+
+        The thickness follows the lesion's size within ``wall_thickness_mm``; a narrowing keeps at least a
+        third of the local lumen radius open so the lumen narrows rather than vanishes.
+        """
         depth = ndimage.distance_transform_edt(organ, sampling=tuple(spacing))
         low, high = self.wall_thickness_mm
-        thickness = float(np.clip(0.5 * float(np.min(semi * spacing)), low, high))
-        variation = 1.0 + 0.25 * smooth_noise(organ.shape, 0.5 * semi, rng)
+        thickness = float(np.clip(0.6 * float(np.min(semi * spacing)), low, high))
+        if narrowing and depth.max() > 0:
+            thickness = min(thickness, 0.67 * float(depth.max()))
+        variation = 1.0 + 0.2 * smooth_noise(organ.shape, 0.5 * semi, rng)
         return organ & (depth <= thickness * variation)
-

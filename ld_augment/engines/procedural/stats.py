@@ -13,15 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ld_augment.engines.attributes import is_bone, is_lung
+from ld_augment.engines.procedural.density import parenchyma_hu
 from ld_augment.engines.procedural.fields import mask_slices, robust_std
 
 #: Width (mm) of the Gaussian that estimates the smooth trend removed before measuring noise.
 TREND_MM = 2.0
+#: HU window of voxels whose residual counts as organ noise: drops fat and gas, but not the low tail of the
+#: parenchyma's own noise (a narrower window would truncate it and underestimate the SD).
+NOISE_WINDOW = (-30.0, 300.0)
 
 
 @dataclass(frozen=True)
 class OrganStats:
-    median_hu: float
+    median_hu: float  # parenchyma reference (density.parenchyma_hu): fat and gas excluded
     noise_std: float  # robust std of organ voxels after removing the smooth trend
     noise_sigma_vox: tuple[float, float, float]  # Gaussian correlation length of the noise, per axis
     voxels: int
@@ -29,6 +34,12 @@ class OrganStats:
 
 def _trend_sigma(spacing: Sequence[float]) -> tuple[float, ...]:
     return tuple(TREND_MM / float(s) for s in spacing)
+
+
+def residual(values: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``values`` minus their smooth trend (Gaussian of TREND_MM): the noise part every measurement here uses."""
+    values = values.astype(np.float32, copy=False)
+    return values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
 
 
 def _correlation_sigma(residual: np.ndarray, valid: np.ndarray) -> tuple[float, float, float]:
@@ -61,10 +72,12 @@ def organ_stats(
     spacing: Sequence[float],
     *,
     min_voxels: int = 200,
+    organ_name: str = "organ",
 ) -> OrganStats:
     """Statistics of organ voxels in ``region`` (minus ``exclude`` and the organ's boundary layer).
 
-    Falls back to the whole organ's bounding box when the neighbourhood holds fewer than ``min_voxels``
+    Noise is measured on the parenchyma (soft-tissue window) when enough of it exists, so gas in a stomach
+    or fat in a pancreas does not inflate it. Falls back to the whole organ's bounding box when the neighbourhood holds fewer than ``min_voxels``
     usable voxels (a lesion filling a small organ).
     """
     organ = organ_mask[region] & ~exclude[region]
@@ -78,8 +91,13 @@ def organ_stats(
     valid = inner if inner.sum() >= min_voxels else organ
     values = ct[region].astype(np.float32)
     residual = values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
+    reference = parenchyma_hu(values[valid], organ_name)
+    soft = valid & (values >= NOISE_WINDOW[0]) & (values <= NOISE_WINDOW[1])
+    soft = ndimage.binary_erosion(soft) & soft  # a trend across a fat/gas edge is no noise
+    if not (is_bone(organ_name) or is_lung(organ_name)) and soft.sum() >= min_voxels // 2:
+        valid = soft
     return OrganStats(
-        median_hu=float(np.median(values[valid])),
+        median_hu=reference,
         noise_std=robust_std(residual[valid]),
         noise_sigma_vox=_correlation_sigma(residual, valid),
         voxels=int(valid.sum()),

@@ -1,0 +1,122 @@
+"""Lesion density physics shared by preprocessing (the report's CT value) and the procedural texture engine.
+
+Three rules live here once so the report and the rendered lesion agree:
+
+* The organ's reference HU is its *parenchyma*: organ voxels in a soft-tissue window, so fat inside or
+  around a pancreas, the renal sinus, partial-volume edges and gas in a stomach do not drag the reference
+  to fat density (the plain median of a 3 mm pancreas is about -7 HU on the shared scan).
+* Per-type bounds: a solid tumour never has fat or water density (>= ``SOLID_MIN_HU``) unless the report
+  asks for fat; fluid (cysts) stays near water.
+* The contrast phase, inferred from the aorta, sets how far a hypo/hyperdense lesion differs from the organ:
+  tumour-to-parenchyma contrast is small without contrast medium and large when the parenchyma enhances.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ld_augment.engines.attributes import LesionSpec, is_bone, is_lung
+from ld_augment.errors import InputError
+from ld_augment.organs.masks import organ_mask
+
+#: Soft-tissue window (HU) of parenchyma: above water, fat and fat partial volume; below bone and dense contrast.
+PARENCHYMA_WINDOW = (15.0, 300.0)
+#: A solid tumour's mean HU is at least this (non-contrast soft tissue is 20-60 HU; water 0, fat -100).
+SOLID_MIN_HU = 15.0
+#: Fluid (cyst) HU range: water plus a little protein.
+FLUID_HU = (0.0, 15.0)
+#: Aorta median HU above which the scan counts as contrast-enhanced (unenhanced blood is 35-55 HU).
+ENHANCED_AORTA_HU = 110.0
+#: |lesion - organ| (HU) of a hypo/hyperdense lesion per phase.
+CONTRAST_RANGE = {"non-contrast ct": (10.0, 25.0), "enhanced ct": (20.0, 50.0), None: (15.0, 40.0)}
+
+
+def parenchyma_hu(values: np.ndarray, organ_name: str = "organ") -> float:
+    """Robust reference HU of an organ's parenchyma from its voxel values (1-D or any shape).
+
+    Bone and lung keep the plain median (their "parenchyma" is outside the soft-tissue window). When fewer
+    than 15 % of the voxels (or < 20) fall in the window (a bile- or urine-filled organ), the plain median
+    is the honest answer too.
+    """
+    values = np.asarray(values, dtype=np.float32).ravel()
+    if values.size == 0:
+        raise ValueError("no organ voxels to measure")
+    if is_bone(organ_name) or is_lung(organ_name):
+        return float(np.median(values))
+    low, high = PARENCHYMA_WINDOW
+    soft = values[(values >= low) & (values <= high)]
+    if soft.size < max(20, int(0.15 * values.size)):
+        return float(np.median(values))
+    return float(np.median(soft))
+
+
+def aorta_mask(seg: np.ndarray, version: str) -> np.ndarray | None:
+    """The aorta of a multi-class TotalSegmentator map, or None (binary map, or no aorta in the field of view)."""
+    if version == "binary":
+        return None
+    try:
+        return organ_mask(seg, "aorta", version=version)
+    except InputError:
+        return None
+
+
+def infer_contrast_phase(ct: np.ndarray, aorta: np.ndarray | None) -> str | None:
+    """"enhanced ct" / "non-contrast ct" from the aorta's median HU, or None without (enough) aorta voxels."""
+    if aorta is None:
+        return None
+    aorta = np.asarray(aorta, dtype=bool)
+    if aorta.sum() < 20:
+        return None
+    return "enhanced ct" if float(np.median(ct[aorta])) >= ENHANCED_AORTA_HU else "non-contrast ct"
+
+
+def phase_of(enhancement_status: Any) -> str | None:
+    """The report's enhancement status text as a phase key of ``CONTRAST_RANGE``."""
+    text = str(enhancement_status or "").lower()
+    if "non" in text or "plain" in text or "unenhanced" in text:
+        return "non-contrast ct"
+    if "enhanced" in text or "contrast" in text:
+        return "enhanced ct"
+    return None
+
+
+def is_solid(spec: LesionSpec, organ_name: str) -> bool:
+    """A soft-tissue lesion of a soft-tissue organ (not fluid, not lung/ground glass, not a bone lesion)."""
+    if is_lung(organ_name) or is_bone(organ_name):
+        return False
+    return spec.density not in ("fluid", "ground_glass") and not spec.stone
+
+
+def bound_lesion_hu(spec: LesionSpec, hu: float, organ_name: str, rng: np.random.Generator) -> float:
+    """``hu`` moved into the type's plausible range: fluid near water, a solid tumour above fat/water."""
+    if spec.density == "fluid" and not (-5.0 <= hu <= 20.0):
+        return float(rng.uniform(*FLUID_HU))
+    if is_solid(spec, organ_name) and hu < SOLID_MIN_HU:
+        return SOLID_MIN_HU + float(rng.uniform(0.0, 10.0))
+    return float(hu)
+
+
+def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | None, rng: np.random.Generator) -> float:
+    """Target mean HU of a lesion from its density class, the organ's parenchyma HU and the contrast phase."""
+    low, high = CONTRAST_RANGE.get(phase, CONTRAST_RANGE[None])
+    if spec.density == "fluid":
+        hu = rng.uniform(*FLUID_HU)
+    elif spec.density == "ground_glass" and is_lung(organ_name):
+        hu = rng.uniform(-700.0, -500.0)
+    elif is_lung(organ_name) or spec.density in ("soft_tissue", "soft_tissue_ggo"):
+        hu = rng.uniform(25.0, 45.0)  # solid nodules are soft tissue whatever the wording
+    elif is_bone(organ_name) and spec.density in ("hypo", "ground_glass"):  # lytic: bone replaced by soft tissue
+        hu = rng.uniform(20.0, 60.0) if organ_hu > 150 else organ_hu - rng.uniform(40.0, 80.0)
+    elif is_bone(organ_name) and spec.density == "hyper":  # sclerotic
+        hu = organ_hu + rng.uniform(300.0, 600.0)
+    elif spec.density in ("hypo", "ground_glass"):
+        hu = organ_hu - rng.uniform(low, high)
+    elif spec.density == "hyper":
+        hu = organ_hu + rng.uniform(low, high)
+    elif spec.density == "mixed":
+        hu = organ_hu - rng.uniform(0.0, 0.5 * low + 5.0)
+    else:  # iso (ring builds its own profile around the same reference)
+        hu = organ_hu + rng.uniform(-5.0, 5.0)
+    return bound_lesion_hu(spec, float(hu), organ_name, rng)

@@ -1,0 +1,57 @@
+"""Density physics: parenchyma reference (not fat), per-type HU bounds, contrast phase from the aorta."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ld_augment.engines.attributes import LesionSpec
+from ld_augment.engines.procedural.density import (
+    SOLID_MIN_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
+)
+
+PANCREAS_V2, AORTA_V2 = 7, 52
+
+
+@pytest.mark.needs_shared
+def test_real_pancreas_reference_is_parenchyma_not_fat(real_ct: Path, real_seg: Path) -> None:
+    ct = np.asarray(nib.load(str(real_ct)).dataobj, dtype=np.float32)
+    seg = np.asarray(nib.load(str(real_seg)).dataobj)
+    values = ct[seg == PANCREAS_V2]
+    assert np.median(values) < 0  # the 3 mm pancreas is half fat / partial volume
+    assert 20 <= parenchyma_hu(values, "pancreas") <= 60  # non-contrast pancreatic parenchyma
+    assert infer_contrast_phase(ct, aorta_mask(seg, "v2")) == "non-contrast ct"  # aorta ~43 HU
+
+
+def test_phase_from_aorta_and_report_text() -> None:
+    ct = np.full((10, 10, 10), 180.0, np.float32)
+    aorta = np.zeros(ct.shape, bool)
+    aorta[2:6, 2:6, 2:6] = True
+    assert infer_contrast_phase(ct, aorta) == "enhanced ct"
+    assert infer_contrast_phase(ct, np.zeros_like(aorta)) is None and infer_contrast_phase(ct, None) is None
+    assert aorta_mask(np.ones((4, 4, 4), np.uint8), "binary") is None
+    assert phase_of("non-contrast ct,") == "non-contrast ct" and phase_of("enhanced ct") == "enhanced ct"
+    assert phase_of(None) is None
+
+
+def test_solid_tumours_never_at_fat_or_water_density() -> None:
+    rng = np.random.default_rng(0)
+    hypo = LesionSpec(density="hypo")
+    for organ_hu in (-20.0, 10.0, 30.0, 60.0):
+        for phase in ("non-contrast ct", "enhanced ct", None):
+            assert lesion_hu(hypo, organ_hu, "pancreas", phase, rng) >= SOLID_MIN_HU
+    assert bound_lesion_hu(hypo, -40.0, "kidney_left", rng) >= SOLID_MIN_HU
+    fluid = LesionSpec(density="fluid", shape="cystic")
+    assert 0.0 <= bound_lesion_hu(fluid, -30.0, "kidney_left", rng) <= 20.0
+    assert bound_lesion_hu(LesionSpec(density="hypo"), -60.0, "vertebrae_T12", rng) == -60.0  # bone: not "solid"
+
+
+def test_contrast_to_the_organ_follows_the_phase() -> None:
+    rng = np.random.default_rng(1)
+    hypo = LesionSpec(density="hypo")
+    plain = [60 - lesion_hu(hypo, 60.0, "liver", "non-contrast ct", rng) for _ in range(50)]
+    enhanced = [110 - lesion_hu(hypo, 110.0, "liver", "enhanced ct", rng) for _ in range(50)]
+    assert 10 <= min(plain) and max(plain) <= 25 and np.median(enhanced) > np.median(plain) + 10
