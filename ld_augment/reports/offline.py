@@ -27,6 +27,10 @@ from ld_augment.reports.writers import ReportWriter, check_request, finalize_rep
 MIN_DIAMETER_MM = 9.0
 #: Largest lesion diameter as a fraction of the organ's smallest extent (placement shrinks what still won't fit).
 HOLD_FRACTION = 0.8
+#: The same for a lesion that protrudes from its organ: part of it grows outside (exophytic RCC, a pancreatic mass
+#: deforming the gland's contour), so it may exceed the organ's thinnest extent; the mask engine lets it grow only
+#: into unlabelled soft tissue.
+EXOPHYTIC_HOLD_FRACTION = 1.25
 #: Relative per-axis spread of further lesions around the first one's size (used by the LLM writer).
 SIZE_JITTER = 0.15
 #: Log-space spread of each axis around the diameter (real lesions are not spheres; aspect ~0.75-1.3).
@@ -96,7 +100,10 @@ class OfflineReportWriter(ReportWriter):
         profile = profile_for(lesion_type)
         extent = (int(organ_extent[0]), int(organ_extent[1]), int(organ_extent[2]))
         values = self._sample_attributes(rng, profile, name)
-        sizes = [sample_size(rng, profile, extent, self.spacing, min_diameter_mm=self.min_diameter_mm)
+        cavity = str((user or {}).get(CAVITY) or values.get(CAVITY, ""))
+        hold = EXOPHYTIC_HOLD_FRACTION if "protruding" in cavity else HOLD_FRACTION
+        sizes = [sample_size(rng, profile, extent, self.spacing, min_diameter_mm=self.min_diameter_mm,
+                             hold_fraction=hold)
                  for _ in range(int(num_lesions))]
         return finalize_report(organ=name, organ_extent=extent, values=values, sizes=sizes, overrides=user)
 

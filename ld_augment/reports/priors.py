@@ -172,8 +172,9 @@ PROFILES: tuple[LesionProfile, ...] = (
         density_variations={"heterogeneous": 0.7, "homogeneous": 0.3},
         margin={"ill": 0.7, "well": 0.3}, features={"": 0.6, "retention of pancreatic fluid": 0.4},
         ct_range=(25.0, 55.0), size=SIZE_PANCREAS,
-        # a pancreatic mass usually deforms the gland's contour: often larger than the gland is thick
-        cavity={"solid": {"within the parenchymal organ": 0.5, "protruding from the parenchymal organ": 0.5}},
+        # a pancreatic mass usually deforms the gland's contour (focal contour abnormality in most adenocarcinomas
+        # at CT; Radiopaedia 'pancreatic ductal adenocarcinoma'): often larger than the gland is thick
+        cavity={"solid": {"within the parenchymal organ": 0.35, "protruding from the parenchymal organ": 0.65}},
         close_relationship=0.4,
     ),
     LesionProfile(
