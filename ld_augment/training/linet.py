@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from ld_augment.diffusion import DDPMSchedule, LINetLoss, linet_loss, masked_q_sample
 from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.errors import CheckpointError, ConfigError
-from ld_augment.nets import UNet3D, UNetConfig, VQModel3D, save_checkpoint
+from ld_augment.nets import UNet3D, UNetConfig, VQModel3D
 from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training import distributed as D
 from ld_augment.training.data import TrainingCase, find_cases
-from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_noise, draw_timesteps, fit
+from ld_augment.training.loop import StepCallback, StepInfo, draw_noise, draw_timesteps, fit
 from ld_augment.training.samples import linet_sample_fn
 from ld_augment.training.setup import (
-    RunOptions, TrainResult, encoder_record, last_loss, load_init, make_encoder, resolve_config, run_record,
+    RunOptions, TrainResult, finish_run, encoder_record, load_init, make_encoder, resolve_config, run_record,
     start_network, training_layout,
 )
 
@@ -139,14 +139,8 @@ def train_linet(
                  if opts.sample_every else None)
     fitted = fit("linet", model, loss_fn, dataset, opts, out_dir, meta, ctx=ctx, callback=callback,
                  sample_fn=sample_fn)
-    paths = TrainPaths.for_run(out_dir, "linet")
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "linet", "layout": layout, "text_encoder": encoder_record(enc),
              "vq": {"source": str(vq_source), "config": vq_model.cfg.to_dict()}, "training": training}
-    if ctx.is_main:
-        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
-    D.barrier(ctx)
-    D.shutdown(ctx)
-    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log),
-                       ctx.world_size)
+    return finish_run("linet", out_dir, fitted, cfg, encoder_id=enc.encoder_id, extra=extra, steps=steps)

@@ -14,15 +14,15 @@ import torch
 
 from ld_augment.diffusion import DDPMSchedule, lmnet_loss, q_sample
 from ld_augment.engines.diffusion.common import uses_text
-from ld_augment.nets import UNet3D, UNetConfig, save_checkpoint
+from ld_augment.nets import UNet3D, UNetConfig
 from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import TrainingCase, find_cases
 from ld_augment.training import distributed as D
-from ld_augment.training.loop import StepCallback, StepInfo, TrainPaths, draw_noise, draw_timesteps, fit
+from ld_augment.training.loop import StepCallback, StepInfo, draw_noise, draw_timesteps, fit
 from ld_augment.training.samples import lmnet_sample_fn
 from ld_augment.training.setup import (
-    RunOptions, TrainResult, encoder_record, last_loss, make_encoder, run_record, start_network, training_layout,
+    RunOptions, TrainResult, finish_run, encoder_record, make_encoder, run_record, start_network, training_layout,
 )
 
 
@@ -89,13 +89,7 @@ def train_lmnet(
     sample_fn = lmnet_sample_fn(dataset, enc if uses_context else None, schedule, dev) if opts.sample_every else None
     fitted = fit("lmnet", model, loss_fn, dataset, opts, out_dir, meta, ctx=ctx, callback=callback,
                  sample_fn=sample_fn)
-    paths = TrainPaths.for_run(out_dir, "lmnet")
     training = {k: meta[k] for k in ("crop", "spacing", "fg_weight", "cases", "init")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "lmnet", "layout": layout, "text_encoder": encoder_record(enc), "training": training}
-    if ctx.is_main:
-        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=enc.encoder_id, extra=extra)
-    D.barrier(ctx)
-    D.shutdown(ctx)
-    return TrainResult(paths.final, paths.state, paths.log, steps, enc.encoder_id, last_loss(paths.log),
-                       ctx.world_size)
+    return finish_run("lmnet", out_dir, fitted, cfg, encoder_id=enc.encoder_id, extra=extra, steps=steps)

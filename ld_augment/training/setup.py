@@ -23,12 +23,13 @@ from ld_augment.errors import CheckpointError, ConfigError
 from ld_augment.io.network_layout import RELEASED, recorded_layout
 from ld_augment.nets import (
     LINET_RELEASED_TRAIN, LINET_TINY, LMNET_RELEASED, LMNET_TINY, PRESETS, VQ_RELEASED, VQ_TINY, UNetConfig,
-    VQConfig, build_network, config_from_dict, load_lightning_state_dict,
+    VQConfig, build_network, config_from_dict, load_lightning_state_dict, save_checkpoint,
 )
 from ld_augment.nets.checkpoints import FORMAT, read_torch_file
 from ld_augment.text import AttributeEncoder, available_encoders, create_encoder
 from ld_augment.text.base import ENCODER_IDS
-from ld_augment.training.loop import FitResult, TrainOptions, global_batch, seeded_build
+from ld_augment.training import distributed as D
+from ld_augment.training.loop import FitResult, TrainOptions, TrainPaths, global_batch, seeded_build
 
 NetConfig = UNetConfig | VQConfig
 RELEASED_ENCODER = "biomedclip"  # the text encoder of the authors' released LMNet/LINet
@@ -236,6 +237,19 @@ def run_record(opts: TrainOptions, fitted: FitResult) -> dict[str, Any]:
             "seed": opts.seed, "precision": opts.precision, "grad_accum": opts.grad_accum,
             "warmup_steps": opts.warmup_steps, "grad_clip": opts.grad_clip, "world_size": fitted.ctx.world_size,
             "global_batch": global_batch(opts, fitted.ctx), "resumed_from_world_size": fitted.start_world_size}
+
+
+def finish_run(name: str, out_dir: str | os.PathLike, fitted: FitResult, cfg: Any, *, encoder_id: str | None,
+               extra: dict[str, Any], steps: int) -> TrainResult:
+    """Rank 0 writes the final checkpoint; every rank waits for it, leaves the process group and reports."""
+    paths = TrainPaths.for_run(out_dir, name)
+    ctx = fitted.ctx
+    if ctx.is_main:
+        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=encoder_id, extra=extra)
+    D.barrier(ctx)
+    D.shutdown(ctx)
+    return TrainResult(paths.final, paths.state, paths.log, steps, encoder_id, last_loss(paths.log),
+                       ctx.world_size)
 
 
 def last_loss(log_path: Path) -> float | None:

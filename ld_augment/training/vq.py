@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from ld_augment.errors import ConfigError
-from ld_augment.nets import VQConfig, VQModel3D, save_checkpoint
+from ld_augment.nets import VQConfig, VQModel3D
 from ld_augment.nets.discriminators import NORMS, VQGANDiscriminator
 from ld_augment.nets.perceptual import PerceptualLoss
 from ld_augment.training import distributed as D
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import TrainingCase, find_cases
-from ld_augment.training.loop import Phase, StepCallback, StepInfo, TrainPaths, fit, seeded_build
+from ld_augment.training.loop import Phase, StepCallback, StepInfo, fit, seeded_build
 from ld_augment.training.samples import vq_sample_fn
-from ld_augment.training.setup import RunOptions, TrainResult, last_loss, run_record, start_network, training_layout
+from ld_augment.training.setup import RunOptions, TrainResult, finish_run, run_record, start_network, training_layout
 
 
 @dataclass(frozen=True)
@@ -214,14 +214,9 @@ def train_vq(
     sample_fn = vq_sample_fn(dataset, dev) if opts.sample_every else None
     fitted = fit("vq", model, objective.generator_loss, dataset, opts, out_dir, meta, ctx=ctx, phases=phases,
                  callback=callback, sample_fn=sample_fn)
-    paths = TrainPaths.for_run(out_dir, "vq")
     training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "vq", "layout": layout, "losses": gan.terms(), "training": training}
     if perceptual is not None:
         extra["lpips_backbone"] = perceptual.backbone
-    if ctx.is_main:
-        save_checkpoint(paths.final, fitted.module.cpu(), cfg, encoder_id=None, extra=extra)
-    D.barrier(ctx)
-    D.shutdown(ctx)
-    return TrainResult(paths.final, paths.state, paths.log, steps, None, last_loss(paths.log), ctx.world_size)
+    return finish_run("vq", out_dir, fitted, cfg, encoder_id=None, extra=extra, steps=steps)
