@@ -32,6 +32,7 @@ BACKGROUND = "background"
 LESION_WORDS = ("tumor", "tumour", "tumors", "tumours", "cancer", "lesion", "lesions", "mass", "masses",
                 "metastasis", "metastases", "carcinoma", "neoplasm")
 BANK_CLASSES = ("organ", "lesion")
+IGNORE = "ignore"
 
 
 def _words(name: str) -> list[str]:
@@ -161,9 +162,10 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
     """Resolve the mapping for each (organ, lesion type) pair of the bank; ConfigError naming both sides."""
     explicit = dict(explicit or {})
     bank = {str(k): int(v) for k, v in bank_labels.items()}
-    unknown_bank = sorted(set(bank) - {BACKGROUND, *BANK_CLASSES})
+    unknown_bank = sorted(set(bank) - {BACKGROUND, IGNORE, *BANK_CLASSES})
     if BACKGROUND not in bank or unknown_bank:
-        raise ConfigError(f"{bank_file}: bank labels must be background/organ/lesion, got {dict(bank_labels)}")
+        raise ConfigError(f"{bank_file}: bank labels must be background/organ/lesion (and optionally ignore), "
+                          f"got {dict(bank_labels)}")
     target = TargetLabels(dict(target_labels), target_file)
     if _values(target_labels.get(BACKGROUND, -1)) != (0,):
         raise ConfigError(f"{target_file}: nnU-Net needs background: 0, got labels {dict(target_labels)}")
@@ -183,6 +185,8 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
             res = _resolve_one(cls, own, target, explicit, used, bank_file=bank_file, target_file=target_file)
             resolved[cls] = res
         _check_distinct(resolved, organ, lesion_type, target_file)
+        if IGNORE in bank and "lesion" in resolved:
+            resolved[IGNORE] = _resolve_ignore(target, resolved["lesion"])
         mapping.per_pair[(organ, lesion_type)] = resolved
     unused = sorted(set(explicit) - used)
     if unused:
@@ -191,6 +195,15 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
         raise ConfigError(f"--labels {', '.join(unused)}: not a bank class, organ or lesion type of this bank "
                           f"(classes {list(BANK_CLASSES)}, organs {organs}, lesion types {lesion_types})")
     return mapping
+
+
+def _resolve_ignore(target: TargetLabels, lesion: Resolved) -> Resolved:
+    """The bank's ignore band (the transition of an ill-defined lesion, inside its label) in the target: the
+    target's own ignore label when it has one (nnU-Net then skips those voxels in the loss), else the lesion it
+    belongs to, i.e. what the label would have been without the band."""
+    if IGNORE in target.labels:
+        return Resolved(IGNORE, target.value_of(IGNORE), "ignore label of the target")
+    return Resolved(lesion.target, lesion.value, "no ignore label in the target: the band is lesion")
 
 
 def _resolve_one(cls: str, own: str | None, target: TargetLabels, explicit: Mapping[str, str], used: set[str], *,

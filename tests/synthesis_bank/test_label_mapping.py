@@ -115,3 +115,18 @@ def test_remap_and_stray_values():
     assert out.tolist() == [[0, 0], [5, 5]] and label.tolist() == [[0, 1], [2, 2]]      # input untouched
     with pytest.raises(InputError, match=r"bank.nii.gz: label value\(s\) \[7\]"):
         remap(np.array([0, 7]), {0: 0, 1: 1, 2: 2}, file="bank.nii.gz")
+
+
+def test_bank_ignore_band_goes_to_the_targets_ignore_label_or_back_to_its_lesion():
+    """A bank written with the transition band as `ignore` prepares into Task03 (no ignore: the band is the
+    lesion again) and into a target that declares ignore (nnU-Net then skips those voxels)."""
+    bank = {**BANK, "ignore": 3}
+    plain = resolve_mapping(bank, TASK03, [("liver", "metastasis")])
+    assert plain.lut_for("liver", "metastasis") == {0: 0, 1: 1, 2: 2, 3: 2}
+    assert _pair(plain, "liver", "metastasis")["ignore"].target == "cancer"
+    with_ignore = resolve_mapping(bank, {**TASK03, "ignore": 5}, [("liver", "metastasis")])
+    assert with_ignore.lut_for("liver", "metastasis") == {0: 0, 1: 1, 2: 2, 3: 5}
+    band = np.array([0, 1, 2, 3], dtype=np.uint8)
+    assert remap(band, plain.lut_for("liver", "metastasis"), file="x.nii.gz").tolist() == [0, 1, 2, 2]
+    with pytest.raises(ConfigError, match="optionally ignore"):
+        resolve_mapping({**BANK, "edema": 3}, TASK03, [("liver", "metastasis")])
