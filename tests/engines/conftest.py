@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from nibabel.processing import resample_to_output
 from scipy import ndimage
 
@@ -75,3 +76,12 @@ def generated_case() -> Case:
     noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.8) * 25.0
     ct = np.where(organ, 60.0, -100.0) + noise
     return Case(ct.astype(np.float32), organ.astype(np.int16) * LIVER_V1, (1.0, 1.0, 1.5))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tiny networks, restored afterwards (use via pytestmark)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

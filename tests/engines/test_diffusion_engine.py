@@ -38,12 +38,7 @@ TEX_CROP = (16, 16, 16)
 REACH = 8  # texture neighbourhood: dilate 4 + blend 4 voxels (the defaults)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster and exact
 
 
 def _sha(path: Path) -> str:

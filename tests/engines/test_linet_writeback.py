@@ -16,12 +16,7 @@ SHAPE = (40, 40, 40)
 OUT_OF_FIELD = -3024.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster and exact
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ SHAPE = (40, 36, 32)  # non-cubic: an axis mix-up changes shapes
 OPTS = {"encoder": "vocab", "steps": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster and exact
 
 
 def _lmnet(path, extra=None):
