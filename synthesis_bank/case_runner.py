@@ -215,6 +215,9 @@ class CaseRunner:
         import nibabel as nib
 
         recipe = self.recipe
+        # header only: an absurd voxel size fails here in milliseconds, before any voxel (the source label's
+        # too) is read, TotalSegmentator runs or a swap storm starts
+        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
         avoid = None
         source_label = None
         seg = str(item.source.seg) if item.source.seg else None
@@ -233,8 +236,6 @@ class CaseRunner:
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)
         organ_source = "source label" if organ_from_source else "user" if item.source.seg else "totalsegmentator"
-        # header only: an absurd voxel size fails here in milliseconds, not after TotalSegmentator and a swap storm
-        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
         case_dir, synth_dir = work / "case", work / "synth"
         self.preprocess_fn(
             str(item.source.image), case_dir, organ=item.organ, lesion_type=item.lesion_type,
