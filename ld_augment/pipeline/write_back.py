@@ -48,7 +48,7 @@ def _stored_values(img: nib.Nifti1Image) -> tuple[np.ndarray, float, float]:
 
 def source_spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
     """Voxel size (mm) of an image from its affine's column norms (robust to a header without zooms)."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0))  # type: ignore[return-value]
+    return tuple(float(v) for v in nib.affines.voxel_sizes(img.affine))  # type: ignore[return-value]
 
 
 def lesion_in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, lesion_std: np.ndarray) -> np.ndarray:
