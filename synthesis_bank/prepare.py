@@ -194,12 +194,14 @@ def _hash_target_images(name: str, ending: str, cached: dict, progress: bool) ->
     return out
 
 
-def _bar(items, desc: str, progress: bool):
-    if not progress or len(items) < 2:
+def _bar(items, desc: str, progress: bool, total: int | None = None):
+    """A per-case progress bar over `items` (a sequence, or an iterator with its `total`); none for 0-1 cases."""
+    total = len(items) if total is None else total
+    if not progress or total < 2:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="case", dynamic_ncols=True)
+    return tqdm(items, total=total, desc=desc, unit="case", dynamic_ncols=True)
 
 
 def _test_sources(cases, target_images: dict) -> list[str]:
@@ -306,7 +308,7 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
     allowed = TargetLabels(target_json["labels"]).written_values() | {0, -1}
     done: list[str] = []
     last_write = time.monotonic()
-    for case_id, values in _bar_iter(_run_jobs(jobs, num_processes), len(jobs), progress):
+    for case_id, values in _bar(_run_jobs(jobs, num_processes), "prepare", progress, total=len(jobs)):
         bad = sorted(set(values) - allowed)
         if bad:
             for f in [*out_dir.glob(f"{case_id}.*"), *out_dir.glob(f"{case_id}_seg.*")]:
@@ -335,15 +337,6 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
     }
     _write_doc(bank, name, doc)
     return PrepareResult(name, cm.data_identifier, out_dir, done, skipped)
-
-
-def _bar_iter(it, total: int, progress: bool):
-    if not progress or total < 2:
-        yield from it
-        return
-    from tqdm import tqdm
-
-    yield from tqdm(it, total=total, desc="prepare", unit="case", dynamic_ncols=True)
 
 
 def _run_jobs(jobs: list[tuple], num_processes: int | None):
