@@ -8,7 +8,8 @@ back into the user's grid is the pipeline's job, so engines never handle affines
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class LesionContext:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
 
 
+#: ``on_rendered(n, ct)``: called by ``TextureEngine.render_many`` with the CT right after lesion n.
+OnRendered = Callable[[int, np.ndarray], None]
+
+
 class MaskEngine(ABC):
     """Report + bbox + organ maps -> lesion mask."""
 
@@ -51,6 +56,19 @@ class MaskEngine(ABC):
         self, ctx: LesionContext, bbox: BBox, report: LesionReport, rng: np.random.Generator
     ) -> np.ndarray:
         """Return a bool mask of ``ctx.ct.shape`` that obeys the report's cavity rule and avoids ``ctx.occupied``."""
+
+    def generate_masks(self, ctx: LesionContext, bboxes: Sequence[BBox], reports: Sequence[LesionReport],
+                       rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
+        """Several lesions of one case, one rng each: ``generate_mask`` lesion after lesion, ``ctx.occupied``
+        grown by each earlier result. Engines with a network override this to share its calls (same result)."""
+        if not len(bboxes) == len(reports) == len(rngs):
+            raise ValueError(f"{len(bboxes)} boxes, {len(reports)} reports and {len(rngs)} rngs; need one each")
+        occupied, masks = np.array(ctx.occupied, dtype=bool, copy=True), []
+        for bbox, report, rng in zip(bboxes, reports, rngs):
+            mask = np.asarray(self.generate_mask(replace(ctx, occupied=occupied.copy()), bbox, report, rng), bool)
+            occupied |= mask
+            masks.append(mask)
+        return masks
 
     def provenance(self) -> dict:
         """Engine name, options and checkpoint hashes, stored with every synthesized lesion."""
@@ -67,6 +85,22 @@ class TextureEngine(ABC):
         self, ctx: LesionContext, lesion_mask: np.ndarray, report: LesionReport, rng: np.random.Generator
     ) -> np.ndarray:
         """Return float32 HU of ``ctx.ct.shape``, equal to ``ctx.ct`` away from the lesion and inside the valid range."""
+
+    def render_many(self, ctx: LesionContext, lesion_masks: Sequence[np.ndarray], reports: Sequence[LesionReport],
+                    rngs: Sequence[np.random.Generator], on_rendered: OnRendered | None = None) -> np.ndarray:
+        """The CT with every lesion rendered: ``render`` lesion after lesion, each on the previous result with
+        ``ctx.occupied`` grown by the earlier masks. ``on_rendered(n, ct)`` sees the CT right after lesion n
+        (read it, do not modify it). Engines with a network override this to share its calls (same result)."""
+        if not len(lesion_masks) == len(reports) == len(rngs):
+            raise ValueError(f"{len(lesion_masks)} masks, {len(reports)} reports, {len(rngs)} rngs; need one each")
+        ct, occupied = ctx.ct, np.array(ctx.occupied, dtype=bool, copy=True)
+        for n, (mask, report, rng) in enumerate(zip(lesion_masks, reports, rngs)):
+            mask = np.asarray(mask, dtype=bool)
+            ct = np.asarray(self.render(replace(ctx, ct=ct, occupied=occupied.copy()), mask, report, rng), np.float32)
+            occupied |= mask
+            if on_rendered is not None:
+                on_rendered(n, ct)
+        return np.array(ct, dtype=np.float32, copy=True) if ct is ctx.ct else ct
 
     def provenance(self) -> dict:
         """Engine name, options and checkpoint hashes, stored with every synthesized lesion."""

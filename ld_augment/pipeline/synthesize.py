@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,69 @@ def _source_organ_mask(case: PreprocessedCase, source_img: nib.Nifti1Image, orga
                                      mode="constant")
 
 
+@dataclass
+class _Drawn:
+    """One planned lesion after the mask phase: its final mask (empty when the engine dropped it)."""
+
+    index: int  # 1-based box number
+    mask: np.ndarray
+    drawn: BBox  # the box finally drawn in (larger after redraws)
+    report: Any  # the report with this lesion's size
+    attempts: int
+    source_voxels: int
+    accepted: bool
+    rng: np.random.Generator  # the lesion's stream, continued by its texture
+    seconds: float
+
+
+def _larger(box: BBox, base: BBox) -> BBox:
+    return BBox(base.center, tuple(max(int(np.ceil(s * 1.3)), s + 1) for s in box.size))  # type: ignore[arg-type]
+
+
+def _draw_masks(masker: MaskEngine, ctx: LesionContext, boxes: list[BBox], order: list[int], report: Any,
+                rng_for: Callable[[int], np.random.Generator], source_voxels: Callable[[np.ndarray], int],
+                min_source_voxels: int, drops_failed: bool) -> list[_Drawn]:
+    """Every planned lesion's mask, first draws in one ``generate_masks`` call (shared network batches).
+
+    The result is what drawing lesion after lesion gives: a lesion too small in the source grid is redrawn in a
+    1.3x larger box (up to REDRAWS times) with its own stream continued, accepted lesions join ``occupied``;
+    when a lesion was redrawn or left out, the later lesions' first draws (made with its first mask counted as
+    occupied) are discarded and drawn again with fresh streams -- rare, and exact.
+    """
+    occupied = np.array(ctx.occupied, dtype=bool, copy=True)
+    done: list[_Drawn] = []
+    pending = list(order)
+    while pending:
+        rngs = [rng_for(i) for i in pending]
+        reports = [report.with_values(size=boxes[i].size) for i in pending]
+        t0 = time.perf_counter()
+        firsts = masker.generate_masks(replace(ctx, occupied=occupied.copy()), [boxes[i] for i in pending],
+                                       reports, rngs)
+        share = (time.perf_counter() - t0) / len(pending)
+        rest: list[int] = []
+        for n, (i, rng, first) in enumerate(zip(pending, rngs, firsts)):
+            t1 = time.perf_counter()
+            mask, drawn, lesion_report = np.asarray(first, dtype=bool), boxes[i], reports[n]
+            voxels, attempt = source_voxels(mask), 0
+            while voxels < min_source_voxels and not (drops_failed and not mask.any()) and attempt < REDRAWS:
+                attempt += 1
+                drawn = _larger(drawn, boxes[i])
+                lesion_report = report.with_values(size=drawn.size)
+                mask = np.asarray(masker.generate_mask(replace(ctx, occupied=occupied.copy()), drawn, lesion_report,
+                                                       rng), dtype=bool)
+                voxels = source_voxels(mask)
+            accepted = voxels >= min_source_voxels
+            if accepted:
+                occupied |= mask
+            done.append(_Drawn(i + 1, mask, drawn, lesion_report, attempt + 1, voxels, accepted, rng,
+                               share + time.perf_counter() - t1))
+            if attempt or (not accepted and first.any()):  # the later first draws saw another occupancy
+                rest = pending[n + 1:]
+                break
+        pending = rest
+    return done
+
+
 def synthesize_case(
     case_dir: str | Path,
     out_dir: str | Path,
@@ -172,8 +236,6 @@ def synthesize_case(
     source_img, source_path = _source_image(case, source_image)
     # The valid range always contains the CT's own values, so clipping never alters an untouched voxel.
     hu_range = (min(CT_HU_RANGE[0], float(ct_before.min())), max(CT_HU_RANGE[1], float(ct_before.max())))
-
-    ct = ct_before.copy()
     lesion_ids = np.zeros(target.shape, dtype=np.uint8)
     band_std = np.zeros(target.shape, dtype=bool)
     lesions: list[dict[str, Any]] = []
@@ -183,51 +245,57 @@ def synthesize_case(
     order = list(plan(boxes, target.shape)) if plan is not None else list(range(len(boxes)))
     skipped = [{"index": i + 1, "bbox": b.to_dict(), "reason": "not planned by the mask engine"}
                for i, b in enumerate(boxes) if i not in set(order)]
-    drops_failed = getattr(masker, "skips_failed_lesions", False)
     # independent streams per organ/lesion type and per lesion: seed 3 in the liver is not seed 3 in the kidney
     streams = np.random.SeedSequence(
         [int(seed) & 0xFFFFFFFF, zlib.crc32(f"{organ}|{case.meta.get('lesion_type', '')}".encode())]
     ).spawn(len(boxes) + 1)
-    for i in order:
-        k, box = i + 1, boxes[i]
-        rng = np.random.default_rng(streams[k - 1])
-        # the report's size text follows its first lesion; each lesion is drawn and measured at its own box
-        ctx = LesionContext(ct=ct, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
-                            occupied=occupied.copy())
-        t0 = time.perf_counter()
-        drawn, source_voxels = box, 0
-        for attempt in range(REDRAWS + 1):
-            lesion_report = report.with_values(size=drawn.size)
-            mask = np.asarray(masker.generate_mask(ctx, drawn, lesion_report, rng), dtype=bool)
-            source_voxels = int(lesion_in_source(source_img, std_img.affine, mask).sum()) if mask.any() else 0
-            if source_voxels >= min_source_voxels or (drops_failed and not mask.any()):
-                break
-            drawn = BBox(box.center, tuple(max(int(np.ceil(s * 1.3)), s + 1) for s in drawn.size))  # type: ignore[arg-type]
-        t1 = time.perf_counter()
-        if not mask.any() and drops_failed:
-            skipped.append({"index": k, "bbox": box.to_dict(), "reason": "no acceptable mask (dropped)"})
-            log.info("%s lesion %d: no acceptable mask, dropped as the original does", case.case_id, k)
-            continue
-        if source_voxels < min_source_voxels:
+    ctx = LesionContext(ct=ct_before, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
+                        occupied=occupied)
+
+    def source_voxels(mask: np.ndarray) -> int:
+        return int(lesion_in_source(source_img, std_img.affine, mask).sum()) if mask.any() else 0
+
+    # as the original: every mask first (on the healthy CT), then every texture; each phase in shared batches
+    drawn_all = _draw_masks(masker, ctx, boxes, order, report, lambda i: np.random.default_rng(streams[i]),
+                            source_voxels, min_source_voxels, getattr(masker, "skips_failed_lesions", False))
+    kept: list[_Drawn] = []
+    for d in drawn_all:
+        if d.accepted:
+            kept.append(d)
+        elif not d.mask.any():
+            skipped.append({"index": d.index, "bbox": boxes[d.index - 1].to_dict(),
+                            "reason": "no acceptable mask (dropped)"})
+            log.info("%s lesion %d: no acceptable mask, dropped as the original does", case.case_id, d.index)
+        else:
             log.warning("%s lesion %d left out: its label would have %d voxel(s) in the source grid (< %d)",
-                        case.case_id, k, source_voxels, min_source_voxels)
-            skipped.append({"index": k, "bbox": box.to_dict(), "reason": "vanishes in the source grid",
-                            "source_voxels": source_voxels, "attempts": attempt + 1})
-            continue
-        rendered = np.clip(np.asarray(texturer.render(ctx, mask, lesion_report, rng), dtype=np.float32), *hu_range)
-        t2 = time.perf_counter()
-        adherence = measure_adherence(ct, rendered, mask, target, lesion_report, spacing, organ_name=organ)
+                        case.case_id, d.index, d.source_voxels, min_source_voxels)
+            skipped.append({"index": d.index, "bbox": boxes[d.index - 1].to_dict(),
+                            "reason": "vanishes in the source grid", "source_voxels": d.source_voxels,
+                            "attempts": d.attempts})
+    previous = ct_before.copy()  # the CT before the lesion being reported on
+    t_render = time.perf_counter()
+
+    def on_rendered(n: int, ct_now: np.ndarray) -> None:
+        d = kept[n]
+        adherence = measure_adherence(previous, ct_now, d.mask, target, d.report, spacing, organ_name=organ)
         if "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
-                                                            and lesion_spec(lesion_report).margin == "ill")):
-            band_std |= transition_band(rendered - ct, mask, spacing)
-        ct = rendered
-        occupied |= mask
-        lesion_ids[mask] = k
-        lesions.append({"index": k, "bbox": box.to_dict(), "drawn_bbox": drawn.to_dict(), "attempts": attempt + 1,
-                        "voxels_std": int(mask.sum()), "voxels_source": source_voxels,
-                        "seconds": {"mask": round(t1 - t0, 4), "texture": round(t2 - t1, 4)},
-                        "adherence": adherence})
-        log.info("%s lesion %d: %d voxels, %.2fs", case.case_id, k, int(mask.sum()), t2 - t0)
+                                                            and lesion_spec(d.report).margin == "ill")):
+            band_std[:] |= transition_band(ct_now - previous, d.mask, spacing)
+        np.copyto(previous, ct_now)
+        lesion_ids[d.mask] = d.index
+        lesions.append({"index": d.index, "bbox": boxes[d.index - 1].to_dict(), "drawn_bbox": d.drawn.to_dict(),
+                        "attempts": d.attempts, "voxels_std": int(d.mask.sum()), "voxels_source": d.source_voxels,
+                        "seconds": {"mask": round(d.seconds, 4)}, "adherence": adherence})
+        log.info("%s lesion %d: %d voxels", case.case_id, d.index, int(d.mask.sum()))
+
+    ct = ct_before
+    if kept:
+        ct = texturer.render_many(ctx, [d.mask for d in kept], [d.report for d in kept], [d.rng for d in kept],
+                                  on_rendered=on_rendered)
+        ct = np.clip(np.asarray(ct, dtype=np.float32), *hu_range)
+        share = (time.perf_counter() - t_render) / len(kept)  # lesions share the texture calls
+        for record in lesions:
+            record["seconds"]["texture"] = round(share, 4)
     if not (lesion_ids > 0).any():
         reasons = sorted({r["reason"] for r in skipped})
         raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)}); "

@@ -350,3 +350,61 @@ def test_released_selection_in_the_pipeline_draws_at_most_three_lesions(tmp_path
     assert len(drawn) <= 3 and sorted(drawn + [s["index"] for s in skipped]) == [1, 2, 3, 4]
     assert any(s["reason"] == "not planned by the mask engine" for s in skipped)
     assert res.record["engine"]["mask"]["options"]["selection"]["name"] == "released"
+
+
+@pytest.mark.parametrize("engines", [("diffusion", "diffusion"), ("procedural", "diffusion")])
+def test_synthesize_case_batches_lesions_and_equals_one_at_a_time(tmp_path, ckpts, monkeypatch, engines) -> None:
+    """A 3-lesion case: the pipeline shares LMNet and LINet calls between its lesions (max_batch 4) and writes
+    what it writes one lesion per call (max_batch 1) with the same seed. The random LMNet draws masks larger
+    than their boxes, so LINet windows overlap and LINet batching shows with procedural (compact) masks."""
+    import ld_augment.engines.diffusion.mask as mask_module
+    import ld_augment.engines.diffusion.texture as texture_module
+    from ld_augment.engines.diffusion.sampling import inpaint_linet, sample_lmnet
+    from ld_augment.pipeline import preprocess_case, synthesize_case
+
+    rng = np.random.default_rng(4)
+    shape = (72, 64, 56)  # room for texture windows that do not overlap (those share a LINet call)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, (36, 32, 28), (33, 29, 25))) <= 1.0
+    ct = np.where(organ, 60.0, -80.0) + rng.normal(0, 10, shape)
+    ct[:2], ct[-2:] = -1000.0, 700.0
+    nib.save(nib.Nifti1Image(ct.astype(np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image((organ * LIVER).astype(np.uint8), np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    case = preprocess_case(tmp_path / "ct.nii.gz", tmp_path / "case", organ="liver", lesion_type="metastasis",
+                           seg=tmp_path / "seg.nii.gz", attributes={"size": "[[7 7 7]] pixel"}, num_lesions=3,
+                           seed=3, preview=False)
+    calls: dict[str, list[int]] = {"lmnet": [], "linet": []}
+
+    def counting(name, fn, batched_arg):
+        def wrapped(*args, **kwargs):
+            calls[name].append(int(args[batched_arg].shape[0]))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(mask_module, "sample_lmnet", counting("lmnet", sample_lmnet, 1))  # (unet, cond, ...)
+    monkeypatch.setattr(texture_module, "inpaint_linet", counting("linet", inpaint_linet, 2))  # (unet, vq, image)
+    outputs = {}
+    for max_batch in (4, 1):
+        for key in calls:
+            calls[key].clear()
+        options = {"mask": {"checkpoint": str(ckpts["lmnet"]), "min_voxels": 0, "max_batch": max_batch,
+                            **MASK_OPTS},
+                   "texture": {"checkpoint": str(ckpts["linet"]), "vq_checkpoint": str(ckpts["vq"]), "steps": 2,
+                               "crop": TEX_CROP, "max_batch": max_batch, "dilate_voxels": 1, "blend_voxels": 1}}
+        options = {role: opts for role, opts, name in zip(("mask", "texture"), options.values(), engines)
+                   if name == "diffusion"}
+        res = synthesize_case(case.case_dir, tmp_path / f"out{max_batch}", mask_engine=engines[0],
+                              texture_engine=engines[1], engine_options=options, seed=5, preview=False)
+        outputs[max_batch] = (res, {k: list(v) for k, v in calls.items()})
+    (batched, batched_calls), (alone, alone_calls) = outputs[4], outputs[1]
+    assert len(batched.lesions) == 3
+    if engines[0] == "diffusion":  # the first draws share one call
+        assert batched_calls["lmnet"][0] == 3 and set(alone_calls["lmnet"]) == {1}
+    else:  # three windows apart: one call
+        assert batched_calls["linet"] == [3] and alone_calls["linet"] == [1, 1, 1]
+    assert [les["voxels_std"] for les in batched.lesions] == [les["voxels_std"] for les in alone.lesions]
+    label_b, label_a = (np.asarray(nib.load(str(r.label_path)).dataobj) for r in (batched, alone))
+    assert np.array_equal(label_b, label_a)
+    ct_b, ct_a = (np.asarray(nib.load(str(r.ct_path)).dataobj).astype(np.float32) for r in (batched, alone))
+    assert np.abs(ct_b - ct_a).max() <= 1.0  # int16 HU; float reassociation in batched convolutions
+    assert not np.array_equal(ct_b, ct)

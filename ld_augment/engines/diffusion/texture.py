@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ld_augment.engines.base import LesionContext, TextureEngine
+from ld_augment.engines.base import LesionContext, OnRendered, TextureEngine
 from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_batch, sample_in_batches
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
@@ -197,12 +197,13 @@ class DiffusionTextureEngine(TextureEngine):
         return self.render_many(ctx, [lesion_mask], [report], [rng])
 
     def render_many(self, ctx: LesionContext, lesion_masks: Sequence[np.ndarray], reports: Sequence[Any],
-                    rngs: Sequence[np.random.Generator]) -> np.ndarray:
+                    rngs: Sequence[np.random.Generator], on_rendered: OnRendered | None = None) -> np.ndarray:
         """The CT with every lesion rendered, lesion after lesion, consecutive lesions sharing network calls.
 
         Gives what ``render`` gives lesion after lesion (each on the previous result, with ``ctx.occupied``
         grown by the earlier masks) with the same rngs: consecutive lesions whose windows do not overlap run in
-        one batch (no lesion can see another's write), a window that overlaps starts the next batch.
+        one batch (no lesion can see another's write), a window that overlaps starts the next batch. Lesions
+        are written in order, and ``on_rendered(n, ct)`` sees the CT just after lesion n's write.
         """
         if not len(lesion_masks) == len(reports) == len(rngs):
             raise ValueError(f"{len(lesion_masks)} masks, {len(reports)} reports, {len(rngs)} rngs; need one each")
@@ -213,14 +214,16 @@ class DiffusionTextureEngine(TextureEngine):
         out = np.array(ctx.ct, dtype=np.float32, copy=True)
         occupied = np.array(ctx.occupied, dtype=bool, copy=True)
         wave: list[_TextureJob] = []
+        written = 0
         for lesion, report, rng in zip(lesions, reports, rngs):
             window = self._window(lesion)
             if any(_overlap(window, job.window) for job in wave) or len(wave) == self.max_batch:
-                self._run_wave(wave, ctx, out)
+                self._run_wave(wave, ctx, out, on_rendered, written)
+                written += len(wave)
                 wave = []
             wave.append(self._prepare(window, out, lesion, occupied.copy(), report, rng))
             occupied |= lesion
-        self._run_wave(wave, ctx, out)
+        self._run_wave(wave, ctx, out, on_rendered, written)
         return out
 
     def _window(self, lesion: np.ndarray) -> CropWindow:
@@ -247,11 +250,15 @@ class DiffusionTextureEngine(TextureEngine):
             generator=torch_generator(rng, self.device),
         )
 
-    def _run_wave(self, wave: list[_TextureJob], ctx: LesionContext, out: np.ndarray) -> None:
-        """Sample the wave's lesions together (per input shape) and write each into ``out``."""
+    def _run_wave(self, wave: list[_TextureJob], ctx: LesionContext, out: np.ndarray,
+                  on_rendered: OnRendered | None, first: int) -> None:
+        """Sample the wave's lesions together (per input shape) and write each into ``out`` in order; lesion
+        ``first + k`` is the wave's k-th."""
         if wave:
-            for job, crop in zip(wave, self._sample_wave(wave)):
+            for k, (job, crop) in enumerate(zip(wave, self._sample_wave(wave))):
                 self._write(job, crop, ctx, out)
+                if on_rendered is not None:
+                    on_rendered(first + k, out)
 
     def _sample_wave(self, wave: list[_TextureJob]) -> list[torch.Tensor]:
         by_key = {id(job.generator): job for job in wave}
