@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,7 @@ def build_bank(
     case_timeout_s: float | None = None,
     llm_timeout_s: float | None = None,
     llm_retries: int | None = None,
+    batch_cases: int = 1,
 ) -> BuildSummary:
     """Synthesize this shard's cases of `recipe` into the nnU-Net raw dataset `out_dir`.
 
@@ -131,8 +134,16 @@ def build_bank(
     `allow_pickle` lets checkpoints run pickled code (only ever from a person's command line; recorded).
     Failed cases are recorded, not raised; check `summary.ok`. A systemic failure (see case_runner) stops the
     build early with `summary.stopped` set; the bank stays valid and `--resume` continues it.
+    `batch_cases` > 1 makes that many cases at once (one thread each) and pools their lesions in shared
+    diffusion-network calls (`LockstepBatcher`; deterministic, same result as one case at a time up to float
+    reassociation); it holds that many cases in memory and cannot be combined with `case_timeout_s`.
     """
     t_start = time.perf_counter()
+    if int(batch_cases) != batch_cases or batch_cases < 1:
+        raise ConfigError(f"batch_cases must be a positive integer, got {batch_cases!r}")
+    if batch_cases > 1 and case_timeout_s:
+        raise ConfigError("--case-timeout needs --batch-cases 1: the per-case alarm only works in the main thread, "
+                          "and pooled cases run in threads")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out_dir = Path(out_dir).resolve()
@@ -162,13 +173,13 @@ def build_bank(
                                         allow_pickle=allow_pickle, case_timeout_s=case_timeout_s,
                                         llm_timeout_s=llm_timeout_s, llm_retries=llm_retries)
         summary = BuildSummary(out_dir, manifest_path, shard, len(all_items), len(items))
-        _run(runner, recipe, items, previous, summary, progress)
+        _run(runner, recipe, items, previous, summary, progress, int(batch_cases))
     summary.seconds = time.perf_counter() - t_start
     return summary
 
 
 def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], previous: dict[str, dict[str, Any]],
-         summary: BuildSummary, progress: bool) -> None:
+         summary: BuildSummary, progress: bool, batch_cases: int = 1) -> None:
     out_dir = summary.out_dir
     for sub in ("imagesTr", "labelsTr", "previews"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -185,8 +196,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
     kinds: list[str] = []  # error class of each failed case (only consulted while none has succeeded)
     try:
         with ManifestWriter(summary.manifest) as writer:
-            for item in _progress(todo, progress, summary.shard):
-                entry = runner.run(item)
+            for item, entry in _entries(runner, _progress(todo, progress, summary.shard), batch_cases):
                 if entry["status"] != "ok":
                     _remove_case_files(out_dir, item.case_id)  # leftovers of an earlier partial attempt
                 writer.append(entry)
@@ -204,6 +214,50 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
     finally:
         _cleanup_work(out_dir / WORK_DIR)
     write_dataset_json(out_dir, base)
+
+
+def _entries(runner: case_runner.CaseRunner, items: Iterable[WorkItem], batch_cases: int
+             ) -> Iterator[tuple[WorkItem, dict[str, Any]]]:
+    """(item, manifest entry) in plan order; with batch_cases > 1, groups of cases made together with their
+    lesions pooled in shared network calls. A stop after a group's failed case skips nothing already made:
+    the group's later entries are still yielded only if the caller goes on."""
+    if batch_cases == 1:
+        for item in items:
+            yield item, runner.run(item)
+        return
+    from ld_augment.engines.diffusion.batching import LockstepBatcher
+
+    group: list[WorkItem] = []
+    for item in [*items, None]:
+        if item is not None:
+            group.append(item)
+            if len(group) < batch_cases:
+                continue
+        if not group:
+            break
+        batcher = LockstepBatcher(len(group))
+        entries: list[dict[str, Any] | None] = [None] * len(group)
+        errors: list[BaseException] = []
+
+        def make(k: int) -> None:
+            with batcher.participate(k):
+                try:
+                    entries[k] = runner.run(group[k])
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=make, args=(k,), name=f"case-{it.case_id}") for k, it in enumerate(group)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        log.info("cases %s made together: %d pooled network round(s)", [it.case_id for it in group],
+                 len(batcher.rounds))
+        for it, entry in zip(group, entries):
+            yield it, entry  # type: ignore[misc]  # every thread filled its entry or raised
+        group = []
 
 
 def _stop_reason(entry: dict[str, Any], kinds: list[str], summary: BuildSummary) -> str | None:

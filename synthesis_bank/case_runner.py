@@ -133,6 +133,7 @@ class CaseRunner:
         self._writer: Any = None
         self._writer_ready = False
         self._engine_pair: tuple[Any, Any] | None = None
+        self._setup_lock = threading.RLock()  # pooled cases (builder --batch-cases) share engines and writer
         self.checkpoints = {name: self._hash(path) for name, path in recipe.engine.checkpoints.items()}
 
     def _hash(self, path: Path) -> str:
@@ -142,6 +143,10 @@ class CaseRunner:
 
     def _engines(self) -> tuple[Any, Any]:
         """The recipe's engines, created once per build (loading and hashing weights once, not per case)."""
+        with self._setup_lock:
+            return self._make_engines()
+
+    def _make_engines(self) -> tuple[Any, Any]:
         if self._engine_pair is None:
             from ld_augment.engines.registry import engine_parameters
             from ld_augment.pipeline.synthesize import make_engines
@@ -160,6 +165,10 @@ class CaseRunner:
         return self._engine_pair
 
     def _report_writer(self) -> Any:
+        with self._setup_lock:
+            return self._make_report_writer()
+
+    def _make_report_writer(self) -> Any:
         if not self._writer_ready:
             try:
                 self._writer = make_report_writer(self.recipe, **self.llm_options)

@@ -37,6 +37,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -52,7 +62,8 @@ def _build(args: argparse.Namespace) -> int:
 
     summary = build_bank(args.recipe, args.out, resume=args.resume, shard=args.shard, progress=not args.no_progress,
                          allow_pickle=args.allow_pickle, force_recipe_change=args.force_recipe_change,
-                         case_timeout_s=args.case_timeout, llm_timeout_s=args.llm_timeout, llm_retries=args.llm_retries)
+                         case_timeout_s=args.case_timeout, llm_timeout_s=args.llm_timeout, llm_retries=args.llm_retries,
+                         batch_cases=args.batch_cases)
     print(summary.format_table())
     if summary.stopped:
         print(f"synthesis-bank: error: build stopped: {summary.stopped}", file=sys.stderr)
@@ -129,6 +140,9 @@ def add_bank_parsers(subparsers: Any) -> None:
                        help="resume although the recipe changed since the first build (recorded in bank.json)")
     build.add_argument("--case-timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="fail a case that runs longer than this (default: no limit)")
+    build.add_argument("--batch-cases", type=_positive_int, default=1, metavar="N",
+                       help="make N cases at once, their lesions sharing diffusion-network calls (GPU throughput; "
+                            "N cases in memory; not with --case-timeout; default 1)")
     build.add_argument("--llm-timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="LLM report writer: seconds per request (default: the recipe's, else 30)")
     build.add_argument("--llm-retries", type=_non_negative_int, default=None, metavar="N",

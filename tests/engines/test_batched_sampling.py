@@ -179,3 +179,52 @@ def test_sample_in_batches_groups_by_shape_chunks_and_keeps_order() -> None:
     assert all(o.shape == (1, *s) for o, s in zip(out, shapes))
     with pytest.raises(ConfigError, match="max_batch"):
         sample_in_batches(items, sample, max_batch=0)
+
+
+def test_lockstep_batcher_pools_threads_deterministically_and_survives_a_failure() -> None:
+    """Three threads (cases) with 2, 1 and 3 calls: round r pools every live thread's r-th call, whatever the
+    timing; each gets what it gets alone; a thread that fails leaves without holding the others up."""
+    import random
+    import threading
+    import time
+
+    from ld_augment.engines.diffusion.batching import LockstepBatcher, sample_in_batches
+
+    seen: list[int] = []
+
+    def sample(x, context, gens, offset):
+        seen.append(x.shape[0])
+        noise = torch.stack([torch.rand(1, generator=g) for g in gens])
+        return x * 2 + offset + noise.view(-1, 1, 1)
+
+    key = object()
+
+    def items(case: int, call: int) -> list:
+        return [(torch.full((1, 2, 2), float(10 * case + call)), None, torch.Generator().manual_seed(case * 7 + call),
+                 torch.full((1, 1, 1), 0.5))]
+
+    calls = {0: 2, 1: 1, 2: 3}
+    alone = {(c, k): sample_in_batches(items(c, k), sample, max_batch=8)[0] for c in calls for k in range(calls[c])}
+    for trial in range(3):  # random delays: the pooling must not depend on timing
+        seen.clear()
+        batcher = LockstepBatcher(4)
+        pooled: dict[tuple[int, int], torch.Tensor] = {}
+
+        def case(c: int) -> None:
+            with batcher.participate(c):
+                if c == 3:  # a case that fails before its first call: it leaves, nobody waits for it
+                    time.sleep(random.random() * 0.01)
+                    return
+                for k in range(calls[c]):
+                    time.sleep(random.random() * 0.01)
+                    pooled[(c, k)] = sample_in_batches(items(c, k), sample, max_batch=8, pool_key=key)[0]
+
+        threads = [threading.Thread(target=case, args=(c,)) for c in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads), "deadlock"
+        assert seen == [3, 2, 1]  # round 1: all three cases, round 2: cases 0 and 2, round 3: case 2
+        for k, value in alone.items():
+            torch.testing.assert_close(pooled[k], value)

@@ -209,7 +209,7 @@ class DiffusionMaskEngine(MaskEngine):
             lambda cond, context, gens: sample_lmnet(self.unet, cond, context, steps=self.steps, eta=self.eta,
                                                      generator=gens, precision=self.precision,
                                                      sampler=self.sampler),
-            max_batch=self.max_batch,
+            max_batch=self.max_batch, pool_key=self,
         )
         occupied, masks = np.array(ctx.occupied, dtype=bool, copy=True), []
         for job, soft in zip(jobs, firsts):

@@ -261,15 +261,13 @@ class DiffusionTextureEngine(TextureEngine):
                     on_rendered(first + k, out)
 
     def _sample_wave(self, wave: list[_TextureJob]) -> list[torch.Tensor]:
-        by_key = {id(job.generator): job for job in wave}
-
-        def sample(image: torch.Tensor, context: torch.Tensor | None, gens: list[torch.Generator]) -> torch.Tensor:
-            mask_lat = torch.cat([by_key[id(g)].mask_lat for g in gens])
+        def sample(image: torch.Tensor, context: torch.Tensor | None, gens: list[torch.Generator],
+                   mask_lat: torch.Tensor) -> torch.Tensor:
             return inpaint_linet(self.unet, self.vq.module, image, mask_lat, context, steps=self.steps, eta=self.eta,
                                  generator=gens, precision=self.precision, sampler=self.sampler)
 
-        return sample_in_batches([(job.image, job.context, job.generator) for job in wave], sample,
-                                 max_batch=self.max_batch)
+        return sample_in_batches([(job.image, job.context, job.generator, job.mask_lat) for job in wave], sample,
+                                 max_batch=self.max_batch, pool_key=self)
 
     def _write(self, job: _TextureJob, generated: torch.Tensor, ctx: LesionContext, out: np.ndarray) -> None:
         """Blend one generated crop into ``out`` around its lesion (weight 0 voxels keep their exact value)."""
