@@ -30,6 +30,10 @@ The network does read the text (box weight 10: at t=100 the eps loss of training
 with the right shape text than with the other one); 2,500 LMNet steps instead of 1,500 widen the control
 (+0.06..0.08 -> +0.09..0.18 over two noise seeds); a deeper tiny LMNet (channel_mult 1,2,4) or 48 instead of 16
 cases did not help.
+Still weak: even so most places drift. The default run gave 0.872 / 0.699 (control +0.173 +- 0.039, random init
+0.218 / 0.218) but only 6-7 of the 32 places were clean blobs; 13-14 spilled out of the box and 12 were empty
+(the same places for both texts), so the means cover 20 places and mix clean draws with thresholds of drift.
+The "places clean/spills/empty" rows print these counts.
 
     python benchmarks/bench_control.py                                   # ~15 minutes on 1 CPU thread
     torchrun --standalone --nproc_per_node=2 benchmarks/bench_control.py  # the same, as 2-process DDP
@@ -199,11 +203,15 @@ class Evaluator:
             values.append(float(hu[core if core.any() else it["lesion"]].mean() - hu[ring].mean()))
         return values
 
-    def lmnet_sphericity(self, unet: Any, encoder: Any, shape: str, steps: int, eta: float) -> list[float]:
+    def lmnet_sphericity(self, unet: Any, encoder: Any, shape: str, steps: int, eta: float
+                         ) -> tuple[list[float], list[str]]:
         """Sample every held-out box in one batch with the inference engine's sampler (`sample_lmnet`, DDIM
         `steps`, stochastic `eta`, one seeded generator per place, the same draws for every network and text);
         post-process as the original (threshold 0.9..0.3 whose largest component is closest in size to the
-        requested lesion), then the sphericity of that mask."""
+        requested lesion), then the sphericity of that mask. Also each place's status: "empty" (under 8 voxels
+        after that rule: sphericity nan, left out of the means), "spills" (the soft sample is > 0.5 on over 5% of
+        the voxels outside the box: the sampler drifted, the mask is a threshold of that drift, not a drawn
+        lesion) or "clean"."""
         import torch
 
         from ld_augment.engines.diffusion.sampling import sample_lmnet
@@ -216,13 +224,16 @@ class Evaluator:
                                           for it in self.items]))
         gens = [torch.Generator().manual_seed(10_000 + k) for k in range(n)]
         soft = sample_lmnet(unet, cond, context, steps=steps, eta=eta, generator=gens)[:, 0].numpy()
-        values = []
+        values, status = [], []
         for k, it in enumerate(self.items):
+            outside = ~it["box"].astype(bool)
             want = int(it["lesion"].sum())
             best = min((largest_component((soft[k] > th) & it["box"].astype(bool)) for th in
                         np.arange(0.9, 0.2, -0.1)), key=lambda m: abs(int(m.sum()) - want))
             values.append(sphericity(best))
-        return values
+            status.append("empty" if not np.isfinite(values[-1]) else
+                          "spills" if (soft[k][outside] > 0.5).mean() > 0.05 else "clean")
+        return values, status
 
 
 def _mean(values: list[float]) -> float:
@@ -328,11 +339,13 @@ def main() -> None:
 
     mask_eta = RELEASED_ETA if args.mask_eta is None else args.mask_eta
     t = time.perf_counter()
-    fig: dict[str, Any] = {"linet": {}, "lmnet": {}}
+    fig: dict[str, Any] = {"linet": {}, "lmnet": {}, "lmnet_status": {}}
     for name, net in (("trained", li_net.eval()), ("random-init", baselines["linet"])):
         fig["linet"][name] = {d: ev_li.linet_contrast(net, vq_net, enc_li, d, args.sample_steps) for d in DENSITIES}
     for name, net in (("trained", lm_net.eval()), ("random-init", baselines["lmnet"])):
-        fig["lmnet"][name] = {s: ev_lm.lmnet_sphericity(net, enc_lm, s, args.mask_steps, mask_eta) for s in SHAPES}
+        runs = {s: ev_lm.lmnet_sphericity(net, enc_lm, s, args.mask_steps, mask_eta) for s in SHAPES}
+        fig["lmnet"][name] = {s: r[0] for s, r in runs.items()}
+        fig["lmnet_status"][name] = {s: r[1] for s, r in runs.items()}
     timings["sampling"] = time.perf_counter() - t
 
     print(f"\nbench_control on {device_name('cpu')}, world_size {ctx.world_size}, global batch {args.batch}, "
@@ -354,6 +367,10 @@ def main() -> None:
     sctl = {k: [a - b for a, b in zip(fig["lmnet"][k][SHAPES[0]], fig["lmnet"][k][SHAPES[1]])] for k in fig["lmnet"]}
     a, b = (f"{_mean(sctl[k]):+.3f} +- {_sem(sctl[k]):.3f}" for k in fig["lmnet"])
     print(f"{'LMNet':7} {'round - irregular':20} {a:>18} {b:>18}   (paired per place)")
+    for s in SHAPES:
+        a, b = ("/".join(str(fig["lmnet_status"][k][s].count(c)) for c in ("clean", "spills", "empty"))
+                for k in fig["lmnet"])
+        print(f"{'LMNet':7} {s:20} {a:>18} {b:>18}   (places clean/spills/empty)")
     rng = np.random.default_rng(0)
     ref = {s: _mean([sphericity(lesion_mask((32, 32, 32), np.full(3, 16.0), r_eval, s, rng)) for _ in range(8)])
            for s in SHAPES}
