@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ld_augment.cli.common import EXIT_ERROR, run_command
+from ld_augment.cli.common import EXIT_ERROR, int_in_range, run_command
 from ld_augment.errors import ConfigError
 
 EXIT_FAILED_CASES = 1
@@ -34,26 +34,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"expected an integer in 0..20, got {text!r}")
     return value
 
 
@@ -140,12 +120,12 @@ def add_bank_parsers(subparsers: Any) -> None:
                        help="resume although the recipe changed since the first build (recorded in bank.json)")
     build.add_argument("--case-timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="fail a case that runs longer than this (default: no limit)")
-    build.add_argument("--batch-cases", type=_positive_int, default=1, metavar="N",
+    build.add_argument("--batch-cases", type=int_in_range(1), default=1, metavar="N",
                        help="make N cases at once, their lesions sharing diffusion-network calls (GPU throughput; "
                             "N cases in memory; not with --case-timeout; default 1)")
     build.add_argument("--llm-timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="LLM report writer: seconds per request (default: the recipe's, else 30)")
-    build.add_argument("--llm-retries", type=_non_negative_int, default=None, metavar="N",
+    build.add_argument("--llm-retries", type=int_in_range(0, 20), default=None, metavar="N",
                        help="LLM report writer: retries after a failed request (default: the recipe's, else 3)")
     build.set_defaults(func=_build)
 

@@ -82,17 +82,25 @@ def engine_options_arg(text: str | None, *, allow_pickle: bool, engines: dict[st
     return options or None
 
 
+def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in low..high (no upper bound when high is None), refused at parse time."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
 def parse_num_lesions(text: str) -> int:
     """--num-lesions: 1..MAX_LESIONS_PER_CASE (refused at parse time, not after hours of placement)."""
     from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= MAX_LESIONS_PER_CASE:
-        raise argparse.ArgumentTypeError(f"must be 1..{MAX_LESIONS_PER_CASE}, got {value}")
-    return value
+    return int_in_range(1, MAX_LESIONS_PER_CASE)(text)
 
 
 def parse_triple(text: str, cast: type, what: str, example: str) -> tuple:
