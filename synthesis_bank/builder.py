@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,22 +220,16 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
 def _entries(runner: case_runner.CaseRunner, items: Iterable[WorkItem], batch_cases: int
              ) -> Iterator[tuple[WorkItem, dict[str, Any]]]:
     """(item, manifest entry) in plan order; with batch_cases > 1, groups of cases made together with their
-    lesions pooled in shared network calls. A stop after a group's failed case skips nothing already made:
-    the group's later entries are still yielded only if the caller goes on."""
+    lesions pooled in shared network calls. A caller that stops at a failed entry leaves the group's later
+    cases unrecorded: made, but in neither the manifest nor dataset.json, so `--resume` makes them again."""
     if batch_cases == 1:
         for item in items:
             yield item, runner.run(item)
         return
     from ld_augment.engines.diffusion.batching import LockstepBatcher
 
-    group: list[WorkItem] = []
-    for item in [*items, None]:
-        if item is not None:
-            group.append(item)
-            if len(group) < batch_cases:
-                continue
-        if not group:
-            break
+    pending = iter(items)
+    while group := list(islice(pending, batch_cases)):
         batcher = LockstepBatcher(len(group))
         entries: list[dict[str, Any] | None] = [None] * len(group)
         errors: list[BaseException] = []
@@ -253,11 +248,9 @@ def _entries(runner: case_runner.CaseRunner, items: Iterable[WorkItem], batch_ca
             thread.join()
         if errors:
             raise errors[0]
-        log.info("cases %s made together: %d pooled network round(s)", [it.case_id for it in group],
-                 len(batcher.rounds))
+        log.info("cases %s made together: %d pooled network round(s)", [it.case_id for it in group], batcher.rounds)
         for it, entry in zip(group, entries):
             yield it, entry  # type: ignore[misc]  # every thread filled its entry or raised
-        group = []
 
 
 def _stop_reason(entry: dict[str, Any], kinds: list[str], summary: BuildSummary) -> str | None:

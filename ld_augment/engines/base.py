@@ -42,6 +42,12 @@ class LesionContext:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
 
 
+def check_one_each(kind: str, items: Sequence, reports: Sequence, rngs: Sequence) -> None:
+    """Batched engine calls take one report and one rng per lesion (box or mask)."""
+    if not len(items) == len(reports) == len(rngs):
+        raise ValueError(f"{len(items)} {kind}, {len(reports)} reports and {len(rngs)} rngs; need one each")
+
+
 #: ``on_rendered(n, ct)``: called by ``TextureEngine.render_many`` with the CT right after lesion n.
 OnRendered = Callable[[int, np.ndarray], None]
 
@@ -61,8 +67,7 @@ class MaskEngine(ABC):
                        rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
         """Several lesions of one case, one rng each: ``generate_mask`` lesion after lesion, ``ctx.occupied``
         grown by each earlier result. Engines with a network override this to share its calls (same result)."""
-        if not len(bboxes) == len(reports) == len(rngs):
-            raise ValueError(f"{len(bboxes)} boxes, {len(reports)} reports and {len(rngs)} rngs; need one each")
+        check_one_each("boxes", bboxes, reports, rngs)
         occupied, masks = np.array(ctx.occupied, dtype=bool, copy=True), []
         for bbox, report, rng in zip(bboxes, reports, rngs):
             mask = np.asarray(self.generate_mask(replace(ctx, occupied=occupied.copy()), bbox, report, rng), bool)
@@ -91,8 +96,7 @@ class TextureEngine(ABC):
         """The CT with every lesion rendered: ``render`` lesion after lesion, each on the previous result with
         ``ctx.occupied`` grown by the earlier masks. ``on_rendered(n, ct)`` sees the CT right after lesion n
         (read it, do not modify it). Engines with a network override this to share its calls (same result)."""
-        if not len(lesion_masks) == len(reports) == len(rngs):
-            raise ValueError(f"{len(lesion_masks)} masks, {len(reports)} reports, {len(rngs)} rngs; need one each")
+        check_one_each("masks", lesion_masks, reports, rngs)
         ct, occupied = ctx.ct, np.array(ctx.occupied, dtype=bool, copy=True)
         for n, (mask, report, rng) in enumerate(zip(lesion_masks, reports, rngs)):
             mask = np.asarray(mask, dtype=bool)

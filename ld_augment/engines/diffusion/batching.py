@@ -106,7 +106,7 @@ class LockstepBatcher:
         self._cond = threading.Condition()
         self._live = set(range(int(participants)))
         self._pending: dict[int, _Request] = {}
-        self.rounds: list[dict[str, int]] = []  # per dispatch: pool key name -> items pooled (for tests/logs)
+        self.rounds = 0  # dispatches so far (logged by the bank)
 
     @contextmanager
     def participate(self, index: int) -> Iterator[None]:
@@ -142,7 +142,7 @@ class LockstepBatcher:
         by_key: dict[Hashable, list[_Request]] = {}
         for request in pending:
             by_key.setdefault(request.key, []).append(request)
-        self.rounds.append({_key_name(k): sum(len(r.items) for r in reqs) for k, reqs in by_key.items()})
+        self.rounds += 1
         for requests in by_key.values():
             merged = [item for r in requests for item in r.items]
             try:
@@ -155,7 +155,3 @@ class LockstepBatcher:
             for r in requests:
                 r.results, start = out[start : start + len(r.items)], start + len(r.items)
         self._cond.notify_all()
-
-
-def _key_name(key: Hashable) -> str:
-    return type(key).__name__

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ld_augment.engines.base import LesionContext, MaskEngine
+from ld_augment.engines.base import LesionContext, MaskEngine, check_one_each
 from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_batch, sample_in_batches
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
@@ -201,8 +201,7 @@ class DiffusionMaskEngine(MaskEngine):
         result and the same rngs: the batch only shares the network calls (``batching.sample_in_batches``);
         the selection, and any retry, still runs per lesion in order.
         """
-        if not len(bboxes) == len(reports) == len(rngs):
-            raise ValueError(f"{len(bboxes)} boxes, {len(reports)} reports and {len(rngs)} rngs; need one each")
+        check_one_each("boxes", bboxes, reports, rngs)
         jobs = [self._prepare(ctx, bbox, report, rng) for bbox, report, rng in zip(bboxes, reports, rngs)]
         firsts = sample_in_batches(
             [(job.cond, job.context, job.generator) for job in jobs],

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ld_augment.engines.base import LesionContext, OnRendered, TextureEngine
+from ld_augment.engines.base import LesionContext, OnRendered, TextureEngine, check_one_each
 from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_batch, sample_in_batches
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
@@ -205,8 +205,7 @@ class DiffusionTextureEngine(TextureEngine):
         one batch (no lesion can see another's write), a window that overlaps starts the next batch. Lesions
         are written in order, and ``on_rendered(n, ct)`` sees the CT just after lesion n's write.
         """
-        if not len(lesion_masks) == len(reports) == len(rngs):
-            raise ValueError(f"{len(lesion_masks)} masks, {len(reports)} reports, {len(rngs)} rngs; need one each")
+        check_one_each("masks", lesion_masks, reports, rngs)
         lesions = [np.asarray(m, dtype=bool) for m in lesion_masks]
         for lesion in lesions:
             if lesion.shape != ctx.ct.shape or not lesion.any():
