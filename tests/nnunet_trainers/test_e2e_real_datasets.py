@@ -127,6 +127,20 @@ def _prepared_shape(bank: Path, dataset: str, case_id: str) -> tuple:
     return tuple(infer_dataset_class(str(folder))(str(folder)).load_case(case_id)[0].shape)
 
 
+def _bank_env(tmp_path: Path, bank: Path) -> dict:
+    """nnU-Net's environment with our trainer and the bank mixed in at ratio 0.5."""
+    return nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
+                      LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
+
+
+def _train_with_bank(tmp_path: Path, bank: Path, dataset_id: str, dataset: str) -> tuple[Path, dict]:
+    """nnUNetv2_train fold 0 with the bank; the fold folder and its bank record."""
+    run(nnunet_cmd("nnUNetv2_train") + [dataset_id, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+        _bank_env(tmp_path, bank), tmp_path)
+    fold = tmp_path / "nnUNet_results" / dataset / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    return fold, json.loads((fold / "lesiondiffusion_bank.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_msd_liver_layout(tmp_path, real_ct, real_seg):
@@ -153,12 +167,8 @@ def test_msd_liver_layout(tmp_path, real_ct, real_seg):
     assert (pair["organ"]["target"], pair["lesion"]["target"]) == ("liver", "cancer")
     assert sorted(prepared["target_images"]["imagesTs"]) == ["liver_004"]
 
-    train_env = nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
-                           LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
-    run(nnunet_cmd("nnUNetv2_train") + ["3", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
-        train_env, tmp_path)
-    fold = tmp_path / "nnUNet_results" / "Dataset003_Liver" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
-    rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
+    fold, rec = _train_with_bank(tmp_path, bank, "3", "Dataset003_Liver")
+    train_env = _bank_env(tmp_path, bank)
     val = set(splits[0]["val"])
     assert sorted(rec["excluded"]["validation"]) == sorted(e["case_id"] for e in entries if e["source_id"] in val)
     assert rec["n_bank_used"] == 4 - len(val) and sum(e["synthetic"] for e in rec["epochs"]) > 0
@@ -215,12 +225,7 @@ def test_kits_region_based_layout(tmp_path, real_ct, real_seg):
     seg = np.asarray(infer_dataset_class(str(folder))(str(folder)).load_case(case_id)[1][...])
     assert set(np.unique(seg)) - {-1} == {0, 1, 2}                  # kidney -> 1, tumor -> 2 (regions: all three)
 
-    train_env = nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
-                           LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
-    run(nnunet_cmd("nnUNetv2_train") + ["4", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
-        train_env, tmp_path)
-    fold = tmp_path / "nnUNet_results" / "Dataset004_KiTS" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
-    rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
+    fold, rec = _train_with_bank(tmp_path, bank, "4", "Dataset004_KiTS")
     assert rec["n_bank_used"] == 2 and rec["excluded_count"] == 0
     assert rec["label_mapping"]["region_based"] and sum(e["synthetic"] for e in rec["epochs"]) > 0
     assert (fold / "checkpoint_final.pth").is_file()
