@@ -27,7 +27,8 @@ from ld_augment.engines.procedural.density import (
     CONTRAST_RANGE, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
 )
 from ld_augment.reports.model import LesionReport, save_reports
-from ld_augment.reports.writers import OfflineReportWriter, ReportWriter
+from ld_augment.reports.offline import OfflineReportWriter
+from ld_augment.reports.writers import ReportWriter
 from ld_augment.pipeline.case import CASE_FILES, CASE_FORMAT, PreprocessedCase
 
 log = logging.getLogger(__name__)

@@ -122,16 +122,3 @@ def finalize_report(*, organ: str, organ_extent: Sequence[int], values: Mapping[
     typed = {_FIELD_OF_KEY[k]: v for k, v in merged.items() if k in _FIELD_OF_KEY}
     return normalize_report(new_report(organ_id, typed, clamped))
 
-
-def __getattr__(name: str) -> Any:
-    """``writers.OfflineReportWriter`` / ``writers.LLMReportWriter``: the implementations live in their own
-    modules (which import this one), so they are resolved lazily here instead of by a circular import."""
-    if name == "OfflineReportWriter":
-        from ld_augment.reports.offline import OfflineReportWriter
-
-        return OfflineReportWriter
-    if name == "LLMReportWriter":
-        from ld_augment.reports.llm import LLMReportWriter
-
-        return LLMReportWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

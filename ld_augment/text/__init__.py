@@ -6,7 +6,8 @@
   tower (open_clip, local files, user-supplied ``open_clip_pytorch_model.bin``); needed for the released weights.
 """
 
-from ld_augment.text.base import AttributeEncoder, available_encoders, create_encoder
+from ld_augment.text.base import AttributeEncoder
+from ld_augment.text.registry import available_encoders, create_encoder
 from ld_augment.text.biomedclip import BiomedCLIPEncoder, load_text_state_dict
 from ld_augment.text.offline import VocabEmbeddingEncoder, normalize_phrase
 

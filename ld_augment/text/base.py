@@ -9,13 +9,14 @@ checkpoints: a network trained with one encoder is meaningless with another, so 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.text.registry import ENCODER_IDS
 
 PAD_TEXT = ""
 
@@ -56,41 +57,3 @@ class AttributeEncoder(nn.Module, ABC):
                 f"{source} was trained with text encoder {recorded_id!r} but this encoder is {self.encoder_id!r}; "
                 f"build the matching one (known: {', '.join(sorted(ENCODER_IDS))})"
             )
-
-
-_REGISTRY: dict[str, Callable[..., AttributeEncoder]] = {}
-ENCODER_IDS: dict[str, str] = {}  # encoder_id -> registry name
-
-
-def register_encoder(name: str, encoder_id: str) -> Callable[[Callable[..., AttributeEncoder]], Any]:
-    """Class decorator: make an encoder available to ``create_encoder`` by ``name`` and by its ``encoder_id``."""
-
-    def wrap(cls: Callable[..., AttributeEncoder]) -> Callable[..., AttributeEncoder]:
-        _REGISTRY[name] = cls
-        ENCODER_IDS[encoder_id] = name
-        return cls
-
-    return wrap
-
-
-def available_encoders() -> tuple[str, ...]:
-    _load_builtin()
-    return tuple(sorted(_REGISTRY))
-
-
-def create_encoder(name: str, **options: Any) -> AttributeEncoder:
-    """Build an encoder by registry name ("vocab", "biomedclip") or by a recorded ``encoder_id``."""
-    _load_builtin()
-    key = ENCODER_IDS.get(name, name)
-    if key not in _REGISTRY:
-        raise ConfigError(
-            f"unknown text encoder {name!r}; valid: {', '.join(sorted(_REGISTRY))} "
-            f"(or an encoder id: {', '.join(sorted(ENCODER_IDS))})"
-        )
-    return _REGISTRY[key](**options)
-
-
-def _load_builtin() -> None:
-    # Imported here, not at module top, so base.py has no dependency on the concrete encoders (and so
-    # importing the package does not import open_clip, which takes seconds).
-    from ld_augment.text import biomedclip, offline  # noqa: F401

@@ -22,7 +22,7 @@ import torch
 
 from ld_augment.errors import CheckpointError, InputError, MissingDependencyError
 from ld_augment.resources import biomedclip_dir
-from ld_augment.text.base import AttributeEncoder, register_encoder
+from ld_augment.text.base import AttributeEncoder
 
 ENCODER_ID = "biomedclip-pubmedbert-256"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
@@ -101,7 +101,6 @@ def build_text_tower(config_dir: str | Path | None = None) -> tuple[Any, Any]:
     return tower, tokenizer
 
 
-@register_encoder("biomedclip", ENCODER_ID)
 class BiomedCLIPEncoder(AttributeEncoder):
     """Frozen BiomedCLIP text tower: one pooled 512-d vector per attribute string (the original's context).
 

@@ -20,7 +20,7 @@ from torch import nn
 from ld_augment.errors import ConfigError
 from ld_augment.organs.registry import CAVITY_VALUES, class_map
 from ld_augment.resources import load_json_resource
-from ld_augment.text.base import AttributeEncoder, register_encoder
+from ld_augment.text.base import AttributeEncoder
 
 ENCODER_ID = "ld-vocab-embedding-v1"
 PAD_INDEX = 0
@@ -107,9 +107,9 @@ class VocabEmbeddingEncoder(AttributeEncoder):
         return [t for t in texts if self.table.lookup(t) == UNKNOWN_INDEX]
 
 
-def _build_vocab(output_dim: int = 512, *, extra_phrases: Sequence[Sequence[str]] = (), seed: int = 0,
+def build_vocab_encoder(output_dim: int = 512, *, extra_phrases: Sequence[Sequence[str]] = (), seed: int = 0,
                  vocab_fingerprint: str | None = None) -> VocabEmbeddingEncoder:
-    """Registry entry point that also verifies a recorded vocabulary fingerprint."""
+    """The "vocab" registry entry: builds the encoder and verifies a recorded vocabulary fingerprint."""
     enc = VocabEmbeddingEncoder(output_dim, extra_phrases=extra_phrases, seed=seed)
     if vocab_fingerprint is not None and vocab_fingerprint != enc.table.fingerprint():
         raise ConfigError(
@@ -118,5 +118,3 @@ def _build_vocab(output_dim: int = 512, *, extra_phrases: Sequence[Sequence[str]
         )
     return enc
 
-
-register_encoder("vocab", ENCODER_ID)(_build_vocab)

@@ -26,8 +26,8 @@ from ld_augment.nets import (
     VQConfig, build_network, config_from_dict, load_lightning_state_dict, save_checkpoint,
 )
 from ld_augment.nets.checkpoints import FORMAT, read_torch_file
-from ld_augment.text import AttributeEncoder, available_encoders, create_encoder
-from ld_augment.text.base import ENCODER_IDS
+from ld_augment.text import AttributeEncoder, create_encoder
+from ld_augment.text.registry import ENCODER_IDS
 from ld_augment.training import distributed as D
 from ld_augment.training.loop import FitResult, TrainOptions, TrainPaths, global_batch, seeded_build
 
@@ -136,7 +136,6 @@ def load_init(kind: str, init: str | os.PathLike, cfg: NetConfig | None, *, allo
 
 
 def _encoder_id(name: str) -> str:
-    available_encoders()  # registers the built-in encoders
     by_name = {v: k for k, v in ENCODER_IDS.items()}
     if name in ENCODER_IDS:
         return name

@@ -10,7 +10,7 @@ import pytest
 from ld_augment.errors import ConfigError
 from ld_augment.reports import OfflineReportWriter, load_vocabulary, normalize_report
 from ld_augment.reports.priors import GENERIC, PROFILES, SURFACE_PHRASES, profile_for
-from ld_augment.reports.writers import OfflineReportWriter as FacadeWriter
+from ld_augment.reports.registry import report_writer_class
 
 HOLLOW_CAVITIES = {"within the lumen of a hollow organ", "wall thickening"}
 SOLID_CAVITIES = {"within the parenchymal organ", "protruding from the parenchymal organ"}
@@ -26,8 +26,8 @@ REQUESTS = [
 ]
 
 
-def test_writers_module_exposes_the_same_class() -> None:
-    assert FacadeWriter is OfflineReportWriter
+def test_registry_names_the_same_class() -> None:
+    assert report_writer_class("offline") is OfflineReportWriter
 
 
 @pytest.mark.parametrize("organ, lesion_type, extent", REQUESTS)
