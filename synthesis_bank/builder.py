@@ -7,7 +7,8 @@ an "ok" line AND both files match the sizes and hashes on that line; anything el
 kill -9 at any point costs at most the case in flight and leaves a valid nnU-Net dataset.
 
 Safety against people: the output folder is locked for the build (synthesis_bank.lock), must be absent, empty or
-one of our banks (synthesis_bank.bank_folder), and a resumed build must use the recipe of the first one.
+one of our banks (synthesis_bank.bank_folder), and a resumed build must use the recipe and the shard layout of
+the first one (two layouts would give one case id to two processes, each deleting the other's files).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ ignore and the next writer truncates away.
 
 dataset.json lists its cases explicitly (nnU-Net's "dataset" key) and is rewritten after each manifest line, so
 files moved into imagesTr/labelsTr before their line is written are invisible to nnU-Net: numTraining and the
-listed files agree at every instant, even between a kill and `--resume`.
+listed files agree at every instant, even between a kill and `--resume`. Until the first case is finished there
+is no dataset.json at all: nnU-Net cannot check (or train on) a dataset of 0 cases.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def collect_entries(out_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 def merge_manifests(out_dir: str | Path) -> Path:
     """Join manifest.jsonl and all manifest.shard-*-of-*.jsonl into manifest.jsonl (one line per case, deduped)
-    and rewrite dataset.json. The shard files are kept, so merging again is harmless."""
+    and rewrite dataset.json. The shard files are kept, so merging again is harmless. Unlocked and unchecked:
+    users go through `synthesis_bank.merge.merge_bank`."""
     out_dir = Path(out_dir)
     if not manifest_files(out_dir):
         raise ConfigError(f"{out_dir}: no manifest.jsonl or manifest.shard-*-of-*.jsonl to merge")
