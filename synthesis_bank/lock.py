@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from ld_augment.errors import LdAugmentError
 
 LOCK_FILE = ".ld-augment.lock"
 METADATA_LOCK_FILE = ".ld-augment.metadata.lock"
+_NO_DIR_LOCKS = {errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP}
 
 
 class BankLockedError(LdAugmentError):
@@ -95,21 +97,51 @@ def bank_lock(folder: str | os.PathLike, *, job: str, shared: bool = False,
     untouched, and the loser of a race for a new folder hears "in use", not "foreign".
     """
     folder = Path(folder)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _refusal(folder, folder / LOCK_FILE) from None
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
-            raise BankLockedError(f"{folder} was replaced while this job was locking it; run it again")
+        fd = _flock_folder(folder, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    except BlockingIOError:
+        raise _refusal(folder, folder / LOCK_FILE) from None
+    try:
+        held = folder if stat.S_ISDIR(os.fstat(fd).st_mode) else folder / LOCK_FILE
+        if not _same_file(held, fd):
+            raise BankLockedError(f"{held} was replaced while this job was locking it; run it again")
         if check is not None:
             check()
         _write_record(folder / LOCK_FILE, job)  # with shared holders the latest one is named
         yield folder / LOCK_FILE
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """`path` still names the inode `fd` holds (not deleted, not replaced)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _flock_folder(folder: Path, mode: int) -> int:
+    """A descriptor holding flock `mode` on the folder itself; BlockingIOError if someone else holds it.
+    File systems that cannot flock a directory (NFS emulates flock with POSIX locks, which need a writable
+    descriptor) fall back to the record file, as before (deleting that file is then not guarded against)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError) or exc.errno not in _NO_DIR_LOCKS:
+            raise
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lock_file_held(path: Path) -> int | None:
@@ -122,12 +154,7 @@ def _lock_file_held(path: Path) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
-        try:
-            st = os.stat(path)
-            same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _same_file(path, fd):
             return fd
         os.close(fd)  # we locked an orphan inode: take the one the path names now
     raise BankLockedError(f"{path}: the lock file keeps being replaced; is another program deleting it?")
@@ -183,12 +210,8 @@ def metadata_lock(folder: str | os.PathLike) -> Iterator[None]:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
-                break
-        except FileNotFoundError:
-            pass
+        if _same_file(path, fd):
+            break
         os.close(fd)  # deleted while we waited: lock the file the path names now
     try:
         yield

@@ -240,3 +240,26 @@ def test_no_dataset_json_before_the_first_case(recipe_dict, tmp_path, fakes, ct_
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 6
     assert len(read_manifest(out / "manifest.jsonl")) == 9  # 3 failed lines, then 6 ok
     verify(out)
+
+
+def test_folders_that_cannot_be_flocked_fall_back_to_the_lock_file(tmp_path, monkeypatch):
+    """NFS emulates flock with POSIX locks, which need a writable descriptor: a directory gives EBADF."""
+    import errno
+    import stat
+
+    import synthesis_bank.lock as lock
+
+    real = lock.fcntl.flock
+
+    def nfs_like(fd, op):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd, op)
+
+    monkeypatch.setattr(lock.fcntl, "flock", nfs_like)
+    with bank_lock(tmp_path, job="first"):
+        with pytest.raises(BankLockedError, match=rf"pid {os.getpid()} \(first"):
+            with bank_lock(tmp_path, job="second"):
+                pass
+    with bank_lock(tmp_path, job="second"):
+        pass
