@@ -4,7 +4,7 @@ Each probe runs `synthesis-bank` processes with the fake pipeline (tests/synthes
 them at a chosen moment (a patched write that SIGKILLs its own process half-way) or races them against each
 other, then checks what a user relies on: the loser is refused with one line naming the holder or both layouts,
 a rerun finishes the bank with 0 corrupt, duplicate or missing cases, and nnU-Net's verify_dataset_integrity
-accepts it. Bounded: every process has a timeout, the whole module takes about a minute on 2 cores.
+accepts it. Bounded: every process has a 120 s timeout; the module took 3 min on 2 shared, busy cores.
 """
 
 from __future__ import annotations
