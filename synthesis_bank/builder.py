@@ -224,7 +224,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
         with ManifestWriter(summary.manifest) as writer:
             for item, entry in _entries(runner, _progress(todo, progress, summary.shard), batch_cases):
                 if entry["status"] != "ok":
-                    _remove_case_files(out_dir, item.case_id, summary.manifest)  # leftovers of an earlier partial attempt
+                    _remove_case_files(out_dir, item.case_id, summary.manifest)  # leftovers of a partial attempt
                 writer.append(entry)
                 if entry["status"] == "ok":
                     write_dataset_json(out_dir, base)  # the case becomes visible to nnU-Net only now
