@@ -1,6 +1,7 @@
 """Synthesis bank: build an nnU-Net v2 raw dataset of synthetic lesion cases from a recipe.
 
-Public API: `load_recipe`, `Recipe`, `build_bank`, `BuildSummary`, `merge_manifests`, `read_manifest`,
+Public API: `load_recipe`, `Recipe`, `build_bank`, `BuildSummary`, `merge_bank` (locked and count-checked like
+`synthesis-bank merge`; `merge_manifests` is its unlocked inner step), `merge_manifests`, `read_manifest`,
 `plan_build`. Imported lazily so `import synthesis_bank` (e.g. by the nnU-Net trainer) stays cheap.
 """
 
@@ -13,6 +14,7 @@ _EXPORTS = {
     "load_recipe": "synthesis_bank.recipe",
     "build_bank": "synthesis_bank.builder",
     "BuildSummary": "synthesis_bank.builder",
+    "merge_bank": "synthesis_bank.merge",
     "merge_manifests": "synthesis_bank.manifest",
     "read_manifest": "synthesis_bank.manifest",
     "plan_build": "synthesis_bank.plan",

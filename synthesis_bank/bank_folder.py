@@ -9,20 +9,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from ld_augment.errors import ConfigError
-from ld_augment.io.atomic import atomic_write_json
+from ld_augment.io.atomic import atomic_write_json, is_temp_name
 
 from synthesis_bank.lock import LOCK_FILE, METADATA_LOCK_FILE
 
 MARKER = "bank.json"
 MARKER_FORMAT = "ld-augment-bank/1"
 BANK_KIND = "synthesis-bank"
+WORK_DIR = ".work"
 # Names a bank job may leave in a folder before its marker exists (lock files, the work folder).
-_OWN_SCRATCH = {LOCK_FILE, METADATA_LOCK_FILE, ".work"}
+_OWN_SCRATCH = {LOCK_FILE, METADATA_LOCK_FILE, WORK_DIR}
+# Temporary names of the bank's own files written before atomic writes used TEMP_PREFIX (mkstemp's 8 chars).
+_LEGACY_TEMP = re.compile(r"^\.(bank\.json|dataset\.json|manifest(\.shard-\d+-of-\d+)?\.jsonl|prepared\.json)"
+                          r"\.[a-z0-9_]{8}\.jsonl?$")
+
+
+def is_own_scratch(name: str) -> bool:
+    """A name only a bank job (or its killed writer) leaves: locks, the work folder, atomic-write temp files."""
+    return (name in _OWN_SCRATCH or name.startswith(".ld-augment.") or is_temp_name(name)
+            or _LEGACY_TEMP.match(name) is not None)
+
+
+def clean_scratch(folder: Path) -> list[str]:
+    """Remove the temp files killed writers left directly in `folder` (names removed). Call it only while no
+    other job can be writing there: holding the folder lock exclusively, or (shards) the metadata lock."""
+    removed = []
+    try:
+        names = [p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+    except OSError:
+        return removed
+    for name in names:
+        if is_temp_name(name) or _LEGACY_TEMP.match(name):
+            (folder / name).unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
+def clean_work(folder: Path) -> None:
+    """Remove the whole work folder (only under the exclusive folder lock: shards keep each other's)."""
+    shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
 
 
 def read_marker(out_dir: Path) -> dict[str, Any] | None:
@@ -75,8 +107,7 @@ def check_out_dir(out_dir: Path, *, role: str = "--out") -> bool:
         return False
     if read_marker(out_dir) is not None or _legacy_bank(out_dir):
         return True
-    found = sorted(p.name for p in out_dir.iterdir()
-                   if p.name not in _OWN_SCRATCH and not p.name.startswith(".ld-augment."))
+    found = sorted(p.name for p in out_dir.iterdir() if not is_own_scratch(p.name))
     if not found:
         return False
     what = "an nnU-Net raw dataset not written by ld-augment" if (out_dir / "dataset.json").is_file() else "other files"
@@ -132,5 +163,53 @@ def settle_recipe(out_dir: Path, marker: dict[str, Any] | None, recipe_dict: Map
         events.append({"event": "marker_added", "at": time.time()})
     if events:
         marker["history"] = list(marker.get("history") or []) + events
+        atomic_write_json(out_dir / MARKER, marker)
+    return marker
+
+
+def describe_layout(shards: int | None) -> str:
+    return "no --shard (one manifest.jsonl)" if shards is None else f"--shard i/{shards} ({shards} shard(s))"
+
+
+def _layouts_on_disk(out_dir: Path) -> set[int | None]:
+    """Shard counts of the manifests present (None: only an unsharded manifest.jsonl)."""
+    found: set[int | None] = set()
+    for path in out_dir.glob("manifest.shard-*-of-*.jsonl"):
+        match = re.match(r"^manifest\.shard-\d+-of-(\d+)\.jsonl$", path.name)
+        if match:
+            found.add(int(match.group(1)))
+    if not found and (out_dir / "manifest.jsonl").is_file():
+        found.add(None)
+    return found
+
+
+def check_layout(out_dir: Path, marker: Mapping[str, Any] | None, shards: int | None) -> int | None:
+    """The bank's shard layout (recorded in bank.json, else read off its manifests, else `shards` for a new
+    bank); ConfigError naming both layouts if `shards` differs. Call it under the metadata lock."""
+    layout = (marker or {}).get("layout")
+    if isinstance(layout, Mapping) and "shards" in layout:
+        have = layout["shards"]
+    else:
+        found = _layouts_on_disk(out_dir)
+        if len(found) > 1:
+            shown = ", ".join(describe_layout(n) for n in sorted(found, key=lambda n: n or 0))
+            raise ConfigError(f"{out_dir} holds manifests of several shard layouts ({shown}); their shards split "
+                              "the cases differently and overwrite each other's files: keep one layout's "
+                              "manifests, or use a new output folder")
+        have = found.pop() if found else shards
+    if have != shards:
+        raise ConfigError(f"{out_dir} is built with {describe_layout(have)}, this build asks for "
+                          f"{describe_layout(shards)}: different layouts give the same cases to different "
+                          f"processes, which overwrite and delete each other's finished files; build it with "
+                          f"{describe_layout(have)} again, or use a new output folder")
+    return have
+
+
+def settle_layout(out_dir: Path, marker: dict[str, Any], shards: int | None) -> dict[str, Any]:
+    """Check the layout and record it in bank.json the first time (under the metadata lock, so of two builds
+    racing with different layouts exactly one wins)."""
+    have = check_layout(out_dir, marker, shards)
+    if (marker.get("layout") or {}).get("shards", "unset") != have:
+        marker["layout"] = {"shards": have}
         atomic_write_json(out_dir / MARKER, marker)
     return marker

@@ -7,7 +7,8 @@ an "ok" line AND both files match the sizes and hashes on that line; anything el
 kill -9 at any point costs at most the case in flight and leaves a valid nnU-Net dataset.
 
 Safety against people: the output folder is locked for the build (synthesis_bank.lock), must be absent, empty or
-one of our banks (synthesis_bank.bank_folder), and a resumed build must use the recipe of the first one.
+one of our banks (synthesis_bank.bank_folder), and a resumed build must use the recipe and the shard layout of
+the first one (two layouts would give one case id to two processes, each deleting the other's files).
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ from typing import Any, Callable
 from ld_augment.errors import ConfigError, MissingDependencyError
 
 from synthesis_bank import case_runner
-from synthesis_bank.bank_folder import check_out_dir, marker_or_legacy, settle_recipe
-from synthesis_bank.lock import bank_lock, metadata_lock
+from synthesis_bank.bank_folder import (
+    WORK_DIR, check_layout, check_out_dir, clean_scratch, clean_work, marker_or_legacy, settle_layout, settle_recipe,
+)
+from synthesis_bank.lock import bank_lock, metadata_lock, shard_lock
 from synthesis_bank.manifest import (
-    ManifestWriter, case_files_verified, image_path, label_path, latest_by_case, manifest_name, read_manifest,
-    write_dataset_json,
+    MANIFEST, ManifestWriter, case_files_verified, image_path, label_path, latest_by_case, manifest_files,
+    manifest_name, read_manifest, write_dataset_json,
 )
 from synthesis_bank.plan import WorkItem, plan_build, resolve_shard, select_shard
 from synthesis_bank.recipe import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
 
-WORK_DIR = ".work"
 #: Stop when the first this-many cases all failed with the same kind of error (it is not the sources' fault).
 SAME_FAILURE_LIMIT = 3
 
@@ -104,9 +106,24 @@ def _dataset_base(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def _remove_case_files(out_dir: Path, case_id: str) -> None:
-    """Leftovers of an earlier attempt at one of THIS build's cases (never another build's: the lock and the
-    shard's case list guarantee the id is ours)."""
+def _finished_elsewhere(out_dir: Path, case_id: str, own: Path) -> bool:
+    """Another manifest calls the case "ok" (a shard of an older layout): its files are not ours to delete.
+    A sharded build skips manifest.jsonl, which after a merge repeats its own lines."""
+    for path in manifest_files(out_dir):
+        if path == own or (own.name != MANIFEST and path.name == MANIFEST):
+            continue
+        entry = latest_by_case(read_manifest(path)).get(case_id)
+        if entry is not None and entry.get("status") == "ok":
+            return True
+    return False
+
+
+def _remove_case_files(out_dir: Path, case_id: str, own_manifest: Path) -> None:
+    """Leftovers of an earlier attempt at one of THIS build's cases. The lock and the one shard layout per
+    folder make the id ours; files another manifest vouches for are kept all the same."""
+    if _finished_elsewhere(out_dir, case_id, own_manifest):
+        log.warning("case %s failed here but another manifest lists it as finished: its files are kept", case_id)
+        return
     for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png"):
         path.unlink(missing_ok=True)
 
@@ -153,20 +170,28 @@ def build_bank(
     all_items = plan_build(recipe)  # enumerates and checks sources before anything is written
     items = select_shard(all_items, shard)
     manifest_path = out_dir / manifest_name(shard)
+    shards = shard[1] if shard else None
     job = f"synthesis-bank build{f' --shard {shard[0]}/{shard[1]}' if shard else ''}"
+    out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:
-        locks.enter_context(bank_lock(out_dir, job=job, shared=shard is not None))
+        # the folder check runs again under the lock, before the lock's holder record is written
+        locks.enter_context(bank_lock(out_dir, job=job, shared=shard is not None, check=lambda: check_out_dir(out_dir)))
         if shard is not None:
-            locks.enter_context(bank_lock(out_dir, job=job, name=f".ld-augment.{manifest_path.stem}.lock"))
-        check_out_dir(out_dir)  # again under the lock: nobody can have changed it since
+            locks.enter_context(shard_lock(out_dir, manifest_path.stem, job=job))
+        with metadata_lock(out_dir):
+            check_layout(out_dir, marker_or_legacy(out_dir), shards)  # before anything of this build is written
         previous = latest_by_case(read_manifest(manifest_path))
         if previous and not resume:
             raise ConfigError(f"{manifest_path} already lists {len(previous)} case(s); pass --resume to finish that "
                               "build, or choose an empty output folder")
         _check_resume_matches(previous, items, manifest_path)  # a changed seed is never forced through
-        with metadata_lock(out_dir):
-            settle_recipe(out_dir, marker_or_legacy(out_dir), recipe.to_dict(), force=force_recipe_change,
-                          allow_pickle=allow_pickle)
+        with metadata_lock(out_dir):  # every writer of top-level files holds it: their temp files are not in use
+            marker = settle_recipe(out_dir, marker_or_legacy(out_dir), recipe.to_dict(), force=force_recipe_change,
+                                   allow_pickle=allow_pickle)
+            settle_layout(out_dir, marker, shards)
+            clean_scratch(out_dir)  # temp files of writers killed mid-write
+        if shard is None:
+            clean_work(out_dir)  # the exclusive lock: every scratch folder left there is a dead run's
         if preprocess_fn is None or synthesize_fn is None:
             default_pre, default_syn = _default_pipeline()
             preprocess_fn, synthesize_fn = preprocess_fn or default_pre, synthesize_fn or default_syn
@@ -185,7 +210,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
     for sub in ("imagesTr", "labelsTr", "previews"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     base = _dataset_base(recipe)
-    write_dataset_json(out_dir, base)  # valid (possibly empty) dataset from the first moment on
+    write_dataset_json(out_dir, base)  # a valid dataset from the first finished case on (none before it)
     todo = []
     for item in items:
         entry = previous.get(item.case_id)
@@ -199,7 +224,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
         with ManifestWriter(summary.manifest) as writer:
             for item, entry in _entries(runner, _progress(todo, progress, summary.shard), batch_cases):
                 if entry["status"] != "ok":
-                    _remove_case_files(out_dir, item.case_id)  # leftovers of an earlier partial attempt
+                    _remove_case_files(out_dir, item.case_id, summary.manifest)  # leftovers of a partial attempt
                 writer.append(entry)
                 if entry["status"] == "ok":
                     write_dataset_json(out_dir, base)  # the case becomes visible to nnU-Net only now

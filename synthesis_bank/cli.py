@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ld_augment.cli.common import EXIT_ERROR, int_in_range, run_command
 from ld_augment.errors import ConfigError
@@ -52,19 +50,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from synthesis_bank.bank_folder import check_out_dir
-    from synthesis_bank.lock import bank_lock
-    from synthesis_bank.manifest import merge_manifests, read_manifest
+    from synthesis_bank.merge import merge_bank
 
-    folder = Path(args.dir)
-    if not folder.is_dir() or not check_out_dir(folder.resolve(), role="merge"):
-        raise ConfigError(f"{folder}: not a bank folder written by synthesis-bank build")
-    with bank_lock(folder, job="synthesis-bank merge"):
-        path = merge_manifests(folder)
-    entries = read_manifest(path)
-    failed = sum(1 for e in entries if e.get("status") != "ok")
-    print(f"merged {len(entries)} case(s) ({failed} failed) into {path}")
-    return 0 if not failed else EXIT_FAILED_CASES
+    result = merge_bank(args.dir)
+    print(f"merged {result.cases} case(s) ({result.ok} ok, {result.failed} failed) into {result.manifest}; "
+          f"dataset.json lists {result.listed}")
+    return 0 if not result.failed else EXIT_FAILED_CASES
 
 
 def _prepare_unavailable(args: argparse.Namespace) -> int:
@@ -84,23 +75,7 @@ def _add_prepare(subparsers: Any) -> None:
         parser.add_argument("rest", nargs=argparse.REMAINDER)
         parser.set_defaults(func=_prepare_unavailable, prepare_import_error=f"synthesis_bank.prepare: {exc}")
         return
-    parser = add_prepare_parser(subparsers)
-    parser.set_defaults(func=_with_bank_lock(parser.get_default("func"), "synthesis-bank prepare"))
-
-
-def _with_bank_lock(func: Callable[[argparse.Namespace], int], job: str) -> Callable[[argparse.Namespace], int]:
-    """Run `func` holding the bank folder's exclusive lock (`args.bank`), so it never reads a bank mid-build."""
-    from synthesis_bank.lock import bank_lock
-
-    @functools.wraps(func)
-    def locked(args: argparse.Namespace) -> int:
-        bank = Path(getattr(args, "bank", "") or "")
-        if not str(bank) or not bank.is_dir():
-            return func(args)  # the job reports the missing folder itself; a lock must not create it
-        with bank_lock(bank, job=job):
-            return func(args)
-
-    return locked
+    add_prepare_parser(subparsers)  # prepare_bank takes the bank lock itself, from every entry point
 
 
 def add_bank_parsers(subparsers: Any) -> None:

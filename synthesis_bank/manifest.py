@@ -7,7 +7,8 @@ ignore and the next writer truncates away.
 
 dataset.json lists its cases explicitly (nnU-Net's "dataset" key) and is rewritten after each manifest line, so
 files moved into imagesTr/labelsTr before their line is written are invisible to nnU-Net: numTraining and the
-listed files agree at every instant, even between a kill and `--resume`.
+listed files agree at every instant, even between a kill and `--resume`. Until the first case is finished there
+is no dataset.json at all: nnU-Net cannot check (or train on) a dataset of 0 cases.
 """
 
 from __future__ import annotations
@@ -54,19 +55,25 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def case_files_verified(out_dir: Path, entry: dict[str, Any]) -> bool:
-    """Both files exist and, when the line recorded them, match its size and sha256 (a truncated or replaced
-    file is redone by --resume instead of being trusted)."""
-    if not case_files_exist(out_dir, entry["case_id"]):
-        return False
+def case_files_problem(out_dir: Path, entry: dict[str, Any]) -> str | None:
+    """Why the case's finished files cannot be trusted ("image missing", "label changed (size/sha256 differ
+    from its manifest line)"), or None when both exist and match the sizes and hashes the line recorded."""
     recorded = entry.get("files") or {}
     for role, path in (("image", image_path(out_dir, entry["case_id"])), ("label", label_path(out_dir, entry["case_id"]))):
+        if not path.is_file():
+            return f"{role} missing"
         rec = recorded.get(role)
         if rec is None:
             continue  # a line written before files were recorded: existence is all we can check
         if path.stat().st_size != rec.get("size") or sha256_file(path) != rec.get("sha256"):
-            return False
-    return True
+            return f"{role} changed (size/sha256 differ from its manifest line)"
+    return None
+
+
+def case_files_verified(out_dir: Path, entry: dict[str, Any]) -> bool:
+    """Both files exist and, when the line recorded them, match its size and sha256 (a truncated or replaced
+    file is redone by --resume instead of being trusted)."""
+    return case_files_problem(out_dir, entry) is None
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -204,7 +211,8 @@ def collect_entries(out_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 def merge_manifests(out_dir: str | Path) -> Path:
     """Join manifest.jsonl and all manifest.shard-*-of-*.jsonl into manifest.jsonl (one line per case, deduped)
-    and rewrite dataset.json. The shard files are kept, so merging again is harmless."""
+    and rewrite dataset.json. The shard files are kept, so merging again is harmless. Unlocked and unchecked:
+    users go through `synthesis_bank.merge.merge_bank`."""
     out_dir = Path(out_dir)
     if not manifest_files(out_dir):
         raise ConfigError(f"{out_dir}: no manifest.jsonl or manifest.shard-*-of-*.jsonl to merge")
@@ -216,20 +224,25 @@ def merge_manifests(out_dir: str | Path) -> Path:
 
 
 def write_dataset_json(out_dir: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """(Re)write dataset.json atomically with numTraining = the "ok" cases whose image and label exist.
+    """(Re)write dataset.json atomically with numTraining = the "ok" cases whose image and label exist; with no
+    such case there is no dataset.json (nnU-Net's verify_dataset_integrity fails on an empty one).
 
     `base` carries labels/name/description/provenance (the builder passes them); without it the existing
     dataset.json supplies them (merge)."""
     out_dir = Path(out_dir)
     target = out_dir / DATASET_JSON
     with metadata_lock(out_dir):  # concurrent shards: the last writer saw every earlier shard's line
-        if base is None:
-            if not target.is_file():
-                raise ConfigError(f"{out_dir}: no dataset.json to update; run `synthesis-bank build` first")
-            base = json.loads(target.read_text(encoding="utf-8"))
         entries = collect_entries(out_dir)
         ok = sorted(cid for cid, e in entries.items() if e.get("status") == "ok" and case_files_exist(out_dir, cid))
         failed = sorted(cid for cid, e in entries.items() if e.get("status") != "ok")
+        if not ok:  # nnU-Net cannot check or train a dataset of 0 cases: none until the first one
+            target.unlink(missing_ok=True)
+            return {"numTraining": 0, "dataset": {}}
+        if base is None:
+            if not target.is_file():
+                raise ConfigError(f"{target}: missing although {len(ok)} case(s) are finished; run "
+                                  "`synthesis-bank build --resume` (with the bank's --shard) to write it again")
+            base = json.loads(target.read_text(encoding="utf-8"))
         dataset = dict(base)
         dataset.update({"channel_names": {"0": "CT"}, "numTraining": len(ok), "file_ending": FILE_ENDING})
         # Explicit list (paths relative to the dataset folder): files of unfinished cases are not part of it.

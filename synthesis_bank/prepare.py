@@ -21,10 +21,12 @@ from typing import Any, Sequence
 from ld_augment.errors import ConfigError, InputError, LdAugmentError
 from ld_augment.io.atomic import atomic_write_json
 from ld_augment.io.nifti import sha256_file
+from synthesis_bank.bank_folder import MARKER, clean_scratch
 from synthesis_bank.label_mapping import TargetLabels, parse_label_args, remap, resolve_mapping
-from synthesis_bank.nnunet_io import (PREPARED_FORMAT, PREPARED_JSON, load_prepared, manifest_sha256,
-                                      prepared_data_folder, prepared_root, preprocessing_sha256, read_bank_cases,
-                                      record_key, sha256_json)
+from synthesis_bank.lock import bank_lock
+from synthesis_bank.nnunet_io import (PREPARED_DIRNAME, PREPARED_FORMAT, PREPARED_JSON, load_prepared,
+                                      manifest_sha256, prepared_data_folder, prepared_root, preprocessing_sha256,
+                                      read_bank_cases, record_key, sha256_json)
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,39 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
     refused unless `allow_test_sources`.
     """
     bank = Path(bank_dir).resolve()
+    _check_bank(bank)  # before locking: the lock must not be taken on (or create) a folder that is no bank
+    with bank_lock(bank, job="synthesis-bank prepare", check=lambda: _check_bank(bank)):
+        _clean_scratch(bank)
+        return _prepare(bank, target_dataset, configuration=configuration, plans_identifier=plans_identifier,
+                        num_processes=num_processes, labels=labels, allow_test_sources=allow_test_sources,
+                        progress=progress)
+
+
+def _check_bank(bank: Path) -> None:
+    if (bank / "dataset.json").is_file():
+        return
+    if (bank / MARKER).is_file():
+        raise InputError(f"{bank / 'dataset.json'}: not found; the bank {bank} has no finished case yet "
+                         "(dataset.json appears with the first one): build or --resume it first")
+    raise InputError(f"{bank / 'dataset.json'}: not found; {bank} is not a bank folder (synthesis-bank build)")
+
+
+def _clean_scratch(bank: Path) -> None:
+    """What killed jobs left (under the exclusive lock, so nobody is using it): temp files of the bank's and
+    each prepared target's JSON files, and the targets' staging folders."""
+    clean_scratch(bank)
+    root = bank / PREPARED_DIRNAME
+    for target in (root.iterdir() if root.is_dir() else []):
+        if target.is_dir():
+            clean_scratch(target)
+            for staging in target.glob(".staging_*"):
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans_identifier: str,
+             num_processes: int | None, labels: Sequence[str] | dict[str, str] | None, allow_test_sources: bool,
+             progress: bool) -> PrepareResult:
     bank_json_file = bank / "dataset.json"
-    if not bank_json_file.is_file():
-        raise InputError(f"{bank_json_file}: not found; {bank} is not a bank folder (synthesis-bank build)")
     bank_json = json.loads(bank_json_file.read_text())
     name, plans, pm, target_json = _resolve_target(target_dataset, plans_identifier, configuration)
     target_file = f"{name}/dataset.json"

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the target folder, fsync, then rename.
 
 A reader (or a resumed run) therefore sees either the old file or the complete new one, never a torn file.
+Every temporary name starts with TEMP_PREFIX, so a kill -9 mid-write leaves a file the next run recognises as
+ours (`is_temp_name`) and removes, never one mistaken for a user's file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+#: Prefix of every temporary file these helpers create (`.ld-tmp-<target name>.<random><suffix>`).
+TEMP_PREFIX = ".ld-tmp-"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temporary file written by `atomic_path` (left behind only by a killed writer)."""
+    return name.startswith(TEMP_PREFIX)
 
 
 def default_file_mode() -> int:
@@ -35,7 +45,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, default_file_mode())  # a finished output follows the umask like open() would

@@ -139,15 +139,27 @@ def test_manifest_records_files_for_verification(recipe_dict, tmp_path, fakes):
                                            "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
 
 
-def test_resume_clears_only_its_own_stale_work_folders(recipe_dict, tmp_path, fakes):
-    out = tmp_path / "bank"
-    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
-    ours, foreign = out / ".work" / "case_a_syn000", out / ".work" / "someone_elses_case"
-    for folder in (ours, foreign):
+def test_shard_resume_clears_only_its_own_stale_work_folders(recipe_dict, tmp_path, fakes):
+    from synthesis_bank.plan import plan_build, select_shard
+
+    out, recipe = tmp_path / "bank", _recipe(recipe_dict)
+    build_bank(recipe, out, shard=(0, 2), progress=False, **fakes)
+    mine = select_shard(plan_build(recipe), (0, 2))[0].case_id
+    ours, other = out / ".work" / mine, out / ".work" / "case_of_shard_1"
+    for folder in (ours, other):
         folder.mkdir(parents=True)
         (folder / "partial.nii.gz").write_bytes(b"left by a kill")
+    assert build_bank(recipe, out, shard=(0, 2), resume=True, progress=False, **fakes).ok
+    assert not ours.exists() and (other / "partial.nii.gz").exists()  # shard 1 may be running right now
+
+
+def test_whole_build_resume_clears_every_stale_work_folder(recipe_dict, tmp_path, fakes):
+    out = tmp_path / "bank"
+    build_bank(_recipe(recipe_dict), out, progress=False, **fakes)
+    (out / ".work" / "anything").mkdir(parents=True)
+    (out / ".work" / "anything" / "partial.nii.gz").write_bytes(b"left by a kill")
     assert build_bank(_recipe(recipe_dict), out, resume=True, progress=False, **fakes).ok
-    assert not ours.exists() and (foreign / "partial.nii.gz").exists()
+    assert not (out / ".work").exists()  # the exclusive lock: nobody else can be working there
 
 
 def test_bank_without_marker_is_checked_against_its_recorded_recipe(recipe_dict, tmp_path, fakes):

@@ -56,6 +56,8 @@ def test_merge_dedupes_prefers_ok_and_keeps_one_line_per_case(tmp_path):
     _write(tmp_path / "manifest.shard-0-of-2.jsonl", [_entry("a_syn000", "failed", error="x"), _entry("b_syn000")])
     _write(tmp_path / "manifest.shard-1-of-2.jsonl", [_entry("a_syn000"), _entry("c_syn000", "failed", error="y")])
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}, "name": "x"}))
+    for cid in ("a_syn000", "b_syn000"):
+        _files(tmp_path, cid)
     merged = merge_manifests(tmp_path)
     entries = read_manifest(merged)
     assert [(e["case_id"], e["status"]) for e in entries] == [
@@ -79,10 +81,24 @@ def test_merge_without_manifests_is_an_error(tmp_path):
 def test_dataset_json_counts_ok_cases_with_files(tmp_path):
     _write(tmp_path / "manifest.jsonl", [_entry("a_syn000"), _entry("b_syn000"), _entry("c_syn000", "failed")])
     for cid in ("a_syn000", "c_syn000"):
-        (tmp_path / "imagesTr").mkdir(exist_ok=True)
-        (tmp_path / "labelsTr").mkdir(exist_ok=True)
-        (tmp_path / "imagesTr" / f"{cid}_0000.nii.gz").write_bytes(b"x")
-        (tmp_path / "labelsTr" / f"{cid}.nii.gz").write_bytes(b"x")
+        _files(tmp_path, cid)
     ds = write_dataset_json(tmp_path, {"labels": {"background": 0, "lesion": 1}})
     assert ds["numTraining"] == 1  # b has no files, c failed
     assert set(collect_entries(tmp_path)) == {"a_syn000", "b_syn000", "c_syn000"}
+
+
+def test_no_dataset_json_without_a_finished_case(tmp_path):
+    """nnU-Net's verify_dataset_integrity dies with a bare StopIteration on a 0-case dataset.json."""
+    _write(tmp_path / "manifest.jsonl", [_entry("a_syn000"), _entry("c_syn000", "failed")])
+    (tmp_path / "dataset.json").write_text("{}")  # e.g. left by an earlier writer
+    assert write_dataset_json(tmp_path, {"labels": {"background": 0, "lesion": 1}})["numTraining"] == 0
+    assert not (tmp_path / "dataset.json").exists()  # a has no files yet
+    _files(tmp_path, "a_syn000")
+    assert write_dataset_json(tmp_path, {"labels": {"background": 0, "lesion": 1}})["numTraining"] == 1
+    assert json.loads((tmp_path / "dataset.json").read_text())["dataset"].keys() == {"a_syn000"}
+
+
+def _files(folder, cid):
+    for sub, name in (("imagesTr", f"{cid}_0000.nii.gz"), ("labelsTr", f"{cid}.nii.gz")):
+        (folder / sub).mkdir(exist_ok=True)
+        (folder / sub / name).write_bytes(b"x")
