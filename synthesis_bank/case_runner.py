@@ -24,7 +24,7 @@ import numpy as np
 
 from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
 from ld_augment.io.atomic import default_file_mode
-from ld_augment.io.nifti import sha256_file
+from ld_augment.io.nifti import open_header, sha256_file
 from ld_augment.io.standardize import check_memory_budget
 
 from synthesis_bank.label_mapping import source_roles, source_to_scheme
@@ -226,13 +226,14 @@ class CaseRunner:
         recipe = self.recipe
         # header only: an absurd voxel size fails here in milliseconds, before any voxel (the source label's
         # too) is read, TotalSegmentator runs or a swap storm starts
-        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
+        ct_header = open_header(item.source.image, "source CT")  # size, file and field-of-view checks
+        check_memory_budget(ct_header, recipe.spacing, name=str(item.source.image))
         avoid = None
         source_label = None
         seg = str(item.source.seg) if item.source.seg else None
         organ_from_source = False
         if item.source.label is not None:
-            label_img = nib.load(str(item.source.label))
+            label_img = open_header(item.source.label, "source label", like=ct_header)  # no voxel read yet
             source_label = np.asarray(label_img.dataobj)
             if item.source.label_classes:   # the source's own classes, read as organ / other organ / lesion
                 roles = source_roles(dict(item.source.label_classes), item.organ)
