@@ -37,3 +37,10 @@ def brief(value: object, limit: int = 120) -> str:
     short.maxstring, short.maxother, short.maxlong = 80, 80, 40
     text = " ".join(short.repr(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason

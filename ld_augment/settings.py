@@ -44,3 +44,23 @@ def memory_limit_bytes() -> int:
     if not (math.isfinite(gb) and gb > 0):
         raise ConfigError(f"{MAX_MEMORY_ENV}={raw[:40]!r}: expected a positive number of GB")
     return int(gb * 2**30)
+
+
+#: The project's own import packages: an output folder inside one of them pollutes the code itself.
+PACKAGES = ("ld_augment", "synthesis_bank", "nnunet_trainers")
+
+
+def source_tree_of(path: str | os.PathLike) -> tuple[str, Path] | None:
+    """("package", dir) when `path` lies inside one of our packages, ("checkout", root) when inside a git work
+    tree of ld-augment's own source, else None: a bank of GBs of NIfTI written there ends up in commits,
+    editable installs and test collection."""
+    target = Path(path).expanduser().resolve()
+    for package in PACKAGES:
+        folder = (REPO_ROOT / package).resolve()
+        if target == folder or folder in target.parents:
+            return "package", folder
+    for parent in (target, *target.parents):
+        if (parent / ".git").exists() and (parent / "ld_augment" / "__init__.py").is_file():
+            return "checkout", parent
+    return None
+

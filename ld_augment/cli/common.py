@@ -10,18 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ld_augment.errors import ConfigError, LdAugmentError
+from ld_augment.errors import ConfigError, LdAugmentError, describe_os_error
 from ld_augment.io.textfile import MAX_LIST_BYTES, read_text_bounded
 
 EXIT_ERROR = 2
 log = logging.getLogger("ld_augment.cli")
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
-    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{where}: {reason}" if where else reason
 
 
 def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) -> int:
@@ -36,7 +29,8 @@ def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) ->
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work is kept", file=sys.stderr)
         return 130
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    print(f"{prog}: error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)  # the promise: one line
     return EXIT_ERROR
 
 
