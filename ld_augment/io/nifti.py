@@ -61,8 +61,8 @@ def describe(img_or_path: ImageLike) -> str:
     return str(filename) if filename else "<in-memory image>"
 
 
-def _open(img_or_path: ImageLike, what: str,
-          like: nib.spatialimages.SpatialImage | None = None) -> tuple[nib.spatialimages.SpatialImage, np.ndarray, str]:
+def _open(img_or_path: ImageLike, what: str, like: nib.spatialimages.SpatialImage | None = None,
+          like_name: str | None = None) -> tuple[nib.spatialimages.SpatialImage, np.ndarray, str]:
     """Open a path (or take an image) and read its voxels, turning every failure into an InputError.
 
     The header is checked before a voxel is read (`check_header`): a file that declares more voxels than memory
@@ -70,7 +70,7 @@ def _open(img_or_path: ImageLike, what: str,
     """
     name = describe(img_or_path)
     if isinstance(img_or_path, (str, os.PathLike)):
-        img = open_header(img_or_path, what, like=like)
+        img = open_header(img_or_path, what, like=like, like_name=like_name)
         path = Path(img_or_path)
         try:
             data = np.asanyarray(img.dataobj)
@@ -81,7 +81,7 @@ def _open(img_or_path: ImageLike, what: str,
     elif isinstance(img_or_path, nib.spatialimages.SpatialImage):
         img = img_or_path
         if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            check_header(img, name, what, like=like)
+            check_header(img, name, what, like=like, like_name=like_name)
         data = np.asanyarray(img.dataobj)
     else:
         raise InputError(f"{what}: expected a path or a nibabel image, got {type(img_or_path).__name__}")
@@ -95,8 +95,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def open_header(path: str | os.PathLike, what: str,
-                like: nib.spatialimages.SpatialImage | None = None) -> nib.spatialimages.SpatialImage:
+def open_header(path: str | os.PathLike, what: str, like: nib.spatialimages.SpatialImage | None = None,
+                like_name: str | None = None) -> nib.spatialimages.SpatialImage:
     """nibabel's lazy image of a NIfTI file after `check_header` (no voxel is read): the one way to open a
     user's file, so every input (CT, segmentation, label map, avoid map) gets the same size checks."""
     path = Path(path)
@@ -112,7 +112,7 @@ def open_header(path: str | os.PathLike, what: str,
         raise InputError(f"{what} file {path} is not a readable NIfTI image: {_one_line(exc)}") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{what} {path} is a {type(img).__name__}, not a NIfTI image")
-    check_header(img, str(path), what, path=path, like=like)
+    check_header(img, str(path), what, path=path, like=like, like_name=like_name)
     return img
 
 
@@ -132,7 +132,7 @@ def field_of_view_mm(shape, affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def check_header(img: nib.spatialimages.SpatialImage, name: str, what: str, *, path: Path | None = None,
-                 like: nib.spatialimages.SpatialImage | None = None) -> None:
+                 like: nib.spatialimages.SpatialImage | None = None, like_name: str | None = None) -> None:
     """Refuse, from the header alone, what would only fail after allocating its voxels.
 
     * memory: shape x bytes per voxel over $LD_AUGMENT_MAX_MEMORY_GB;
@@ -170,7 +170,7 @@ def check_header(img: nib.spatialimages.SpatialImage, name: str, what: str, *, p
                 f"(R x A x S); no CT covers more than {MAX_FIELD_OF_VIEW_MM[0]:.0f} mm across the body or "
                 f"{MAX_FIELD_OF_VIEW_MM[2]:.0f} mm along it: check the voxel size in the file's header")
     if like is not None:
-        check_same_grid(like, img, name_a=describe(like), name_b=name)
+        check_same_grid(like, img, name_a=like_name or describe(like), name_b=name)
 
 
 def _as_3d(data: np.ndarray, name: str, what: str) -> np.ndarray:
@@ -265,14 +265,14 @@ def label_dtype(max_label: int) -> np.dtype:
 
 
 def load_label_map(img_or_path: ImageLike, *, name: str = "segmentation",
-                   like: nib.spatialimages.SpatialImage | None = None) -> nib.Nifti1Image:
+                   like: nib.spatialimages.SpatialImage | None = None, like_name: str | None = None) -> nib.Nifti1Image:
     """Load and validate a label map (3D, finite, integer-valued, non-negative) as an integer-typed image.
 
     Float-stored label maps (common: the LesionDiffusion demo labels are float32) are accepted when every
     value is a whole number, and converted to the smallest fitting integer type. `like` (the CT it belongs to)
     is compared with the header before any voxel is read: a map on another grid never allocates.
     """
-    img, data, label = _open(img_or_path, name, like=like)
+    img, data, label = _open(img_or_path, name, like=like, like_name=like_name)
     data = _as_3d(data, label, name)
     _check_geometry(img, label, name, _stored_zooms(img_or_path, img))
     if data.dtype == bool:
@@ -309,18 +309,25 @@ def check_same_grid(
     A segmentation on another grid would put the organ, and so the lesion, in the wrong place silently.
     """
     shape_a, shape_b = tuple(img_a.shape[:3]), tuple(img_b.shape[:3])
+    who_a, who_b = _named(name_a, img_a), _named(name_b, img_b)
     if shape_a != shape_b:
         raise InputError(
-            f"{name_a} ({describe(img_a)}) and {name_b} ({describe(img_b)}) have different shapes "
+            f"{who_a} and {who_b} have different shapes "
             f"{shape_a} and {shape_b}; they must be on the same voxel grid"
         )
     diff = float(np.max(np.abs(np.asarray(img_a.affine, float) - np.asarray(img_b.affine, float))))
     if not diff <= atol:
         raise InputError(
-            f"{name_a} ({describe(img_a)}) and {name_b} ({describe(img_b)}) have different affines "
+            f"{who_a} and {who_b} have different affines "
             f"(max difference {diff:.4g} > {atol:g}; {name_a}: {_grid_words(img_a.affine)}; "
             f"{name_b}: {_grid_words(img_b.affine)}); they must be on the same voxel grid"
         )
+
+
+def _named(name: str, img: nib.spatialimages.SpatialImage) -> str:
+    """'CT (/data/ct.nii.gz)', or just the name when the file adds nothing (same path, in-memory image)."""
+    where = describe(img)
+    return name if where in (name, "<in-memory image>") else f"{name} ({where})"
 
 
 def _grid_words(affine: np.ndarray) -> str:
