@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
-from ld_augment.io.atomic import default_file_mode
+from ld_augment.io.atomic import atomic_save_nifti, default_file_mode
 from ld_augment.io.nifti import open_header, sha256_file
 from ld_augment.io.standardize import check_memory_budget
 
@@ -241,7 +241,8 @@ class CaseRunner:
                 if organ_from_source:   # the annotated organ (with its lesions) is the organ segmentation
                     inside = [v for v, role in roles.items() if role in ("organ", "lesion")]
                     seg = str(work / "organ_from_label.nii.gz")
-                    nib.save(nib.Nifti1Image(np.isin(source_label, inside).astype(np.uint8), label_img.affine), seg)
+                    atomic_save_nifti(nib.Nifti1Image(np.isin(source_label, inside).astype(np.uint8),
+                                                      label_img.affine), seg)  # a full disk names the file
                 source_label = source_to_scheme(source_label, roles, recipe.label_scheme, file=str(item.source.label))
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)

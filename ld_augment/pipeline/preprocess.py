@@ -95,7 +95,7 @@ def _obtain_segmentation(image: ImageArg, ct_img: nib.Nifti1Image, seg: ImageArg
 
     if not isinstance(image, (str, Path)):
         ct_path = workdir / "ct_for_totalseg.nii.gz"
-        nib.save(ct_img, str(ct_path))
+        atomic_save_nifti(ct_img, ct_path)  # a full disk names the file
     else:
         ct_path = Path(image)
     out = segment_organs(ct_path, workdir / "totalseg.nii.gz", organs=[organ], **segment_options)
