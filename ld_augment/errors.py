@@ -25,3 +25,22 @@ class MissingDependencyError(LdAugmentError):
 
 class ExternalServiceError(LdAugmentError):
     """An external service (LLM server, TotalSegmentator subprocess) failed after bounded retries."""
+
+
+def brief(value: object, limit: int = 120) -> str:
+    """A bounded repr for messages: a bad value may be huge (a YAML alias expansion, a 1e6-item list), and an
+    error must stay one readable line instead of echoing (or building) all of it."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple, short.maxset = 3, 6, 6, 6, 6
+    short.maxstring, short.maxother, short.maxlong = 80, 80, 40
+    text = " ".join(short.repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ld_augment.errors import CheckpointError, LdAugmentError, MissingDependencyError
-from ld_augment.io.atomic import default_file_mode
-from ld_augment.io.nifti import sha256_file
+from ld_augment.io.atomic import atomic_save_nifti, default_file_mode
+from ld_augment.io.nifti import open_header, sha256_file
 from ld_augment.io.standardize import check_memory_budget
 
 from synthesis_bank.label_mapping import source_roles, source_to_scheme
@@ -226,13 +226,14 @@ class CaseRunner:
         recipe = self.recipe
         # header only: an absurd voxel size fails here in milliseconds, before any voxel (the source label's
         # too) is read, TotalSegmentator runs or a swap storm starts
-        check_memory_budget(nib.load(str(item.source.image)), recipe.spacing, name=str(item.source.image))
+        ct_header = open_header(item.source.image, "source CT")  # size, file and field-of-view checks
+        check_memory_budget(ct_header, recipe.spacing, name=str(item.source.image))
         avoid = None
         source_label = None
         seg = str(item.source.seg) if item.source.seg else None
         organ_from_source = False
         if item.source.label is not None:
-            label_img = nib.load(str(item.source.label))
+            label_img = open_header(item.source.label, "source label", like=ct_header)  # no voxel read yet
             source_label = np.asarray(label_img.dataobj)
             if item.source.label_classes:   # the source's own classes, read as organ / other organ / lesion
                 roles = source_roles(dict(item.source.label_classes), item.organ)
@@ -240,7 +241,8 @@ class CaseRunner:
                 if organ_from_source:   # the annotated organ (with its lesions) is the organ segmentation
                     inside = [v for v, role in roles.items() if role in ("organ", "lesion")]
                     seg = str(work / "organ_from_label.nii.gz")
-                    nib.save(nib.Nifti1Image(np.isin(source_label, inside).astype(np.uint8), label_img.affine), seg)
+                    atomic_save_nifti(nib.Nifti1Image(np.isin(source_label, inside).astype(np.uint8),
+                                                      label_img.affine), seg)  # a full disk names the file
                 source_label = source_to_scheme(source_label, roles, recipe.label_scheme, file=str(item.source.label))
             avoid = nib.Nifti1Image(existing_lesions(source_label, recipe.label_scheme).astype(np.uint8),
                                     label_img.affine, label_img.header)

@@ -35,9 +35,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _check_out_location(out: str | Path) -> None:
+    """Refuse a bank inside our own packages; warn about one inside a source checkout (issue 22)."""
+    from ld_augment.settings import source_tree_of
+
+    found = source_tree_of(out)
+    if found is None:
+        return
+    kind, where = found
+    if kind == "package":
+        raise ConfigError(f"--out {out} lies inside the installed package {where}; write the bank elsewhere")
+    logging.getLogger("synthesis_bank").warning(
+        "--out %s lies inside the ld-augment source checkout %s: GBs of NIfTI there end up in git status, "
+        "editable installs and test runs; prefer a folder outside it", out, where)
+
+
 def _build(args: argparse.Namespace) -> int:
     from synthesis_bank.builder import build_bank
 
+    _check_out_location(args.out)
     summary = build_bank(args.recipe, args.out, resume=args.resume, shard=args.shard, progress=not args.no_progress,
                          allow_pickle=args.allow_pickle, force_recipe_change=args.force_recipe_change,
                          case_timeout_s=args.case_timeout, llm_timeout_s=args.llm_timeout, llm_retries=args.llm_retries,

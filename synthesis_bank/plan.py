@@ -21,6 +21,9 @@ from synthesis_bank.recipe import LLM, Recipe
 from synthesis_bank.sources import Source, enumerate_sources, safe_id
 
 SEED_SPACE = 2**32
+#: Cases one plan may hold (each WorkItem is ~1 KB, each case minutes of synthesis): 10^6 is weeks of GPU time
+#: and about 1 GB of plan, so anything beyond is a typo, refused before planning.
+MAX_PLAN_ITEMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,11 @@ def plan_item(recipe: Recipe, source: Source, variant: int) -> WorkItem:
 def plan_build(recipe: Recipe, sources: list[Source] | None = None) -> list[WorkItem]:
     """All work items of the recipe, sources in stable order, variants 0..variants_per_source-1."""
     sources = enumerate_sources(recipe) if sources is None else sources
+    count = len(sources) * int(recipe.variants_per_source)  # counted before a single item is made
+    if count > MAX_PLAN_ITEMS:
+        raise ConfigError(f"{recipe.origin}: {len(sources)} source(s) x {recipe.variants_per_source} variant(s) = "
+                          f"{count} cases; a build plans at most {MAX_PLAN_ITEMS}: lower variants_per_source or "
+                          "split the sources into several banks")
     items = [plan_item(recipe, src, v) for src in sources for v in range(recipe.variants_per_source)]
     seen: dict[str, str] = {}
     for item in items:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, brief
+from ld_augment.io.textfile import MAX_CONFIG_BYTES, read_bytes_bounded
 from ld_augment.pipeline.preprocess import MAX_LESIONS_PER_CASE
 
 from synthesis_bank import vocabulary
@@ -45,6 +46,9 @@ DEFAULT_LABEL_SCHEME = {"background": 0, "organ": 1, "lesion": 2}
 SOURCE_KINDS = ("folder", "list_file", "nnunet_raw")
 SEGMENTATION_MODES = ("totalsegmentator", "error")
 LLM = "llm"
+#: Variants per source CT: far above any useful bank (each is a full synthesis), far below what would take
+#: the planner's memory (the probe: 10^12 variants planned eagerly reached 1.8 GB in 2 minutes).
+MAX_VARIANTS_PER_SOURCE = 10_000
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class Recipe:
         valid = [f.name for f in fields(cls) if f.name != "origin"]
         unknown = sorted(set(data) - set(valid))
         if unknown:
-            raise ConfigError(f"{origin}: unknown recipe key(s) {unknown}; valid keys: {valid}")
+            raise ConfigError(f"{origin}: unknown recipe key(s) {brief(unknown)}; valid keys: {valid}")
         for required in ("sources", "organs", "lesion_types"):
             if required not in data:
                 raise ConfigError(f"{origin}: missing required key '{required}'")
@@ -140,7 +144,8 @@ class Recipe:
             attributes=attributes,
             report_writer=writer,
             lesions_per_case=v.count_range("lesions_per_case", data.get("lesions_per_case", 1)),
-            variants_per_source=v.positive_int("variants_per_source", data.get("variants_per_source", 1)),
+            variants_per_source=v.bounded_int("variants_per_source", data.get("variants_per_source", 1),
+                                              MAX_VARIANTS_PER_SOURCE),
             engine=v.engine(data.get("engine") or {}),
             seed=v.non_negative_int("seed", data.get("seed", 0)),
             label_scheme=v.label_scheme(data.get("label_scheme", DEFAULT_LABEL_SCHEME)),
@@ -175,25 +180,72 @@ class Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Load a recipe from a .yaml/.yml/.json file; relative paths inside resolve against the file's folder."""
+    """Load a recipe from a .yaml/.yml/.json file; relative paths inside resolve against the file's folder.
+
+    At most MAX_CONFIG_BYTES; YAML anchors/aliases and duplicate keys (YAML and JSON) are refused with their
+    line: an alias can expand a few lines into gigabytes, and a duplicate key silently took the last value.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes_bounded(path, what="recipe", limit=MAX_CONFIG_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); save the recipe as "
                           "UTF-8 YAML or JSON") from None
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_json_object)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_strict_yaml(text)
+    except _DuplicateOrAlias as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except Exception as exc:  # json.JSONDecodeError or yaml.YAMLError: both mean "not a parseable recipe"
         raise ConfigError(f"{path}: cannot parse recipe: {_parse_problem(exc)}") from None
     return Recipe.from_dict(data or {}, origin=path, base_dir=path.resolve().parent)
+
+
+class _DuplicateOrAlias(ValueError):
+    """A recipe construct refused on purpose (its message names the line)."""
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateOrAlias(f"duplicate key {brief(key)} in a JSON object; give each key once")
+        out[key] = value
+    return out
+
+
+def load_strict_yaml(text: str) -> Any:
+    """yaml.safe_load without anchors/aliases (refused: "billion laughs") and without duplicate keys."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+                raise _DuplicateOrAlias(f"YAML {kind} {brief(event.anchor)} (line {event.start_mark.line + 1}): "
+                                        "anchors and aliases are not accepted in a recipe; write the value out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor names it below
+                if first != line:
+                    raise _DuplicateOrAlias(f"duplicate key {brief(key)} on line {line} (first on line {first}); "
+                                            "give each key once")
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _parse_problem(exc: Exception) -> str:
@@ -219,7 +271,7 @@ class _Validator:
 
     def path(self, key: str, value: Any, *, kind: str) -> Path:
         if not isinstance(value, (str, Path)) or not str(value):
-            raise self.fail(key, f"expected a path, got {value!r}")
+            raise self.fail(key, f"expected a path, got {brief(value)}")
         p = Path(value).expanduser()
         p = p if p.is_absolute() else (self.base / p)
         ok = p.is_dir() if kind == "dir" else p.is_file()
@@ -229,11 +281,11 @@ class _Validator:
 
     def sources(self, value: Any) -> Sources:
         if not isinstance(value, Mapping):
-            raise self.fail("sources", f"expected a mapping with one of {list(SOURCE_KINDS)}, got {value!r}")
+            raise self.fail("sources", f"expected a mapping with one of {list(SOURCE_KINDS)}, got {brief(value)}")
         kinds = [k for k in SOURCE_KINDS if k in value]
         unknown = sorted(set(value) - set(SOURCE_KINDS) - {"segmentations"})
         if unknown:
-            raise self.fail("sources", f"unknown key(s) {unknown}; valid keys: {list(SOURCE_KINDS) + ['segmentations']}")
+            raise self.fail("sources", f"unknown key(s) {brief(unknown)}; valid keys: {list(SOURCE_KINDS) + ['segmentations']}")
         if len(kinds) != 1:
             raise self.fail("sources", f"give exactly one of {list(SOURCE_KINDS)}, got {kinds or 'none'}")
         kind = kinds[0]
@@ -255,16 +307,16 @@ class _Validator:
             value = {value: 1.0}
         elif isinstance(value, (list, tuple)):
             if len(set(value)) != len(value):
-                raise self.fail(key, f"duplicate entries in {list(value)}")
+                raise self.fail(key, f"duplicate entries in {brief(list(value))}")
             value = {v: 1.0 for v in value}
         if not isinstance(value, Mapping) or not value:
-            raise self.fail(key, f"expected a value, a list, or {{value: weight}}, got {value!r}")
+            raise self.fail(key, f"expected a value, a list, or {{value: weight}}, got {brief(value)}")
         out: dict[str, float] = {}
         for name, weight in value.items():
             if not isinstance(name, str) or not name.strip():
-                raise self.fail(key, f"choice names must be non-empty strings, got {name!r}")
+                raise self.fail(key, f"choice names must be non-empty strings, got {brief(name)}")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-                raise self.fail(key, f"weight of {name!r} must be a positive number, got {weight!r}")
+                raise self.fail(key, f"weight of {brief(name)} must be a positive number, got {brief(weight)}")
             out[name] = float(weight)
         total = sum(out.values())
         return {k: w / total for k, w in out.items()}
@@ -274,7 +326,7 @@ class _Validator:
         if allowed is not None:
             bad = [k for k in out if k not in allowed]
             if bad:
-                raise self.fail(key, f"unknown value(s) {bad}; choices: {allowed}")
+                raise self.fail(key, f"unknown value(s) {brief(bad)}; choices: {allowed}")
         return out
 
     def organs(self, value: Any) -> dict[str, float]:
@@ -290,7 +342,7 @@ class _Validator:
 
     def attributes(self, value: Any, writer: str | LlmWriter) -> dict[str, Any]:
         if not isinstance(value, Mapping):
-            raise self.fail("attributes", f"expected a mapping of attribute -> value | {{choices: ...}} | 'llm', got {value!r}")
+            raise self.fail("attributes", f"expected a mapping of attribute -> value | {{choices: ...}} | 'llm', got {brief(value)}")
         out: dict[str, Any] = {}
         for name, spec in value.items():
             key = f"attributes.{name}"
@@ -305,12 +357,12 @@ class _Validator:
                 continue
             if isinstance(spec, Mapping):
                 if set(spec) != {"choices"}:
-                    raise self.fail(key, f"a mapping must be {{choices: {{value: weight}}}}, got keys {sorted(spec)}")
+                    raise self.fail(key, f"a mapping must be {{choices: {{value: weight}}}}, got keys {brief(sorted(map(str, spec)))}")
                 choices = self.choices(key, spec["choices"])
             elif isinstance(spec, str):
                 choices = {spec: 1.0}
             else:
-                raise self.fail(key, f"expected a value, {{choices: {{value: weight}}}} or 'llm', got {spec!r}")
+                raise self.fail(key, f"expected a value, {{choices: {{value: weight}}}} or 'llm', got {brief(spec)}")
             normalized: dict[str, float] = {}
             for val, p in choices.items():
                 try:
@@ -329,21 +381,21 @@ class _Validator:
             unknown = sorted(set(llm) - {"base_url", "model", "timeout_s", "max_retries"})
             if unknown or not all(isinstance(llm.get(k), str) and llm.get(k) for k in ("base_url", "model")):
                 raise self.fail("report_writer.llm", f"needs base_url and model (strings) and optionally timeout_s "
-                                                     f"and max_retries, got {dict(llm)}")
+                                                     f"and max_retries, got {brief(dict(llm))}")
             timeout = llm.get("timeout_s", 30.0)
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-                raise self.fail("report_writer.llm.timeout_s", f"expected seconds in (0, 3600], got {timeout!r}")
+                raise self.fail("report_writer.llm.timeout_s", f"expected seconds in (0, 3600], got {brief(timeout)}")
             retries = self.non_negative_int("report_writer.llm.max_retries", llm.get("max_retries", 3))
             if retries > 20:
                 raise self.fail("report_writer.llm.max_retries", f"at most 20, got {retries}")
             return LlmWriter(base_url=llm["base_url"], model=llm["model"], timeout_s=float(timeout), max_retries=retries)
-        raise self.fail("report_writer", f"expected 'offline' or {{llm: {{base_url, model}}}}, got {value!r}")
+        raise self.fail("report_writer", f"expected 'offline' or {{llm: {{base_url, model}}}}, got {brief(value)}")
 
     def count_range(self, key: str, value: Any, limit: int = MAX_LESIONS_PER_CASE) -> tuple[int, int]:
         if isinstance(value, (list, tuple)) and len(value) == 2:
             lo, hi = (self.positive_int(key, v) for v in value)
             if lo > hi:
-                raise self.fail(key, f"[min, max] needs min <= max, got {list(value)}")
+                raise self.fail(key, f"[min, max] needs min <= max, got {brief(list(value))}")
         else:
             lo = hi = self.positive_int(key, value)
         if hi > limit:
@@ -352,7 +404,12 @@ class _Validator:
 
     def _int(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}")
+            raise self.fail(key, f"expected an integer, got {brief(value)}")
+        return value
+
+    def bounded_int(self, key: str, value: Any, high: int) -> int:
+        if self.positive_int(key, value) > high:
+            raise self.fail(key, f"at most {high}, got {value}")
         return value
 
     def positive_int(self, key: str, value: Any) -> int:
@@ -367,26 +424,26 @@ class _Validator:
 
     def one_of(self, key: str, value: Any, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
-            raise self.fail(key, f"unknown value {value!r}; choices: {list(allowed)}")
+            raise self.fail(key, f"unknown value {brief(value)}; choices: {list(allowed)}")
         return value
 
     def boolean(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
+            raise self.fail(key, f"expected true or false, got {brief(value)}")
         return value
 
     def string(self, key: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise self.fail(key, f"expected a string, got {value!r}")
+            raise self.fail(key, f"expected a string, got {brief(value)}")
         return value
 
     def engine(self, value: Any) -> EngineSpec:
         if not isinstance(value, Mapping):
-            raise self.fail("engine", f"expected a mapping, got {value!r}")
+            raise self.fail("engine", f"expected a mapping, got {brief(value)}")
         valid = ["mask", "texture", "mask_options", "texture_options", "device"]
         unknown = sorted(set(value) - set(valid))
         if unknown:
-            raise self.fail("engine", f"unknown key(s) {unknown}; valid keys: {valid}")
+            raise self.fail("engine", f"unknown key(s) {brief(unknown)}; valid keys: {valid}")
         mask = self.one_of("engine.mask", value.get("mask", "procedural"), vocabulary.engine_names("mask"))
         texture = self.one_of("engine.texture", value.get("texture", "procedural"), vocabulary.engine_names("texture"))
         options = {role: self.engine_options(f"engine.{role}_options", value.get(f"{role}_options") or {})
@@ -400,7 +457,7 @@ class _Validator:
     def engine_options(self, key: str, value: Any) -> dict[str, Any]:
         """Keyword options for an engine; weight paths must exist (encoder_weights may be a folder)."""
         if not isinstance(value, Mapping):
-            raise self.fail(key, f"expected a mapping of engine options, got {value!r}")
+            raise self.fail(key, f"expected a mapping of engine options, got {brief(value)}")
         forbidden = [name for name in FORBIDDEN_OPTIONS if name in value]
         if forbidden:
             raise self.fail(f"{key}.{forbidden[0]}", "not allowed in a recipe (it lets a checkpoint run code when "
@@ -415,7 +472,7 @@ class _Validator:
 
     def device(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not _DEVICE_RE.match(value):
-            raise self.fail(key, f"expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+            raise self.fail(key, f"expected 'cpu', 'cuda' or 'cuda:N', got {brief(value)}")
         return value
 
     def check_engine_signature(self, key: str, role: str, engine: str, options: Mapping[str, Any]) -> None:
@@ -425,12 +482,12 @@ class _Validator:
         try:
             params = engine_parameters(role, engine)
         except ImportError as exc:
-            raise self.fail(key, f"cannot import the {role} engine {engine!r} to check its options: {exc}") from None
+            raise self.fail(key, f"cannot import the {role} engine {brief(engine)} to check its options: {exc}") from None
         open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
         params = {k: p for k, p in params.items() if p.kind != p.VAR_KEYWORD}
         unknown = [] if open_ended else sorted(set(options) - set(params))
         if unknown:
-            raise self.fail(key, f"unknown option(s) {unknown} for the {role} engine {engine!r}; valid: {sorted(params)}")
+            raise self.fail(key, f"unknown option(s) {brief(unknown)} for the {role} engine {brief(engine)}; valid: {sorted(params)}")
         for name, val in options.items():
             if name == "device":
                 self.device(f"{key}.device", val)
@@ -444,17 +501,17 @@ class _Validator:
     def label_scheme(self, value: Any) -> dict[str, int]:
         allowed = ("background", "organ", "lesion", "ignore")  # ignore: nnU-Net's ignore label, the highest id
         if not isinstance(value, Mapping):
-            raise self.fail("label_scheme", f"expected {{background: 0, organ: 1, lesion: 2}}, got {value!r}")
+            raise self.fail("label_scheme", f"expected {{background: 0, organ: 1, lesion: 2}}, got {brief(value)}")
         unknown = sorted(set(value) - set(allowed))
         if unknown:
-            raise self.fail("label_scheme", f"unknown class name(s) {unknown}; valid: {list(allowed)}")
+            raise self.fail("label_scheme", f"unknown class name(s) {brief(unknown)}; valid: {list(allowed)}")
         if value.get("background") != 0 or "lesion" not in value:
-            raise self.fail("label_scheme", f"needs background: 0 and a lesion label, got {dict(value)}")
+            raise self.fail("label_scheme", f"needs background: 0 and a lesion label, got {brief(dict(value))}")
         ids = [self.non_negative_int(f"label_scheme.{k}", v) for k, v in value.items()]
         if sorted(ids) != list(range(len(ids))):
-            raise self.fail("label_scheme", f"label ids must be distinct and consecutive from 0 (nnU-Net), got {dict(value)}")
+            raise self.fail("label_scheme", f"label ids must be distinct and consecutive from 0 (nnU-Net), got {brief(dict(value))}")
         if "ignore" in value and value["ignore"] != max(ids):
-            raise self.fail("label_scheme", f"the ignore label must be the highest id (nnU-Net), got {dict(value)}")
+            raise self.fail("label_scheme", f"the ignore label must be the highest id (nnU-Net), got {brief(dict(value))}")
         return dict(sorted(value.items(), key=lambda kv: kv[1]))
 
     def spacing(self, value: Any) -> tuple[float, float, float]:
@@ -463,13 +520,13 @@ class _Validator:
         if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value
         ):
-            raise self.fail("spacing", f"expected three positive numbers (mm), got {value!r}")
+            raise self.fail("spacing", f"expected three positive numbers (mm), got {brief(value)}")
         return tuple(float(v) for v in value)  # type: ignore[return-value]
 
     def dataset_name(self, value: Any) -> str:
         name = self.string("dataset_name", value)
         if not name or not all(c.isalnum() or c in "_-" for c in name):
-            raise self.fail("dataset_name", f"use letters, digits, '_' or '-' (an nnU-Net dataset name), got {name!r}")
+            raise self.fail("dataset_name", f"use letters, digits, '_' or '-' (an nnU-Net dataset name), got {brief(name)}")
         return name
 
     def dataset_id(self, value: Any) -> int | None:
@@ -507,4 +564,4 @@ def _type_problem(default: Any, value: Any) -> str | None:
         want = f"a list of {len(default)} numbers"
     else:
         return None
-    return None if ok else f"expected {want} (default {default!r}), got {value!r}"
+    return None if ok else f"expected {want} (default {brief(default)}), got {brief(value)}"

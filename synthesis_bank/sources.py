@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ld_augment.errors import ConfigError
 from ld_augment.io.nifti import NIFTI_SUFFIXES, strip_nifti_suffix
+from ld_augment.io.textfile import MAX_LIST_BYTES, read_bytes_bounded, read_text_bounded
 
 from synthesis_bank.label_mapping import names_organ, source_roles
 from synthesis_bank.recipe import Recipe
@@ -72,7 +73,7 @@ def _from_list_file(recipe: Recipe) -> list[Source]:
     NIfTI path: a list_file pointed at the wrong (maybe private) file must not leak its contents."""
     list_file = recipe.sources.path
     try:
-        text = list_file.read_text(encoding="utf-8")
+        text = read_bytes_bounded(list_file, what="list file", limit=MAX_LIST_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{list_file}: not a UTF-8 text list file (byte {exc.start}); expected lines "
                           "'ct_path[,seg_path]'") from None
@@ -103,7 +104,7 @@ def _from_nnunet_raw(recipe: Recipe) -> list[Source]:
     if not ds_file.is_file():
         raise ConfigError(f"{root}: nnU-Net raw dataset has no dataset.json")
     try:
-        ds = json.loads(ds_file.read_text(encoding="utf-8"))
+        ds = json.loads(read_text_bounded(ds_file, what="dataset.json", limit=MAX_LIST_BYTES))
     except ValueError as exc:
         raise ConfigError(f"{ds_file}: not valid JSON: {exc}") from exc
     ending = ds.get("file_ending", ".nii.gz")

@@ -10,17 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ld_augment.errors import ConfigError, LdAugmentError
+from ld_augment.errors import ConfigError, LdAugmentError, describe_os_error
+from ld_augment.io.textfile import MAX_LIST_BYTES, read_text_bounded
 
 EXIT_ERROR = 2
 log = logging.getLogger("ld_augment.cli")
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'<path>: <reason>' (both paths for a rename), never a bare '[Errno 28]'."""
-    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{where}: {reason}" if where else reason
 
 
 def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) -> int:
@@ -35,7 +29,8 @@ def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) ->
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work is kept", file=sys.stderr)
         return 130
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    print(f"{prog}: error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)  # the promise: one line
     return EXIT_ERROR
 
 
@@ -54,7 +49,7 @@ def parse_json_arg(text: str, what: str) -> dict:
     """A JSON object given inline or as a path to a .json file."""
     path = Path(text)
     try:
-        raw = path.read_text(encoding="utf-8") if path.is_file() else text
+        raw = read_text_bounded(path, what=what) if path.is_file() else text
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what}: neither a JSON file nor inline JSON ({exc})") from exc
@@ -127,11 +122,5 @@ def parse_crop(text: str) -> tuple[int, int, int]:
 
 def read_list_file(path: str | Path) -> list[str]:
     """Non-empty, non-comment lines of a list file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"list file {p} not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:  # never echo the bytes: a wrong path may point at a private file
-        raise ConfigError(f"list file {p} is not UTF-8 text (byte {exc.start})") from None
+    text = read_text_bounded(path, what="list file", limit=MAX_LIST_BYTES)
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]

@@ -52,7 +52,6 @@ def _writer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ld_augment.pipeline.batch import run_batch
     from ld_augment.pipeline.preprocess import preprocess_case
 
     seg_opts = {"fast": args.fast, "device": args.device, "statistics": args.totalseg_statistics}
@@ -62,15 +61,12 @@ def run(args: argparse.Namespace) -> int:
                                     ("--lesion-type", args.lesion_type), ("--out", args.out)) if not v]
     if missing:
         raise ConfigError(f"preprocess needs {', '.join(missing)} (or the FILELIST EXP_NAME ATTRIBUTES form)")
-    job = lambda image: preprocess_case(  # noqa: E731
-        image, args.out, organ=args.organ, lesion_type=args.lesion_type, seg=args.seg,
-        attributes=parse_attr(args.attr), num_lesions=args.num_lesions, spacing=args.spacing,
-        report_writer=_writer(args), seed=args.seed, shrink=args.shrink, segment_options=seg_opts)
-    report = run_batch([(Path(args.image).name, args.image)], job, desc="preprocess", progress=False)
-    print(report.table(), file=sys.stderr)
-    if report.exit_code == 0:
-        print(f"case folder: {args.out}")
-    return report.exit_code
+    # one CT: its error is the command's error (one line, exit 2), not a failed row of a batch table (exit 1)
+    preprocess_case(args.image, args.out, organ=args.organ, lesion_type=args.lesion_type, seg=args.seg,
+                    attributes=parse_attr(args.attr), num_lesions=args.num_lesions, spacing=args.spacing,
+                    report_writer=_writer(args), seed=args.seed, shrink=args.shrink, segment_options=seg_opts)
+    print(f"case folder: {args.out}")
+    return 0
 
 
 def _run_legacy(args: argparse.Namespace, seg_opts: dict) -> int:

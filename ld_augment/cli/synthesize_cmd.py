@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
                   f"mask {secs['mask']:.2f}s, texture {secs['texture']:.2f}s", file=sys.stderr)
         return result
 
+    if len(cases) == 1:  # one case: its error is the command's error (one line, exit 2)
+        job(cases[0])
+        return 0
     report = run_batch([(c.name, c) for c in cases], job, desc="synthesize", progress=not args.no_progress)
     print(report.table(), file=sys.stderr)
     return report.exit_code

@@ -54,6 +54,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # a write through a file object (gzip, json, a full disk) says "[Errno 28]" and no file: name the target
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

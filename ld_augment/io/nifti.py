@@ -8,6 +8,7 @@ and the problem. Inputs are never modified: the returned image holds its own in-
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Union
@@ -16,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ld_augment.errors import InputError
+from ld_augment.settings import MAX_MEMORY_ENV, memory_limit_bytes
 
 ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
 
@@ -29,6 +31,13 @@ def strip_nifti_suffix(name: str) -> str | None:
             return name[: -len(suffix)]
     return None
 
+
+#: No CT scanner images more than this (mm) across the patient (R, A) or along the body (S); a header claiming
+#: more has a wrong voxel size, and resampling it to 1 mm would allocate tens of GB.
+MAX_FIELD_OF_VIEW_MM = (1000.0, 1000.0, 2000.0)
+#: Deflate never compresses better than 1032:1, so a .nii.gz whose voxels would need more than this many
+#: times its size is truncated or lies about its shape (a 201-byte file claiming 4e9 voxels).
+DEFLATE_MAX_RATIO = 1032
 
 # An abdominal CT in Hounsfield units always holds air (about -1000) and soft tissue/bone (> 100).
 CT_MAX_AT_LEAST = 100.0
@@ -52,30 +61,116 @@ def describe(img_or_path: ImageLike) -> str:
     return str(filename) if filename else "<in-memory image>"
 
 
-def _open(img_or_path: ImageLike, what: str) -> tuple[nib.spatialimages.SpatialImage, np.ndarray, str]:
-    """Open a path (or take an image) and read its voxels, turning every failure into an InputError."""
+def _open(img_or_path: ImageLike, what: str, like: nib.spatialimages.SpatialImage | None = None,
+          like_name: str | None = None) -> tuple[nib.spatialimages.SpatialImage, np.ndarray, str]:
+    """Open a path (or take an image) and read its voxels, turning every failure into an InputError.
+
+    The header is checked before a voxel is read (`check_header`): a file that declares more voxels than memory
+    allows, than the file can hold, or another grid than `like` (the CT it accompanies) fails in milliseconds.
+    """
     name = describe(img_or_path)
     if isinstance(img_or_path, (str, os.PathLike)):
+        img = open_header(img_or_path, what, like=like, like_name=like_name)
         path = Path(img_or_path)
-        if not path.exists():
-            raise InputError(f"{what} file {path} does not exist")
-        if not path.is_file():
-            raise InputError(f"{what} path {path} is not a file")
-        if not path.name.lower().endswith(NIFTI_SUFFIXES):
-            raise InputError(f"{what} file {path} is not a NIfTI file (expected a .nii or .nii.gz name)")
         try:
-            img = nib.load(str(path))
             data = np.asanyarray(img.dataobj)
+        except MemoryError:
+            raise InputError(f"{what} file {path}: not enough memory to read its {img.shape} voxels") from None
         except Exception as exc:  # nibabel raises many types (ImageFileError, gzip/zlib/EOF errors)
-            raise InputError(f"{what} file {path} is not a readable NIfTI image: {exc}") from exc
+            raise InputError(f"{what} file {path} is not a readable NIfTI image: {_one_line(exc)}") from exc
     elif isinstance(img_or_path, nib.spatialimages.SpatialImage):
         img = img_or_path
+        if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            check_header(img, name, what, like=like, like_name=like_name)
         data = np.asanyarray(img.dataobj)
     else:
         raise InputError(f"{what}: expected a path or a nibabel image, got {type(img_or_path).__name__}")
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{what} {name} is a {type(img).__name__}, not a NIfTI image")
     return img, data, name
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def open_header(path: str | os.PathLike, what: str, like: nib.spatialimages.SpatialImage | None = None,
+                like_name: str | None = None) -> nib.spatialimages.SpatialImage:
+    """nibabel's lazy image of a NIfTI file after `check_header` (no voxel is read): the one way to open a
+    user's file, so every input (CT, segmentation, label map, avoid map) gets the same size checks."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"{what} path {path} is not a file")
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise InputError(f"{what} file {path} is not a NIfTI file (expected a .nii or .nii.gz name)")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types (ImageFileError, gzip/zlib/EOF errors)
+        raise InputError(f"{what} file {path} is not a readable NIfTI image: {_one_line(exc)}") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{what} {path} is a {type(img).__name__}, not a NIfTI image")
+    check_header(img, str(path), what, path=path, like=like, like_name=like_name)
+    return img
+
+
+def _in_memory_itemsize(img: nib.spatialimages.SpatialImage) -> int:
+    """Bytes per voxel once read: scaled integers (scl_slope/scl_inter) come back as floats."""
+    dtype = np.dtype(img.get_data_dtype())
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    scaled = (np.isfinite(slope) and slope not in (0.0, 1.0)) or (np.isfinite(inter) and inter != 0.0)
+    return max(dtype.itemsize, 8) if scaled and dtype.kind in "iub" else dtype.itemsize
+
+
+def field_of_view_mm(shape, affine: np.ndarray) -> tuple[float, float, float]:
+    """World extent (R, A, S, mm) of a voxel grid: the box its voxels cover, whatever the storage order."""
+    dims = np.asarray([int(n) for n in tuple(shape)[:3]], float)
+    return tuple(float(v) for v in np.abs(np.asarray(affine, float)[:3, :3]) @ dims)  # type: ignore[return-value]
+
+
+def check_header(img: nib.spatialimages.SpatialImage, name: str, what: str, *, path: Path | None = None,
+                 like: nib.spatialimages.SpatialImage | None = None, like_name: str | None = None) -> None:
+    """Refuse, from the header alone, what would only fail after allocating its voxels.
+
+    * memory: shape x bytes per voxel over $LD_AUGMENT_MAX_MEMORY_GB;
+    * the file: fewer bytes on disk than the declared voxels (for .nii.gz: than 1/1032 of them);
+    * plausibility: a grid covering more than MAX_FIELD_OF_VIEW_MM (no scanner does; the voxel size is wrong);
+    * `like`: a segmentation/label map on another grid than the CT it accompanies.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) < 3:
+        return  # _as_3d names a 2D image after the (small) read
+    who = name if what == name else f"{what} {name}"  # callers often name a file by its path
+    voxels = math.prod(shape)
+    dtype = np.dtype(img.get_data_dtype())
+    need = voxels * _in_memory_itemsize(img)
+    limit = memory_limit_bytes()
+    if need > limit:
+        raise InputError(
+            f"{who}: its header declares {shape} voxels of {dtype.name}, {need / 2**30:.1f} GB in memory, "
+            f"over the limit of {limit / 2**30:.1f} GB; the file's header is wrong, or raise {MAX_MEMORY_ENV}")
+    if path is not None:
+        on_disk = path.stat().st_size
+        stored = int(getattr(img.header, "get_data_offset", lambda: 0)() or 0) + voxels * dtype.itemsize
+        gz = path.name.lower().endswith(".gz")
+        if (on_disk * DEFLATE_MAX_RATIO if gz else on_disk) < stored:
+            held = f"a {on_disk}-byte {'gzip ' if gz else ''}file cannot hold them"
+            raise InputError(f"{who}: its header declares {shape} voxels of {dtype.name} "
+                             f"({stored} bytes) but {held}: the file is truncated or its header is wrong")
+    affine = np.asarray(img.affine, float)
+    if np.all(np.isfinite(affine)):
+        fov = field_of_view_mm(shape, affine)
+        if any(f > m for f, m in zip(fov, MAX_FIELD_OF_VIEW_MM)):
+            zooms = tuple(round(float(z), 3) for z in img.header.get_zooms()[:3])
+            raise InputError(
+                f"{who}: {shape[:3]} voxels of {zooms} mm span {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm "
+                f"(R x A x S); no CT covers more than {MAX_FIELD_OF_VIEW_MM[0]:.0f} mm across the body or "
+                f"{MAX_FIELD_OF_VIEW_MM[2]:.0f} mm along it: check the voxel size in the file's header")
+    if like is not None:
+        check_same_grid(like, img, name_a=like_name or describe(like), name_b=name)
 
 
 def _as_3d(data: np.ndarray, name: str, what: str) -> np.ndarray:
@@ -169,13 +264,15 @@ def label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def load_label_map(img_or_path: ImageLike, *, name: str = "segmentation") -> nib.Nifti1Image:
+def load_label_map(img_or_path: ImageLike, *, name: str = "segmentation",
+                   like: nib.spatialimages.SpatialImage | None = None, like_name: str | None = None) -> nib.Nifti1Image:
     """Load and validate a label map (3D, finite, integer-valued, non-negative) as an integer-typed image.
 
     Float-stored label maps (common: the LesionDiffusion demo labels are float32) are accepted when every
-    value is a whole number, and converted to the smallest fitting integer type.
+    value is a whole number, and converted to the smallest fitting integer type. `like` (the CT it belongs to)
+    is compared with the header before any voxel is read: a map on another grid never allocates.
     """
-    img, data, label = _open(img_or_path, name)
+    img, data, label = _open(img_or_path, name, like=like, like_name=like_name)
     data = _as_3d(data, label, name)
     _check_geometry(img, label, name, _stored_zooms(img_or_path, img))
     if data.dtype == bool:
@@ -212,16 +309,31 @@ def check_same_grid(
     A segmentation on another grid would put the organ, and so the lesion, in the wrong place silently.
     """
     shape_a, shape_b = tuple(img_a.shape[:3]), tuple(img_b.shape[:3])
+    who_a, who_b = _named(name_a, img_a), _named(name_b, img_b)
     if shape_a != shape_b:
         raise InputError(
-            f"{name_a} ({describe(img_a)}) and {name_b} ({describe(img_b)}) have different shapes "
+            f"{who_a} and {who_b} have different shapes "
             f"{shape_a} and {shape_b}; they must be on the same voxel grid"
         )
     diff = float(np.max(np.abs(np.asarray(img_a.affine, float) - np.asarray(img_b.affine, float))))
     if not diff <= atol:
         raise InputError(
-            f"{name_a} ({describe(img_a)}) and {name_b} ({describe(img_b)}) have different affines "
-            f"(max difference {diff:.4g} > {atol:g}); they must be on the same voxel grid.\n"
-            f"{name_a} affine:\n{np.asarray(img_a.affine).round(4)}\n"
-            f"{name_b} affine:\n{np.asarray(img_b.affine).round(4)}"
+            f"{who_a} and {who_b} have different affines "
+            f"(max difference {diff:.4g} > {atol:g}; {name_a}: {_grid_words(img_a.affine)}; "
+            f"{name_b}: {_grid_words(img_b.affine)}); they must be on the same voxel grid"
         )
+
+
+def _named(name: str, img: nib.spatialimages.SpatialImage) -> str:
+    """'CT (/data/ct.nii.gz)', or just the name when the file adds nothing (same path, in-memory image)."""
+    where = describe(img)
+    return name if where in (name, "<in-memory image>") else f"{name} ({where})"
+
+
+def _grid_words(affine: np.ndarray) -> str:
+    """'spacing (0.8, 0.8, 2.5) mm, origin (-200.0, -180.0, 30.0) mm': an affine in one line of a message."""
+    a = np.asarray(affine, float)
+    spacing = tuple(round(float(v), 4) for v in np.linalg.norm(a[:3, :3], axis=0))
+    origin = tuple(round(float(v), 2) for v in a[:3, 3])
+    axes = "".join(nib.aff2axcodes(a))
+    return f"orientation {axes}, spacing {spacing} mm, origin {origin} mm"

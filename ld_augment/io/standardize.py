@@ -18,6 +18,7 @@ import numpy as np
 from nibabel.processing import resample_from_to, resample_to_output, vox2out_vox
 
 from ld_augment.errors import ConfigError, InputError
+from ld_augment.settings import DEFAULT_MAX_MEMORY_GB, MAX_MEMORY_ENV, memory_limit_bytes  # noqa: F401 (re-exported)
 from ld_augment.io.geometry import (  # noqa: F401  (re-exported: the write-back helpers live beside this)
     VoxelBox,
     as_voxel_box,
@@ -35,10 +36,6 @@ __all__ = [
 ]
 
 DEFAULT_SPACING = (1.0, 1.0, 1.0)
-#: Memory one standardization may use unless LD_AUGMENT_MAX_MEMORY_GB says otherwise: sized for a 24 GB
-#: machine, leaving room for the networks, TotalSegmentator and the OS.
-DEFAULT_MAX_MEMORY_GB = 16.0
-MAX_MEMORY_ENV = "LD_AUGMENT_MAX_MEMORY_GB"
 # Working copies: the stored voxels plus a float32 copy of the input and its reoriented copy (_voxels,
 # as_closest_canonical), and two float32-sized volumes in the standardized grid: the interpolated CT itself
 # (measured: one copy in standardize_image) plus what a case keeps beside it there (segmentation, organ and
@@ -112,20 +109,6 @@ def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
         raise ConfigError(f"spacing must be three positive numbers in mm, got {spacing!r}")
     return values  # type: ignore[return-value]
-
-
-def memory_limit_bytes() -> int:
-    """The standardization memory budget: $LD_AUGMENT_MAX_MEMORY_GB (read at call time) or the default."""
-    raw = os.environ.get(MAX_MEMORY_ENV)
-    if raw is None or not raw.strip():
-        return int(DEFAULT_MAX_MEMORY_GB * 2**30)
-    try:
-        gb = float(raw)
-    except ValueError:
-        raise ConfigError(f"{MAX_MEMORY_ENV}={raw!r}: expected a number of GB (e.g. 16)") from None
-    if not (np.isfinite(gb) and gb > 0):
-        raise ConfigError(f"{MAX_MEMORY_ENV}={raw!r}: expected a positive number of GB")
-    return int(gb * 2**30)
 
 
 def estimate_standardize_bytes(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float],

@@ -8,10 +8,12 @@ encoder produced the training context, so a model is never silently paired with 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.settings import MAX_MEMORY_ENV, memory_limit_bytes
 from ld_augment.io.network_layout import RELEASED as RELEASED_LAYOUT
 from ld_augment.io.atomic import atomic_path
 from ld_augment.nets.config import LINET_RELEASED, LMNET_RELEASED, VQ_RELEASED, UNetConfig, VQConfig, config_from_dict
@@ -79,7 +82,8 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) file
+            _check_loadable_size(p)  # a legacy (non-zip) file is read whole, not mapped
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # a torn/foreign file, not a refused Python object
             raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated, corrupt or another format)") from None
@@ -87,16 +91,26 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
             raise CheckpointError(
                 f"{p}: the file holds pickled Python objects besides tensors, which weights_only=True refuses "
                 f"({_first_reason(exc)}). Lightning checkpoints can carry hyper-parameters this way. If the "
-                "file comes from a source you trust, pass allow_pickle=True (this runs code stored in the file), "
-                "or re-save only its 'state_dict'."
+                "file comes from a source you trust, pass --allow-pickle on the command line (allow_pickle=True "
+                "in Python; this runs code stored in the file), or re-save only its 'state_dict'."
             ) from None
         warnings.warn(f"{p}: loading with weights_only=False (allow_pickle=True)", stacklevel=3)
+        _check_loadable_size(p)
         try:
             return torch.load(p, map_location="cpu", weights_only=False)
         except (ModuleNotFoundError, AttributeError) as exc2:
             raise CheckpointError(f"{p}: unpickling needs code that is not installed ({exc2})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+
+
+def _check_loadable_size(path: Path) -> None:
+    """A checkpoint read whole (not memory-mapped) must fit the memory budget ($LD_AUGMENT_MAX_MEMORY_GB)."""
+    size, limit = path.stat().st_size, memory_limit_bytes()
+    if size > limit:
+        raise CheckpointError(f"{path}: {size / 2**30:.1f} GB to read into memory, over the limit of "
+                              f"{limit / 2**30:.1f} GB ({MAX_MEMORY_ENV}); re-save it with torch.save (a zip "
+                              "checkpoint is memory-mapped instead)")
 
 
 def _state_dict_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -182,9 +196,41 @@ def save_checkpoint(path: str | os.PathLike, module: nn.Module, cfg: UNetConfig 
         "encoder_id": encoder_id, "extra": _plain(dict(extra or {}), "extra"), "torch_version": str(torch.__version__),
         "state_dict": state,
     }
-    with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    return atomic_torch_save(payload, path, what="checkpoint")
+
+
+#: Below this much free space, a failed write is read as a full disk (torch's C++ writer drops the errno).
+_NEARLY_FULL_BYTES = 64 << 20
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "checkpoint") -> Path:
+    """torch.save through a temporary file and a rename, so a failed write leaves the previous file intact.
+
+    A failed write (a full disk, a quota) is one OSError naming `path`: torch's zip writer reports it as a
+    RuntimeError from inline_container.cc without errno or file, and its cleanup raises a second one.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".tmp") as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise _write_failure(path, what, exc.errno) from None
+    except RuntimeError as exc:
+        if "write" not in str(exc).lower():
+            raise
+        raise _write_failure(path, what, None) from None
+    return path
+
+
+def _write_failure(path: Path, what: str, code: int | None) -> OSError:
+    if code is None:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < _NEARLY_FULL_BYTES else errno.EIO
+        except OSError:
+            code = errno.EIO
+    reason = os.strerror(code)
+    kept = "the previous one is unchanged" if path.exists() else "nothing was written"
+    return OSError(code, f"cannot write the {what}: {reason} ({kept})", str(path))
 
 
 def load_checkpoint(path: str | os.PathLike, *, expected_encoder_id: str | None = None,

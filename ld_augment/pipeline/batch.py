@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
-from ld_augment.errors import LdAugmentError
+from ld_augment.errors import LdAugmentError, describe_os_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,12 +56,14 @@ def run_batch(items: Iterable[tuple[str, T]], job: Callable[[T], Any], *, desc: 
         t0 = time.perf_counter()
         try:
             result = job(item)
-        except LdAugmentError as exc:
-            log.error("%s: %s", name, exc)
-            report.outcomes.append(CaseOutcome(name, False, time.perf_counter() - t0, str(exc)))
+        except (LdAugmentError, OSError) as exc:  # a bad file, a full disk: one line naming the file
+            message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            log.error("%s: %s", name, message)
+            report.outcomes.append(CaseOutcome(name, False, time.perf_counter() - t0, message))
         except Exception as exc:  # noqa: BLE001 - a batch must survive any one case; the trace is logged
             log.error("%s: unexpected %s\n%s", name, type(exc).__name__, traceback.format_exc())
             report.outcomes.append(CaseOutcome(name, False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))
         else:
             report.outcomes.append(CaseOutcome(name, True, time.perf_counter() - t0, result=result))
     return report
+

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ld_augment.errors import InputError
+from ld_augment.io.textfile import read_text_bounded
 
 CASE_FORMAT = "ld-augment-case/1"
 CASE_FILES = {
@@ -43,7 +44,7 @@ class PreprocessedCase:
             raise InputError(f"{case_dir}: not a preprocessed case folder (no {CASE_FILES['case']}); "
                              "run `ld-augment preprocess` first")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(read_text_bounded(meta_path, what="case file", error=InputError))
         except json.JSONDecodeError as exc:
             raise InputError(f"{meta_path}: not valid JSON ({exc})") from exc
         if meta.get("format") != CASE_FORMAT:

@@ -88,14 +88,15 @@ def _obtain_segmentation(image: ImageArg, ct_img: nib.Nifti1Image, seg: ImageArg
                          workdir: Path, segment_options: dict[str, Any]) -> tuple[nib.Nifti1Image, str]:
     """The user's organ segmentation (checked against the CT's grid), or TotalSegmentator's."""
     if seg is not None:
-        seg_img = load_label_map(seg, name=str(seg) if not isinstance(seg, nib.Nifti1Image) else "segmentation")
+        seg_img = load_label_map(seg, name=str(seg) if not isinstance(seg, nib.Nifti1Image) else "segmentation",
+                                 like=ct_img, like_name=str(image))  # another grid fails before a voxel is read
         check_same_grid(ct_img, seg_img, name_a=str(image), name_b=str(seg))
         return seg_img, "user"
     from ld_augment.organs.totalseg import segment_organs  # only when no segmentation is given
 
     if not isinstance(image, (str, Path)):
         ct_path = workdir / "ct_for_totalseg.nii.gz"
-        nib.save(ct_img, str(ct_path))
+        atomic_save_nifti(ct_img, ct_path)  # a full disk names the file
     else:
         ct_path = Path(image)
     out = segment_organs(ct_path, workdir / "totalseg.nii.gz", organs=[organ], **segment_options)
@@ -149,7 +150,8 @@ def preprocess_case(
 
     occupied = np.zeros(target.shape, dtype=bool)
     if avoid is not None:
-        avoid_img = load_label_map(avoid, name=str(avoid) if isinstance(avoid, (str, Path)) else "avoid mask")
+        avoid_img = load_label_map(avoid, name=str(avoid) if isinstance(avoid, (str, Path)) else "avoid mask",
+                                   like=ct_img, like_name=str(image))
         check_same_grid(ct_img, avoid_img, name_a=str(image), name_b=str(avoid))
         occupied = np.asarray(standardize_image(avoid_img, spacing, is_label=True).dataobj) > 0
 

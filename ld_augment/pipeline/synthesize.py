@@ -117,7 +117,8 @@ def _source_organ_mask(case: PreprocessedCase, source_img: nib.Nifti1Image, orga
     seg_info = case.meta["segmentation"]
     seg_path = seg_info.get("path")
     if seg_path and Path(seg_path).is_file():
-        seg = np.asarray(load_label_map(seg_path, name=seg_path).dataobj)
+        seg = np.asarray(load_label_map(seg_path, name=seg_path, like=source_img,
+                                        like_name=str(case.meta["source"].get("path"))).dataobj)
         return organ_mask(seg, case.meta["organ"], version=seg_info["label_version"])
     full = VoxelBox((0, 0, 0), tuple(int(n) for n in source_img.shape[:3]))  # type: ignore[arg-type]
     return resample_region_to_source(organ_std, std_affine, source_img.shape, source_img.affine, full, order=0,

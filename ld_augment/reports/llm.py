@@ -6,25 +6,33 @@ differ in how strictly they honour schemas): a malformed or invalid answer is re
 an ``ExternalServiceError``, never half-used. Any OpenAI-compatible server works (OpenAI, a local vLLM or
 Ollama): base URL, model and key come from the arguments or OPENAI_BASE_URL / LD_LLM_MODEL / OPENAI_API_KEY,
 read when a report is written. The key is never logged or put in an error message.
+
+Every request ends within ``timeout_s`` of wall clock (a slow-dripping server included; see http_deadline) and
+reads at most 64 KB. An answer outside physical bounds (a size that is not a whole positive number, larger
+than the organ's box or than any lesion of its type, a CT value outside the HU range) or with keys the schema
+does not have is refused and retried like malformed JSON, never clamped into something usable.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ld_augment.errors import ConfigError, ExternalServiceError, MissingDependencyError
+from ld_augment.errors import ConfigError, ExternalServiceError, MissingDependencyError, brief
 from ld_augment.reports._organs import cavities_for
 from ld_augment.reports.model import (
     CAVITY, CT_VALUE, DENSITY, DENSITY_VARIATIONS, ENHANCEMENT, RELATIONSHIP, SHAPE, SPECIFIC_FEATURES, SURFACE,
     LesionReport,
 )
+from ld_augment.reports.http_deadline import MAX_RESPONSE_BYTES, deadline_client, too_large
 from ld_augment.reports.offline import SIZE_JITTER
+from ld_augment.reports.priors import profile_for
 from ld_augment.reports.vocabulary import MULTI_VALUED, load_vocabulary
 from ld_augment.reports.writers import ReportWriter, check_request, clamp_size, finalize_report, normalize_overrides
 
@@ -37,6 +45,9 @@ _FIELDS = {
     "specific_features": SPECIFIC_FEATURES, "cavity": CAVITY,
 }
 _HU_RANGE = (-1024.0, 3071.0)
+#: A lesion's bounding box side may reach this multiple of its type's largest clinical diameter (priors.py), so
+#: an elongated lesion fits while a 10 m "lesion" is refused.
+MAX_SIZE_OVER_CLINICAL = 2.0
 _PLACEHOLDER_KEY = "EMPTY"  # local vLLM/Ollama servers accept any key; the openai client insists on one
 
 
@@ -58,10 +69,17 @@ def report_schema(cavities: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def parse_answer(content: str | None, cavities: tuple[str, ...]) -> tuple[dict[str, Any], tuple[int, int, int]]:
-    """Typed report values and the lesion size from the model's JSON text; any problem is ``_InvalidAnswer``."""
+def parse_answer(content: str | None, cavities: tuple[str, ...], *, extent: tuple[int, int, int] | None = None,
+                 lesion_type: str | None = None) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    """Typed report values and the lesion size from the model's JSON text; any problem is ``_InvalidAnswer``.
+
+    With `extent` (the organ's box, voxels of 1 mm) and `lesion_type`, the size must fit both: not larger than
+    the organ on any axis, nor than MAX_SIZE_OVER_CLINICAL x the type's largest clinical diameter.
+    """
     if not content or not content.strip():
         raise _InvalidAnswer("empty answer")
+    if len(content) > MAX_RESPONSE_BYTES:
+        raise _InvalidAnswer(f"answer of {len(content) // 1024} KB; a report is at most {MAX_RESPONSE_BYTES // 1024} KB")
     text = content.strip()
     if text.startswith("```"):  # some servers wrap JSON in a code fence despite the schema
         text = text.strip("`").removeprefix("json").strip()
@@ -71,9 +89,13 @@ def parse_answer(content: str | None, cavities: tuple[str, ...]) -> tuple[dict[s
         raise _InvalidAnswer(f"answer is not JSON ({err.msg} at char {err.pos})") from None
     if not isinstance(data, dict):
         raise _InvalidAnswer("answer is not a JSON object")
-    missing = [k for k in (*_FIELDS, "size", "ct_value") if k not in data]
+    expected = (*_FIELDS, "size", "ct_value")
+    missing = [k for k in expected if k not in data]
     if missing:
         raise _InvalidAnswer(f"answer lacks {', '.join(missing)}")
+    extra = sorted(str(k) for k in data if k not in expected)
+    if extra:
+        raise _InvalidAnswer(f"answer has keys the schema does not allow: {brief(extra)}")
     vocab = load_vocabulary()
     values: dict[str, Any] = {}
     try:
@@ -94,15 +116,29 @@ def parse_answer(content: str | None, cavities: tuple[str, ...]) -> tuple[dict[s
         raise _InvalidAnswer(str(err)) from None
     if values[CAVITY] not in cavities:
         raise _InvalidAnswer(f"cavity {values[CAVITY]!r} is not one of {list(cavities)}")
-    size = data["size"]
-    if (not isinstance(size, list) or len(size) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in size)):
-        raise _InvalidAnswer(f"size must be three positive integers, got {size!r}")
     ct = data["ct_value"]
     if isinstance(ct, bool) or not isinstance(ct, (int, float)) or not _HU_RANGE[0] <= ct <= _HU_RANGE[1]:
-        raise _InvalidAnswer(f"ct_value must be a number of HU in {_HU_RANGE}, got {ct!r}")
+        raise _InvalidAnswer(f"ct_value must be a number of HU in {_HU_RANGE}, got {brief(ct)}")
     values[CT_VALUE] = float(ct)
-    return values, (int(round(size[0])), int(round(size[1])), int(round(size[2])))
+    return values, _checked_size(data["size"], extent, lesion_type)
+
+
+def _checked_size(size: Any, extent: tuple[int, int, int] | None, lesion_type: str | None) -> tuple[int, int, int]:
+    """Three whole positive numbers within the organ's box and the lesion type's clinical range."""
+    if (not isinstance(size, list) or len(size) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in size)
+            or not all(v >= 1 and v == round(v) for v in size)):
+        raise _InvalidAnswer(f"size must be three positive integers, got {brief(size)}")
+    out = tuple(int(v) for v in size)
+    if extent is not None and any(v > e for v, e in zip(out, extent)):
+        raise _InvalidAnswer(f"size {list(out)} is larger than the organ's box {list(extent)} (voxels of 1 mm)")
+    if lesion_type is not None:
+        prior = profile_for(lesion_type).size
+        bound = MAX_SIZE_OVER_CLINICAL * prior.high_mm
+        if max(out) > bound:
+            raise _InvalidAnswer(f"size {list(out)} mm: a {lesion_type} reaches about {prior.high_mm:g} mm; "
+                                 f"at most {bound:g} mm per side is accepted")
+    return out  # type: ignore[return-value]
 
 
 class LLMReportWriter(ReportWriter):
@@ -110,7 +146,9 @@ class LLMReportWriter(ReportWriter):
 
     ``max_retries`` bounds the extra attempts after a timeout, connection error, 429/5xx or invalid answer;
     waits grow as ``backoff_s * 2**i``. ``sleep`` is injectable so tests do not wait. The openai client's own
-    retries are off, so ``timeout_s`` x (max_retries + 1) bounds the time spent waiting on the server.
+    retries are off and every attempt ends within ``timeout_s`` of wall clock however slowly the server sends
+    (``http_deadline.deadline_client``), so ``timeout_s`` x (max_retries + 1) plus the backoff waits bounds a
+    report. An injected ``http_client`` (tests) replaces that client and its deadline.
     An unreachable server or a refused request raises an ExternalServiceError with ``systemic = True``: every
     later report would fail the same way, so a batch (the bank builder) stops instead of retrying per case.
     """
@@ -143,7 +181,7 @@ class LLMReportWriter(ReportWriter):
             key = _PLACEHOLDER_KEY
         return base_url, model, key
 
-    def _client(self, base_url: str | None, key: str) -> Any:
+    def _client(self, base_url: str | None, key: str, http_client: Any) -> Any:
         try:
             import openai
         except ImportError:
@@ -151,8 +189,7 @@ class LLMReportWriter(ReportWriter):
         kwargs: dict[str, Any] = {"api_key": key, "timeout": self.timeout_s, "max_retries": 0}
         if base_url:
             kwargs["base_url"] = base_url
-        if self.http_client is not None:
-            kwargs["http_client"] = self.http_client
+        kwargs["http_client"] = http_client
         return openai.OpenAI(**kwargs)
 
     # ------------------------------------------------------------------ the request
@@ -165,15 +202,15 @@ class LLMReportWriter(ReportWriter):
         cavities = cavities_for(organ_id)
         messages = _messages(name, lesion_type, extent, num_lesions, overrides or {})
         schema = report_schema(cavities)
-        values, size = self._ask(self._client(base_url, key), key, base_url, model, messages, schema, seed, cavities)
-        size = clamp_size(size, extent)
+        values, size = self._ask(key, base_url, model, messages, schema, seed, cavities, extent, lesion_type)
         rng = np.random.default_rng(seed)
         sizes = [size] + [clamp_size(np.rint(np.asarray(size) * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER, 3)),
                                      extent) for _ in range(int(num_lesions) - 1)]
         return finalize_report(organ=name, organ_extent=extent, values=values, sizes=sizes, overrides=user)
 
-    def _ask(self, client: Any, key: str, base_url: str | None, model: str, messages: list[dict[str, str]],
-             schema: dict[str, Any], seed: int, cavities: tuple[str, ...]) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    def _ask(self, key: str, base_url: str | None, model: str, messages: list[dict[str, str]],
+             schema: dict[str, Any], seed: int, cavities: tuple[str, ...], extent: tuple[int, int, int],
+             lesion_type: str) -> tuple[dict[str, Any], tuple[int, int, int]]:
         import openai
 
         where = f"LLM server {base_url or 'api.openai.com'} (model {model!r})"
@@ -183,7 +220,11 @@ class LLMReportWriter(ReportWriter):
         for attempt in range(attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
+            # a fresh client per attempt: its deadline (timeout_s of wall clock) starts now
+            http = self.http_client if self.http_client is not None else deadline_client(self.timeout_s,
+                                                                                         base_url=base_url)
             try:
+                client = self._client(base_url, key, http)
                 response = client.chat.completions.create(
                     model=model, messages=messages, seed=int(seed), temperature=self.temperature, timeout=self.timeout_s,
                     response_format={"type": "json_schema",
@@ -191,10 +232,13 @@ class LLMReportWriter(ReportWriter):
                 )
                 choices = getattr(response, "choices", None) or []
                 content = choices[0].message.content if choices else None
-                return parse_answer(content, cavities)
+                return parse_answer(content, cavities, extent=extent, lesion_type=lesion_type)
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                problem = (f"timed out after {self.timeout_s:g} s" if isinstance(err, openai.APITimeoutError)
-                           else "connection failed")
+                problem = (f"timed out: no complete answer within the {self.timeout_s:g} s deadline"
+                           if isinstance(err, openai.APITimeoutError) else "connection failed")
+                big = too_large(err)
+                if big is not None:
+                    problem, unreachable = f"unusable answer: {big}", False
             except (openai.RateLimitError, openai.InternalServerError) as err:
                 problem, unreachable = f"HTTP {err.status_code}", False
             except openai.APIStatusError as err:  # 400/401/403/404...: retrying cannot help
@@ -206,6 +250,9 @@ class LLMReportWriter(ReportWriter):
                 )) from None
             except _InvalidAnswer as err:
                 problem, unreachable = f"unusable answer: {err}", False
+            finally:
+                if http is not self.http_client:
+                    http.close()
             problem = _scrub(problem, key)
             log.warning("%s attempt %d/%d failed: %s", where, attempt + 1, attempts, problem)
         error = ExternalServiceError(f"{where} gave no usable report after {attempts} attempts; last problem: {problem}")

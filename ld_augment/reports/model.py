@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ld_augment.errors import ConfigError, InputError
+from ld_augment.io.textfile import read_text_bounded
 from ld_augment.io.atomic import atomic_write_json
 
 Vec3 = tuple[int, int, int]
@@ -313,8 +314,8 @@ def load_reports(path: str | os.PathLike) -> list[LesionReport]:
     if not p.is_file():
         raise InputError(f"report file {p} does not exist")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(read_text_bounded(p, what="report file", error=InputError))
+    except json.JSONDecodeError as err:
         raise InputError(f"report file {p} is not valid JSON: {err}") from None
     return reports_from_type_json(data, source=str(p))
 

@@ -176,8 +176,8 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
         return LoadedCase(case.case_id, ct, None, None, None, None, tuple(ct.shape))  # type: ignore[arg-type]
     if case.label is None or case.seg is None or (case.report is None and not case.derive_report):
         raise InputError(f"case {case.case_id}: label, segmentation and report are needed; {LAYOUT_HELP}")
-    label_img = load_label_map(case.label, name="lesion label")
-    seg_img = load_label_map(case.seg, name="organ segmentation")
+    label_img = load_label_map(case.label, name="lesion label", like=ct_img, like_name=str(case.ct))
+    seg_img = load_label_map(case.seg, name="organ segmentation", like=label_img, like_name=str(case.label))
     check_same_grid(label_img, seg_img, name_a=str(case.label), name_b=str(case.seg))
     if ct_img is not None:
         check_same_grid(ct_img, label_img, name_a=str(case.ct), name_b=str(case.label))

@@ -29,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ld_augment.errors import CheckpointError, ConfigError
-from ld_augment.io.atomic import atomic_path, atomic_save_figure, atomic_write_text
+from ld_augment.io.atomic import atomic_save_figure, atomic_write_text
 from ld_augment.nets import autocast_context, resolve_device
+from ld_augment.nets.checkpoints import atomic_torch_save
 from ld_augment.nets.precision import PRECISIONS
 from ld_augment.training import distributed as D
 from ld_augment.training.crops import collate
@@ -401,8 +402,7 @@ class _Runner:
             "meta": json.loads(json.dumps(dict(self.meta))), "world_size": self.ctx.world_size,
             "global_batch": self.global_batch,
         }
-        with atomic_path(self.paths.state, suffix=".tmp") as tmp:
-            torch.save(payload, tmp)
+        atomic_torch_save(payload, self.paths.state, what="training state")
 
     def run(self, start: int) -> None:
         opts, ctx = self.opts, self.ctx
@@ -502,8 +502,11 @@ class _Runner:
                   "world_size": self.ctx.world_size, "global_batch": self.global_batch}
         if epoch_len:
             record["epoch"] = first_index // epoch_len
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        try:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        except OSError as exc:  # a full disk: name the log, not just "[Errno 28]"
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.paths.log)) from None
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step":

@@ -20,6 +20,7 @@ from torch import nn
 
 from ld_augment.engines.diffusion.common import uses_text
 from ld_augment.errors import CheckpointError, ConfigError
+from ld_augment.io.textfile import read_text_bounded
 from ld_augment.io.network_layout import RELEASED, recorded_layout
 from ld_augment.nets import (
     LINET_RELEASED_TRAIN, LINET_TINY, LMNET_RELEASED, LMNET_TINY, PRESETS, VQ_RELEASED, VQ_TINY, UNetConfig,
@@ -59,7 +60,7 @@ def resolve_config(kind: str, config: str | os.PathLike | NetConfig | Mapping[st
             raise ConfigError(f"config {str(config)!r} is neither a preset ({', '.join(SIZE_PRESETS[kind])}, "
                               f"{', '.join(PRESETS)}) nor an existing JSON file")
         try:
-            cfg = config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+            cfg = config_from_dict(json.loads(read_text_bounded(path, what="config file")))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid JSON ({exc})") from None
     if cfg is not None:

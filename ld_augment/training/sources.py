@@ -27,6 +27,7 @@ from typing import Sequence
 import nibabel as nib
 
 from ld_augment.errors import InputError
+from ld_augment.io.textfile import MAX_LIST_BYTES, read_text_bounded
 from ld_augment.io.nifti import check_same_grid, strip_nifti_suffix
 from ld_augment.reports import load_reports
 from ld_augment.training.data import TrainingCase, find_cases
@@ -51,7 +52,7 @@ def is_nnunet_dataset(folder: Path) -> bool:
 
 def _read_rows(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_bounded(path, what="list file", limit=MAX_LIST_BYTES, error=InputError).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"list file {path} is not readable text ({exc})") from None
     while lines and not lines[-1].strip():  # a trailing newline / blank tail is not a row
@@ -175,7 +176,8 @@ def read_nnunet_dataset(folder: str | os.PathLike, *, need: Sequence[str] = ("la
     dataset_json = root / "dataset.json"
     if dataset_json.is_file():
         try:
-            labels = json.loads(dataset_json.read_text(encoding="utf-8")).get("labels", {})
+            labels = json.loads(read_text_bounded(dataset_json, what="dataset.json", limit=MAX_LIST_BYTES,
+                                                  error=InputError)).get("labels", {})
         except json.JSONDecodeError as exc:
             raise InputError(f"{dataset_json} is not valid JSON ({exc})") from None
         ids = sorted(int(v) for v in labels.values() if not isinstance(v, list))

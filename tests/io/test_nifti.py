@@ -193,7 +193,7 @@ def test_check_same_grid_accepts_tolerance_and_rejects_mismatch() -> None:
         check_same_grid(a, nib.Nifti1Image(np.zeros((5, 6, 8), np.uint8), LPS_AFFINE), name_a="CT", name_b="seg")
     moved = LPS_AFFINE.copy()
     moved[2, 3] += 1.5
-    with pytest.raises(InputError, match="CT .* and seg .* different affines \\(max difference 1.5"):
+    with pytest.raises(InputError, match="CT.* and seg.* different affines \\(max difference 1.5"):
         check_same_grid(a, nib.Nifti1Image(np.zeros((5, 6, 7), np.uint8), moved), name_a="CT", name_b="seg")
 
 

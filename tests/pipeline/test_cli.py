@@ -76,8 +76,8 @@ def test_moved_source_is_found_with_source_and_checked_by_hash(ct_variants, tmp_
                  "--lesion-type", "cyst", "--attr", "size=[[8 8 8]] pixel", "--spacing", "2",
                  "--out", str(case)]) == 0
     (tmp_path / "ct.nii.gz").rename(moved)
-    assert main(["synthesize", str(case), "--out", str(tmp_path / "a"), "--no-preview"]) == 1
+    assert main(["synthesize", str(case), "--out", str(tmp_path / "a"), "--no-preview"]) == 2  # one case: exit 2
     assert "not found" in capsys.readouterr().err
     assert main(["synthesize", str(case), "--out", str(tmp_path / "b"), "--no-preview", "--source", str(moved)]) == 0
-    assert main(["synthesize", str(case), "--out", str(tmp_path / "c"), "--no-preview", "--source", str(seg)]) == 1
+    assert main(["synthesize", str(case), "--out", str(tmp_path / "c"), "--no-preview", "--source", str(seg)]) == 2
     assert "changed since preprocessing" in capsys.readouterr().err
