@@ -1,0 +1,118 @@
+"""Training against the ORIGINAL's training goldens (reference/training, see its README).
+
+Items: the released recipe's data path (``training.released_items`` through ``CropDataset(items="released")``)
+must rebuild the original loader's crops, channels, texts and boxes bit for bit on the three reference cases;
+text rules, losses, discriminator layouts and the optimiser / LR / EMA set-up are checked against the same
+goldens. Every test skips with a reason when the goldens are absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ld_augment.training.crops import CropDataset
+from ld_augment.training.sources import read_list_files
+
+LMNET_CROP, LINET_CROP = (64, 152, 152), (128, 128, 128)
+
+
+def load_golden(path: Path):
+    if path.suffix == ".gz":
+        return torch.load(io.BytesIO(gzip.decompress(path.read_bytes())), weights_only=True)
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def training_ref(reference_data: Path) -> Path:
+    path = reference_data / "training"
+    if not (path / "training_config.json").is_file():
+        pytest.skip(f"training goldens not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def original_inputs(training_ref: Path, tmp_path_factory) -> Path:
+    """reference/training/inputs with the shared files copied in (its README), list files at the root."""
+    shared = training_ref.parent.parent / "data"
+    root = tmp_path_factory.mktemp("original_inputs")
+    shutil.copytree(training_ref / "inputs" / "data", root / "data")
+    copies = {
+        "data/liver/liver_cancer/case01": shared / "lesions" / "liver_cancer",
+        "data/bladder/bladder_cancer/case02": shared / "lesions" / "bladder_cancer",
+    }
+    for dst, src in copies.items():
+        if not (src / "label.nii.gz").is_file():
+            pytest.skip(f"shared lesion annotation {src} not found")
+        shutil.copy(src / "label.nii.gz", root / dst / "label.nii.gz")
+        shutil.copy(src / "totalseg_v1.nii.gz", root / dst / "totalseg.nii.gz")
+    kidney_seg = training_ref.parent / "lmnet_selection" / "inputs" / "liver" / "liver_cancer" / "case01" / "totalseg.nii.gz"
+    shutil.copy(kidney_seg, root / "data/kidney/kidney_tumor/case03/totalseg.nii.gz")
+    for f in (training_ref / "inputs" / "lists").iterdir():
+        shutil.copy(f, root / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def original_cases(original_inputs: Path):
+    cases = read_list_files(original_inputs, need=("label", "seg", "report", "ct"))
+    assert [c.disease for c in cases] == ["liver_cancer", "bladder_cancer", "kidney_tumor"]
+    return cases
+
+
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    return t.numpy().astype(np.int64) if t.dtype == torch.uint8 else t.numpy()
+
+
+def test_list_files_read_under_the_configs_names(original_inputs: Path, original_cases) -> None:
+    """train_image_list.txt (the configs' name) is the CT list; its rows are the cases' CTs."""
+    assert not (original_inputs / "train_img_list.txt").exists()
+    assert [c.ct.name for c in original_cases] == ["img.nii.gz"] * 3
+    assert [c.report.name for c in original_cases] == ["type.json"] * 3
+
+
+def test_lmnet_items_equal_the_originals(training_ref: Path, original_cases) -> None:
+    golden = load_golden(training_ref / "items" / "lmnet_items.pt.gz")
+    ds = CropDataset(original_cases, "lmnet", LMNET_CROP, spacing=None, items="released")
+    for index, ref in enumerate(golden["items"]):
+        item = ds.released_item(index)
+        where = ref["case"]
+        assert item["start"].tolist() == [int(v) for v in ref["crop"]["crop_start"]], where
+        np.testing.assert_array_equal(item["x0"].numpy()[0], _as_array(ref["label"])[0], err_msg=where)
+        np.testing.assert_array_equal(item["cond"][0].numpy(), ref["seg"].numpy()[0], err_msg=where)
+        np.testing.assert_array_equal(item["cond"][1].numpy(), _as_array(ref["target"])[0], err_msg=where)
+        np.testing.assert_array_equal(item["cond"][2].numpy(), _as_array(ref["get_input"]["bbox_channel"])[0, 0],
+                                      err_msg=where)
+        assert item["texts"] == [v for _, v in ref["text_items"]], where
+
+
+def test_linet_items_equal_the_originals(training_ref: Path, original_cases) -> None:
+    golden = load_golden(training_ref / "items" / "linet_items.pt.gz")
+    ds = CropDataset(original_cases, "linet", LINET_CROP, spacing=None, items="released")
+    vq = CropDataset(original_cases, "vq", LINET_CROP, spacing=None, items="released")
+    for index, ref in enumerate(golden["items"]):
+        item = ds.released_item(index)
+        where = ref["case"]
+        assert item["start"].tolist() == [int(v) for v in ref["crop"]["crop_start"]], where
+        # exact: HU rounded to float16 and padded with 0 HU before normalisation, as the original
+        np.testing.assert_array_equal(item["image"].numpy(), ref["image"].numpy(), err_msg=where)
+        np.testing.assert_array_equal(item["lesion"].numpy()[0], (_as_array(ref["label"]) == 2).astype(np.float32),
+                                      err_msg=where)
+        assert item["texts"] == [v for _, v in ref["text_items"]], where
+        np.testing.assert_array_equal(vq.released_item(index)["image"].numpy(), ref["image"].numpy(), err_msg=where)
+
+
+def test_kidney_case_keys_differ_between_lmnet_and_linet(training_ref: Path, original_cases) -> None:
+    """Case03: LMNet learns the right kidney (lesion overlap), LINet the liver (label-value sum), as the original."""
+    lm = CropDataset(original_cases, "lmnet", LMNET_CROP, spacing=None, items="released").released_item(2)
+    li = CropDataset(original_cases, "linet", LINET_CROP, spacing=None, items="released").released_item(2)
+    assert (lm["organ_id"], li["organ_id"]) == (2, 5)
+    # the organ channel is the organ map == key 2, not label >= 1 (which covers three organs here)
+    seg = np.rint(lm["cond"][0].numpy() * 104).astype(int)
+    np.testing.assert_array_equal(lm["cond"][1].numpy() > 0, seg == 2)
