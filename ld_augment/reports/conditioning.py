@@ -70,16 +70,17 @@ def released_ct_value(text: str) -> str:
     return f"{float(found.group(1))} HU," if found else text
 
 
-def cavity_phrase(report: LesionReport, cavity_text: CavityText = "report", *, stone: bool | None = None) -> str:
+def cavity_phrase(report: LesionReport, cavity_text: CavityText = "report", *, stone: bool | None = None,
+                  hollow: bool | None = None) -> str:
     """The cavity phrase LMNet reads, with its trailing comma (see the module doc for the two modes).
 
-    stone: whether the lesion is a stone (the original read it from the disease folder name, e.g.
-    "gallstone"); None decides from the report's words.
+    stone / hollow: whether the lesion is a stone and its organ hollow (the original's training loader read
+    both from the organ / disease folder names, e.g. "gallbladder/gallstone"); None decides from the report.
     """
     if cavity_text not in CAVITY_TEXTS:
         raise ConfigError(f"unknown cavity_text {cavity_text!r}; valid: {', '.join(CAVITY_TEXTS)}")
     if cavity_text == "released":
-        if is_hollow(report.organ_id):
+        if is_hollow(report.organ_id) if hollow is None else hollow:
             stony = is_stone(report) if stone is None else stone
             return with_comma(CAVITY_LUMEN if stony else CAVITY_WALL)
         return with_comma(CAVITY_PROTRUDING)
@@ -89,7 +90,7 @@ def cavity_phrase(report: LesionReport, cavity_text: CavityText = "report", *, s
 
 def conditioning_attributes(report: LesionReport, *, purpose: Purpose, organ_name: str | None = None,
                             cavity_text: CavityText = "report", ct_value_text: CtValueText = "report",
-                            stone: bool | None = None) -> dict[str, str]:
+                            stone: bool | None = None, hollow: bool | None = None) -> dict[str, str]:
     """The attribute dict a network is conditioned on (keys kept so callers can log or inspect it).
 
     ``organ_name`` defaults to the v1 class name of ``report.organ_id``. For LMNet the cavity phrase follows
@@ -113,13 +114,13 @@ def conditioning_attributes(report: LesionReport, *, purpose: Purpose, organ_nam
             attrs.pop(key, None)
         if SPECIFIC_FEATURES in attrs and not attrs[SPECIFIC_FEATURES].strip(" ,"):
             del attrs[SPECIFIC_FEATURES]
-        attrs[CAVITY] = cavity_phrase(report, cavity_text, stone=stone)
+        attrs[CAVITY] = cavity_phrase(report, cavity_text, stone=stone, hollow=hollow)
     return attrs
 
 
 def conditioning_texts(report: LesionReport, *, purpose: Purpose, organ_name: str | None = None,
                        cavity_text: CavityText = "report", ct_value_text: CtValueText = "report",
-                       stone: bool | None = None) -> list[str]:
+                       stone: bool | None = None, hollow: bool | None = None) -> list[str]:
     """The ordered attribute strings the text encoder embeds (one vector per string)."""
     return list(conditioning_attributes(report, purpose=purpose, organ_name=organ_name, cavity_text=cavity_text,
-                                        ct_value_text=ct_value_text, stone=stone).values())
+                                        ct_value_text=ct_value_text, stone=stone, hollow=hollow).values())

@@ -202,7 +202,7 @@ class CropDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"case_id": loaded.case_id, "texts": texts, "start": torch.tensor(start)}
         if self.kind == "lmnet":
             seg = seg_crop.astype(np.float32) / V1_MAX_ID
-            organ = _target_organ(seg_crop, report, loaded).astype(np.float32)
+            organ = R.target_organ(seg_crop, report, loaded.reports).astype(np.float32)
             box = bbox_mask(extra, start, self.crop)
             item["x0"] = torch.from_numpy(lesion[None])
             item["cond"] = torch.from_numpy(np.stack([seg, organ, box]))
@@ -221,8 +221,8 @@ class CropDataset(torch.utils.data.Dataset):
             loaded, _ = self.case(case_index)
             try:
                 if self.kind == "lmnet":
-                    disease = self.cases[case_index].disease
-                    return R.lmnet_item(loaded, self.crop, stone=None if disease is None else "stone" in disease.lower())
+                    case = self.cases[case_index]
+                    return R.lmnet_item(loaded, self.crop, **R.folder_hints(case.organ_folder, case.disease))
                 return R.linet_item(loaded, self.crop) if self.kind == "linet" else R.vq_item(loaded, self.crop)
             except R.SampleError as exc:
                 problems.append(f"{loaded.case_id}: {exc}")
@@ -255,13 +255,6 @@ def _report_of(loaded: LoadedCase, seg_crop: np.ndarray, component: np.ndarray) 
         return reports[0]
     overlaps = [int(np.count_nonzero(component & (seg_crop == r.organ_id))) for r in reports]
     return reports[int(np.argmax(overlaps))] if max(overlaps) > 0 else loaded.report
-
-
-def _target_organ(seg_crop: np.ndarray, report: Any, loaded: LoadedCase) -> np.ndarray:
-    """The organ map == the report's organ id, as inference builds the channel (lungs: every lobe reported)."""
-    if report.organ_id in R.LUNG_IDS:
-        return np.isin(seg_crop, [r.organ_id for r in (loaded.reports or (report,)) if r.organ_id in R.LUNG_IDS])
-    return seg_crop == report.organ_id
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class TrainingCase:
     ct: Path | None
     derive_report: bool = False  # no report file: derive one from the label and organ map (nnU-Net datasets)
     disease: str | None = None  # the original's disease folder name (list files: <organ>/<disease>/<case>/...)
+    organ_folder: str | None = None  # ... and its organ folder name (both set the released cavity phrase)
 
 
 def _seg_file(folder: Path) -> tuple[Path | None, str]:

@@ -28,7 +28,7 @@ import torch
 from scipy import ndimage
 
 from ld_augment.engines.diffusion.intensity import normalize_ct
-from ld_augment.organs.registry import organ_label_ids
+from ld_augment.organs.registry import is_hollow as registry_is_hollow, normalize_organ_name, organ_label_ids
 from ld_augment.reports import LesionReport, conditioning_texts
 from ld_augment.reports.model import CT_VALUE, SIZE
 from ld_augment.training.data import V1_MAX_ID, LoadedCase
@@ -101,8 +101,11 @@ def _keys_present(reports: Sequence[LesionReport], coarseg: np.ndarray) -> list[
 
 
 def lmnet_report(reports: Sequence[LesionReport], coarseg: np.ndarray, x0: np.ndarray) -> LesionReport:
-    """The report whose organ holds most of the lesion component (the original's LMNet rule)."""
+    """The report whose organ holds most of the lesion component (the original's LMNet rule; a case with one
+    report key in the crop takes it without looking at the overlap)."""
     found = _keys_present(reports, coarseg)
+    if len(found) == 1:
+        return found[0]
     overlaps = [int(np.count_nonzero(x0 & (coarseg == r.organ_id))) for r in found]
     if max(overlaps) == 0:
         raise SampleError("the lesion component overlaps none of the report's organs")
@@ -117,13 +120,35 @@ def linet_report(reports: Sequence[LesionReport], coarseg: np.ndarray, label: np
     return found[int(np.argmax(sums))]
 
 
-def _require(report: LesionReport, keys: Sequence[str]) -> None:
+def require_keys(report: LesionReport, keys: Sequence[str] = (SIZE, CT_VALUE)) -> LesionReport:
+    """The report, if it has the attributes the original's loader indexes (else SampleError, like its KeyError)."""
     missing = [k for k in keys if k not in report.attributes]
     if missing:
         raise SampleError(f"the report of organ {report.organ_id} lacks {missing} (the original needs them)")
+    return report
 
 
-def lmnet_item(loaded: LoadedCase, crop: Sequence[int], *, stone: bool | None = None) -> dict[str, Any]:
+def folder_hints(organ_folder: str | None, disease_folder: str | None) -> dict[str, bool | None]:
+    """stone / hollow as the original's loader read them from the <organ>/<disease> folder names (None: unknown,
+    the report decides)."""
+    hollow = None
+    if organ_folder:
+        try:
+            hollow = registry_is_hollow(normalize_organ_name(organ_folder))
+        except Exception:  # noqa: BLE001 - a folder that names no known organ leaves the report to decide
+            hollow = None
+    return {"stone": None if not disease_folder else "stone" in disease_folder.lower(), "hollow": hollow}
+
+
+def target_organ(seg: np.ndarray, report: LesionReport, reports: Sequence[LesionReport] = ()) -> np.ndarray:
+    """The organ map == the report's organ id (a lung report: every lung lobe the case reports), as inference."""
+    if report.organ_id in LUNG_IDS:
+        return np.isin(seg, [r.organ_id for r in (reports or (report,)) if r.organ_id in LUNG_IDS])
+    return seg == report.organ_id
+
+
+def lmnet_item(loaded: LoadedCase, crop: Sequence[int], *, stone: bool | None = None, hollow: bool | None = None
+               ) -> dict[str, Any]:
     """x0 [1, *crop], cond [seg / 104, target organ, box] [3, *crop] and the texts, as the original built them."""
     assert loaded.lesion is not None and loaded.seg_v1 is not None
     shape = padded_shape(loaded.shape, crop)
@@ -132,14 +157,10 @@ def lmnet_item(loaded: LoadedCase, crop: Sequence[int], *, stone: bool | None = 
     x0 = cut(component, start, crop)
     seg = cut(pad_end(np.asarray(loaded.seg_v1), shape), start, crop)
     report = lmnet_report(loaded.reports or (loaded.report,), seg, x0)  # type: ignore[arg-type]
-    _require(report, (SIZE, CT_VALUE))
-    if report.organ_id in LUNG_IDS:
-        keys = [r.organ_id for r in loaded.reports if r.organ_id in LUNG_IDS]
-        target = np.isin(seg, keys)
-    else:
-        target = seg == report.organ_id
+    require_keys(report)
+    target = target_organ(seg, report, loaded.reports)
     cond = np.stack([seg.astype(np.float32) / V1_MAX_ID, target.astype(np.float32), filled_box(x0)])
-    texts = conditioning_texts(report, purpose="lmnet", cavity_text="released", stone=stone)
+    texts = conditioning_texts(report, purpose="lmnet", cavity_text="released", stone=stone, hollow=hollow)
     return {"case_id": loaded.case_id, "texts": texts, "start": torch.tensor(start),
             "x0": torch.from_numpy(x0.astype(np.float32)[None]), "cond": torch.from_numpy(cond),
             "organ_id": report.organ_id}
@@ -161,7 +182,7 @@ def linet_item(loaded: LoadedCase, crop: Sequence[int]) -> dict[str, Any]:
     image, label, start = image_item(loaded, crop)
     coarseg = cut(pad_end(np.asarray(loaded.seg_v1), padded_shape(loaded.shape, crop)), start, crop)
     report = linet_report(loaded.reports or (loaded.report,), coarseg, label)  # type: ignore[arg-type]
-    _require(report, (SIZE, CT_VALUE))
+    require_keys(report)
     texts = conditioning_texts(report, purpose="linet", ct_value_text="released")
     return {"case_id": loaded.case_id, "texts": texts, "start": torch.tensor(start),
             "image": torch.from_numpy(image[None]), "lesion": torch.from_numpy((label == 2).astype(np.float32)[None]),

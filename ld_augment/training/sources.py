@@ -53,9 +53,11 @@ def list_file(folder: Path, split: str, infix: str) -> Path:
     return path
 
 
-def disease_of(path: Path | None) -> str | None:
-    """The disease folder of the original's layout <organ>/<disease>/<case>/<file> (None when too shallow)."""
-    return path.parts[-3] if path is not None and len(path.parts) >= 4 else None
+def folder_names(path: Path | None) -> tuple[str | None, str | None]:
+    """(organ, disease) folders of the original's layout <organ>/<disease>/<case>/<file> (None when too shallow)."""
+    if path is None or len(path.parts) < 5:
+        return None, None
+    return path.parts[-4], path.parts[-3]
 
 
 def is_list_folder(folder: Path, split: str = "train") -> bool:
@@ -175,9 +177,9 @@ def read_list_files(folder: str | os.PathLike, *, split: str = "train",
     cases = []
     for case_id, paths in zip(_case_ids(all_paths), all_paths):
         seg = paths.get("seg")
+        organ_folder, disease = folder_names(paths.get("ct") or paths.get("label"))
         cases.append(TrainingCase(case_id, paths.get("label"), seg, "v1" if seg and "v1" in seg.name else "auto",
-                                  paths.get("report"), paths.get("ct"),
-                                  disease=disease_of(paths.get("ct") or paths.get("label"))))
+                                  paths.get("report"), paths.get("ct"), disease=disease, organ_folder=organ_folder))
     if "coarseg" in rows and rows["coarseg"] != rows.get("seg"):
         log.warning("%s differs from %s: the organ channel is read from seg_list (coarseg_list is checked only)",
                     coarse.name, list_file(root, split, "seg").name)

@@ -116,3 +116,51 @@ def test_kidney_case_keys_differ_between_lmnet_and_linet(training_ref: Path, ori
     # the organ channel is the organ map == key 2, not label >= 1 (which covers three organs here)
     seg = np.rint(lm["cond"][0].numpy() * 104).astype(int)
     np.testing.assert_array_equal(lm["cond"][1].numpy() > 0, seg == 2)
+
+
+# ------------------------------------------------------------------ text rules (SegToTensor / ToTensor alone)
+def _rule_cases(training_ref: Path):
+    return load_golden(training_ref / "items" / "text_rules.pt")["cases"]
+
+
+def test_text_and_key_rules_equal_the_originals(training_ref: Path) -> None:
+    from ld_augment.reports.model import reports_from_type_json
+    from ld_augment.training import released_items as R
+    from ld_augment.reports import conditioning_texts
+
+    checked = 0
+    for case in _rule_cases(training_ref):
+        if case["name"] == "parenchymal_within_seg_ne_coarseg":
+            continue  # paired healthy/lesion CTs (seg != coarseg): not supported, README's difference table
+        reports = reports_from_type_json(case["type_json"])
+        label, coarseg, seg = (case[k].numpy().astype(np.int64) for k in ("label", "coarseg", "seg"))
+        hints = R.folder_hints(case["organ_dir"], case["disease_dir"])
+        lm, li = case["lmnet_SegToTensor"], case["linet_ToTensor"]
+        if "exception" in lm:  # the original's loader raises (and redraws a case): so must ours
+            with pytest.raises(R.SampleError):
+                R.require_keys(R.lmnet_report(reports, coarseg, R.largest_component(label == 2)))
+            with pytest.raises(R.SampleError):
+                R.require_keys(R.linet_report(reports, coarseg, label))
+            checked += 1
+            continue
+        x0 = R.largest_component(label == 2)
+        np.testing.assert_array_equal(x0, lm["label_out"].numpy().astype(bool), err_msg=case["name"])
+        report = R.lmnet_report(reports, coarseg, x0)
+        np.testing.assert_array_equal(R.target_organ(seg, report, reports), lm["target"].numpy().astype(bool),
+                                      err_msg=case["name"])
+        assert conditioning_texts(report, purpose="lmnet", cavity_text="released", **hints) == [
+            v for _, v in lm["text_items"]], case["name"]
+        report = R.linet_report(reports, coarseg, label)
+        assert conditioning_texts(report, purpose="linet", ct_value_text="released") == [
+            v for _, v in li["text_items"]], case["name"]
+        checked += 1
+    assert checked >= 17
+
+
+def test_released_ct_value_text_rules() -> None:
+    from ld_augment.reports.conditioning import released_ct_value
+    assert released_ct_value("Mean density of the lesion region is approximately 57 HU,") == "57.0 HU,"
+    assert released_ct_value("approximately -12.5 HU,") == "-12.5 HU,"
+    assert released_ct_value("approximately 35.0 HU") == "35.0 HU,"
+    for verbatim in ("approximately +20 HU,", "approximately 1.5e2 HU,", "Mean density is around 40 HU,"):
+        assert released_ct_value(verbatim) == verbatim
