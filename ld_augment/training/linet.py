@@ -23,6 +23,7 @@ from ld_augment.text import AttributeEncoder
 from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training import distributed as D
 from ld_augment.training.data import TrainingCase, find_cases
+from ld_augment.training.released_items import enclosing_box
 from ld_augment.training.loop import StepCallback, StepInfo, draw_noise, draw_timesteps, fit
 from ld_augment.training.samples import linet_sample_fn
 from ld_augment.training.setup import (
@@ -52,22 +53,46 @@ def load_frozen_vq(vq: str | os.PathLike | None, init: str | os.PathLike | None,
     return module.eval().requires_grad_(False), str(source)
 
 
+def latent_masks(lesion: torch.Tensor, latent_shape: Sequence[int], box: torch.Tensor | str | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(fine lesion mask, coarse normaliser mask) on the latent grid, nearest-downsampled as the original.
+
+    box: an image-space box mask (our recipe: the boxes of the crop's lesions), "enclosing" (the released
+    recipe: ONE box enclosing every latent lesion voxel of the sample) or None (the lesion mask itself).
+    """
+    mask = (F.interpolate(lesion, size=tuple(latent_shape), mode="nearest") > 0.5).float()
+    if isinstance(box, str):
+        if box != "enclosing":
+            raise ConfigError(f"unknown LINet normaliser box {box!r}; valid: 'enclosing' or a mask")
+        return mask, enclosing_box(mask)
+    coarse = None if box is None else (F.interpolate(box, size=tuple(latent_shape), mode="nearest") > 0.5).float()
+    return mask, coarse
+
+
 def linet_batch_loss(model: torch.nn.Module, vq: VQModel3D, image: torch.Tensor, lesion: torch.Tensor,
                      context: torch.Tensor | None, gen: torch.Generator | Sequence[torch.Generator],
-                     schedule: DDPMSchedule, *, box: torch.Tensor | None = None,
+                     schedule: DDPMSchedule, *, box: torch.Tensor | str | None = None,
                      pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LINetLoss:
     """The LINet loss of one batch: frozen VQ encode, latent mask, masked noising, L1 + Dice.
 
-    box: the lesion's bounding-box mask in image space; the original divides the masked L1 by the volume of
-    this coarse mask (ARCHITECTURE.md 5), not of the lesion itself (None: the lesion mask). pool: sums a
-    tensor over the processes, so the Dice pooled "over the whole batch" is over the global batch under DDP.
+    box: the coarse mask whose volume divides the masked L1 (ARCHITECTURE.md 5; see `latent_masks`). pool:
+    sums a tensor over the processes, so the Dice pooled "over the whole batch" is over the global batch
+    under DDP.
     """
     with torch.no_grad():
         z0 = vq.encode(image).float()
-        mask = (F.interpolate(lesion, size=z0.shape[2:], mode="nearest") > 0.5).float()
-        coarse = None if box is None else (F.interpolate(box, size=z0.shape[2:], mode="nearest") > 0.5).float()
     t = draw_timesteps(gen, z0.shape[0], schedule.num_timesteps).to(z0.device)
     noise = draw_noise(gen, z0.shape).to(z0.device)
+    return linet_step_loss(model, z0, lesion, context, t, noise, schedule, box=box, pool=pool)
+
+
+def linet_step_loss(model: torch.nn.Module, z0: torch.Tensor, lesion: torch.Tensor, context: torch.Tensor | None,
+                    t: torch.Tensor, noise: torch.Tensor, schedule: DDPMSchedule, *,
+                    box: torch.Tensor | str | None = None,
+                    pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LINetLoss:
+    """The LINet loss for a given latent, timesteps and noise (the original's p_losses)."""
+    with torch.no_grad():
+        mask, coarse = latent_masks(lesion, z0.shape[2:], box)
     x_t = masked_q_sample(z0, t, noise, mask, schedule)
     out = model(torch.cat([x_t, mask], dim=1), t, context).float()
     parts = linet_loss(out, noise, mask, normaliser_mask=coarse)

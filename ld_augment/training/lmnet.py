@@ -33,6 +33,13 @@ def lmnet_batch_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tenso
     so the draws do not depend on how the batch is split over processes)."""
     t = draw_timesteps(gen, x0.shape[0], schedule.num_timesteps).to(x0.device)
     noise = draw_noise(gen, x0.shape).to(x0.device)
+    return lmnet_step_loss(model, x0, cond, context, t, noise, schedule, fg_weight=fg_weight)
+
+
+def lmnet_step_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None,
+                    t: torch.Tensor, noise: torch.Tensor, schedule: DDPMSchedule, *,
+                    fg_weight: float = 1000.0) -> torch.Tensor:
+    """The LMNet loss for given timesteps and noise (the original's p_losses): eps MSE, x1000 inside the box."""
     x_t = q_sample(x0, t, noise, schedule)
     eps = model(torch.cat([x_t, cond], dim=1), t, context)
     return lmnet_loss(eps.float(), noise, cond[:, 2:3], fg_weight=fg_weight)

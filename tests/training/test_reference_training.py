@@ -164,3 +164,78 @@ def test_released_ct_value_text_rules() -> None:
     assert released_ct_value("approximately 35.0 HU") == "35.0 HU,"
     for verbatim in ("approximately +20 HU,", "approximately 1.5e2 HU,", "Mean density is around 40 HU,"):
         assert released_ct_value(verbatim) == verbatim
+
+
+# ------------------------------------------------------------------ losses on fixed inputs
+def _tol(ref: torch.Tensor | float) -> float:
+    return 1e-5 * max(1.0, float(torch.as_tensor(ref).abs().max()))
+
+
+def _tiny_unet(reference_data: Path, name: str):
+    import json
+    from ld_augment.nets import UNet3D, UNetConfig
+    root = reference_data / "tiny" / name
+    cfg = UNetConfig.from_original_kwargs(json.loads((root / "config.json").read_text())["constructor_kwargs"])
+    model = UNet3D(cfg).eval()
+    model.load_state_dict(torch.load(root / "state_dict.pt", weights_only=True), strict=True)
+    return model
+
+
+def _tiny_vq(reference_data: Path):
+    import json
+    from ld_augment.nets import VQConfig, VQModel3D
+    root = reference_data / "tiny" / "vq"
+    cfg = VQConfig.from_original_kwargs(json.loads((root / "config.json").read_text())["constructor_kwargs"])
+    model = VQModel3D(cfg).eval()
+    model.load_state_dict(torch.load(root / "state_dict.pt", weights_only=True), strict=True)
+    return model
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lmnet_p_losses_equal_the_originals(training_ref: Path, reference_data: Path, one_thread) -> None:
+    from ld_augment.diffusion import DDPMSchedule, q_sample
+    from ld_augment.training.lmnet import lmnet_step_loss
+    g = load_golden(training_ref / "losses" / "lmnet_p_losses.pt")
+    model = _tiny_unet(reference_data, "lmnet_unet")
+    x0 = g["batch_label"].float()
+    cond = g["get_input_x"]
+    box = torch.stack([torch.from_numpy(__import__("ld_augment.training.released_items", fromlist=["x"])
+                                        .filled_box(x0[b, 0].numpy() > 0)) for b in range(x0.shape[0])])[:, None]
+    np.testing.assert_array_equal(cond[:, 2:3].numpy(), box.numpy())  # the one box of the lesion component
+    schedule = DDPMSchedule.create()
+    t, noise = torch.as_tensor(g["t"]), g["noise"]
+    x_noisy = q_sample(x0, t, noise, schedule)
+    assert (x_noisy - g["x_noisy"]).abs().max() <= _tol(g["x_noisy"])
+    with torch.no_grad():
+        loss = lmnet_step_loss(model, x0, cond, g["context"], t, noise, schedule)
+    assert abs(float(loss) - g["loss"]) <= _tol(g["loss"])
+
+
+def test_linet_p_losses_use_one_enclosing_box(training_ref: Path, reference_data: Path, one_thread) -> None:
+    from ld_augment.diffusion import DDPMSchedule
+    from ld_augment.training.linet import latent_masks, linet_step_loss
+    g = load_golden(training_ref / "losses" / "linet_p_losses.pt")
+    vq, model = _tiny_vq(reference_data), _tiny_unet(reference_data, "linet_unet")
+    with torch.no_grad():
+        z = vq.encode(g["batch_image"])
+    assert (z - g["z"]).abs().max() <= _tol(g["z"])
+    lesion = (g["batch_label"][:, None] == 2).float()
+    fine, coarse = latent_masks(lesion, z.shape[2:], "enclosing")
+    np.testing.assert_array_equal(fine.numpy(), g["mask"][:, 1:2].numpy())
+    np.testing.assert_array_equal(coarse.numpy(), g["mask"][:, 0:1].numpy())
+    assert coarse.flatten(1).sum(1).tolist() == torch.as_tensor(g["coarse_box_voxels"]).tolist()
+    # normalising by the lesion mask itself is NOT the original's: a negative control
+    _, union = latent_masks(lesion, z.shape[2:], lesion)
+    assert union.flatten(1).sum(1).tolist() != torch.as_tensor(g["coarse_box_voxels"]).tolist()
+    with torch.no_grad():
+        parts = linet_step_loss(model, g["z"], lesion, None, torch.as_tensor(g["t"]), g["noise"],
+                                DDPMSchedule.create(), box="enclosing")
+    assert abs(float(parts.dice) - g["dice_loss"]) <= _tol(g["dice_loss"])
+    assert abs(float(parts.total) - g["loss"]) <= _tol(g["loss"])
