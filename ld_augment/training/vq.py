@@ -4,8 +4,11 @@ Generator loss (ARCHITECTURE.md 2): L1 over the crop + perceptual_weight * LPIPS
 slice per sample + codebook loss (weight 1) + disc_weight * adaptive weight * GAN term, where the GAN term is
 the mean of the 2-D slice PatchGAN's and the 3-D PatchGAN's -mean(logits) and the adaptive weight is
 ||grad nll|| / (||grad gan|| + 1e-4) at the decoder's last layer (clamped to [0, 1e4]; nll = L1 + LPIPS).
-Discriminator loss: the mean of both discriminators' hinge losses, with their own AdamW. Both GAN terms are off
-before step `disc_start` (the original: 50,001). Which terms were used is recorded in the checkpoint.
+Discriminator loss: the mean of both discriminators' hinge losses, with their own optimizer. Both GAN terms are
+off before `disc_start` (the original: 50,001). disc_start_unit "optimizer_steps" counts as the original's
+pinned pytorch-lightning 1.7.7 did: its global_step counts both optimizers' steps, so batch k (0-based) runs
+the generator at 2k and the discriminators at 2k + 1 and the GAN switches on after ~25,000 batches; "batches"
+counts batches. Which terms were used is recorded in the checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ from ld_augment.training.samples import vq_sample_fn
 from ld_augment.training.setup import RunOptions, TrainResult, finish_run, run_record, start_network, training_layout
 
 
+DISC_START_UNITS = ("batches", "optimizer_steps")
+
+
+def global_step(batch: int, phase: int, unit: str) -> int:
+    """The 0-based step counter the GAN switch compares with disc_start, for 1-based batch `batch` and
+    phase 0 (generator) / 1 (discriminators): the batch index, or the original's count of optimizer steps."""
+    return 2 * (batch - 1) + phase if unit == "optimizer_steps" else batch - 1
+
+
 @dataclass(frozen=True)
 class VQGANOptions:
     """The VQ-GAN objective's weights and switches (defaults: the released config, where given).
@@ -48,6 +60,9 @@ class VQGANOptions:
     disc_channels: int = 64
     disc_layers: int = 3
     disc_norm: str = "batch"
+    disc_start_unit: str = "batches"     # or "optimizer_steps" (the original's global_step, both optimizers)
+    lpips_input: str = "symmetric"       # or "unit": [0, 1] slices fed to LPIPS as is (the original)
+    lpips_dropout: bool = False          # True: LPIPS' dropout active while training (the original)
 
     def __post_init__(self) -> None:
         for name in ("codebook_weight", "perceptual_weight", "disc_weight"):
@@ -57,6 +72,8 @@ class VQGANOptions:
             raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
         if self.disc_norm not in NORMS:
             raise ConfigError(f"disc_norm must be one of {list(NORMS)}, got {self.disc_norm!r}")
+        if self.disc_start_unit not in DISC_START_UNITS:
+            raise ConfigError(f"disc_start_unit must be one of {list(DISC_START_UNITS)}, got {self.disc_start_unit!r}")
 
     @property
     def uses_gan(self) -> bool:
@@ -105,9 +122,9 @@ class VQGANObjective:
         self.perceptual, self.disc = perceptual, disc
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def gan_on(self, step: int) -> bool:
-        """The original's adopt_weight: 0 while the 0-based global step is below disc_start."""
-        return self.disc is not None and step - 1 >= self.gan.disc_start
+    def gan_on(self, step: int, phase: int = 0) -> bool:
+        """The original's adopt_weight: 0 while the global step (`global_step`) is below disc_start."""
+        return self.disc is not None and global_step(step, phase, self.gan.disc_start_unit) >= self.gan.disc_start
 
     def _slice_index(self, info: StepInfo, n: int) -> torch.Tensor:
         return torch.cat([torch.randint(0, n, (1,), generator=g) for g in info.generators(stream=1)])
@@ -122,33 +139,52 @@ class VQGANObjective:
     def generator_loss(self, net: torch.nn.Module, batch: dict[str, Any], info: StepInfo
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         image = batch["image"].to(self.ctx.device, non_blocking=True)
+        index = self._slice_index(info, image.shape[2 + self.axis])
+        if self.perceptual is not None and self.perceptual.training:  # LPIPS dropout: seeded per step, resumable
+            seed = int(torch.randint(0, 2**62, (1,), generator=info.generators(stream=2)[0]))
+            devices = [image.device.index or 0] if image.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                loss, logs, recon = self.generator_terms(net, image, index, self.gan_on(info.step, 0))
+        else:
+            loss, logs, recon = self.generator_terms(net, image, index, self.gan_on(info.step, 0))
+        if self.gan_on(info.step, 1):
+            self._stash[info.micro] = (recon.detach(), index)
+        return loss, logs
+
+    def generator_terms(self, net: torch.nn.Module, image: torch.Tensor, index: torch.Tensor, gan_active: bool
+                        ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(generator loss, logs, reconstruction) for given slice indices; the GAN term only when `gan_active`."""
         recon, codebook = net(image)
         recon = recon.float()
         l1 = (recon - image).abs().mean()
         logs = {"l1": float(l1.detach()), "codebook": float(codebook.detach())}
-        index = self._slice_index(info, image.shape[2 + self.axis])
         nll = l1
         if self.perceptual is not None and self.gan.perceptual_weight > 0:
             p = self.perceptual(take_slices(image, index, self.axis), take_slices(recon, index, self.axis)).mean()
             nll = nll + self.gan.perceptual_weight * p
             logs["lpips"] = float(p.detach())
         loss = nll + self.gan.codebook_weight * codebook.float()
-        if self.gan_on(info.step):
+        if gan_active:
             assert self.disc is not None
             logits_2d, logits_3d = self.disc(take_slices(recon, index, self.axis), recon)  # bare module: no DDP
             g_loss = -0.5 * (logits_2d.float().mean() + logits_3d.float().mean())
             weight = self._adaptive_weight(nll, g_loss)
             loss = loss + self.gan.disc_weight * weight * g_loss
             logs.update(g_loss=float(g_loss.detach()), adaptive_weight=float(weight))
-            self._stash[info.micro] = (recon.detach(), index)
-        return loss, logs
+        return loss, logs, recon
 
     def discriminator_loss(self, dnet: torch.nn.Module, batch: dict[str, Any], info: StepInfo
                            ) -> tuple[torch.Tensor, dict[str, float]] | None:
-        if not self.gan_on(info.step):
+        if not self.gan_on(info.step, 1):
             return None
         image = batch["image"].to(self.ctx.device, non_blocking=True)
         fake, index = self._stash.pop(info.micro)
+        return self.discriminator_terms(dnet, image, fake, index)
+
+    def discriminator_terms(self, dnet: torch.nn.Module, image: torch.Tensor, fake: torch.Tensor,
+                            index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The hinge loss of both discriminators on real `image` and reconstruction `fake` (same slices)."""
         real_2d, real_3d = dnet(take_slices(image, index, self.axis), image)
         fake_2d, fake_3d = dnet(take_slices(fake, index, self.axis), fake)
         d2, d3 = hinge_d_loss(real_2d.float(), fake_2d.float()), hinge_d_loss(real_3d.float(), fake_3d.float())
@@ -181,7 +217,9 @@ def train_vq(
     perceptual = None
     if gan.perceptual_weight > 0:  # seeded: a random (test) backbone is the same in every run and on every rank
         perceptual = seeded_build(lambda: PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
-                                                         random_backbone=gan.random_backbone), seed + 2)
+                                                         random_backbone=gan.random_backbone,
+                                                         input_range=gan.lpips_input, dropout=gan.lpips_dropout),
+                                  seed + 2).train()
     ctx = D.init(device)
     dev = ctx.device
     cases = list(cases) if cases is not None else find_cases(data_dir, need=("ct",))

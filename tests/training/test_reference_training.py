@@ -239,3 +239,90 @@ def test_linet_p_losses_use_one_enclosing_box(training_ref: Path, reference_data
                                 DDPMSchedule.create(), box="enclosing")
     assert abs(float(parts.dice) - g["dice_loss"]) <= _tol(g["dice_loss"])
     assert abs(float(parts.total) - g["loss"]) <= _tol(g["loss"])
+
+
+# ------------------------------------------------------------------ VQ-GAN: discriminators, LPIPS input, GAN switch
+def _loaded_discriminator(state: dict, prefix: str, dims: int, train: bool):
+    from ld_augment.nets.discriminators import PatchDiscriminator, from_released_state_dict
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    disc = PatchDiscriminator(dims, 1, ndf=4, n_layers=3)
+    disc.load_state_dict(from_released_state_dict(sub), strict=True)
+    return disc.train(train)
+
+
+@pytest.mark.parametrize("name, dims", [("frame_2d", 2), ("ct_3d", 3)])
+def test_patchgan_layout_and_logits_equal_the_originals(training_ref: Path, one_thread, name: str, dims: int) -> None:
+    g = load_golden(training_ref / "losses" / "vq_discriminators.pt")[name]
+    convs = [l for l in g["layers"] if l["type"].startswith("Conv")]
+    disc = _loaded_discriminator(g["state_dict"], "", dims, train=False)
+    ours = [m for m in disc.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert [list(m.padding) for m in ours] == [l["padding"] for l in convs]  # padding 2 everywhere
+    assert [m.bias is not None for m in ours] == [l["bias"] for l in convs] == [True] * 5
+    assert [list(m.stride) for m in ours] == [l["stride"] for l in convs]
+    with torch.no_grad():
+        out = disc(g["input"])
+        assert out.shape == g["eval_logits"].shape and (out - g["eval_logits"]).abs().max() <= _tol(g["eval_logits"])
+        out = disc.train()(g["input"])  # training: batch statistics, as the original's SyncBatchNorm in train mode
+    assert (out - g["train_logits"]).abs().max() <= _tol(g["train_logits"])
+
+
+def test_vq_objective_equals_the_originals(training_ref: Path, reference_data: Path, one_thread) -> None:
+    """No-perceptual variant: every term recomputed, GAN off at global step 50000 and on at 50001."""
+    from ld_augment.nets.discriminators import VQGANDiscriminator, from_released_state_dict
+    from ld_augment.training import distributed as D
+    from ld_augment.training.vq import VQGANObjective, VQGANOptions, global_step
+    g = load_golden(training_ref / "losses" / "vq_objective.pt")
+    variant = g["variants"]["no_perceptual"]
+    vq = _tiny_vq(reference_data)
+    state = variant["loss_state_dict"]
+    disc = VQGANDiscriminator(1, ndf=4, n_layers=3)
+    disc.image.load_state_dict(from_released_state_dict(
+        {k[len("frame_discriminator."):]: v for k, v in state.items() if k.startswith("frame_discriminator.")}))
+    disc.volume.load_state_dict(from_released_state_dict(
+        {k[len("ct_discriminator."):]: v for k, v in state.items() if k.startswith("ct_discriminator.")}))
+    disc.train()
+    gan = VQGANOptions(perceptual_weight=0.0, disc_start_unit="optimizer_steps")
+    objective = VQGANObjective(vq, gan, D.init("cpu"), 0, None, disc)
+    image = g["input"]
+    for run in variant["runs"]:
+        index = torch.as_tensor(run["slice_index"])
+        active = run["global_step"] >= gan.disc_start
+        if run["optimizer_idx"] == 0:
+            loss, logs, recon = objective.generator_terms(vq, image, index, active)
+            assert (recon - g["reconstruction"]).abs().max() <= _tol(g["reconstruction"])
+            if active:
+                assert abs(gan.disc_weight * logs["adaptive_weight"] - float(run["log"]["train/d_weight"])) <= 1e-4
+        else:
+            if not active:
+                assert float(run["loss"]) == 0.0
+                continue
+            loss, _ = objective.discriminator_terms(disc, image, g["reconstruction"], index)
+        assert abs(float(loss) - float(run["loss"])) <= _tol(run["loss"]), (run["global_step"], run["optimizer_idx"])
+    # the pinned Lightning's global_step counts both optimizers: batch k (0-based) is 2k / 2k + 1
+    assert [global_step(b, p, "optimizer_steps") for b, p in ((1, 0), (1, 1), (25001, 0), (25001, 1), (25002, 0))] \
+        == [0, 1, 50000, 50001, 50002]
+    on = VQGANObjective(vq, gan, D.init("cpu"), 0, None, disc)
+    assert (on.gan_on(25001, 0), on.gan_on(25001, 1), on.gan_on(25002, 0)) == (False, True, True)
+
+
+def test_lpips_gets_unit_range_slices_with_dropout(training_ref: Path, one_thread) -> None:
+    """The released recipe feeds LPIPS the [0, 1] slices as is and trains with its dropout active."""
+    from ld_augment.nets.perceptual import PerceptualLoss
+    g = load_golden(training_ref / "losses" / "vq_objective.pt")
+    seen = []
+    released = PerceptualLoss(random_backbone=True, input_range="unit", dropout=True).train()
+    ours = PerceptualLoss(random_backbone=True).train()
+    assert any(m.training for m in released.modules() if isinstance(m, torch.nn.Dropout))
+    assert not any(m.training for m in ours.modules() if isinstance(m, torch.nn.Dropout))
+    for loss in (released, ours):
+        loss.lpips.register_forward_pre_hook(lambda module, args: seen.append(args[:2]))
+        with torch.no_grad():
+            loss(g["lpips_call_input"], g["lpips_call_target"])
+    (a, b), (c, _) = seen
+    assert torch.equal(a[:, :1], g["lpips_call_input"]) and torch.equal(b[:, :1], g["lpips_call_target"])
+    assert not torch.equal(c[:, :1], g["lpips_call_input"])  # negative control: our recipe's [-1, 1] mapping
+    scaling = load_golden(training_ref / "losses" / "lpips_scaling.pt")
+    layer = released.lpips.scaling_layer  # lpips' own ScalingLayer on what we pass reproduces the original's
+    for key in ("input", "target"):
+        out = layer(scaling[key].expand(-1, 3, -1, -1))
+        assert (out - scaling[f"scaled_{key}"]).abs().max() <= _tol(scaling[f"scaled_{key}"])
