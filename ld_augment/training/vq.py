@@ -29,7 +29,10 @@ from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import TrainingCase, find_cases
 from ld_augment.training.loop import Phase, StepCallback, StepInfo, fit, seeded_build
 from ld_augment.training.samples import vq_sample_fn
-from ld_augment.training.setup import RunOptions, TrainResult, finish_run, run_record, start_network, training_layout
+from ld_augment.training.setup import (
+    RECIPE, RunOptions, TrainResult, finish_run, prepare_run, recipe_options, recipe_spacing, run_record,
+    training_layout,
+)
 
 
 DISC_START_UNITS = ("batches", "optimizer_steps")
@@ -60,9 +63,10 @@ class VQGANOptions:
     disc_channels: int = 64
     disc_layers: int = 3
     disc_norm: str = "batch"
-    disc_start_unit: str = "batches"     # or "optimizer_steps" (the original's global_step, both optimizers)
-    lpips_input: str = "symmetric"       # or "unit": [0, 1] slices fed to LPIPS as is (the original)
-    lpips_dropout: bool = False          # True: LPIPS' dropout active while training (the original)
+    # None: the training recipe's (released: "optimizer_steps", "unit", True; ours: "batches", "symmetric", False)
+    disc_start_unit: str | None = None   # "optimizer_steps" (the original's global_step, both optimizers) | "batches"
+    lpips_input: str | None = None       # "unit": [0, 1] slices fed to LPIPS as is (the original) | "symmetric"
+    lpips_dropout: bool | None = None    # True: LPIPS' dropout active while training (the original)
 
     def __post_init__(self) -> None:
         for name in ("codebook_weight", "perceptual_weight", "disc_weight"):
@@ -72,7 +76,7 @@ class VQGANOptions:
             raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
         if self.disc_norm not in NORMS:
             raise ConfigError(f"disc_norm must be one of {list(NORMS)}, got {self.disc_norm!r}")
-        if self.disc_start_unit not in DISC_START_UNITS:
+        if self.disc_start_unit is not None and self.disc_start_unit not in DISC_START_UNITS:
             raise ConfigError(f"disc_start_unit must be one of {list(DISC_START_UNITS)}, got {self.disc_start_unit!r}")
 
     @property
@@ -124,7 +128,8 @@ class VQGANObjective:
 
     def gan_on(self, step: int, phase: int = 0) -> bool:
         """The original's adopt_weight: 0 while the global step (`global_step`) is below disc_start."""
-        return self.disc is not None and global_step(step, phase, self.gan.disc_start_unit) >= self.gan.disc_start
+        unit = self.gan.disc_start_unit or "batches"
+        return self.disc is not None and global_step(step, phase, unit) >= self.gan.disc_start
 
     def _slice_index(self, info: StepInfo, n: int) -> torch.Tensor:
         return torch.cat([torch.randint(0, n, (1,), generator=g) for g in info.generators(stream=1)])
@@ -193,12 +198,13 @@ class VQGANObjective:
 
 def train_vq(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, config: Any = None,
-    init: str | os.PathLike | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
+    init: str | os.PathLike | None = None, steps: int = 1000, batch_size: int = 1, lr: float | None = None,
     ema_decay: float | None = None, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["vq"],
-    spacing: Sequence[float] | None = (1.0, 1.0, 1.0), codebook_weight: float | None = None, num_workers: int = 0,
+    spacing: Sequence[float] | None | str = RECIPE, codebook_weight: float | None = None, num_workers: int = 0,
     progress: bool = True, allow_pickle: bool = False, callback: StepCallback | None = None,
     gan: VQGANOptions | None = None, run: RunOptions | None = None, cases: Sequence[TrainingCase] | None = None,
+    recipe: str | None = None,
 ) -> TrainResult:
     """Train the VQ on CT crops of `data_dir` (only ct.nii.gz is needed per case); write `out_dir/vq.pt`.
 
@@ -207,23 +213,30 @@ def train_vq(
     (default: the paper's, which needs VGG16 weights for LPIPS; VQGANOptions(perceptual_weight=0,
     disc_weight=0) is plain L1 + codebook).
     """
+    run = run or RunOptions()
+    ctx = D.init(device)
+    dev = ctx.device
+    prep = prepare_run("vq", config, init, seed, allow_pickle, recipe)
+    model, cfg, start = prep.model, prep.cfg, prep.start
+    opts = recipe_options(prep, run, lr=lr, batch_size=batch_size, ctx=ctx, steps=steps, ema_decay=ema_decay,
+                          device=device, precision=precision, seed=seed, save_every=save_every, resume=resume,
+                          num_workers=num_workers, progress=progress)
+    spacing = recipe_spacing(prep.recipe, spacing)
     gan = gan or VQGANOptions()
+    recipe_gan = {"disc_start_unit": prep.recipe.disc_start_unit, "lpips_input": prep.recipe.lpips_input,
+                  "lpips_dropout": prep.recipe.lpips_dropout}
+    gan = VQGANOptions(**{**asdict(gan), **{k: v for k, v in recipe_gan.items() if getattr(gan, k) is None}})
     if codebook_weight is not None:
         gan = VQGANOptions(**{**asdict(gan), "codebook_weight": codebook_weight})
-    run = run or RunOptions()
-    opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
-                       precision=precision, seed=seed, save_every=save_every, resume=resume,
-                       num_workers=num_workers, progress=progress)
     perceptual = None
     if gan.perceptual_weight > 0:  # seeded: a random (test) backbone is the same in every run and on every rank
         perceptual = seeded_build(lambda: PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
                                                          random_backbone=gan.random_backbone,
-                                                         input_range=gan.lpips_input, dropout=gan.lpips_dropout),
+                                                         input_range=gan.lpips_input or "symmetric",
+                                                         dropout=bool(gan.lpips_dropout)),
                                   seed + 2).train()
-    ctx = D.init(device)
-    dev = ctx.device
-    cases = list(cases) if cases is not None else find_cases(data_dir, need=("ct",))
-    model, cfg, start = start_network("vq", config, init, seed, allow_pickle)
+    need = ("label", "seg", "report", "ct") if prep.recipe.items == "released" else ("ct",)
+    cases = list(cases) if cases is not None else find_cases(data_dir, need=need)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
     smallest = 3 * 2**gan.disc_layers  # each PatchGAN layer halves; the two 4x4 stride-1 convs need >= 3 voxels
@@ -232,7 +245,7 @@ def train_vq(
                           f"(every side >= {smallest}); use a larger crop or fewer layers (--disc-layers)")
     layout = training_layout(start)
     dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout,
-                          sampling=run.sampling, iter_num=run.iter_num)
+                          sampling=run.sampling, iter_num=run.iter_num, items=prep.recipe.items)
     model.to(dev)
     disc = None
     if gan.uses_gan:
@@ -245,14 +258,16 @@ def train_vq(
         perceptual.to(dev)
     objective = VQGANObjective(model, gan, ctx, axial_axis(layout), perceptual, disc)
     phases = [] if disc is None else [Phase("discriminator", disc, objective.discriminator_loss,
-                                            lr=gan.disc_lr or lr, betas=(0.5, 0.9))]
+                                            lr=gan.disc_lr or opts.lr, betas=prep.recipe.disc_betas,
+                                            weight_decay=prep.recipe.disc_weight_decay,
+                                            optimizer=prep.recipe.disc_optimizer)]
     meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "objective": gan.record(),
             "spacing": None if spacing is None else list(spacing), "cases": [c.case_id for c in cases],
-            "init": None if init is None else str(init)}
+            "init": None if init is None else str(init), "recipe": prep.recipe.record()}
     sample_fn = vq_sample_fn(dataset, dev) if opts.sample_every else None
     fitted = fit("vq", model, objective.generator_loss, dataset, opts, out_dir, meta, ctx=ctx, phases=phases,
                  callback=callback, sample_fn=sample_fn)
-    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective")}
+    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective", "recipe")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "vq", "layout": layout, "losses": gan.terms(), "training": training}
     if perceptual is not None:
