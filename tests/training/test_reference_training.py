@@ -297,7 +297,7 @@ def test_vq_objective_equals_the_originals(training_ref: Path, reference_data: P
                 assert float(run["loss"]) == 0.0
                 continue
             loss, _ = objective.discriminator_terms(disc, image, g["reconstruction"], index)
-        assert abs(float(loss) - float(run["loss"])) <= _tol(run["loss"]), (run["global_step"], run["optimizer_idx"])
+        assert abs(float(loss.detach()) - float(run["loss"])) <= _tol(run["loss"]), (run["global_step"], run["optimizer_idx"])
     # the pinned Lightning's global_step counts both optimizers: batch k (0-based) is 2k / 2k + 1
     assert [global_step(b, p, "optimizer_steps") for b, p in ((1, 0), (1, 1), (25001, 0), (25001, 1), (25002, 0))] \
         == [0, 1, 50000, 50001, 50002]
@@ -326,3 +326,64 @@ def test_lpips_gets_unit_range_slices_with_dropout(training_ref: Path, one_threa
     for key in ("input", "target"):
         out = layer(scaling[key].expand(-1, 3, -1, -1))
         assert (out - scaling[f"scaled_{key}"]).abs().max() <= _tol(scaling[f"scaled_{key}"])
+
+
+# ------------------------------------------------------------------ optimisers, learning rates, EMA
+@pytest.fixture(scope="module")
+def training_config(training_ref: Path) -> dict:
+    import json
+    return json.loads((training_ref / "training_config.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["lmnet", "linet", "vq"])
+def test_released_recipe_learning_rate_and_optimizer(training_config: dict, kind: str) -> None:
+    from ld_augment.training.recipe import get_recipe
+    cfg = training_config[kind]
+    recipe = get_recipe(kind, None, "released")  # a released init picks the released recipe
+    assert recipe.name == "released" and recipe.base_lr == cfg["base_learning_rate"]["value"]
+    # main.py: accumulate_grad_batches x ngpu x batch_size x base_lr (examples: 4 GPUs, batch 1)
+    example = training_config["learning_rate_scaling"]["examples"][f"{kind}_4gpu"]
+    assert recipe.learning_rate(world_size=4) == pytest.approx(float(example.split("=")[-1]))
+    assert recipe.learning_rate(world_size=2, batch_size=3, grad_accum=2) == pytest.approx(12 * recipe.base_lr)
+    opt = cfg["optimizer"] if kind != "vq" else cfg["optimizers"]["generator"]
+    assert {"torch.optim.AdamW": "adamw", "torch.optim.Adam": "adam"}[opt["class"]] == recipe.optimizer
+    assert list(recipe.betas) == opt["betas"] and recipe.weight_decay == opt.get("weight_decay", 0.01)
+    if kind == "vq":
+        disc = cfg["optimizers"]["discriminators"]
+        assert (recipe.disc_optimizer, list(recipe.disc_betas), recipe.disc_weight_decay) == (
+            "adam", disc["betas"], disc["weight_decay"])
+        assert (recipe.disc_start_unit, recipe.lpips_input, recipe.lpips_dropout) == ("optimizer_steps", "unit", True)
+    else:
+        assert recipe.continue_ema and recipe.items == "released" and recipe.spacing is None
+    assert get_recipe(kind, None, "checkpoint").name == get_recipe(kind, None, None).name == "ours"
+
+
+def test_optimizers_built_as_the_recipe_says() -> None:
+    """The loop builds torch.optim.Adam(0.5, 0.9, no decay) / AdamW(0.9, 0.999, 0.01) from the options."""
+    from ld_augment.training.loop import TrainOptions, _make_part
+    from ld_augment.training import distributed as D
+    module = torch.nn.Linear(2, 2)
+    for name, cls, betas, wd in (("adam", torch.optim.Adam, (0.5, 0.9), 0.0),
+                                 ("adamw", torch.optim.AdamW, (0.9, 0.999), 0.01)):
+        opts = TrainOptions(optimizer=name, betas=betas, weight_decay=wd)
+        part = _make_part("model", module, None, 2e-5, wd, betas, opts, D.init("cpu"), name)
+        group = part.opt.param_groups[0]
+        assert type(part.opt) is cls and group["betas"] == betas and group["weight_decay"] == wd
+        assert group["eps"] == 1e-8 and group["lr"] == 2e-5
+
+
+def test_ema_warmup_equals_the_originals(training_config: dict) -> None:
+    """decay_eff = min(0.9999, (1 + n) / (10 + n)) after n += 1: the config's examples n = 1, 10, 1000."""
+    from ld_augment.training.loop import EMA
+    assert training_config["lmnet"]["ema"]["decay"] == 0.9999
+    for n, want in ((1, 0.1818), (10, 0.55), (1000, 0.99108)):
+        ema = EMA(torch.nn.Linear(1, 1, bias=False), 0.9999)
+        ema.num_updates = n - 1
+        with torch.no_grad():
+            ema.module.weight.fill_(1.0)
+        model = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        ema.update(model)  # shadow -= (1 - d) * (shadow - param): shadow = d
+        assert float(ema.module.weight) == pytest.approx(want, abs=1e-4)
+        assert ema.num_updates == n
