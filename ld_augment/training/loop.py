@@ -90,8 +90,8 @@ class TrainOptions:
         resolve_device(self.device)
 
     # Options that change the result of a step; a resumed run must use the same ones.
-    RESULT_KEYS = ("batch_size", "lr", "weight_decay", "optimizer", "betas", "ema_decay", "precision", "seed", "grad_clip", "grad_accum",
-                   "warmup_steps")
+    RESULT_KEYS = ("batch_size", "lr", "weight_decay", "optimizer", "betas", "ema_decay", "precision", "seed",
+                   "grad_clip", "grad_accum", "warmup_steps")
 
     def lr_at(self, step: int, base: float | None = None) -> float:
         """The learning rate of (1-based) step `step`: linear warm-up over warmup_steps, then constant."""

@@ -48,7 +48,8 @@ def padded_shape(shape: Sequence[int], crop: Sequence[int]) -> tuple[int, int, i
     """The volume size after the original's padding (unchanged unless some axis is <= its crop size)."""
     if not any(int(n) <= int(c) for n, c in zip(shape, crop)):
         return tuple(int(n) for n in shape)  # type: ignore[return-value]
-    return tuple(int(n) + max(int(c) - int(n) + PAD_MARGIN, 0) for n, c in zip(shape, crop))  # type: ignore[return-value]
+    padded = (int(n) + max(int(c) - int(n) + PAD_MARGIN, 0) for n, c in zip(shape, crop))
+    return tuple(padded)  # type: ignore[return-value]
 
 
 def pad_end(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:

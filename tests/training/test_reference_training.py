@@ -52,7 +52,8 @@ def original_inputs(training_ref: Path, tmp_path_factory) -> Path:
             pytest.skip(f"shared lesion annotation {src} not found")
         shutil.copy(src / "label.nii.gz", root / dst / "label.nii.gz")
         shutil.copy(src / "totalseg_v1.nii.gz", root / dst / "totalseg.nii.gz")
-    kidney_seg = training_ref.parent / "lmnet_selection" / "inputs" / "liver" / "liver_cancer" / "case01" / "totalseg.nii.gz"
+    selection = training_ref.parent / "lmnet_selection" / "inputs"
+    kidney_seg = selection / "liver" / "liver_cancer" / "case01" / "totalseg.nii.gz"
     shutil.copy(kidney_seg, root / "data/kidney/kidney_tumor/case03/totalseg.nii.gz")
     for f in (training_ref / "inputs" / "lists").iterdir():
         shutil.copy(f, root / f.name)
@@ -297,7 +298,8 @@ def test_vq_objective_equals_the_originals(training_ref: Path, reference_data: P
                 assert float(run["loss"]) == 0.0
                 continue
             loss, _ = objective.discriminator_terms(disc, image, g["reconstruction"], index)
-        assert abs(float(loss.detach()) - float(run["loss"])) <= _tol(run["loss"]), (run["global_step"], run["optimizer_idx"])
+        where = (run["global_step"], run["optimizer_idx"])
+        assert abs(float(loss.detach()) - float(run["loss"])) <= _tol(run["loss"]), where
     # the pinned Lightning's global_step counts both optimizers: batch k (0-based) is 2k / 2k + 1
     assert [global_step(b, p, "optimizer_steps") for b, p in ((1, 0), (1, 1), (25001, 0), (25001, 1), (25002, 0))] \
         == [0, 1, 50000, 50001, 50002]
