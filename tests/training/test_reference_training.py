@@ -78,9 +78,19 @@ def test_list_files_read_under_the_configs_names(original_inputs: Path, original
     assert [c.report.name for c in original_cases] == ["type.json"] * 3
 
 
-def test_lmnet_items_equal_the_originals(training_ref: Path, original_cases) -> None:
+@pytest.fixture(scope="module")
+def lmnet_ds(original_cases) -> CropDataset:
+    return CropDataset(original_cases, "lmnet", LMNET_CROP, spacing=None, items="released")
+
+
+@pytest.fixture(scope="module")
+def linet_ds(original_cases) -> CropDataset:
+    return CropDataset(original_cases, "linet", LINET_CROP, spacing=None, items="released")
+
+
+def test_lmnet_items_equal_the_originals(training_ref: Path, lmnet_ds: CropDataset) -> None:
     golden = load_golden(training_ref / "items" / "lmnet_items.pt.gz")
-    ds = CropDataset(original_cases, "lmnet", LMNET_CROP, spacing=None, items="released")
+    ds = lmnet_ds
     for index, ref in enumerate(golden["items"]):
         item = ds.released_item(index)
         where = ref["case"]
@@ -93,10 +103,10 @@ def test_lmnet_items_equal_the_originals(training_ref: Path, original_cases) -> 
         assert item["texts"] == [v for _, v in ref["text_items"]], where
 
 
-def test_linet_items_equal_the_originals(training_ref: Path, original_cases) -> None:
+def test_linet_items_equal_the_originals(training_ref: Path, linet_ds: CropDataset) -> None:
+    from ld_augment.training.released_items import vq_item
     golden = load_golden(training_ref / "items" / "linet_items.pt.gz")
-    ds = CropDataset(original_cases, "linet", LINET_CROP, spacing=None, items="released")
-    vq = CropDataset(original_cases, "vq", LINET_CROP, spacing=None, items="released")
+    ds = linet_ds
     for index, ref in enumerate(golden["items"]):
         item = ds.released_item(index)
         where = ref["case"]
@@ -106,13 +116,14 @@ def test_linet_items_equal_the_originals(training_ref: Path, original_cases) -> 
         np.testing.assert_array_equal(item["lesion"].numpy()[0], (_as_array(ref["label"]) == 2).astype(np.float32),
                                       err_msg=where)
         assert item["texts"] == [v for _, v in ref["text_items"]], where
-        np.testing.assert_array_equal(vq.released_item(index)["image"].numpy(), ref["image"].numpy(), err_msg=where)
+        # the VQ's crop is LINet's (the VQ data set loads cases the same way)
+        np.testing.assert_array_equal(vq_item(ds.case(index)[0], LINET_CROP)["image"].numpy(), ref["image"].numpy(),
+                                      err_msg=where)
 
 
-def test_kidney_case_keys_differ_between_lmnet_and_linet(training_ref: Path, original_cases) -> None:
+def test_kidney_case_keys_differ_between_lmnet_and_linet(lmnet_ds: CropDataset, linet_ds: CropDataset) -> None:
     """Case03: LMNet learns the right kidney (lesion overlap), LINet the liver (label-value sum), as the original."""
-    lm = CropDataset(original_cases, "lmnet", LMNET_CROP, spacing=None, items="released").released_item(2)
-    li = CropDataset(original_cases, "linet", LINET_CROP, spacing=None, items="released").released_item(2)
+    lm, li = lmnet_ds.released_item(2), linet_ds.released_item(2)
     assert (lm["organ_id"], li["organ_id"]) == (2, 5)
     # the organ channel is the organ map == key 2, not label >= 1 (which covers three organs here)
     seg = np.rint(lm["cond"][0].numpy() * 104).astype(int)
@@ -313,13 +324,15 @@ def test_lpips_gets_unit_range_slices_with_dropout(training_ref: Path, one_threa
     g = load_golden(training_ref / "losses" / "vq_objective.pt")
     seen = []
     released = PerceptualLoss(random_backbone=True, input_range="unit", dropout=True).train()
-    ours = PerceptualLoss(random_backbone=True).train()
     assert any(m.training for m in released.modules() if isinstance(m, torch.nn.Dropout))
-    assert not any(m.training for m in ours.modules() if isinstance(m, torch.nn.Dropout))
-    for loss in (released, ours):
-        loss.lpips.register_forward_pre_hook(lambda module, args: seen.append(args[:2]))
-        with torch.no_grad():
-            loss(g["lpips_call_input"], g["lpips_call_target"])
+    released.lpips.register_forward_pre_hook(lambda module, args: seen.append(args[:2]))
+    with torch.no_grad():
+        released(g["lpips_call_input"], g["lpips_call_target"])
+        released.input_range, released.dropout = "symmetric", False  # our recipe's LPIPS, same backbone
+        released.train()
+        assert not any(m.training for m in released.modules() if isinstance(m, torch.nn.Dropout))
+        released(g["lpips_call_input"], g["lpips_call_target"])
+        released.input_range = "unit"
     (a, b), (c, _) = seen
     assert torch.equal(a[:, :1], g["lpips_call_input"]) and torch.equal(b[:, :1], g["lpips_call_target"])
     assert not torch.equal(c[:, :1], g["lpips_call_input"])  # negative control: our recipe's [-1, 1] mapping
