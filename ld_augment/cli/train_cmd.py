@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ld_augment.errors import ConfigError
     from ld_augment.training import RunOptions, VQGANOptions, read_training_data, train_linet, train_lmnet, train_vq
 
-    need = {"lmnet": ("label", "seg", "report"), "linet": ("label", "seg", "report", "ct"), "vq": ("ct",)}
+    need = {"lmnet": ("label", "seg", "report"), "linet": ("label", "seg", "report", "ct"),
+            "vq": ("ct", "label") if args.recipe == "released" else ("ct",)}  # released VQ crops: on lesions
     cases = read_training_data(args.data, need=need[args.network], split=args.split)
     run_opts = RunOptions(grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                           tensorboard=args.tensorboard, sample_every=args.sample_every, sampling=args.sampling,

@@ -164,7 +164,8 @@ class CropDataset(torch.utils.data.Dataset):
             return self._cache[index]
         released = self.items == "released"
         loaded = self._in_layout(load_case(self.cases[index], spacing=self.spacing, need_ct=self.kind != "lmnet",
-                                           need_lesion=released or self.kind != "vq", float16_hu=released))
+                                           need_lesion=released or self.kind != "vq", float16_hu=released,
+                                           need_organs=self.kind != "vq"))
         if released:
             extra: Any = None
         elif self.kind == "vq":

@@ -165,11 +165,13 @@ def derive_report(lesion: np.ndarray, organ: np.ndarray, seg_v1: np.ndarray, ct:
 
 
 def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
-              need_ct: bool = False, need_lesion: bool = True, float16_hu: bool = False) -> LoadedCase:
+              need_ct: bool = False, need_lesion: bool = True, float16_hu: bool = False,
+              need_organs: bool = True) -> LoadedCase:
     """Load, validate and standardize one case.
 
     float16_hu rounds the CT's HU to float16 first, as the original's loader did (so the normalised image is
-    bit-identical to what the released networks were trained on).
+    bit-identical to what the released networks were trained on). need_organs=False (the released VQ, whose
+    original config lists only images and labels) reads the label without organ map and report.
 
     Errors are InputErrors naming the file: labels other than 0/1/2, a case without lesion voxels (a crop
     around "the lesion" would be meaningless), grids that differ between files, a missing CT when `need_ct`.
@@ -186,6 +188,16 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
         if ct is None:
             raise InputError(f"case {case.case_id}: no {CT_NAME}")
         return LoadedCase(case.case_id, ct, None, None, None, None, tuple(ct.shape))  # type: ignore[arg-type]
+    if not need_organs:
+        if case.label is None or ct_img is None:
+            raise InputError(f"case {case.case_id}: a CT and its label (2 = lesion) are needed; {LAYOUT_HELP}")
+        label_img = load_label_map(case.label, name="lesion label")
+        check_same_grid(ct_img, label_img, name_a=str(case.ct), name_b=str(case.label))
+        label = np.asarray(_standardized(label_img, spacing, True).dataobj).astype(np.uint8)
+        if not (label == LESION).any():
+            raise InputError(f"{case.label}: the case has no lesion voxels (label 2); released VQ crops are centred "
+                             "on the largest lesion")
+        return LoadedCase(case.case_id, ct, label == LESION, None, None, None, tuple(label.shape), label)
     if case.label is None or case.seg is None or (case.report is None and not case.derive_report):
         raise InputError(f"case {case.case_id}: label, segmentation and report are needed; {LAYOUT_HELP}")
     label_img = load_label_map(case.label, name="lesion label")

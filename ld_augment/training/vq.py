@@ -235,7 +235,7 @@ def train_vq(
                                                          input_range=gan.lpips_input or "symmetric",
                                                          dropout=bool(gan.lpips_dropout)),
                                   seed + 2).train()
-    need = ("label", "seg", "report", "ct") if prep.recipe.items == "released" else ("ct",)
+    need = ("label", "ct") if prep.recipe.items == "released" else ("ct",)
     cases = list(cases) if cases is not None else find_cases(data_dir, need=need)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
