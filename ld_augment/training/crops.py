@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.network_layout import RELEASED, NetworkLayout, layout as as_layout
-from ld_augment.errors import InputError
 from ld_augment.reports import conditioning_texts
 from ld_augment.training import released_items as R
 from ld_augment.training.data import V1_MAX_ID, LoadedCase, TrainingCase, load_case, normalize_hu
@@ -198,7 +197,8 @@ class CropDataset(torch.utils.data.Dataset):
         start = crop_start(comp.lo, comp.hi, loaded.shape, self.crop, rng)
         lesion = extract(loaded.lesion, start, self.crop, 0).astype(np.float32)  # type: ignore[arg-type]
         seg_crop = extract(loaded.seg_v1, start, self.crop, 0)  # type: ignore[arg-type]
-        report = _report_of(loaded, seg_crop, extract(_component_mask(loaded, comp), start, self.crop, False))
+        report = loaded.report if len(loaded.reports) <= 1 else _report_of(
+            loaded, seg_crop, extract(_component_mask(loaded, comp), start, self.crop, False))
         texts = conditioning_texts(report, purpose=self.kind)  # type: ignore[arg-type]
         item: dict[str, Any] = {"case_id": loaded.case_id, "texts": texts, "start": torch.tensor(start)}
         if self.kind == "lmnet":
@@ -251,9 +251,7 @@ def _component_mask(loaded: LoadedCase, comp: Component) -> np.ndarray:
 
 def _report_of(loaded: LoadedCase, seg_crop: np.ndarray, component: np.ndarray) -> Any:
     """The report whose organ holds most of the sampled component (the case's picked report if none does)."""
-    reports = loaded.reports or (loaded.report,)
-    if len(reports) == 1:
-        return reports[0]
+    reports = loaded.reports
     overlaps = [int(np.count_nonzero(component & (seg_crop == r.organ_id))) for r in reports]
     return reports[int(np.argmax(overlaps))] if max(overlaps) > 0 else loaded.report
 
