@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train or fine-tune LMNet, LINet or the VQ on annotated cases",
         description="DATA is one of: a folder per case with label.nii.gz (0 bg / 1 organ / 2 lesion), "
         "totalseg.nii.gz (or totalseg_v1.nii.gz; v1 or v2 ids), report.json (type.json) and, for linet/vq, "
-        "ct.nii.gz; a folder with the original's list files (train_img_list.txt, train_label_list.txt, "
+        "ct.nii.gz; a folder with the original's list files (train_img_list.txt or train_image_list.txt, train_label_list.txt, "
         "train_type_list.txt, train_seg_list.txt and the val_* ones; --split picks which); or an nnU-Net raw "
         "dataset (imagesTr/, labelsTr/, organ maps in totalsegTr/, reports in reportsTr/ or derived). Writes "
         "OUT/<net>.pt (final weights, EMA), OUT/<net>_train_state.pt (resumable) and OUT/<net>_log.jsonl. "
@@ -58,7 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--disc-layers", type=int, default=3, help="PatchGAN depth (crop sides >= 3 * 2^layers)")
     g.add_argument("--disc-channels", type=int, default=64, help="PatchGAN base width")
     g.add_argument("--codebook-weight", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--recipe", default="auto", choices=("auto", "released", "ours"),
+                   help="released: the original's training (LR 2e-5 LMNet / 2e-6 LINet / 1e-4 VQ x processes x batch "
+                   "x grad-accum, its optimisers, crops on the largest lesion at native spacing, its texts, the "
+                   "released EMA continued); ours: this project's (README, Training recipes); auto (default): "
+                   "released when --init is a released .ckpt, else ours")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's; released: scaled "
+                   "by the global batch as the original)")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.9999; vq: no EMA); 0 = off")
     p.add_argument("--crop", type=parse_crop, help="crop size in voxels, e.g. 64x152x152 (lmnet) or 128 (linet/vq)")
     p.add_argument("--device", default="cpu")
@@ -82,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ld_augment.errors import ConfigError
     from ld_augment.training import RunOptions, VQGANOptions, read_training_data, train_linet, train_lmnet, train_vq
 
-    need = {"lmnet": ("label", "seg", "report"), "linet": ("label", "seg", "report", "ct"), "vq": ("ct",)}
+    need = {"lmnet": ("label", "seg", "report"), "linet": ("label", "seg", "report", "ct"),
+            "vq": ("ct", "label") if args.recipe == "released" else ("ct",)}  # released VQ crops: on lesions
     cases = read_training_data(args.data, need=need[args.network], split=args.split)
     run_opts = RunOptions(grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
                           tensorboard=args.tensorboard, sample_every=args.sample_every, sampling=args.sampling,
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     common = dict(config=args.config, init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                   device=args.device, precision=args.precision, seed=args.seed, save_every=args.save_every,
                   resume=args.resume, num_workers=args.num_workers, progress=not args.no_progress,
-                  allow_pickle=args.allow_pickle, run=run_opts, cases=cases)
+                  allow_pickle=args.allow_pickle, run=run_opts, cases=cases,
+                  recipe=None if args.recipe == "auto" else args.recipe)
     if args.ema_decay is not None:
         common["ema_decay"] = args.ema_decay or None
     if args.crop is not None:

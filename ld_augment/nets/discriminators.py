@@ -3,7 +3,9 @@
 The usual PatchGAN layout (pix2pix / taming-transformers): a stride-2 4x4 conv with LeakyReLU(0.2), then
 `n_layers - 1` stride-2 conv + norm + LeakyReLU blocks doubling the width up to 8x, one stride-1 block and a
 1-channel stride-1 conv giving a map of patch logits. Written from that description, parameterised by the
-spatial dimension so the 2-D and 3-D versions are one class.
+spatial dimension so the 2-D and 3-D versions are one class. As in the original's NLayerDiscriminator(3D)
+(reference/training/losses/vq_discriminators.pt) every conv pads 2 (ceil(3 / 2)) and has a bias, also before
+a norm; its blocks are named model0..model{n+1}, which `released_state_dict_keys` maps to ours.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 NORMS = ("batch", "group", "none")
+PADDING = 2  # the original's padw = ceil((4 - 1) / 2)
 
 
 def _norm(kind: str, dims: int, channels: int) -> nn.Module:
@@ -36,15 +39,15 @@ class PatchDiscriminator(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        bias = norm == "none"
-        layers: list[nn.Module] = [conv(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        pad = PADDING
+        layers: list[nn.Module] = [conv(in_channels, ndf, 4, stride=2, padding=pad), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [conv(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
+            layers += [conv(ndf * prev, ndf * mult, 4, stride=stride, padding=pad, bias=True),
                        _norm(norm, dims, ndf * mult), nn.LeakyReLU(0.2, True)]
-        layers.append(conv(ndf * mult, 1, 4, stride=1, padding=1))
+        layers.append(conv(ndf * mult, 1, 4, stride=1, padding=pad))
         self.main = nn.Sequential(*layers)
         self.apply(_init_weights)
 
@@ -71,3 +74,26 @@ class VQGANDiscriminator(nn.Module):
 
     def forward(self, slices, volume):  # type: ignore[no-untyped-def]
         return self.image(slices), self.volume(volume)
+
+
+def released_state_dict_keys(n_layers: int = 3) -> dict[str, str]:
+    """The original's block names (model{k}.{i}) -> our `main.{j}` index prefixes, for loading its weights."""
+    out = {"model0.0": "main.0"}
+    j = 2
+    for k in range(1, n_layers + 1):
+        out[f"model{k}.0"], out[f"model{k}.1"] = f"main.{j}", f"main.{j + 1}"
+        j += 3
+    out[f"model{n_layers + 1}.0"] = f"main.{j}"
+    return out
+
+
+def from_released_state_dict(state: dict, n_layers: int = 3) -> dict:
+    """An original NLayerDiscriminator(3D) state dict renamed to `PatchDiscriminator` keys."""
+    names = released_state_dict_keys(n_layers)
+    out = {}
+    for key, value in state.items():
+        block, _, leaf = key.rpartition(".")
+        if block not in names:
+            raise KeyError(f"unexpected discriminator key {key!r}")
+        out[f"{names[block]}.{leaf}"] = value
+    return out

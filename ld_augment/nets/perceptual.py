@@ -42,16 +42,27 @@ def _backbone_state(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+INPUT_RANGES = ("unit", "symmetric")
+
+
 class PerceptualLoss(nn.Module):
-    """LPIPS distance of [B, 1, H, W] images in [0, 1] (mapped to [-1, 1], gray to RGB), per sample.
+    """LPIPS distance of [B, 1, H, W] images in [0, 1] (gray to RGB), per sample.
 
     backbone_weights: the VGG16 file; random_backbone=True (tests only) skips it. linear_weights: another
     lpips linear-layer file (default: the package's v0.1 vgg.pth). Frozen: no parameter is trained.
+    input_range "unit" feeds the [0, 1] slices to LPIPS as they are, as the original VQ-GAN did (LPIPS expects
+    [-1, 1]; the released VQ was trained on this distance all the same); "symmetric" maps them to [-1, 1].
+    dropout=True keeps LPIPS' Dropout(0.5) before its linear layers active in training mode, as in the
+    original's training (Lightning put the whole module in train mode); False makes LPIPS a fixed metric.
     """
 
     def __init__(self, backbone_weights: str | os.PathLike | None = None, *, linear_weights: str | os.PathLike | None
-                 = None, random_backbone: bool = False) -> None:
+                 = None, random_backbone: bool = False, input_range: str = "symmetric", dropout: bool = False
+                 ) -> None:
         super().__init__()
+        if input_range not in INPUT_RANGES:
+            raise ConfigError(f"LPIPS input_range must be one of {list(INPUT_RANGES)}, got {input_range!r}")
+        self.input_range, self.dropout = input_range, bool(dropout)
         try:
             import lpips
         except ImportError:
@@ -77,10 +88,10 @@ class PerceptualLoss(nn.Module):
         self.backbone = "random" if backbone_weights is None else Path(backbone_weights).name
 
     def train(self, mode: bool = True) -> "PerceptualLoss":
-        super().train(False)  # dropout in the linear layers stays off: a fixed metric
+        super().train(bool(mode) and self.dropout)  # without dropout: a fixed metric, always in eval mode
         return self
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a3 = (a * 2 - 1).expand(-1, 3, -1, -1)
-        b3 = (b * 2 - 1).expand(-1, 3, -1, -1)
-        return self.lpips(a3, b3).flatten(1).mean(dim=1)
+        if self.input_range == "symmetric":
+            a, b = a * 2 - 1, b * 2 - 1
+        return self.lpips(a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)).flatten(1).mean(dim=1)

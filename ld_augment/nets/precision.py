@@ -43,11 +43,22 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """"auto" -> "bf16" on CUDA (tensor cores; bf16's range needs no loss scaling), "fp32" elsewhere."""
+#: What the original ran the released networks in on a GPU: LMNet fp32 (its test config sets use_fp16 false),
+#: LINet fp16 (use_fp16 true and the module halved); ours runs fp16 as autocast with fp32 norms.
+RELEASED_PRECISION = {"lmnet": "fp32", "linet": "fp16"}
+
+
+def resolve_precision(precision: str, device: str | torch.device, released_as: str | None = None) -> str:
+    """"auto" -> "bf16" on CUDA (tensor cores; bf16's range needs no loss scaling), "fp32" elsewhere.
+
+    released_as ("lmnet" / "linet"): the network is a released file, so "auto" on CUDA is the precision the
+    original ran it in (``RELEASED_PRECISION``); bf16 stays available by asking for it.
+    """
     if check_precision(precision) != "auto":
         return precision
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return RELEASED_PRECISION[released_as] if released_as is not None else "bf16"
 
 
 def precision_dtype(precision: str) -> torch.dtype:

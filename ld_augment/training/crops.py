@@ -5,9 +5,14 @@ Every sample is a pure function of (seed, sample index): `CropDataset[i]` draws 
 run with data-loader workers and an uninterrupted run all see the same batches.
 
 LMNet sample: x0 = lesion mask [1, *crop]; cond = [organ seg (v1 id) / 104, target-organ mask, bbox mask]
-[3, *crop] (the order the UNet's channels 1-3 expect; the loss weights channel 2, the box). The box channel is
-1 inside the axis-aligned box of every lesion component touching the crop, so each lesion voxel of x0 lies in a
-box, as at inference where each component's box is the request.
+[3, *crop] (the order the UNet's channels 1-3 expect; the loss weights channel 2, the box). The target organ is
+the organ map == the report's organ id (lungs: every lobe), as at inference; the report is the one whose organ
+holds most of the sampled component. The box channel is 1 inside the axis-aligned box of every lesion
+component touching the crop, so each lesion voxel of x0 lies in a box, as at inference where each component's
+box is the request.
+
+items="released" builds every item as the original's loader did instead (``released_items``: centred on the
+largest lesion, native spacing, the released texts); a case it rejects is replaced by another drawn case.
 LINet sample: image = normalised CT [1, *crop] in [0, 1]; lesion = label == 2 [1, *crop]; the loop encodes the
 image with the frozen VQ and downsamples the mask to the latent grid.
 
@@ -26,12 +31,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.network_layout import RELEASED, NetworkLayout, layout as as_layout
 from ld_augment.reports import conditioning_texts
+from ld_augment.training import released_items as R
 from ld_augment.training.data import V1_MAX_ID, LoadedCase, TrainingCase, load_case, normalize_hu
 
 KINDS = ("lmnet", "linet", "vq")
+ITEMS = ("ours", "released")
+MAX_REDRAWS = 20  # cases the released loader may reject in a row before the data set is called unusable
 DEFAULT_CROPS = {"lmnet": (64, 152, 152), "linet": (128, 128, 128), "vq": (128, 128, 128)}
 AIR_HU = -1000.0
 BODY_HU = -500.0  # VQ crops are centred on voxels denser than this (not on the air around the patient)
@@ -116,7 +124,7 @@ class CropDataset(torch.utils.data.Dataset):
     def __init__(self, cases: Sequence[TrainingCase], kind: str, crop: Sequence[int], *, seed: int = 0,
                  spacing: Sequence[float] | None = (1.0, 1.0, 1.0), cache_size: int = 16,
                  min_component_voxels: int = 10, layout: str | NetworkLayout = RELEASED, sampling: str = "random",
-                 iter_num: int | None = None) -> None:
+                 iter_num: int | None = None, items: str = "ours") -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown crop kind {kind!r}; valid: {list(KINDS)}")
         if not cases:
@@ -132,6 +140,9 @@ class CropDataset(torch.utils.data.Dataset):
         if sampling not in ("random", "sequential"):
             raise ConfigError(f"unknown sampling {sampling!r}; valid: ['random', 'sequential']")
         self.sampling = sampling
+        if items not in ITEMS:
+            raise ConfigError(f"unknown items {items!r}; valid: {list(ITEMS)}")
+        self.items = items
         self.epoch_length = int(iter_num) if (iter_num and sampling == "random") else len(self.cases)
 
     def case_index(self, index: int, rng: np.random.Generator) -> int:
@@ -150,9 +161,13 @@ class CropDataset(torch.utils.data.Dataset):
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
+        released = self.items == "released"
         loaded = self._in_layout(load_case(self.cases[index], spacing=self.spacing, need_ct=self.kind != "lmnet",
-                                           need_lesion=self.kind != "vq"))
-        if self.kind == "vq":
+                                           need_lesion=released or self.kind != "vq", float16_hu=released,
+                                           need_organs=self.kind != "vq"))
+        if released:
+            extra: Any = None
+        elif self.kind == "vq":
             body = np.argwhere(loaded.ct > BODY_HU)  # type: ignore[operator]
             extra: Any = body[:: max(1, len(body) // 100_000)] if len(body) else np.zeros((0, 3), int)
         else:
@@ -166,23 +181,29 @@ class CropDataset(torch.utils.data.Dataset):
         """The case's arrays as views in the network's layout (no copy; crops copy what they take)."""
         lay = self.layout
         view = {name: None if getattr(loaded, name) is None else lay.to_network(getattr(loaded, name))
-                for name in ("ct", "lesion", "organ", "seg_v1")}
+                for name in ("ct", "lesion", "organ", "seg_v1", "label")}
         return replace(loaded, shape=lay.network_shape(loaded.shape), **view)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, int(index)])
-        loaded, extra = self.case(self.case_index(index, rng))
+        case_index = self.case_index(index, rng)
+        if self.items == "released":
+            return self.released_item(case_index, rng)
+        loaded, extra = self.case(case_index)
         if self.kind == "vq":
             return self._vq_item(loaded, extra, rng)
         big = [c for c in extra if c.voxels >= self.min_component_voxels] or extra
         comp = big[int(rng.integers(len(big)))]
         start = crop_start(comp.lo, comp.hi, loaded.shape, self.crop, rng)
         lesion = extract(loaded.lesion, start, self.crop, 0).astype(np.float32)  # type: ignore[arg-type]
-        texts = conditioning_texts(loaded.report, purpose=self.kind)  # type: ignore[arg-type]
+        seg_crop = extract(loaded.seg_v1, start, self.crop, 0)  # type: ignore[arg-type]
+        report = loaded.report if len(loaded.reports) <= 1 else _report_of(
+            loaded, seg_crop, extract(_component_mask(loaded, comp), start, self.crop, False))
+        texts = conditioning_texts(report, purpose=self.kind)  # type: ignore[arg-type]
         item: dict[str, Any] = {"case_id": loaded.case_id, "texts": texts, "start": torch.tensor(start)}
         if self.kind == "lmnet":
-            seg = extract(loaded.seg_v1, start, self.crop, 0).astype(np.float32) / V1_MAX_ID  # type: ignore[arg-type]
-            organ = extract(loaded.organ, start, self.crop, 0).astype(np.float32)  # type: ignore[arg-type]
+            seg = seg_crop.astype(np.float32) / V1_MAX_ID
+            organ = R.target_organ(seg_crop, report, loaded.reports).astype(np.float32)
             box = bbox_mask(extra, start, self.crop)
             item["x0"] = torch.from_numpy(lesion[None])
             item["cond"] = torch.from_numpy(np.stack([seg, organ, box]))
@@ -193,6 +214,23 @@ class CropDataset(torch.utils.data.Dataset):
             item["box"] = torch.from_numpy(bbox_mask(extra, start, self.crop)[None])  # the loss's coarse mask
         return item
 
+    def released_item(self, case_index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """The original's item for the case; a case its loader rejects is replaced by another drawn one."""
+        rng = rng if rng is not None else np.random.default_rng([self.seed, case_index, 11])
+        problems = []
+        for _ in range(MAX_REDRAWS):
+            loaded, _ = self.case(case_index)
+            try:
+                if self.kind == "lmnet":
+                    case = self.cases[case_index]
+                    return R.lmnet_item(loaded, self.crop, **R.folder_hints(case.organ_folder, case.disease))
+                return R.linet_item(loaded, self.crop) if self.kind == "linet" else R.vq_item(loaded, self.crop)
+            except R.SampleError as exc:
+                problems.append(f"{loaded.case_id}: {exc}")
+                case_index = int(rng.integers(len(self.cases)))
+        raise InputError(f"{MAX_REDRAWS} drawn cases in a row cannot give a released training item: "
+                         + "; ".join(problems[:5]))
+
     def _vq_item(self, loaded: LoadedCase, body: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
         if len(body):
             centre = body[int(rng.integers(len(body)))]
@@ -201,6 +239,21 @@ class CropDataset(torch.utils.data.Dataset):
         start = crop_start(centre, centre + 1, loaded.shape, self.crop, rng)
         image = normalize_hu(extract(loaded.ct, start, self.crop, AIR_HU))  # type: ignore[arg-type]
         return {"case_id": loaded.case_id, "image": torch.from_numpy(image[None]), "start": torch.tensor(start)}
+
+
+def _component_mask(loaded: LoadedCase, comp: Component) -> np.ndarray:
+    """The lesion voxels inside the component's box (its own voxels, plus any other lesion sharing the box)."""
+    out = np.zeros(loaded.shape, bool)
+    box = tuple(slice(a, b) for a, b in zip(comp.lo, comp.hi))
+    out[box] = np.asarray(loaded.lesion)[box]
+    return out
+
+
+def _report_of(loaded: LoadedCase, seg_crop: np.ndarray, component: np.ndarray) -> Any:
+    """The report whose organ holds most of the sampled component (the case's picked report if none does)."""
+    reports = loaded.reports
+    overlaps = [int(np.count_nonzero(component & (seg_crop == r.organ_id))) for r in reports]
+    return reports[int(np.argmax(overlaps))] if max(overlaps) > 0 else loaded.report
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ Layout of a training folder (one sub-folder per case; the LesionDiffusion demo l
 
 Cases are loaded into the standardized grid (RAS, `spacing` mm) that ld-augment's inference works in, so a
 network trained here sees anatomy in the same orientation as at synthesis time; `spacing=None` keeps each
-case's own voxel grid. Arrays are indexed (i, j, k) in that grid, and crop sizes are given in that order.
+case's own voxel spacing (the original read native spacing) and only reorients it to RAS (nibabel's closest
+canonical, no resampling). Arrays are indexed (i, j, k) in that grid.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class TrainingCase:
     report: Path | None
     ct: Path | None
     derive_report: bool = False  # no report file: derive one from the label and organ map (nnU-Net datasets)
+    disease: str | None = None  # the original's disease folder name (list files: <organ>/<disease>/<case>/...)
+    organ_folder: str | None = None  # ... and its organ folder name (both set the released cavity phrase)
 
 
 def _seg_file(folder: Path) -> tuple[Path | None, str]:
@@ -111,11 +114,15 @@ class LoadedCase:
     seg_v1: np.ndarray | None      # uint8 TotalSegmentator v1 ids
     report: LesionReport | None
     shape: tuple[int, int, int]
+    label: np.ndarray | None = None          # uint8 0/1/2 as stored (the original sums these per organ)
+    reports: tuple[LesionReport, ...] = ()   # every report of the case's file (all organ keys)
 
 
 def _standardized(img: nib.spatialimages.SpatialImage, spacing: Sequence[float] | None, is_label: bool
                   ) -> nib.spatialimages.SpatialImage:
-    return img if spacing is None else standardize_image(img, spacing, is_label=is_label)
+    if spacing is None:
+        return nib.as_closest_canonical(img)  # native spacing, RAS axis order (what the layouts start from)
+    return standardize_image(img, spacing, is_label=is_label)
 
 
 def _pick_report(reports: list[LesionReport], seg_v1: np.ndarray, organ: np.ndarray, source: Path) -> LesionReport:
@@ -158,8 +165,13 @@ def derive_report(lesion: np.ndarray, organ: np.ndarray, seg_v1: np.ndarray, ct:
 
 
 def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
-              need_ct: bool = False, need_lesion: bool = True) -> LoadedCase:
+              need_ct: bool = False, need_lesion: bool = True, float16_hu: bool = False,
+              need_organs: bool = True) -> LoadedCase:
     """Load, validate and standardize one case.
+
+    float16_hu rounds the CT's HU to float16 first, as the original's loader did (so the normalised image is
+    bit-identical to what the released networks were trained on). need_organs=False (the released VQ, whose
+    original config lists only images and labels) reads the label without organ map and report.
 
     Errors are InputErrors naming the file: labels other than 0/1/2, a case without lesion voxels (a crop
     around "the lesion" would be meaningless), grids that differ between files, a missing CT when `need_ct`.
@@ -168,12 +180,24 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
     if case.ct is not None and need_ct:
         ct_img = load_ct(case.ct, name="CT")
         ct = np.asarray(_standardized(ct_img, spacing, False).dataobj, dtype=np.float32)
+        if float16_hu:
+            ct = ct.astype(np.float16).astype(np.float32)
     elif need_ct:  # LMNet (need_ct=False) never reads the CT, even when present
         raise InputError(f"case {case.case_id}: {CT_NAME} is needed for this network but absent")
     if not need_lesion:
         if ct is None:
             raise InputError(f"case {case.case_id}: no {CT_NAME}")
         return LoadedCase(case.case_id, ct, None, None, None, None, tuple(ct.shape))  # type: ignore[arg-type]
+    if not need_organs:
+        if case.label is None or ct_img is None:
+            raise InputError(f"case {case.case_id}: a CT and its label (2 = lesion) are needed; {LAYOUT_HELP}")
+        label_img = load_label_map(case.label, name="lesion label")
+        check_same_grid(ct_img, label_img, name_a=str(case.ct), name_b=str(case.label))
+        label = np.asarray(_standardized(label_img, spacing, True).dataobj).astype(np.uint8)
+        if not (label == LESION).any():
+            raise InputError(f"{case.label}: the case has no lesion voxels (label 2); released VQ crops are centred "
+                             "on the largest lesion")
+        return LoadedCase(case.case_id, ct, label == LESION, None, None, None, tuple(label.shape), label)
     if case.label is None or case.seg is None or (case.report is None and not case.derive_report):
         raise InputError(f"case {case.case_id}: label, segmentation and report are needed; {LAYOUT_HELP}")
     label_img = load_label_map(case.label, name="lesion label", like=ct_img, like_name=str(case.ct))
@@ -200,6 +224,9 @@ def load_case(case: TrainingCase, *, spacing: Sequence[float] | None = (1.0, 1.0
     organ = label >= ORGAN
     if case.report is None:
         report = derive_report(lesion, organ, seg_v1, ct, case.label)
+        reports = (report,)
     else:
-        report = _pick_report(load_reports(case.report), seg_v1, organ, case.report)
-    return LoadedCase(case.case_id, ct, lesion, organ, seg_v1, report, tuple(label.shape))  # type: ignore[arg-type]
+        reports = tuple(load_reports(case.report))
+        report = _pick_report(list(reports), seg_v1, organ, case.report)
+    return LoadedCase(case.case_id, ct, lesion, organ, seg_v1, report, tuple(label.shape),  # type: ignore[arg-type]
+                      label.astype(np.uint8), reports)

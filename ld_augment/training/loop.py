@@ -40,6 +40,7 @@ STATE_FORMAT = "ld-augment-train/1"
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainOptions:
     batch_size: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.01
+    optimizer: str = "adamw"  # "adamw" | "adam" (the original's VQ)
+    betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float | None = 0.9999  # None or 0: no EMA, the raw weights are final
     device: str = "cpu"
     precision: str = "fp32"
@@ -81,13 +84,15 @@ class TrainOptions:
             raise ConfigError(f"ema_decay must be in [0, 1) (or None), got {self.ema_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be > 0 (or None), got {self.grad_clip}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {list(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {list(PRECISIONS)}")
         resolve_device(self.device)
 
     # Options that change the result of a step; a resumed run must use the same ones.
-    RESULT_KEYS = ("batch_size", "lr", "weight_decay", "ema_decay", "precision", "seed", "grad_clip", "grad_accum",
-                   "warmup_steps")
+    RESULT_KEYS = ("batch_size", "lr", "weight_decay", "optimizer", "betas", "ema_decay", "precision", "seed",
+                   "grad_clip", "grad_accum", "warmup_steps")
 
     def lr_at(self, step: int, base: float | None = None) -> float:
         """The learning rate of (1-based) step `step`: linear warm-up over warmup_steps, then constant."""
@@ -196,6 +201,7 @@ class Phase:
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -294,9 +300,9 @@ def _wrap(module: nn.Module, ctx: D.DistContext) -> nn.Module:
 
 
 def _make_part(name: str, module: nn.Module, loss_fn: Any, lr: float, weight_decay: float, betas: tuple[float, float],
-               opts: TrainOptions, ctx: D.DistContext) -> _Part:
+               opts: TrainOptions, ctx: D.DistContext, optimizer: str = "adamw") -> _Part:
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    opt = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=opts.precision == "fp16" and ctx.device.type == "cuda")
     return _Part(name, module, _wrap(module, ctx), opt, scaler, lr, loss_fn)
 
@@ -313,7 +319,7 @@ class FitResult:
 def fit(name: str, model: nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dataset, opts: TrainOptions,
         out_dir: str | Path, meta: Mapping[str, Any], *, ctx: D.DistContext | None = None,
         phases: Sequence[Phase] = (), callback: StepCallback | None = None,
-        sample_fn: SampleFn | None = None) -> FitResult:
+        sample_fn: SampleFn | None = None, ema_start: tuple[Mapping[str, Any], int] | None = None) -> FitResult:
     """Train `model` (already on ctx.device) for opts.steps steps; return the final module (EMA if kept).
 
     `loss_fn(net, batch, info)` computes the loss of one micro-batch with `net` (the DDP wrapper under torchrun:
@@ -321,17 +327,23 @@ def fit(name: str, model: nn.Module, loss_fn: LossFn, dataset: torch.utils.data.
     encoder, crop, ...; a resumed state must have been written with the same meta. `phases` are further
     modules with their own optimizers (the VQ-GAN discriminators). `callback(step, logs)` runs after each step
     (tests use it to simulate interruptions); `sample_fn(module, step)` draws the periodic PNG sample.
+    `ema_start` = (weights, update count) continues an existing EMA (a released file's model_ema.* and its
+    num_updates) instead of starting one from `model` with a fresh warm-up.
     On KeyboardInterrupt the state of the last finished step is saved before re-raising.
     """
     ctx = ctx or D.init(opts.device)
     paths = TrainPaths.for_run(out_dir, name)
     if ctx.is_main:
         paths.state.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**json.loads(json.dumps(dict(meta))), **{k: asdict(opts)[k] for k in TrainOptions.RESULT_KEYS}}
+    meta = json.loads(json.dumps({**dict(meta), **{k: asdict(opts)[k] for k in TrainOptions.RESULT_KEYS}}))
     meta["phases"] = [p.name for p in phases]
-    parts = [_make_part("model", model, loss_fn, opts.lr, opts.weight_decay, (0.9, 0.999), opts, ctx)]
-    parts += [_make_part(p.name, p.module, p.loss_fn, p.lr, p.weight_decay, p.betas, opts, ctx) for p in phases]
+    parts = [_make_part("model", model, loss_fn, opts.lr, opts.weight_decay, opts.betas, opts, ctx, opts.optimizer)]
+    parts += [_make_part(p.name, p.module, p.loss_fn, p.lr, p.weight_decay, p.betas, opts, ctx, p.optimizer)
+              for p in phases]
     ema = EMA(model, opts.ema_decay) if opts.ema_decay else None
+    if ema is not None and ema_start is not None:
+        ema.module.load_state_dict(dict(ema_start[0]))
+        ema.num_updates = int(ema_start[1])
     start, stored_world = 0, None
     has_state = D.broadcast_object(ctx, bool(opts.resume and paths.state.is_file()))
     if has_state:

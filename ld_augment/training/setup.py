@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,8 +31,12 @@ from ld_augment.text import AttributeEncoder, create_encoder
 from ld_augment.text.registry import ENCODER_IDS
 from ld_augment.training import distributed as D
 from ld_augment.training.loop import FitResult, TrainOptions, TrainPaths, global_batch, seeded_build
+from ld_augment.training.recipe import Recipe, get_recipe
+
+RECIPE = "recipe"  # default of a `spacing` argument: the recipe's grid
 
 NetConfig = UNetConfig | VQConfig
+EMA_UPDATES = "model_ema.num_updates"
 RELEASED_ENCODER = "biomedclip"  # the text encoder of the authors' released LMNet/LINet
 SIZE_PRESETS: dict[str, dict[str, NetConfig]] = {
     "lmnet": {"tiny": LMNET_TINY, "released": LMNET_RELEASED},
@@ -91,6 +95,8 @@ class InitWeights:
     encoder_id: str | None
     text_encoder: Mapping[str, Any] | None  # {"name", "options"} recorded by our checkpoints
     layout: str | None = None  # array layout recorded by our checkpoints (old "orientation" records converted)
+    raw_state: Mapping[str, torch.Tensor] | None = None  # a released file's model.* weights (module = its EMA)
+    ema_updates: int | None = None  # a released file's model_ema.num_updates
 
 
 def training_layout(start: InitWeights | None) -> str:
@@ -133,7 +139,12 @@ def load_init(kind: str, init: str | os.PathLike, cfg: NetConfig | None, *, allo
         raise CheckpointError(f"{init}: neither an ld-augment checkpoint nor a Lightning checkpoint")
     default = SIZE_PRESETS[kind]["released"]
     module, used = load_lightning_state_dict(sd, kind, config=cfg or default, source=str(init))
-    return InitWeights(module, used, "released", None if kind == "vq" else _encoder_id(RELEASED_ENCODER), None)
+    raw_state, updates = None, None
+    if kind != "vq" and EMA_UPDATES in sd:  # the EMA is what the original sampled with; training went on from model.*
+        raw, _ = load_lightning_state_dict(sd, kind, use_ema=False, config=used, source=str(init))
+        raw_state, updates = raw.state_dict(), int(sd[EMA_UPDATES])
+    return InitWeights(module, used, "released", None if kind == "vq" else _encoder_id(RELEASED_ENCODER), None,
+                       raw_state=raw_state, ema_updates=updates)
 
 
 def _encoder_id(name: str) -> str:
@@ -234,6 +245,7 @@ class RunOptions:
 def run_record(opts: TrainOptions, fitted: FitResult) -> dict[str, Any]:
     """The optimisation part of a checkpoint's training record, with the world size and global batch."""
     return {"steps": opts.steps, "batch_size": opts.batch_size, "lr": opts.lr, "ema_decay": opts.ema_decay,
+            "optimizer": opts.optimizer, "betas": list(opts.betas), "weight_decay": opts.weight_decay,
             "seed": opts.seed, "precision": opts.precision, "grad_accum": opts.grad_accum,
             "warmup_steps": opts.warmup_steps, "grad_clip": opts.grad_clip, "world_size": fitted.ctx.world_size,
             "global_batch": global_batch(opts, fitted.ctx), "resumed_from_world_size": fitted.start_world_size}
@@ -267,6 +279,49 @@ def start_network(kind: str, config: Any, init: str | os.PathLike | None, seed: 
         return _freeze_unused(start.module.train(), start.cfg), start.cfg, start
     cfg = cfg if cfg is not None else resolve_config(kind, "released")
     return _freeze_unused(seeded_build(lambda: build_network(cfg), seed).train(), cfg), cfg, None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run's network, recipe and optimiser settings once the initial weights are known."""
+
+    model: torch.nn.Module
+    cfg: Any
+    start: InitWeights | None
+    recipe: Recipe
+    ema_start: tuple[dict[str, torch.Tensor], int] | None  # (EMA weights, update count) to continue
+
+
+def prepare_run(kind: str, config: Any, init: str | os.PathLike | None, seed: int, allow_pickle: bool,
+                recipe: str | None) -> Prepared:
+    """The network to train and the recipe (default: "released" for a released init, else "ours").
+
+    With a released init and the released recipe the network trains on from the file's raw `model.*` weights
+    and the EMA continues from `model_ema.*` with its update count, as the original's fine-tune configs did;
+    otherwise it starts from the EMA weights (what inference uses) with a fresh EMA.
+    """
+    model, cfg, start = start_network(kind, config, init, seed, allow_pickle)
+    chosen = get_recipe(kind, recipe, None if start is None else start.origin)
+    ema_start = None
+    if chosen.continue_ema and start is not None and start.raw_state is not None:
+        ema_start = ({k: v.detach().clone() for k, v in model.state_dict().items()}, int(start.ema_updates or 0))
+        model.load_state_dict(start.raw_state)
+    return Prepared(model, cfg, start, chosen, ema_start)
+
+
+def recipe_options(prepared: Prepared, run: "RunOptions", *, lr: float | None, batch_size: int, ctx: D.DistContext,
+                   **basic: Any) -> TrainOptions:
+    """TrainOptions under the recipe: its optimiser, and its (scaled) LR unless `lr` is given explicitly."""
+    recipe = prepared.recipe
+    value = lr if lr is not None else recipe.learning_rate(world_size=ctx.world_size, batch_size=batch_size,
+                                                           grad_accum=run.grad_accum)
+    return run.options(lr=value, batch_size=batch_size, optimizer=recipe.optimizer, betas=recipe.betas,
+                       weight_decay=recipe.weight_decay, **basic)
+
+
+def recipe_spacing(recipe: Recipe, spacing: Any) -> Sequence[float] | None:
+    """The crop grid: `spacing` when given explicitly, else the recipe's (released: native spacing)."""
+    return recipe.spacing if isinstance(spacing, str) and spacing == RECIPE else spacing
 
 
 def _freeze_unused(module: nn.Module, cfg: NetConfig) -> nn.Module:

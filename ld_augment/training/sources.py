@@ -4,7 +4,8 @@ Every reader returns `TrainingCase`s after checking, up front and for all rows a
 that the grids of one case agree and that the reports parse; the error lists each problem with its row (or
 case), file and reason, so a user fixes a data set in one pass instead of one crash per epoch.
 
-List files (the original's format; README of LesionDiffusion): `<split>_img_list.txt` (CT),
+List files (the original's format; README of LesionDiffusion): `<split>_img_list.txt` (CT; the original's
+configs and demo name it `<split>_image_list.txt`, read as well),
 `<split>_label_list.txt` (0/1/2 label), `<split>_type_list.txt` (type.json report), `<split>_seg_list.txt`
 (organ segmentation), aligned by row; paths absolute or relative to the list's folder. The original's LMNet
 configs also take a `coarseg_list`: the organ map of the lesion CT, where `seg_list` may point at the healthy
@@ -38,8 +39,26 @@ LIST_KINDS = {"ct": "img", "label": "label", "report": "type", "seg": "seg"}  # 
 MAX_SHOWN = 20
 
 
+#: Other names of a list (the original's configs and demo call the CT list `train_image_list.txt`)
+LIST_ALIASES = {"img": ("image",)}
+
+
 def list_file(folder: Path, split: str, infix: str) -> Path:
-    return folder / f"{split}_{infix}_list.txt"
+    """The list file of `infix` in `folder`: the README's name, else an alias that exists (configs' name)."""
+    path = folder / f"{split}_{infix}_list.txt"
+    if not path.is_file():
+        for alias in LIST_ALIASES.get(infix, ()):
+            other = folder / f"{split}_{alias}_list.txt"
+            if other.is_file():
+                return other
+    return path
+
+
+def folder_names(path: Path | None) -> tuple[str | None, str | None]:
+    """(organ, disease) folders of the original's layout <organ>/<disease>/<case>/<file> (None when too shallow)."""
+    if path is None or len(path.parts) < 5:
+        return None, None
+    return path.parts[-4], path.parts[-3]
 
 
 def is_list_folder(folder: Path, split: str = "train") -> bool:
@@ -159,8 +178,9 @@ def read_list_files(folder: str | os.PathLike, *, split: str = "train",
     cases = []
     for case_id, paths in zip(_case_ids(all_paths), all_paths):
         seg = paths.get("seg")
+        organ_folder, disease = folder_names(paths.get("ct") or paths.get("label"))
         cases.append(TrainingCase(case_id, paths.get("label"), seg, "v1" if seg and "v1" in seg.name else "auto",
-                                  paths.get("report"), paths.get("ct")))
+                                  paths.get("report"), paths.get("ct"), disease=disease, organ_folder=organ_folder))
     if "coarseg" in rows and rows["coarseg"] != rows.get("seg"):
         log.warning("%s differs from %s: the organ channel is read from seg_list (coarseg_list is checked only)",
                     coarse.name, list_file(root, split, "seg").name)

@@ -4,8 +4,11 @@ Generator loss (ARCHITECTURE.md 2): L1 over the crop + perceptual_weight * LPIPS
 slice per sample + codebook loss (weight 1) + disc_weight * adaptive weight * GAN term, where the GAN term is
 the mean of the 2-D slice PatchGAN's and the 3-D PatchGAN's -mean(logits) and the adaptive weight is
 ||grad nll|| / (||grad gan|| + 1e-4) at the decoder's last layer (clamped to [0, 1e4]; nll = L1 + LPIPS).
-Discriminator loss: the mean of both discriminators' hinge losses, with their own AdamW. Both GAN terms are off
-before step `disc_start` (the original: 50,001). Which terms were used is recorded in the checkpoint.
+Discriminator loss: the mean of both discriminators' hinge losses, with their own optimizer. Both GAN terms are
+off before `disc_start` (the original: 50,001). disc_start_unit "optimizer_steps" counts as the original's
+pinned pytorch-lightning 1.7.7 did: its global_step counts both optimizers' steps, so batch k (0-based) runs
+the generator at 2k and the discriminators at 2k + 1 and the GAN switches on after ~25,000 batches; "batches"
+counts batches. Which terms were used is recorded in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from ld_augment.training.crops import DEFAULT_CROPS, CropDataset, check_crop
 from ld_augment.training.data import TrainingCase, find_cases
 from ld_augment.training.loop import Phase, StepCallback, StepInfo, fit, seeded_build
 from ld_augment.training.samples import vq_sample_fn
-from ld_augment.training.setup import RunOptions, TrainResult, finish_run, run_record, start_network, training_layout
+from ld_augment.training.setup import (
+    RECIPE, RunOptions, TrainResult, finish_run, prepare_run, recipe_options, recipe_spacing, run_record,
+    training_layout,
+)
+
+
+DISC_START_UNITS = ("batches", "optimizer_steps")
+
+
+def global_step(batch: int, phase: int, unit: str) -> int:
+    """The 0-based step counter the GAN switch compares with disc_start, for 1-based batch `batch` and
+    phase 0 (generator) / 1 (discriminators): the batch index, or the original's count of optimizer steps."""
+    return 2 * (batch - 1) + phase if unit == "optimizer_steps" else batch - 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class VQGANOptions:
     disc_channels: int = 64
     disc_layers: int = 3
     disc_norm: str = "batch"
+    # None: the training recipe's (released: "optimizer_steps", "unit", True; ours: "batches", "symmetric", False)
+    disc_start_unit: str | None = None   # "optimizer_steps" (the original's global_step, both optimizers) | "batches"
+    lpips_input: str | None = None       # "unit": [0, 1] slices fed to LPIPS as is (the original) | "symmetric"
+    lpips_dropout: bool | None = None    # True: LPIPS' dropout active while training (the original)
 
     def __post_init__(self) -> None:
         for name in ("codebook_weight", "perceptual_weight", "disc_weight"):
@@ -57,6 +76,8 @@ class VQGANOptions:
             raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
         if self.disc_norm not in NORMS:
             raise ConfigError(f"disc_norm must be one of {list(NORMS)}, got {self.disc_norm!r}")
+        if self.disc_start_unit is not None and self.disc_start_unit not in DISC_START_UNITS:
+            raise ConfigError(f"disc_start_unit must be one of {list(DISC_START_UNITS)}, got {self.disc_start_unit!r}")
 
     @property
     def uses_gan(self) -> bool:
@@ -105,9 +126,10 @@ class VQGANObjective:
         self.perceptual, self.disc = perceptual, disc
         self._stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def gan_on(self, step: int) -> bool:
-        """The original's adopt_weight: 0 while the 0-based global step is below disc_start."""
-        return self.disc is not None and step - 1 >= self.gan.disc_start
+    def gan_on(self, step: int, phase: int = 0) -> bool:
+        """The original's adopt_weight: 0 while the global step (`global_step`) is below disc_start."""
+        unit = self.gan.disc_start_unit or "batches"
+        return self.disc is not None and global_step(step, phase, unit) >= self.gan.disc_start
 
     def _slice_index(self, info: StepInfo, n: int) -> torch.Tensor:
         return torch.cat([torch.randint(0, n, (1,), generator=g) for g in info.generators(stream=1)])
@@ -122,33 +144,52 @@ class VQGANObjective:
     def generator_loss(self, net: torch.nn.Module, batch: dict[str, Any], info: StepInfo
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         image = batch["image"].to(self.ctx.device, non_blocking=True)
+        index = self._slice_index(info, image.shape[2 + self.axis])
+        if self.perceptual is not None and self.perceptual.training:  # LPIPS dropout: seeded per step, resumable
+            seed = int(torch.randint(0, 2**62, (1,), generator=info.generators(stream=2)[0]))
+            devices = [image.device.index or 0] if image.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                loss, logs, recon = self.generator_terms(net, image, index, self.gan_on(info.step, 0))
+        else:
+            loss, logs, recon = self.generator_terms(net, image, index, self.gan_on(info.step, 0))
+        if self.gan_on(info.step, 1):
+            self._stash[info.micro] = (recon.detach(), index)
+        return loss, logs
+
+    def generator_terms(self, net: torch.nn.Module, image: torch.Tensor, index: torch.Tensor, gan_active: bool
+                        ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(generator loss, logs, reconstruction) for given slice indices; the GAN term only when `gan_active`."""
         recon, codebook = net(image)
         recon = recon.float()
         l1 = (recon - image).abs().mean()
         logs = {"l1": float(l1.detach()), "codebook": float(codebook.detach())}
-        index = self._slice_index(info, image.shape[2 + self.axis])
         nll = l1
         if self.perceptual is not None and self.gan.perceptual_weight > 0:
             p = self.perceptual(take_slices(image, index, self.axis), take_slices(recon, index, self.axis)).mean()
             nll = nll + self.gan.perceptual_weight * p
             logs["lpips"] = float(p.detach())
         loss = nll + self.gan.codebook_weight * codebook.float()
-        if self.gan_on(info.step):
+        if gan_active:
             assert self.disc is not None
             logits_2d, logits_3d = self.disc(take_slices(recon, index, self.axis), recon)  # bare module: no DDP
             g_loss = -0.5 * (logits_2d.float().mean() + logits_3d.float().mean())
             weight = self._adaptive_weight(nll, g_loss)
             loss = loss + self.gan.disc_weight * weight * g_loss
             logs.update(g_loss=float(g_loss.detach()), adaptive_weight=float(weight))
-            self._stash[info.micro] = (recon.detach(), index)
-        return loss, logs
+        return loss, logs, recon
 
     def discriminator_loss(self, dnet: torch.nn.Module, batch: dict[str, Any], info: StepInfo
                            ) -> tuple[torch.Tensor, dict[str, float]] | None:
-        if not self.gan_on(info.step):
+        if not self.gan_on(info.step, 1):
             return None
         image = batch["image"].to(self.ctx.device, non_blocking=True)
         fake, index = self._stash.pop(info.micro)
+        return self.discriminator_terms(dnet, image, fake, index)
+
+    def discriminator_terms(self, dnet: torch.nn.Module, image: torch.Tensor, fake: torch.Tensor,
+                            index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The hinge loss of both discriminators on real `image` and reconstruction `fake` (same slices)."""
         real_2d, real_3d = dnet(take_slices(image, index, self.axis), image)
         fake_2d, fake_3d = dnet(take_slices(fake, index, self.axis), fake)
         d2, d3 = hinge_d_loss(real_2d.float(), fake_2d.float()), hinge_d_loss(real_3d.float(), fake_3d.float())
@@ -157,12 +198,13 @@ class VQGANObjective:
 
 def train_vq(
     data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, config: Any = None,
-    init: str | os.PathLike | None = None, steps: int = 1000, batch_size: int = 1, lr: float = 1e-4,
+    init: str | os.PathLike | None = None, steps: int = 1000, batch_size: int = 1, lr: float | None = None,
     ema_decay: float | None = None, device: str = "cpu", precision: str = "fp32", seed: int = 0,
     save_every: int = 500, resume: bool = True, crop_size: Sequence[int] = DEFAULT_CROPS["vq"],
-    spacing: Sequence[float] | None = (1.0, 1.0, 1.0), codebook_weight: float | None = None, num_workers: int = 0,
+    spacing: Sequence[float] | None | str = RECIPE, codebook_weight: float | None = None, num_workers: int = 0,
     progress: bool = True, allow_pickle: bool = False, callback: StepCallback | None = None,
     gan: VQGANOptions | None = None, run: RunOptions | None = None, cases: Sequence[TrainingCase] | None = None,
+    recipe: str | None = None,
 ) -> TrainResult:
     """Train the VQ on CT crops of `data_dir` (only ct.nii.gz is needed per case); write `out_dir/vq.pt`.
 
@@ -171,21 +213,30 @@ def train_vq(
     (default: the paper's, which needs VGG16 weights for LPIPS; VQGANOptions(perceptual_weight=0,
     disc_weight=0) is plain L1 + codebook).
     """
+    run = run or RunOptions()
+    ctx = D.init(device)
+    dev = ctx.device
+    prep = prepare_run("vq", config, init, seed, allow_pickle, recipe)
+    model, cfg, start = prep.model, prep.cfg, prep.start
+    opts = recipe_options(prep, run, lr=lr, batch_size=batch_size, ctx=ctx, steps=steps, ema_decay=ema_decay,
+                          device=device, precision=precision, seed=seed, save_every=save_every, resume=resume,
+                          num_workers=num_workers, progress=progress)
+    spacing = recipe_spacing(prep.recipe, spacing)
     gan = gan or VQGANOptions()
+    recipe_gan = {"disc_start_unit": prep.recipe.disc_start_unit, "lpips_input": prep.recipe.lpips_input,
+                  "lpips_dropout": prep.recipe.lpips_dropout}
+    gan = VQGANOptions(**{**asdict(gan), **{k: v for k, v in recipe_gan.items() if getattr(gan, k) is None}})
     if codebook_weight is not None:
         gan = VQGANOptions(**{**asdict(gan), "codebook_weight": codebook_weight})
-    run = run or RunOptions()
-    opts = run.options(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, device=device,
-                       precision=precision, seed=seed, save_every=save_every, resume=resume,
-                       num_workers=num_workers, progress=progress)
     perceptual = None
     if gan.perceptual_weight > 0:  # seeded: a random (test) backbone is the same in every run and on every rank
         perceptual = seeded_build(lambda: PerceptualLoss(gan.vgg16_weights, linear_weights=gan.lpips_linear_weights,
-                                                         random_backbone=gan.random_backbone), seed + 2)
-    ctx = D.init(device)
-    dev = ctx.device
-    cases = list(cases) if cases is not None else find_cases(data_dir, need=("ct",))
-    model, cfg, start = start_network("vq", config, init, seed, allow_pickle)
+                                                         random_backbone=gan.random_backbone,
+                                                         input_range=gan.lpips_input or "symmetric",
+                                                         dropout=bool(gan.lpips_dropout)),
+                                  seed + 2).train()
+    need = ("label", "ct") if prep.recipe.items == "released" else ("ct",)
+    cases = list(cases) if cases is not None else find_cases(data_dir, need=need)
     assert isinstance(cfg, VQConfig) and isinstance(model, VQModel3D)
     crop = check_crop(crop_size, cfg.downsampling_factor, "VQ")
     smallest = 3 * 2**gan.disc_layers  # each PatchGAN layer halves; the two 4x4 stride-1 convs need >= 3 voxels
@@ -194,7 +245,7 @@ def train_vq(
                           f"(every side >= {smallest}); use a larger crop or fewer layers (--disc-layers)")
     layout = training_layout(start)
     dataset = CropDataset(cases, "vq", crop, seed=seed, spacing=spacing, layout=layout,
-                          sampling=run.sampling, iter_num=run.iter_num)
+                          sampling=run.sampling, iter_num=run.iter_num, items=prep.recipe.items)
     model.to(dev)
     disc = None
     if gan.uses_gan:
@@ -207,14 +258,16 @@ def train_vq(
         perceptual.to(dev)
     objective = VQGANObjective(model, gan, ctx, axial_axis(layout), perceptual, disc)
     phases = [] if disc is None else [Phase("discriminator", disc, objective.discriminator_loss,
-                                            lr=gan.disc_lr or lr, betas=(0.5, 0.9))]
+                                            lr=gan.disc_lr or opts.lr, betas=prep.recipe.disc_betas,
+                                            weight_decay=prep.recipe.disc_weight_decay,
+                                            optimizer=prep.recipe.disc_optimizer)]
     meta = {"network": "vq", "config": cfg.to_dict(), "crop": list(crop), "objective": gan.record(),
             "spacing": None if spacing is None else list(spacing), "cases": [c.case_id for c in cases],
-            "init": None if init is None else str(init)}
+            "init": None if init is None else str(init), "recipe": prep.recipe.record()}
     sample_fn = vq_sample_fn(dataset, dev) if opts.sample_every else None
     fitted = fit("vq", model, objective.generator_loss, dataset, opts, out_dir, meta, ctx=ctx, phases=phases,
                  callback=callback, sample_fn=sample_fn)
-    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective")}
+    training = {k: meta[k] for k in ("crop", "spacing", "cases", "init", "objective", "recipe")}
     training.update(run_record(opts, fitted), init_origin=None if start is None else start.origin)
     extra = {"kind": "vq", "layout": layout, "losses": gan.terms(), "training": training}
     if perceptual is not None:

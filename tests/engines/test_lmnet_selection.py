@@ -32,7 +32,10 @@ from ld_augment.reports.conditioning import conditioning_attributes
 from ld_augment.text.offline import ENCODER_ID as VOCAB_ID
 
 CASES = {"case01": "liver/liver_cancer/case01", "case02": "kidney/kidney_tumor/case02",
-         "case03": "stomach/gastric_cancer/case03"}
+         "case03": "stomach/gastric_cancer/case03",
+         # reference/training/edge_cases: (a) a box longer than the crop along S, (b) every box <= 50 voxels
+         "case04": "liver/liver_cancer/case04", "case05": "liver/liver_cancer/case05"}
+EDGE_CASES = ("case04", "case05")
 SAL = layout("released")
 
 
@@ -54,7 +57,8 @@ def engine(tmp_path_factory):
     ckpt = save_checkpoint(tmp_path_factory.mktemp("sel") / "lmnet.pt", build_network(LMNET_TINY), LMNET_TINY,
                            encoder_id=VOCAB_ID)
     return create_mask_engine("diffusion", checkpoint=ckpt, encoder="vocab", label_version="v1",
-                              network_layout="released", selection="released", cavity_text="released")
+                              network_layout="released", selection="released", cavity_text="released",
+                              window="fixed")
 
 
 def _boxes(label_grid: np.ndarray) -> list[BBox]:
@@ -67,8 +71,17 @@ def _boxes(label_grid: np.ndarray) -> list[BBox]:
     return out
 
 
+@pytest.fixture(scope="module")
+def edge_folder(reference_data: Path) -> Path:
+    path = reference_data / "training" / "edge_cases"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found")
+    return path
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_released_selection_matches_the_original(folder, engine, monkeypatch, case) -> None:
+def test_released_selection_matches_the_original(request, engine, monkeypatch, case) -> None:
+    folder = request.getfixturevalue("edge_folder" if case in EDGE_CASES else "folder")
     data, golden = _load(folder / f"{case}_dataset.pt.gz"), _load(folder / f"{case}_calls.pt.gz")
     calls = golden["calls"]
     seg_grid = np.ascontiguousarray(SAL.from_network(data["seg"][0].numpy().astype(np.int64)))

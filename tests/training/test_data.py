@@ -112,11 +112,14 @@ def test_lmnet_item_channels_scaling_and_box(cases_dir: Path) -> None:
     values = np.unique(cond[0])
     assert all(np.isclose(v, [0, 1 / 104, 5 / 104], atol=1e-7).any() for v in values) and values.max() <= 1
     assert np.isclose(values, 5 / 104).any()  # the liver (v1 id 5) is in the crop
-    np.testing.assert_array_equal(cond[1], extract(loaded.organ, start, (8, 16, 16), 0))  # target organ
+    np.testing.assert_array_equal(cond[1], seg == LIVER_V1)  # target organ: organ map == the report's key
     assert x0.sum() > 0 and (cond[2][x0[0] > 0] == 1).all()                  # box covers the lesion
     assert cond[2].sum() < cond[2].size and set(np.unique(cond[2]).tolist()) == {0.0, 1.0}
     assert (cond[1][x0[0] > 0] == 1).all()                                   # lesion inside the organ
-    assert "liver" in item["texts"] and "within the parenchymal organ," in item["texts"]  # trailing comma as trained
+    # our recipe: the report's own cavity (the liver's default here), with the trailing comma the networks saw
+    assert "liver" in item["texts"] and "within the parenchymal organ," in item["texts"]
+    released = CropDataset(find_cases(cases_dir), "lmnet", (8, 16, 16), items="released", spacing=None)
+    assert "protruding from the parenchymal organ," in released[5]["texts"]  # the original's text for real data
     assert not any("HU" in t for t in item["texts"])                         # LMNet drops the CT value
 
 
@@ -157,3 +160,19 @@ def test_real_annotations_crop(real_cases_dir: Path) -> None:
         assert x0.sum() > 0 and (cond[2][x0 > 0] == 1).all() and (cond[1][x0 > 0] == 1).all()
         organ_id = 104 if item["case_id"] == "bladder_cancer" else 5
         assert np.isclose(cond[0][cond[1] > 0], organ_id / 104).mean() > 0.5
+
+
+def test_released_vq_items_need_only_ct_and_label(cases_dir: Path) -> None:
+    """The original's VQ config lists images and labels only: crops centred on the largest lesion, no organ map."""
+    from ld_augment.training.released_items import largest_component, window_start
+
+    for case in cases_dir.iterdir():
+        (case / "report.json").unlink()
+        (case / "totalseg.nii.gz").unlink()
+    cases = find_cases(cases_dir, need=("ct", "label"))
+    ds = CropDataset(cases, "vq", (16, 16, 16), items="released", spacing=None)
+    item = ds[0]
+    assert ds.case(0)[0].seg_v1 is None and ds.case(0)[0].report is None
+    loaded = next(ds.case(i)[0] for i in range(2) if ds.case(i)[0].case_id == item["case_id"])
+    start = window_start(largest_component(loaded.lesion), loaded.shape, (16, 16, 16))
+    assert item["start"].tolist() == list(start) and item["image"].shape == (1, 16, 16, 16)

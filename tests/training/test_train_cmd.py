@@ -63,3 +63,21 @@ def test_list_file_data_tensorboard_and_png_samples(cases_dir: Path, tmp_path: P
     acc = EventAccumulator(str(out / "tensorboard" / "lmnet"))
     acc.Reload()
     assert {"lmnet/loss", "lmnet/lr", "lmnet/grad_norm", "lmnet/samples_per_s"} <= set(acc.Tags()["scalars"])
+
+
+def test_recipe_option_sets_the_released_lr_and_records_it(cases_dir: Path, tmp_path: Path) -> None:
+    """--recipe released without --lr: the original's LMNet 2e-5 x 1 process x batch 2; ours stays 1e-4."""
+    assert _parse(["train", "lmnet", "--data", "d", "--out", "o"]).recipe == "auto"
+    args = _parse(["train", "lmnet", "--data", str(cases_dir), "--out", str(tmp_path / "r"), "--config", "tiny",
+                   "--steps", "1", "--crop", "8x16x16", "--batch-size", "2", "--recipe", "released", "--no-progress"])
+    assert args.lr is None and args.func(args) == 0
+    training = load_checkpoint(tmp_path / "r" / "lmnet.pt")[2]["extra"]["training"]
+    assert training["lr"] == pytest.approx(4e-5) and training["recipe"]["name"] == "released"
+    assert training["spacing"] is None and training["optimizer"] == "adamw"  # native spacing, as the original
+    args = _parse(["train", "lmnet", "--data", str(cases_dir), "--out", str(tmp_path / "o"), "--config", "tiny",
+                   "--steps", "1", "--crop", "8x16x16", "--no-progress"])
+    assert args.func(args) == 0
+    training = load_checkpoint(tmp_path / "o" / "lmnet.pt")[2]["extra"]["training"]
+    assert training["lr"] == pytest.approx(1e-4) and training["recipe"]["name"] == "ours"
+    with pytest.raises(SystemExit):
+        _parse(["train", "lmnet", "--data", "d", "--out", "o", "--recipe", "paper"])

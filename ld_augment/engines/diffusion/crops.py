@@ -20,6 +20,9 @@ import numpy as np
 from ld_augment.errors import ConfigError
 
 Triple = tuple[int, int, int]
+#: How a window is sized around a lesion: "fixed" = the trained crop, a lesion longer than it is cut (what the
+#: original's inference does, default for the released files); "grow" = grown to the lesion (`fit_crop`, ours).
+WINDOWS = ("fixed", "grow")
 
 def check_crop(crop: Sequence[int], what: str) -> Triple:
     """Validate a crop option: three positive integers."""

@@ -28,7 +28,7 @@ from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_b
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
+from ld_augment.engines.diffusion.crops import WINDOWS, CropWindow, check_crop, fit_crop
 from ld_augment.engines.diffusion.loading import (
     PathArg, check_encoder_available, encoder_id, is_released, load_unet, network_layout_of, text_encoder_for,
 )
@@ -92,9 +92,11 @@ class DiffusionMaskEngine(MaskEngine):
     released files and to ours for our checkpoints (module doc). ``max_attempts`` (2) and ``min_voxels``
     (a lesion needs more voxels than this; None: the original's 400, 50 for stones, capped at 10 % of the
     target count in constrained selection) tune the acceptance; ``max_lesions`` (3, None = no cap) is the
-    per-case cap of released selection (``plan_lesions``).
+    per-case cap of released selection (``plan_lesions``). ``window`` ("fixed" / "grow", ``crops.WINDOWS``):
+    the original keeps the fixed crop and cuts a longer box (default for the released files), ours grows it.
     Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
-    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
+    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA (the
+    released files: the precision the original ran them in, LMNet fp32 / LINet fp16; bf16 by asking), fp32 on
     CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager; ``max_batch``
     lesions share one network call in ``generate_masks``.
     """
@@ -128,6 +130,7 @@ class DiffusionMaskEngine(MaskEngine):
         selection: str | None = None,
         cavity_text: str | None = None,
         max_lesions: int | None = MAX_LESIONS,
+        window: str | None = None,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
         self.sampler, self.compile = sampler, compile
@@ -148,7 +151,8 @@ class DiffusionMaskEngine(MaskEngine):
         self.max_lesions = None if max_lesions is None else int(max_lesions)
         self.body_threshold_hu = float(body_threshold_hu)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(self.precision, self.device)  # "auto": bf16 on CUDA, fp32 on CPU
+        if window is not None and window not in WINDOWS:
+            raise ConfigError(f"window must be one of {list(WINDOWS)}, got {window!r}")
         check_encoder_available(encoder, encoder_weights)  # before reading a large checkpoint
         self.net = load_unet("lmnet", checkpoint=checkpoint, lightning_checkpoint=lightning_checkpoint, config=config,
                              expected_encoder=encoder_id(encoder), device=self.device, use_ema=use_ema,
@@ -159,6 +163,9 @@ class DiffusionMaskEngine(MaskEngine):
         released = is_released(self.net.record)
         self.rule = selection_rule(selection or ("released" if released else "constrained"))
         self.cavity_text = cavity_text or ("released" if released else "report")
+        self.window = window or ("fixed" if released else "grow")
+        # "auto": the original's fp32 for the released LMNet on CUDA, else bf16 on CUDA; fp32 on CPU
+        self.precision = resolve_precision(self.precision, self.device, "lmnet" if released else None)
         self.encoder, self.encoder_record = text_encoder_for(self.net, encoder, weights=encoder_weights,
                                                              device=self.device)
 
@@ -169,11 +176,12 @@ class DiffusionMaskEngine(MaskEngine):
 
     def plan_lesions(self, boxes: Sequence[BBox], shape: Sequence[int]) -> list[int]:
         """Indices of ``boxes`` to draw, in order. Released selection: the original's > 50 voxels, largest
-        first, at most ``max_lesions``; constrained: every box in the given order."""
+        first, at most ``max_lesions`` (the largest box alone when none has more); constrained: every box in
+        the given order."""
         if not self.rule.keep_last:
             return list(range(len(boxes)))
         voxels = [int(np.prod([b - a for a, b in zip(box.start(shape), box.stop(shape))])) for box in boxes]
-        return plan_boxes(voxels, max_lesions=self.max_lesions, min_voxels=MIN_BOX_VOXELS)
+        return plan_boxes(voxels, max_lesions=self.max_lesions, min_voxels=MIN_BOX_VOXELS, fallback_largest=True)
 
     def provenance(self) -> dict:
         return {
@@ -185,7 +193,7 @@ class DiffusionMaskEngine(MaskEngine):
                         "label_version": self.label_version, "max_attempts": self.max_attempts,
                         "min_voxels": self.min_voxels, "body_threshold_hu": self.body_threshold_hu,
                         "network_layout": self.layout.codes, "selection": self.rule.to_dict(),
-                        "cavity_text": self.cavity_text, "max_lesions": self.max_lesions,
+                        "cavity_text": self.cavity_text, "max_lesions": self.max_lesions, "window": self.window,
                         "thresholds": [round(t, 1) for t in THRESHOLDS]},
             "checkpoints": {"lmnet": self.net.record}, "encoder": self.encoder_record,
         }
@@ -224,13 +232,17 @@ class DiffusionMaskEngine(MaskEngine):
             raise ConfigError(f"bbox {bbox.to_dict()} lies outside the volume of shape {grid}")
         lay = self.layout
         lo, hi = lay.box_to_network(start, stop, grid)
-        # one spare voxel: the window's floored centre sits left of an even box's middle (the original's rule)
-        size = fit_crop(self.crop, [b - a + 1 for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
+        if self.window == "fixed":  # the original: the trained crop, a longer box is cut to it
+            size = self.crop
+        else:  # one spare voxel: the window's floored centre sits left of an even box's middle (the original's rule)
+            size = fit_crop(self.crop, [b - a + 1 for a, b in zip(lo, hi)], self.net.module.spatial_divisor)
         window = CropWindow.for_box(lo, hi, size, lay.network_shape(grid))
         cond = to_tensor(self.channels(ctx, lo, hi, report, window), self.device)
         texts = conditioning_texts(report, purpose="lmnet", cavity_text=self.cavity_text)  # type: ignore[arg-type]
         context = encode_context(self.encoder, texts, self.device)
-        reference = reference_count(self.rule, int(np.prod([b - a for a, b in zip(lo, hi)])))
+        # the count to match: the box's voxels inside the window (the whole box unless a fixed window cuts it)
+        inside = [max(0, min(b, w + s) - max(a, w)) for a, b, w, s in zip(lo, hi, window.start, window.size)]
+        reference = reference_count(self.rule, int(np.prod(inside)))
         return _MaskJob(bbox, report, window, cond, context, reference, self._floor(report, reference),
                         torch_generator(rng, self.device))
 

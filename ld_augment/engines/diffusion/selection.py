@@ -3,8 +3,10 @@
 The original inference (``InferMaskDiffusion.log_images``, reproduced exactly by the tests from
 ``../shared/reference/lmnet_selection``) does, per case:
 
-* boxes of <= 50 voxels are skipped; the largest ``max_mask_num`` = 3 are drawn, largest first
-  (:func:`plan_boxes`);
+* boxes of <= 50 voxels are skipped; the largest ``max_mask_num`` = 3 are drawn, largest first; when every
+  box has <= 50 voxels the largest is drawn all the same (:func:`plan_boxes`);
+* the window is the fixed trained crop centred on the box; a box longer than the crop is cut to it and the
+  count to match is the box's voxels inside the window;
 * a report with several organ keys gives each box the key whose organ overlaps the box most
   (:func:`choose_organ_key`); that organ is the target-organ channel and the text's "lesion location";
 * per box: thresholds 0.9, 0.8, ..., 0.3 on the unconstrained soft mask, the largest face-connected component
@@ -104,9 +106,15 @@ def accepts(count: int, overlaps: bool, floor: int, *, last: bool, keep_last: bo
 
 
 def plan_boxes(box_voxels: Sequence[int], *, max_lesions: int | None = MAX_LESIONS,
-               min_voxels: int = MIN_BOX_VOXELS) -> list[int]:
-    """Indices of the boxes to draw: more than ``min_voxels`` voxels, largest first (stable), at most ``max_lesions``."""
+               min_voxels: int = MIN_BOX_VOXELS, fallback_largest: bool = False) -> list[int]:
+    """Indices of the boxes to draw: more than ``min_voxels`` voxels, largest first (stable), at most ``max_lesions``.
+
+    fallback_largest: when no box is large enough, the largest one alone (the original's inference does
+    this rather than draw nothing; reference/training/edge_cases case05).
+    """
     order = sorted((i for i, v in enumerate(box_voxels) if int(v) > min_voxels), key=lambda i: -int(box_voxels[i]))
+    if not order and fallback_largest and len(box_voxels):
+        order = [int(np.argmax([int(v) for v in box_voxels]))]
     return order if max_lesions is None else order[: int(max_lesions)]
 
 

@@ -35,10 +35,11 @@ from ld_augment.engines.diffusion.batching import DEFAULT_MAX_BATCH, check_max_b
 from ld_augment.engines.diffusion.common import (
     RELEASED_ETA, RELEASED_STEPS, check_crop_divisible, check_sampling, encode_context,
 )
-from ld_augment.engines.diffusion.crops import CropWindow, check_crop, fit_crop
+from ld_augment.engines.diffusion.crops import WINDOWS, CropWindow, check_crop, fit_crop
 from ld_augment.engines.diffusion.intensity import HU_KNOTS, denormalize_ct, normalize_ct
 from ld_augment.engines.diffusion.loading import (
-    PathArg, check_encoder_available, encoder_id, load_unet, load_vq, network_layout_of, text_encoder_for,
+    PathArg, check_encoder_available, encoder_id, is_released, load_unet, load_vq, network_layout_of,
+    text_encoder_for,
 )
 from ld_augment.engines.diffusion.sampling import inpaint_linet, to_tensor, torch_generator
 from ld_augment.engines.procedural.fields import mask_slices
@@ -104,8 +105,11 @@ class DiffusionTextureEngine(TextureEngine):
     text, so no text encoder or BiomedCLIP weights are needed); False uses the cross-attention as trained.
     ``network_layout`` as for the mask engine (SAL for the released files; ``crop`` is in its order). The
     write-back rim (``dilate_voxels``, ``blend_voxels``) and ``mean_shift`` are described in the module doc.
+    ``window``: "fixed" keeps the trained crop around a lesion however large (the original; default for the
+    released files), "grow" enlarges it to hold the lesion and its rim (ours; ``crops.WINDOWS``).
     Speed options: ``sampler`` "ddim" (the original) or a few-step solver ("dpmsolver++", "unipc", ...; then
-    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA, fp32 on
+    ``steps`` is the number of network calls, e.g. 20); ``precision`` "auto" = bf16 autocast on CUDA (the
+    released files: the precision the original ran them in, LMNet fp32 / LINet fp16; bf16 by asking), fp32 on
     CPU; ``compile`` a torch.compile mode ("reduce-overhead" adds CUDA graphs), None for eager; ``max_batch``
     lesions share one network call in ``render_many``.
     """
@@ -141,6 +145,7 @@ class DiffusionTextureEngine(TextureEngine):
         allow_pickle: bool = False,
         init_seed: int = 0,
         network_layout: str | NetworkLayout | None = None,
+        window: str | None = None,
     ) -> None:
         self.steps, self.eta, self.precision = check_sampling(steps, eta, precision, sampler)
         self.sampler, self.compile = sampler, compile
@@ -154,7 +159,8 @@ class DiffusionTextureEngine(TextureEngine):
         self.mean_shift, self.hu_range = bool(mean_shift), (float(hu_range[0]), float(hu_range[1]))
         self.body_threshold_hu = float(body_threshold_hu)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(self.precision, self.device)  # "auto": bf16 on CUDA, fp32 on CPU
+        if window is not None and window not in WINDOWS:
+            raise ConfigError(f"window must be one of {list(WINDOWS)}, got {window!r}")
         if skip_context is False and lightning_checkpoint is not None:
             check_encoder_available(encoder, encoder_weights)  # before reading the 750 MB file
         self.net = load_unet("linet", checkpoint=checkpoint, lightning_checkpoint=lightning_checkpoint,
@@ -172,6 +178,10 @@ class DiffusionTextureEngine(TextureEngine):
             raise ConfigError(f"the VQ latent has {self.vq.cfg.embed_dim} channels but LINet takes "
                               f"{self.net.cfg.in_channels} = latent + 1 mask channel")
         self.layout = network_layout_of(network_layout, self.net.record)
+        released = is_released(self.net.record)
+        self.window = window or ("fixed" if released else "grow")
+        # "auto": the original's fp16 for the released LINet on CUDA, else bf16 on CUDA; fp32 on CPU
+        self.precision = resolve_precision(self.precision, self.device, "linet" if released else None)
         self.factor = self.vq.cfg.downsampling_factor
         self.divisor = self.factor * self.net.module.spatial_divisor
         self.unet = maybe_compile(self.net.module, compile)
@@ -189,7 +199,7 @@ class DiffusionTextureEngine(TextureEngine):
                         "skip_context": bool(self.net.cfg.skip_context), "dilate_voxels": self.dilate_voxels,
                         "blend_voxels": self.blend_voxels, "mean_shift": self.mean_shift,
                         "body_threshold_hu": self.body_threshold_hu, "hu_range": list(self.hu_range),
-                        "network_layout": self.layout.codes},
+                        "network_layout": self.layout.codes, "window": self.window},
             "checkpoints": {"linet": self.net.record, "vq": self.vq.record}, "encoder": self.encoder_record,
         }
 
@@ -230,7 +240,10 @@ class DiffusionTextureEngine(TextureEngine):
         reach = int(np.ceil(self.dilate_voxels + self.blend_voxels))
         box = mask_slices(net_lesion, (0, 0, 0))
         lo, hi = [sl.start for sl in box], [sl.stop for sl in box]
-        size = fit_crop(self.crop, [b - a + 2 * reach + 1 for a, b in zip(lo, hi)], self.divisor)  # +1: floored centre
+        if self.window == "fixed":  # the original: the trained crop, a larger lesion is cut to it
+            size = self.crop
+        else:  # +1: floored centre
+            size = fit_crop(self.crop, [b - a + 2 * reach + 1 for a, b in zip(lo, hi)], self.divisor)
         return CropWindow.for_box(lo, hi, size, net_lesion.shape)
 
     def _prepare(self, window: CropWindow, out: np.ndarray, lesion: np.ndarray, occupied: np.ndarray, report: Any,
