@@ -18,7 +18,8 @@ Features (keys of the dict ``measure_lesion`` returns; NaN where a lesion is too
   IQR / shell IQR), ``fine_texture_ratio`` (high-pass std, lesion / shell: the noise grain).
 * ``margin_width_mm``: 10-90 % rise of the HU profile across the surface (profile = median HU per signed
   distance bin, made monotone by isotonic regression): ~1 voxel for a sharp edge, wider for a blurred one.
-* ``inside_organ_fraction``, ``visible_diameter_ratio`` (diameter of the region past half the core's contrast
+* ``inside_organ_fraction`` (share of the voxels just outside the lesion that are organ: 1 inside it, ~0.5 half
+  out; works whether or not the organ mask includes the lesion), ``visible_diameter_ratio`` (diameter of the region past half the core's contrast
   / label diameter), ``label_below_half_fraction`` (label voxels short of half the contrast), ``components``.
 """
 
@@ -244,11 +245,14 @@ def measure_lesion(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacin
         "equivalent_diameter_mm": float((6.0 * volume / math.pi) ** (1 / 3)),
         "longest_axial_diameter_mm": longest_axial_diameter_mm(lesion, sp),
         "components": float(components if components is not None else count_components(lesion)),
-        "inside_organ_fraction": float((lesion & organ).sum() / n),
     }
     feats.update(shape_features(lesion, sp))
 
     sd = signed_distance_mm(lesion, sp)
+    # judged by the lesion's surroundings, so it reads the same whether the organ label includes the lesion
+    # (a segmentation of the organ) or not (nnU-Net labels, where the lesion label replaces the organ's)
+    ring = (sd < 0) & (sd >= -float(max(sp)))
+    feats["inside_organ_fraction"] = float(organ[ring].mean()) if ring.any() else math.nan
     shell = organ & ~lesion & (sd >= -shell_mm)
     depth = float(sd[lesion].max())
     core = lesion & (sd >= 0.4 * depth)
@@ -278,7 +282,7 @@ def measure_lesion(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacin
     feats["margin_width_mm"] = margin_width_mm(ct, sd, lesion, organ, sp, parenchyma, core_hu, shell_mm)
     contrast = core_hu - parenchyma
     if abs(contrast) > 0:
-        smooth = ndimage.median_filter(ct, size=3)
+        smooth = ndimage.gaussian_filter(ct, 0.5)  # a little denoising; a 3-voxel median erases small lesions
         past = (smooth - (parenchyma + 0.5 * contrast)) * np.sign(contrast) > 0
         feats["label_below_half_fraction"] = float((~past[lesion]).mean())
         near = (lesion | shell) & past
