@@ -30,9 +30,9 @@ def test_bank_rows_carry_manifest_metadata(tmp_path: Path, fakes) -> None:
 
 
 def test_same_kind_is_indistinguishable_and_box_lesions_are_caught(tmp_path: Path, fakes) -> None:
-    real = fakes.make_dataset(tmp_path / "Dataset001_Real", kind="ball", n_cases=10, seed=1)
-    good = fakes.make_dataset(tmp_path / "Dataset500_Good", kind="ball", n_cases=10, seed=2, bank=True)
-    bad = fakes.make_dataset(tmp_path / "Dataset501_Box", kind="box", n_cases=10, seed=3, bank=True)
+    real = fakes.make_dataset(tmp_path / "Dataset001_Real", kind="ball", n_cases=7, seed=1)
+    good = fakes.make_dataset(tmp_path / "Dataset500_Good", kind="ball", n_cases=7, seed=2, bank=True)
+    bad = fakes.make_dataset(tmp_path / "Dataset501_Box", kind="box", n_cases=7, seed=3, bank=True)
     same = run_compare(good, real, tmp_path / "same", spacing=(1.5, 1.5, 1.5), plots=False)[0]
     differ = run_compare(bad, real, tmp_path / "differ", spacing=(1.5, 1.5, 1.5))[0]
     assert same.n_real >= 10 and same.n_synthetic >= 10
