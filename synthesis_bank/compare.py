@@ -103,7 +103,8 @@ class GroupResult:
         if not math.isfinite(auc):
             return str(self.auc.get("verdict", "no classifier result"))
         word = "indistinguishable" if auc <= 0.6 else "close" if auc <= 0.75 else "distinguishable"
-        return f"synthetic vs real AUC {auc:.2f}: {word} (0.5 = indistinguishable)"
+        few = f"; only {self.n_synthetic} synthetic lesions: the AUC is uncertain" if self.n_synthetic < MIN_REAL else ""
+        return f"synthetic vs real AUC {auc:.2f}: {word} (0.5 = indistinguishable{few})"
 
 
 def _real_for(group_rows: Sequence[Mapping[str, Any]], real: LesionSet) -> tuple[list[dict], list, list]:

@@ -74,13 +74,14 @@ def _measure_case(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacing
 
 
 def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None = None, patch_mm: float = PATCH_MM,
-              negatives_per_case: int = 1, seed: int = 0) -> LesionSet:
+              negatives_per_case: int = 0, seed: int = 0) -> LesionSet:
     """The LIDC nodule VOIs (``images/``, ``masks/``, ``metadata.csv``) as rows with the radiologists' ratings
     (``rating_texture``, ``rating_margin``, ``rating_spiculation``, ...: the numeric values of metadata.csv).
 
     Each mask is one nodule (its components counted, not split). The lung around it is derived by thresholding
     air (no lung label exists in the VOIs), so ``inside_organ_fraction`` is set to NaN (it would be 1 by
-    construction). The VOIs have no margin along z: shells and negatives come from in-plane context.
+    construction). The VOIs have no margin along z: shells come from in-plane context, and lesion-free patches
+    (``negatives_per_case``, default none) would be VOI corners padded with their edge, not lung tissue.
     """
     root = Path(root)
     meta_path = root / "metadata.csv"
