@@ -103,6 +103,10 @@ def make_report_writer(recipe: Recipe, *, timeout_s: float | None = None, max_re
     """None for the offline writer (the pipeline's default); the LLM writer built from the recipe otherwise.
     `timeout_s` / `max_retries` (from the command line) override the recipe's."""
     if not isinstance(recipe.report_writer, LlmWriter):
+        if recipe.calibrate_from is not None:  # real lesions instead of the priors (measured once per build)
+            from synthesis_bank.calibration import make_writer
+
+            return make_writer(recipe.calibrate_from, recipe.spacing, seed=recipe.seed)
         return None
     try:
         from ld_augment.reports.llm import LLMReportWriter  # type: ignore[import-not-found]
@@ -280,6 +284,7 @@ class CaseRunner:
         lesions = record.get("lesions") or []
         return {
             "organ_segmentation": organ_source,
+            **({"calibration": self._writer.provenance()} if getattr(self._writer, "name", "") == "calibrated" else {}),
             "files": files,
             "reports": report if report is not None else record.get("report"),
             "bboxes": case_meta.get("bboxes", []),

@@ -1,4 +1,4 @@
-"""`synthesis-bank build | merge | prepare`: argparse only; every job is a function in this package.
+"""`synthesis-bank build | merge | prepare | compare`: argparse only; every job is a function in this package.
 
 `add_bank_parsers(subparsers)` lets `ld-augment bank ...` mount the very same commands.
 """
@@ -95,7 +95,7 @@ def _add_prepare(subparsers: Any) -> None:
 
 
 def add_bank_parsers(subparsers: Any) -> None:
-    """Add `build`, `merge` and `prepare` to an argparse subparsers object; each sets `func(args) -> int`."""
+    """Add `build`, `merge`, `prepare` and `compare` to an argparse subparsers object; each sets `func(args) -> int`."""
     build = subparsers.add_parser("build", help="synthesize a bank of lesion cases into an nnU-Net raw dataset")
     build.add_argument("--recipe", required=True, help="recipe file (.yaml/.yml/.json)")
     build.add_argument("--out", required=True, help="output folder (an nnU-Net raw dataset, e.g. Dataset501_Bank)")
@@ -125,6 +125,50 @@ def add_bank_parsers(subparsers: Any) -> None:
     merge.set_defaults(func=_merge)
 
     _add_prepare(subparsers)
+    _add_compare(subparsers)
+
+
+def _spacing_arg(text: str) -> tuple[float, float, float]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected mm, e.g. 1.5 or 0.8,0.8,3, got {text!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(0 < v < 20 for v in values):
+        raise argparse.ArgumentTypeError(f"expected one or three positive spacings in mm, got {text!r}")
+    return (values[0], values[1], values[2])
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from synthesis_bank.compare import run_compare
+
+    results = run_compare(args.bank, args.real, args.out, spacing=args.spacing, lesion_labels=args.lesion_label,
+                          organ_labels=args.organ_label, real_limit=args.max_real, seed=args.seed)
+    for r in results:
+        print(f"{r.group}: {r.verdict()} ({r.n_synthetic} synthetic, {r.n_real} real)")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _add_compare(subparsers: Any) -> None:
+    compare = subparsers.add_parser("compare", help="compare a bank's lesions with real lesions (features, "
+                                                    "two-sample AUC, train-on-synthetic-test-on-real)")
+    compare.add_argument("--bank", required=True, help="bank folder (written by synthesis-bank build)")
+    compare.add_argument("--real", required=True, help="labelled nnU-Net raw dataset (imagesTr/labelsTr/"
+                                                       "dataset.json) or an LIDC nodule folder")
+    compare.add_argument("--lesion-label", action="append", default=None, metavar="NAME",
+                         help="label name of the real lesions (repeatable; default: names like tumor/lesion/cyst)")
+    compare.add_argument("--organ-label", action="append", default=None, metavar="NAME",
+                         help="label name of the real organ (repeatable; default: every other label)")
+    compare.add_argument("--spacing", type=_spacing_arg, default=(1.0, 1.0, 1.0), metavar="MM",
+                         help="common spacing both are resampled to (mm; one value or x,y,z; default 1)")
+    compare.add_argument("--max-real", type=int_in_range(1), default=None, metavar="N",
+                         help="use at most the first N real cases (LIDC: nodules)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the classifiers and patch sampling")
+    compare.add_argument("--out", required=True, help="output folder (report.md, CSVs, plots)")
+    compare.set_defaults(func=_with_bank_lock(_compare, "synthesis-bank compare"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ label_scheme: {background: 0, organ: 1, lesion: 2}
 segmentation: totalsegmentator                   # for sources without a segmentation; or "error"
 dataset_name: LiverBank
 dataset_id: 501
+calibrate_from: ../nnUNet_raw/Dataset003_Liver   # optional: sizes, density, margin, heterogeneity and shape
+#   drawn from these real lesions instead of the literature priors (see synthesis_bank/calibration.py)
 ```
 """
 
@@ -118,6 +120,7 @@ class Recipe:
     dataset_name: str = "LesionBank"
     dataset_id: int | None = None
     description: str = "Synthetic lesion bank built by ld-augment"
+    calibrate_from: Any = None  # synthesis_bank.calibration.CalibrationSpec: real lesions instead of the priors
     origin: str = "<dict>"  # the recipe file, for messages
 
     @classmethod
@@ -155,6 +158,7 @@ class Recipe:
             dataset_name=v.dataset_name(data.get("dataset_name", "LesionBank")),
             dataset_id=v.dataset_id(data.get("dataset_id")),
             description=v.string("description", data.get("description", cls.description)),
+            calibrate_from=v.calibrate_from(data.get("calibrate_from"), writer),
             origin=origin,
         )
 
@@ -176,6 +180,8 @@ class Recipe:
                        "texture_options": dict(self.engine.texture_options)},
             "seed": self.seed, "label_scheme": dict(self.label_scheme), "segmentation": self.segmentation,
             "spacing": list(self.spacing), "shrink": self.shrink, "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
+            # only when set, so the hash of every recipe without it stays what it was
+            **({"calibrate_from": self.calibrate_from.to_dict()} if self.calibrate_from is not None else {}),
         }
 
 
@@ -497,6 +503,15 @@ class _Validator:
             problem = _type_problem(params[name].default, val)
             if problem:
                 raise self.fail(f"{key}.{name}", problem)
+
+    def calibrate_from(self, value: Any, writer: str | LlmWriter) -> Any:
+        if value is None:
+            return None
+        if isinstance(writer, LlmWriter):
+            raise self.fail("calibrate_from", "calibrates the offline report writer; it cannot steer an LLM writer")
+        from synthesis_bank.calibration import parse_spec
+
+        return parse_spec(value, base=self.base, origin=self.origin)
 
     def label_scheme(self, value: Any) -> dict[str, int]:
         allowed = ("background", "organ", "lesion", "ignore")  # ignore: nnU-Net's ignore label, the highest id

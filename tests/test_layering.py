@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["io", "organs", "reports", "placement", "nets", "diffusion", "text", "engines", "pipeline", "training", "cli"]
+ORDER = ["io", "organs", "reports", "placement", "nets", "diffusion", "text", "engines", "pipeline", "training",
+         "evaluation", "cli"]
 # Stages that sit side by side and must not import each other.
 SIBLINGS = {frozenset({"nets", "diffusion"})}
 FREE = {"errors", "settings", "resources", "__init__"}

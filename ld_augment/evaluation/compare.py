@@ -1,0 +1,182 @@
+"""Telling synthetic lesions from real ones: per-feature distributions, distances and classifier two-sample tests.
+
+Three questions, each with its own control:
+
+* Does each feature's synthetic distribution sit where the real one does? (medians, IQRs, a standardized
+  Wasserstein distance and the KS statistic per feature.)
+* Can a classifier tell the two sets apart from all features at once? (cross-validated AUC of a logistic
+  regression and a random forest; 0.5 = indistinguishable. The same pipeline on shuffled labels is the
+  control and must come out near 0.5, else the test itself is broken.)
+* Would a detector trained on the synthetic lesions find the real ones? (train on synthetic lesion vs
+  lesion-free patches, score real lesion vs lesion-free patches: AUC; a detector trained on real patches
+  by cross-validation is the ceiling.)
+
+Below ``MIN_REAL`` real lesions the verdict is "too few real lesions to conclude".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ld_augment.evaluation.lesion_features import FEATURES
+from ld_augment.evaluation.patches import descriptor
+
+#: Fewest real (and synthetic) lesions a comparison concludes from.
+MIN_REAL = 10
+MIN_SYNTHETIC = 5
+#: Features describing the scan, not the lesion: left out of the classifier (they would detect the scanner).
+SCAN_FEATURES = ("parenchyma_hu",)
+
+
+def _values(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+    vals = np.asarray([float(r.get(name, math.nan)) for r in rows], dtype=np.float64)
+    return vals[np.isfinite(vals)]
+
+
+def _quartiles(v: np.ndarray) -> tuple[float, float, float]:
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    q25, q50, q75 = np.percentile(v, [25, 50, 75])
+    return float(q25), float(q50), float(q75)
+
+
+def feature_table(synthetic: Sequence[Mapping[str, Any]], real: Sequence[Mapping[str, Any]],
+                  features: Sequence[str] = FEATURES) -> list[dict[str, Any]]:
+    """Per feature: both sets' median and IQR, whether the synthetic median lies inside the real IQR, the
+    Wasserstein distance in units of the real IQR (scale-free), and the KS statistic and p-value."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    out = []
+    for name in features:
+        s, r = _values(synthetic, name), _values(real, name)
+        s25, s50, s75 = _quartiles(s)
+        r25, r50, r75 = _quartiles(r)
+        row: dict[str, Any] = {"feature": name, "n_synthetic": int(s.size), "n_real": int(r.size),
+                               "synthetic_median": s50, "synthetic_q25": s25, "synthetic_q75": s75,
+                               "real_median": r50, "real_q25": r25, "real_q75": r75,
+                               "inside_real_iqr": bool(r25 <= s50 <= r75) if s.size and r.size else None,
+                               "wasserstein_iqr": math.nan, "ks": math.nan, "ks_p": math.nan}
+        if s.size >= 2 and r.size >= 2:
+            scale = (r75 - r25) or float(np.std(r)) or 1.0
+            row["wasserstein_iqr"] = float(wasserstein_distance(s, r) / scale)
+            ks = ks_2samp(s, r)
+            row["ks"], row["ks_p"] = float(ks.statistic), float(ks.pvalue)
+        out.append(row)
+    return out
+
+
+def classifier_features(synthetic: Sequence[Mapping[str, Any]], real: Sequence[Mapping[str, Any]],
+                        features: Sequence[str] = FEATURES) -> list[str]:
+    """Lesion features measured on both sides (scan descriptors excluded)."""
+    return [f for f in features if f not in SCAN_FEATURES and _values(synthetic, f).size and _values(real, f).size]
+
+
+def _matrix(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np.ndarray:
+    return np.asarray([[float(r.get(n, math.nan)) for n in names] for r in rows], dtype=np.float64)
+
+
+def _models(seed: int) -> dict[str, Any]:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {
+        "logistic": make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                                  LogisticRegression(max_iter=2000, class_weight="balanced")),
+        "random_forest": make_pipeline(SimpleImputer(strategy="median"),
+                                       RandomForestClassifier(n_estimators=100, min_samples_leaf=2,
+                                                              class_weight="balanced", random_state=seed, n_jobs=1)),
+    }
+
+
+def cv_auc(x: np.ndarray, y: np.ndarray, model: Any, seed: int, folds: int = 5) -> float:
+    """Stratified cross-validated ROC AUC (out-of-fold scores pooled)."""
+    from sklearn.base import clone
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    minority = int(min(np.sum(y == 0), np.sum(y == 1)))
+    k = max(2, min(folds, minority))
+    scores = np.zeros(len(y), dtype=np.float64)
+    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y):
+        fitted = clone(model).fit(x[train], y[train])
+        scores[test] = fitted.predict_proba(x[test])[:, 1]
+    return float(roc_auc_score(y, scores))
+
+
+def two_sample_auc(synthetic: Sequence[Mapping[str, Any]], real: Sequence[Mapping[str, Any]],
+                   features: Sequence[str] | None = None, *, seed: int = 0, max_per_class: int = 600) -> dict[str, Any]:
+    """How well lesion features tell synthetic (1) from real (0): cross-validated AUC per model, plus the same
+    random forest on shuffled labels (the control, ~0.5). Each class is subsampled to ``max_per_class``."""
+    names = list(features) if features is not None else classifier_features(synthetic, real)
+    rng = np.random.default_rng(seed)
+    syn = list(synthetic)
+    rea = list(real)
+    if len(syn) > max_per_class:
+        syn = [syn[i] for i in sorted(rng.choice(len(syn), max_per_class, replace=False))]
+    if len(rea) > max_per_class:
+        rea = [rea[i] for i in sorted(rng.choice(len(rea), max_per_class, replace=False))]
+    out: dict[str, Any] = {"features": names, "n_synthetic": len(syn), "n_real": len(rea)}
+    if len(syn) < MIN_SYNTHETIC or len(rea) < MIN_REAL or not names:
+        out["verdict"] = "too few lesions to conclude"
+        return out
+    x = np.vstack([_matrix(syn, names), _matrix(rea, names)])
+    y = np.r_[np.ones(len(syn), int), np.zeros(len(rea), int)]
+    for label, model in _models(seed).items():
+        out[label] = cv_auc(x, y, model, seed)
+    out["shuffled_control"] = cv_auc(x, rng.permutation(y), _models(seed)["random_forest"], seed)
+    return out
+
+
+def _descriptors(patches: Sequence[np.ndarray], spacing: Sequence[float]) -> np.ndarray:
+    return np.vstack([descriptor(p, spacing) for p in patches]) if len(patches) else np.zeros((0, 1))
+
+
+def train_synthetic_test_real(syn_pos: Sequence[np.ndarray], syn_neg: Sequence[np.ndarray],
+                              real_pos: Sequence[np.ndarray], real_neg: Sequence[np.ndarray],
+                              spacing: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
+    """A patch detector (random forest on rotation-invariant patch descriptors) trained on synthetic lesion vs
+    lesion-free patches, scored on real ones (AUC). Without enough real lesion-free patches, half the synthetic
+    set's lesion-free patches are held out and stand in for them (said in ``negatives``). The ceiling is the
+    same detector cross-validated on the real patches themselves."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, Any] = {"n_synthetic_lesion": len(syn_pos), "n_synthetic_free": len(syn_neg),
+                           "n_real_lesion": len(real_pos), "n_real_free": len(real_neg)}
+    if len(real_pos) < MIN_REAL or len(syn_pos) < MIN_SYNTHETIC or len(syn_neg) < MIN_SYNTHETIC:
+        out["verdict"] = "too few lesions or lesion-free patches to conclude"
+        return out
+    sp = [float(s) for s in spacing]
+    x_sp, x_sn, x_rp = (_descriptors(p, sp) for p in (syn_pos, syn_neg, real_pos))
+    if len(real_neg) >= MIN_REAL:
+        x_rn, train_neg = _descriptors(real_neg, sp), x_sn
+        out["negatives"] = "real lesion-free patches"
+    else:
+        order = np.random.default_rng(seed).permutation(len(x_sn))
+        half = len(order) // 2
+        train_neg, x_rn = x_sn[order[:half]], x_sn[order[half:]]
+        out["negatives"] = "held-out synthetic-set lesion-free patches (too few real ones)"
+    model = _models(seed)["random_forest"]
+    x = np.vstack([x_sp, train_neg])
+    y = np.r_[np.ones(len(x_sp), int), np.zeros(len(train_neg), int)]
+    fitted = model.fit(x, y)
+    xt = np.vstack([x_rp, x_rn])
+    yt = np.r_[np.ones(len(x_rp), int), np.zeros(len(x_rn), int)]
+    out["auc"] = float(roc_auc_score(yt, fitted.predict_proba(xt)[:, 1]))
+    if len(real_neg) >= MIN_REAL:
+        out["real_ceiling_auc"] = cv_auc(np.vstack([x_rp, x_rn]), yt, _models(seed)["random_forest"], seed)
+    return out
+
+
+def effect(rows: Sequence[Mapping[str, Any]], feature: str, group_a: Any, group_b: Any) -> dict[str, Any]:
+    """Median of ``feature`` in rows selected by predicate ``group_a`` minus that in ``group_b`` (an attribute's
+    effect: e.g. spiculated minus smooth convexity), with the counts."""
+    a = _values([r for r in rows if group_a(r)], feature)
+    b = _values([r for r in rows if group_b(r)], feature)
+    diff = float(np.median(a) - np.median(b)) if a.size and b.size else math.nan
+    return {"feature": feature, "n_a": int(a.size), "n_b": int(b.size), "effect": diff}

@@ -1,0 +1,80 @@
+"""Two-sample tests must say 'indistinguishable' for one distribution and 'distinguishable' for two."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ld_augment.evaluation.compare import effect, feature_table, train_synthetic_test_real, two_sample_auc
+
+
+def _rows(n: int, rng: np.random.Generator, shift: float = 0.0) -> list[dict]:
+    return [{"equivalent_diameter_mm": rng.normal(10 + 4 * shift, 3), "sphericity": rng.normal(0.83 + 0.05 * shift, 0.04),
+             "contrast_hu": rng.normal(-40 - 30 * shift, 10), "parenchyma_hu": rng.normal(50 + 100 * shift, 5)}
+            for _ in range(n)]
+
+
+def test_same_distribution_auc_near_half() -> None:
+    rng = np.random.default_rng(0)
+    out = two_sample_auc(_rows(40, rng), _rows(60, rng), seed=0)
+    assert out["features"] == ["equivalent_diameter_mm", "sphericity", "contrast_hu"]  # scan feature left out
+    assert 0.3 <= out["logistic"] <= 0.7 and 0.3 <= out["random_forest"] <= 0.7
+    assert 0.3 <= out["shuffled_control"] <= 0.7
+
+
+def test_different_distributions_auc_near_one() -> None:
+    rng = np.random.default_rng(1)
+    out = two_sample_auc(_rows(40, rng, shift=1.5), _rows(60, rng), seed=0)
+    assert out["logistic"] > 0.9 and out["random_forest"] > 0.9
+    assert 0.3 <= out["shuffled_control"] <= 0.7  # the control does not follow the signal
+
+
+def test_too_few_real_lesions() -> None:
+    rng = np.random.default_rng(2)
+    out = two_sample_auc(_rows(30, rng), _rows(4, rng))
+    assert out["verdict"].startswith("too few") and "logistic" not in out
+
+
+def test_feature_table_flags_a_median_outside_the_real_iqr() -> None:
+    rng = np.random.default_rng(3)
+    real = _rows(200, rng)
+    syn = [dict(r, sphericity=r["sphericity"] + 0.1) for r in _rows(50, rng)]
+    table = {t["feature"]: t for t in feature_table(syn, real, ["sphericity", "equivalent_diameter_mm"])}
+    assert table["sphericity"]["inside_real_iqr"] is False
+    assert table["equivalent_diameter_mm"]["inside_real_iqr"] is True
+    assert table["sphericity"]["wasserstein_iqr"] > 1.5 > table["equivalent_diameter_mm"]["wasserstein_iqr"]
+    assert table["sphericity"]["real_median"] == pytest.approx(np.median([r["sphericity"] for r in real]))
+
+
+def test_effect_is_a_median_difference() -> None:
+    rows = [{"g": "a", "x": 1.0}, {"g": "a", "x": 3.0}, {"g": "b", "x": 10.0}]
+    out = effect(rows, "x", lambda r: r["g"] == "a", lambda r: r["g"] == "b")
+    assert out == {"feature": "x", "n_a": 2, "n_b": 1, "effect": -8.0}
+
+
+def _patches(n: int, rng: np.random.Generator, lesion_hu: float | None, radius: float = 3.0) -> list[np.ndarray]:
+    g = np.indices((9, 9, 9)) - 4
+    r = np.sqrt((g**2).sum(0))
+    out = []
+    for _ in range(n):
+        p = rng.normal(50, 8, (9, 9, 9))
+        if lesion_hu is not None:
+            ball = r <= radius * rng.uniform(0.8, 1.2)
+            p[ball] = lesion_hu + rng.normal(0, 8, int(ball.sum()))
+        out.append(p.astype(np.float32))
+    return out
+
+
+def test_train_synthetic_test_real_finds_similar_lesions_not_unlike_ones() -> None:
+    rng = np.random.default_rng(4)
+    sp = (2.0, 2.0, 2.0)
+    syn_pos, syn_neg = _patches(30, rng, 0.0), _patches(30, rng, None)
+    real_like, real_neg = _patches(20, rng, 5.0), _patches(20, rng, None)
+    good = train_synthetic_test_real(syn_pos, syn_neg, real_like, real_neg, sp, seed=0)
+    assert good["auc"] > 0.9 and good["negatives"] == "real lesion-free patches"
+    assert good["real_ceiling_auc"] > 0.9
+    real_unseen = _patches(20, rng, 50.0)  # isodense "lesions": nothing a detector could learn to find
+    bad = train_synthetic_test_real(syn_pos, syn_neg, real_unseen, real_neg, sp, seed=0)
+    assert bad["auc"] < 0.7
+    none = train_synthetic_test_real(syn_pos, syn_neg, real_like, [], sp, seed=0)
+    assert "held-out" in none["negatives"] and none["auc"] > 0.9
