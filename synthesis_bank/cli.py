@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ld_augment.cli.common import EXIT_ERROR, int_in_range, run_command
 from ld_augment.errors import ConfigError
@@ -142,8 +142,18 @@ def _spacing_arg(text: str) -> tuple[float, float, float]:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    """Holds the bank's lock (as every entry point does) so it never measures a bank mid-build."""
     from synthesis_bank.compare import run_compare
+    from synthesis_bank.lock import bank_lock
 
+    bank = Path(args.bank)
+    if not bank.is_dir():  # run_compare names the missing folder itself; a lock must not create it
+        return _run_compare(args, run_compare)
+    with bank_lock(bank, job="synthesis-bank compare"):
+        return _run_compare(args, run_compare)
+
+
+def _run_compare(args: argparse.Namespace, run_compare: Callable[..., Any]) -> int:
     results = run_compare(args.bank, args.real, args.out, spacing=args.spacing, lesion_labels=args.lesion_label,
                           organ_labels=args.organ_label, real_limit=args.max_real, seed=args.seed)
     for r in results:
@@ -168,7 +178,7 @@ def _add_compare(subparsers: Any) -> None:
                          help="use at most the first N real cases (LIDC: nodules)")
     compare.add_argument("--seed", type=int, default=0, help="seed of the classifiers and patch sampling")
     compare.add_argument("--out", required=True, help="output folder (report.md, CSVs, plots)")
-    compare.set_defaults(func=_with_bank_lock(_compare, "synthesis-bank compare"))
+    compare.set_defaults(func=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
