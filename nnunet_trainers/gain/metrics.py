@@ -83,7 +83,10 @@ def case_rows(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], lesio
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     rows: list[tuple[str, str, float]] = []
     for name, values in label_defs.items():
-        rows.append(("", f"dice_{name}", dice(np.isin(pred, values), np.isin(ref, values))))
+        if tuple(sorted(values)) == tuple(sorted(lesion_values)):
+            continue                      # the lesion target itself: dice_lesion below
+        metric = "dice_label_lesion" if name == "lesion" else f"dice_{name}"
+        rows.append(("", metric, dice(np.isin(pred, values), np.isin(ref, values))))
     p, r = np.isin(pred, lesion_values), np.isin(ref, lesion_values)
     rows += [("", "dice_lesion", dice(p, r)), ("", "hd95_lesion", hd95(p, r, spacing)),
              ("", "nsd_lesion", nsd(p, r, spacing))]

@@ -69,8 +69,12 @@ def test_hd95_and_nsd_on_shifted_cubes():
 def test_multi_label_lesion_target_counts_one_lesion():
     ref = _blobs((20, 20, 20), [(10, 10, 10)], r=4, label=2)
     ref = _blobs((20, 20, 20), [(10, 10, 13)], r=2, label=3, vol=ref)      # a cyst touching the tumour
-    rows = _by(gm.case_rows(ref, ref, (1, 1, 1), [2, 3], {"masses": [2, 3], "tumor": [2]}))
-    assert rows[("", "n_ref_lesions")] == 1 and rows[("", "dice_masses")] == 1.0 and rows[("", "dice_tumor")] == 1.0
+    rows = gm.case_rows(ref, ref, (1, 1, 1), [2, 3], {"kidney": [1, 2, 3], "masses": [2, 3], "tumor": [2]})
+    metrics = [m for lesion, m, _ in rows if lesion == ""]
+    assert len(metrics) == len(set(metrics))                              # one value per metric and case
+    rows = _by(rows)
+    assert rows[("", "n_ref_lesions")] == 1 and rows[("", "dice_lesion")] == 1.0 and rows[("", "dice_tumor")] == 1.0
+    assert ("", "dice_masses") not in rows and rows[("", "dice_kidney")] == 1.0
 
 
 def test_size_bins():
