@@ -301,8 +301,7 @@ def predict_and_evaluate(protocol: Protocol, job: Job, fold: str, device) -> lis
         img, props = rw.read_images([str(f) for f in images[case]])
         with torch.no_grad():
             seg, probs = predictor.predict_single_npy_array(img, {"spacing": props["spacing"]}, None, None, True)
-        if lm.has_regions:    # nnU-Net returns region-based segmentations already as label values
-            seg = np.asarray(seg)
+        # region-based models: nnU-Net has already turned the regions into label values (regions_class_order)
         rw.write_seg(np.asarray(seg).astype(np.uint8), str(out_dir / f"{case}{ending}"), props)
         ref, ref_props = rw.read_seg(str(label_dir / f"{case}{ending}"))
         prob = lesion_probability(np.asarray(probs), protocol.lesion_values, regions)
