@@ -63,6 +63,12 @@ class nnUNetTrainerLDBench(nnUNetTrainerLesionDiffusion):
             if value is not None:
                 setattr(self, attr, value)
         self.ld_seed = _int_env("LD_BENCH_SEED")
+        # nnU-Net weights deep-supervision outputs 1/2^i and zeroes the lowest; with fewer than 3 stages (tiny
+        # images at a coarse spacing) the weights sum to 0 and every loss is NaN, so train those without it
+        arch = self.configuration_manager.network_arch_init_kwargs
+        n_stages = int(arch.get("n_stages", len(arch.get("strides", [])) or 3))
+        if n_stages < 3:
+            self.enable_deep_supervision = False
 
     def do_split(self):
         path = os.environ.get("LD_BENCH_SPLITS", "")
@@ -80,6 +86,7 @@ class nnUNetTrainerLDBench(nnUNetTrainerLesionDiffusion):
         record = {"trainer": type(self).__name__, "fold": self.fold, "num_epochs": self.num_epochs,
                   "iterations_per_epoch": self.num_iterations_per_epoch,
                   "val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+                  "deep_supervision": self.enable_deep_supervision,
                   "splits_file": os.environ.get("LD_BENCH_SPLITS") or None,
                   "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA")}
         if self.ld_seed is not None:
