@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import time
 
 import pytest
 
-from nnunet_fixtures import make_bank, make_raw_dataset, nnunet_cmd, nnunet_env, run
+from nnunet_fixtures import make_bank, make_raw_dataset, nnunet_cmd, nnunet_env, run, stock_python
 from nnunet_trainers.shim import ext_trainer_dir
 
 TRAINER = "nnUNetTrainerLesionDiffusion_5iters"
@@ -77,6 +78,27 @@ def test_train_predict_with_bank(tmp_path):
         f"'{tmp_path}/nnUNet_preprocessed/Dataset501_Tiny/nnUNetPlans.json', [2])))")
     metrics = json.loads(run([sys.executable, "-c", eval_code], env, tmp_path).stdout.strip().splitlines()[-1])
     assert 0.0 <= metrics["dice_organ"] <= 1.0 and metrics["n_ref_lesions"] == 2
+
+    # exported as the stock nnUNetTrainer, plain nnU-Net predicts where ld-augment cannot even be imported
+    out = run([sys.executable, "-m", "ld_augment.cli.main", "nnunet", "export", "-d", "501", "-c", "3d_fullres",
+               "-tr", TRAINER, "-o", str(tmp_path / "shipped")], train_env, tmp_path)
+    assert "exported 1 checkpoint(s) of fold_0" in out.stdout
+    python, extra = stock_python(tmp_path / "stock_site")
+    stock_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    stock_env.update(extra, nnUNet_results=str(tmp_path / "shipped"))
+    probe = subprocess.run([*python, "-c", "import ld_augment"], env=stock_env, cwd=str(tmp_path),
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'ld_augment'" in probe.stderr
+    stock_pred = tmp_path / "pred_stock"
+    run([*python, *nnunet_cmd("nnUNetv2_predict")[1:], "-i", str(tmp_path / "nnUNet_raw" / "Dataset501_Tiny" / "imagesTs"),
+         "-o", str(stock_pred), "-d", "501", "-c", "3d_fullres", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--disable_tta"], stock_env, tmp_path)
+    import nibabel as nib
+    import numpy as np
+
+    for case in ("test_000.nii.gz", "test_001.nii.gz"):       # the same model: the same segmentation
+        assert np.array_equal(np.asarray(nib.load(str(stock_pred / case)).dataobj),
+                              np.asarray(nib.load(str(pred / case)).dataobj)), case
 
     # a bank that changed after prepare is refused, naming the fix
     with open(bank / "manifest.jsonl", "a") as fh:
