@@ -28,6 +28,12 @@ def add_nnunet_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     exp.add_argument("-o", dest="out", required=True, help="new results root (use as nnUNet_results)")
     exp.add_argument("--results", default=None, help="results root of the trained model (default $nnUNet_results)")
     exp.set_defaults(func=run_export)
+    name = sub.add_parser("run-name", help="print the trainer name of a run with this bank and ratio (its results "
+                                           "folder is <name>__<plans>__<configuration>)")
+    name.add_argument("--bank", default=None, help="bank folder (needed for a ratio above 0)")
+    name.add_argument("--ratio", type=float, required=True, help="bank ratio in [0, 1]")
+    name.add_argument("--trainer", default="nnUNetTrainerLesionDiffusion", help="base trainer (a variant of ours)")
+    name.set_defaults(func=run_run_name)
     return p
 
 
@@ -47,6 +53,15 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exported {len(result.checkpoints)} checkpoint(s) of {', '.join(result.folds)} -> {result.destination}")
     print(f"predict with plain nnU-Net: nnUNet_results={args.out} nnUNetv2_predict -d {args.dataset} "
           f"-c {args.configuration} -p {args.plans} -tr nnUNetTrainer -f ... -i IN -o OUT")
+    return 0
+
+
+def run_run_name(args: argparse.Namespace) -> int:
+    from nnunet_trainers.config import parse_ratio
+    from nnunet_trainers.identity import run_name
+
+    ratio = parse_ratio(args.ratio, "--ratio")
+    print(run_name(args.trainer, ratio, args.bank if ratio > 0 else None))
     return 0
 
 

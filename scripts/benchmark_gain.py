@@ -33,6 +33,8 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ld_augment.errors import LdAugmentError  # noqa: E402
+
 EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500)   # lengths both nnU-Net and nnunet_trainers ship variants for
 ENSEMBLE = "ensemble"                        # the fold name of an arm's all-folds ensemble prediction
 
@@ -80,19 +82,33 @@ def plan_steps(args: argparse.Namespace, arms: list[Arm], test_images: Path) -> 
         env = {"nnUNet_results": str(out / "results" / arm.name), "nnUNet_extTrainer": ext, "LD_BANK_RATIO": "0"}
         if arm.ratio > 0:
             env.update(LD_BANK_DIR=str(Path(args.bank).resolve()), LD_BANK_RATIO=str(arm.ratio))
+        trainer = _run_trainer(arm, args.bank)
         for fold in args.folds:
-            train = ["nnUNetv2_train", str(args.dataset), args.configuration, str(fold), "-tr", arm.trainer,
+            train = ["nnUNetv2_train", str(args.dataset), args.configuration, str(fold), "-tr", trainer,
                      "-p", args.plans, "-device", args.device]
             pred = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "predictions" / arm.name / f"fold_{fold}"),
-                    "-d", str(args.dataset), "-c", args.configuration, "-f", str(fold), "-tr", arm.trainer,
+                    "-d", str(args.dataset), "-c", args.configuration, "-f", str(fold), "-tr", trainer,
                     "-p", args.plans, "-device", args.device]
             steps += [Step(arm, fold, "train", train, env), Step(arm, fold, "predict", pred, env)]
         if getattr(args, "ensemble", False):   # nnU-Net averages the folds' softmax outputs
             pred = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "predictions" / arm.name / ENSEMBLE),
                     "-d", str(args.dataset), "-c", args.configuration, "-f", *map(str, args.folds),
-                    "-tr", arm.trainer, "-p", args.plans, "-device", args.device]
+                    "-tr", trainer, "-p", args.plans, "-device", args.device]
             steps.append(Step(arm, ENSEMBLE, "predict", pred, env))
     return steps
+
+
+def _run_trainer(arm: Arm, bank: str | None) -> str:
+    """A bank trainer runs as its run-identity variant (`..._r050_<bank tag>`, nnunet_trainers.identity): that
+    name is its results folder, so predict must use it too. Stock trainers keep their names."""
+    if not arm.trainer.startswith("nnUNetTrainerLesionDiffusion"):
+        return arm.trainer
+    from nnunet_trainers.identity import run_name
+
+    try:
+        return run_name(arm.trainer, arm.ratio, Path(bank).resolve() if bank and arm.ratio > 0 else None)
+    except LdAugmentError:      # no bank manifest yet (a dry run): the plain name, resolved when training
+        return arm.trainer
 
 
 def run_step(step: Step) -> None:

@@ -4,3 +4,4 @@ nnU-Net (>= 2.8) splits nnUNet_extTrainer on os.pathsep (":" on Linux/macOS, ";"
 on sys.path while it imports every module there, and looks for the trainer class by name.
 """
 from nnunet_trainers.trainer import *  # noqa: F401,F403
+from nnunet_trainers.trainer import __getattr__  # noqa: F401  run-identity variants (..._r050_<bank>) by name

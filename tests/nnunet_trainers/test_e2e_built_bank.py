@@ -82,11 +82,14 @@ def test_built_bank_trains_with_nnunet(tmp_path):
     run([sys.executable, "-m", "synthesis_bank.prepare", "--bank", str(bank), "--target", "503", "-np", "1"],
         env, tmp_path)
     train_env = nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
-                           LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
-    run(nnunet_cmd("nnUNetv2_train") + ["503", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+                           LD_BANK_DIR=str(bank))
+    from nnunet_trainers.identity import run_name
+
+    named = run_name(TRAINER, 0.5, bank)      # the run-identity variant by name: its ratio wins, no LD_BANK_RATIO
+    run(nnunet_cmd("nnUNetv2_train") + ["503", "3d_fullres", "0", "-tr", named, "-device", "cpu"],
         train_env, tmp_path)
     val = set(generate_crossval_split(sorted(cases), seed=12345, n_splits=5)[0]["val"])
-    fold = tmp_path / "nnUNet_results" / "Dataset503_Built" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = tmp_path / "nnUNet_results" / "Dataset503_Built" / f"{named}__nnUNetPlans__3d_fullres" / "fold_0"
     rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
     assert sorted(rec["excluded_ids"]) == sorted(e["case_id"] for e in entries if e["source_id"] in val)
     assert rec["n_bank_used"] == len(entries) - len(val)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from nnunet_fixtures import make_bank, make_raw_dataset, nnunet_cmd, nnunet_env, run, stock_python
+from nnunet_trainers.identity import run_name
 from nnunet_trainers.shim import ext_trainer_dir
 
 TRAINER = "nnUNetTrainerLesionDiffusion_5iters"
@@ -46,7 +47,10 @@ def test_train_predict_with_bank(tmp_path):
     val = set(generate_crossval_split(sorted(real), seed=12345, n_splits=5)[0]["val"])
     splits = json.loads((tmp_path / "nnUNet_preprocessed" / "Dataset501_Tiny" / "splits_final.json").read_text())
     assert set(splits[0]["val"]) == val
-    fold = tmp_path / "nnUNet_results" / "Dataset501_Tiny" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    named = run_name(TRAINER, RATIO, bank)          # the run's identity: ratio and bank in the folder name
+    results = tmp_path / "nnUNet_results" / "Dataset501_Tiny"
+    assert sorted(p.name for p in results.iterdir()) == [f"{named}__nnUNetPlans__3d_fullres"]
+    fold = results / f"{named}__nnUNetPlans__3d_fullres" / "fold_0"
     rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
     # leakage: exactly the bank cases made from validation cases are out
     assert sorted(rec["excluded_ids"]) == sorted(f"ld_{v}_v0" for v in val)
@@ -68,7 +72,7 @@ def test_train_predict_with_bank(tmp_path):
     pred = tmp_path / "pred"
     run(nnunet_cmd("nnUNetv2_predict") + ["-i", str(tmp_path / "nnUNet_raw" / "Dataset501_Tiny" / "imagesTs"),
                                           "-o", str(pred), "-d", "501", "-c", "3d_fullres", "-f", "0",
-                                          "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1",
+                                          "-tr", named, "-device", "cpu", "-npp", "1", "-nps", "1",
                                           "--disable_tta"], train_env, tmp_path)
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == ["test_000.nii.gz", "test_001.nii.gz"]
     eval_code = (
@@ -81,7 +85,7 @@ def test_train_predict_with_bank(tmp_path):
 
     # exported as the stock nnUNetTrainer, plain nnU-Net predicts where ld-augment cannot even be imported
     out = run([sys.executable, "-m", "ld_augment.cli.main", "nnunet", "export", "-d", "501", "-c", "3d_fullres",
-               "-tr", TRAINER, "-o", str(tmp_path / "shipped")], train_env, tmp_path)
+               "-tr", named, "-o", str(tmp_path / "shipped")], train_env, tmp_path)
     assert "exported 1 checkpoint(s) of fold_0" in out.stdout
     python, extra = stock_python(tmp_path / "stock_site")
     stock_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from nnunet_fixtures import nnunet_cmd, nnunet_env, run
+from nnunet_trainers.identity import run_name
 from nnunet_trainers.shim import ext_trainer_dir
 
 TRAINER = "nnUNetTrainerLesionDiffusion_5iters"
@@ -137,7 +138,7 @@ def _train_with_bank(tmp_path: Path, bank: Path, dataset_id: str, dataset: str) 
     """nnUNetv2_train fold 0 with the bank; the fold folder and its bank record."""
     run(nnunet_cmd("nnUNetv2_train") + [dataset_id, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
         _bank_env(tmp_path, bank), tmp_path)
-    fold = tmp_path / "nnUNet_results" / dataset / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = tmp_path / "nnUNet_results" / dataset / f"{run_name(TRAINER, 0.5, bank)}__nnUNetPlans__3d_fullres" / "fold_0"
     return fold, json.loads((fold / "lesiondiffusion_bank.json").read_text())
 
 
