@@ -216,12 +216,15 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
         images = doc.get("target_images", {})
         test = images.get("imagesTs", {})
         allowed_test = set(record.get("test_sources_allowed", []))
-        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()])
+        near = doc.get("near_duplicates", {})
+        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()], near.get("imagesTs"))
         usable += [c for c in from_test if c.case_id in allowed_test]
         from_test = [c for c in from_test if c.case_id not in allowed_test]
         from_val: list = []
         if self.fold != "all":   # fold "all" holds nothing out
-            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys))
+            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys),
+                                             near.get("imagesTr"))
+            self._log_near_duplicates(from_val, val_keys, near)
         if not usable:
             raise ConfigError(f"{ENV_BANK_DIR}={bank}: no usable bank cases for fold {self.fold} "
                               f"({len(from_val)} excluded as made from validation cases, {len(from_test)} from "
@@ -234,6 +237,18 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
                 "prepared_folder": str(folder), "label_mapping": record.get("label_mapping")}
         excluded = {"validation": [c.case_id for c in from_val], "test": [c.case_id for c in from_test]}
         return bank_ds, bank_keys, excluded, info
+
+    def _log_near_duplicates(self, excluded, val_keys: List[str], near: dict) -> None:
+        """Say why a bank case left by content: the validation case it copies and the measured correlation."""
+        from synthesis_bank.near_duplicates import describe
+
+        val = set(val_keys)
+        for case in excluded:
+            hits = {k: r for k, r in near.get("imagesTr", {}).get(case.case_id, {}).items() if k in val}
+            if hits:
+                self.print_to_log_file(f"LesionDiffusion leakage guard: {case.case_id} excluded, its image is a "
+                                       f"near-duplicate of validation case {describe(hits)} (threshold "
+                                       f"r>={near.get('threshold')})")
 
     def _validation_hashes(self, images: dict, val_keys: List[str]) -> list[str]:
         """sha256 of this fold's validation images: from the prepare record, else hashed from nnUNet_raw."""

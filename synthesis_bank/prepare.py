@@ -204,11 +204,51 @@ def _bar(items, desc: str, progress: bool, total: int | None = None):
     return tqdm(items, total=total, desc=desc, unit="case", dynamic_ncols=True)
 
 
-def _test_sources(cases, target_images: dict) -> list[str]:
-    """Bank cases made from one of the target's test images (imagesTs), by verbatim id or by content."""
+def _test_sources(cases, target_images: dict, near: dict | None = None) -> list[str]:
+    """Bank cases made from one of the target's test images (imagesTs): by verbatim id, by file hash or by
+    content (a near-duplicate image, `synthesis_bank.near_duplicates`)."""
     test = target_images.get("imagesTs", {})
     shas = {v["sha256"] for v in test.values()}
-    return [c.case_id for c in cases if c.source_id in test or (c.source_sha256 and c.source_sha256 in shas)]
+    near = near or {}
+    return [c.case_id for c in cases if c.source_id in test or (c.source_sha256 and c.source_sha256 in shas)
+            or any(k in test for k in near.get(c.case_id, {}))]
+
+
+def _near_duplicate_table(bank: Path, name: str, cases, target_images: dict, target_ending: str,
+                          bank_ending: str, progress: bool) -> dict:
+    """{"threshold", "measure", "imagesTr": {bank case: {target case: r}}, "imagesTs": {...}}: bank cases whose
+    image (or, where the bank keeps none, its source file) is a near-duplicate of a target image. Fingerprints
+    are cached beside prepared.json and recomputed only for changed files."""
+    from nnunetv2.paths import nnUNet_raw
+
+    from synthesis_bank import near_duplicates as nd
+
+    table: dict = {"threshold": nd.THRESHOLD, "measure": "Pearson r of 24^3 block-averaged, z-scored CT "
+                   "fingerprints", "imagesTr": {}, "imagesTs": {}}
+    if not nnUNet_raw.is_set() or not target_images:
+        return table
+    cache_file = prepared_root(bank, name) / "fingerprints.npz"
+    cache = nd.load_cache(cache_file)
+    bank_files = {}
+    for c in cases:
+        own = bank / "imagesTr" / f"{c.case_id}_0000{bank_ending}"
+        src = Path(c.source_file) if c.source_file else None
+        if own.is_file():
+            bank_files[f"bank/{c.case_id}"] = own
+        elif src is not None and src.is_file():
+            bank_files[f"bank/{c.case_id}"] = src
+    bank_fp = nd.fingerprints(bank_files, cache, _bar(list(bank_files), "fingerprint bank", progress))
+    bank_fp = {k[len("bank/"):]: v for k, v in bank_fp.items()}
+    root = Path(nnUNet_raw.get()) / name
+    for folder in ("imagesTr", "imagesTs"):
+        files = {f"{folder}/{k}": root / folder / f"{k}_0000{target_ending}" for k in target_images.get(folder, {})}
+        files = {k: f for k, f in files.items() if f.is_file()}
+        fp = nd.fingerprints(files, cache, _bar(list(files), f"fingerprint {folder}", progress))
+        table[folder] = nd.near_duplicates(bank_fp, {k.split("/", 1)[1]: v for k, v in fp.items()})
+    keep = {f"bank/{c.case_id}" for c in cases} | {f"{f}/{k}" for f in ("imagesTr", "imagesTs")
+                                                   for k in target_images.get(f, {})}
+    nd.save_cache(cache_file, {k: v for k, v in cache.items() if k in keep})
+    return table
 
 
 def _disk_estimate(jobs: list[tuple], spacing: Sequence[float], transpose: Sequence[int]) -> int:
@@ -270,11 +310,20 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
     target_images = _hash_target_images(name, target_json.get("file_ending", ".nii.gz"),
                                         doc.get("target_images", {}), progress)
     doc["target_images"] = target_images
-    from_test = _test_sources(cases, target_images)
+    near = _near_duplicate_table(bank, name, cases, target_images, target_json.get("file_ending", ".nii.gz"),
+                                 ending, progress)
+    doc["near_duplicates"] = near
+    from_test = _test_sources(cases, target_images, near["imagesTs"])
     if from_test and not allow_test_sources:
+        from synthesis_bank.near_duplicates import describe
+
+        measured = [f"{c} ~ {describe(near['imagesTs'][c])}" for c in from_test[:3] if c in near["imagesTs"]]
         raise InputError(f"{bank / 'manifest.jsonl'}: {len(from_test)} bank case(s) were made from {name}'s test "
-                         f"images (imagesTs), e.g. {from_test[:3]}; training on them leaks the test set. Rebuild "
-                         f"the bank without them, or pass --allow-test-sources to prepare them anyway")
+                         f"images (imagesTs), e.g. {from_test[:3]}"
+                         + (f" (near-duplicate content, threshold r>={near['threshold']}: {'; '.join(measured)})"
+                            if measured else "")
+                         + "; training on them leaks the test set. Rebuild the bank without them, or pass "
+                           "--allow-test-sources to prepare them anyway")
 
     prep_sha = preprocessing_sha256(plans, cm.configuration, target_json)
     out_dir = prepared_data_folder(bank, name, cm.data_identifier)

@@ -251,3 +251,25 @@ def test_cascade_is_refused_before_training(target):
     assert tr.is_cascaded
     with pytest.raises(ConfigError, match=r"cascade stage: it needs previous-stage \(3d_lowres\).*3d_fullres"):
         tr.get_tr_and_val_datasets()
+
+
+def test_bank_case_near_duplicate_of_a_validation_image_is_excluded(target):
+    """Leakage by content: a bank case whose image is 99.9 % voxel-identical to the validation case case_000
+    (another source id, another file hash) leaves this fold's training, and the log gives the measure."""
+    import nibabel as nib
+
+    tmp_path, name, _, _, bank = target
+    val_img = nib.load(str(tmp_path / "nnUNet_raw" / name / "imagesTr" / "case_000_0000.nii.gz"))
+    copy = np.asarray(val_img.dataobj).copy()
+    copy.reshape(-1)[:2] -= 40                                      # 2 of 1440 voxels edited: 99.86 % identical
+    save(copy, bank / "imagesTr" / "ld_external_x_v0_0000.nii.gz")
+    prepare_bank(bank, name, num_processes=1, progress=False)
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    tr_ds, _ = tr.get_tr_and_val_datasets()
+    rec = json.loads(open(tr.output_folder + "/lesiondiffusion_bank.json").read())
+    assert rec["excluded"]["validation"] == ["ld_case_000_v0", "ld_external_x_v0"]
+    assert "ld_external_x_v0" not in tr_ds.bank_keys and len(tr_ds.bank_keys) == 4
+    log = open(tr.log_file).read()
+    assert "ld_external_x_v0 excluded, its image is a near-duplicate of validation case case_000 (r=0.99" in log
+    fold1 = _trainer(T.nnUNetTrainerLesionDiffusion, target, fold="all")   # nothing held out: it trains
+    assert "ld_external_x_v0" in fold1.get_tr_and_val_datasets()[0].bank_keys

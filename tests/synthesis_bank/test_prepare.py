@@ -16,7 +16,7 @@ from ld_augment.errors import ConfigError, InputError
 from synthesis_bank.nnunet_io import load_prepared_record, sha256_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nnunet_trainers"))
-from nnunet_fixtures import make_bank, make_planned_target, save  # noqa: E402
+from nnunet_fixtures import make_bank, make_case, make_planned_target, save  # noqa: E402
 
 pytest.importorskip("nnunetv2")
 from synthesis_bank.prepare import add_prepare_parser, prepare_bank  # noqa: E402
@@ -165,8 +165,7 @@ def test_test_image_sources_are_refused_unless_allowed(target):
     bank = make_bank(root / "bank", ["case_000", "other"], shape=SHAPE)
     # the bank's source "other" is, by content, the target's test image test_007 (a differently named copy)
     test_img = raw / "imagesTs" / "test_007_0000.nii.gz"
-    test_img.parent.mkdir(parents=True)
-    test_img.write_bytes(b"same bytes")
+    save(make_case(np.random.default_rng(9), SHAPE)[0], test_img)
     from ld_augment.io.nifti import sha256_file
     lines = [json.loads(x) for x in (bank / "manifest.jsonl").read_text().splitlines()]
     lines[1]["source_sha256"] = sha256_file(test_img)
@@ -211,3 +210,56 @@ def test_resenc_plans_sharing_a_data_identifier_do_not_invalidate_each_other(tar
     table = doc["data"]["nnUNetPlans_3d_fullres"]
     for rec in (m, lrec):   # what the trainer checks: both records still vouch for the shared files
         assert sha256_json({c: table[c] for c in rec["cases"]}) == rec["data_sha256"]
+
+
+def _near_copy(image, rng, fraction=0.001):
+    """A 99.9 % voxel-identical copy: a lesion-sized blob of about `fraction` of the voxels edited by -40 HU."""
+    copy = image.copy()
+    flat_index = rng.integers(copy.size)
+    centre = np.array(np.unravel_index(flat_index, copy.shape))
+    grid = np.indices(copy.shape)
+    dist = sum((g - c) ** 2 for g, c in zip(grid, centre))
+    blob = np.zeros(copy.size, bool)
+    blob[np.argsort(dist.ravel(), kind="stable")[: max(1, int(fraction * copy.size))]] = True
+    blob = blob.reshape(copy.shape)
+    copy[blob] -= 40
+    return copy, blob.mean()
+
+
+def test_near_duplicate_of_a_test_image_is_refused_with_its_measure(target):
+    """Leakage by content: neither the id nor the file hash match, the image is a 99.9 % identical copy."""
+    root, name = target
+    raw = root / "nnUNet_raw" / name
+    rng = np.random.default_rng(3)
+    bank = make_bank(root / "bank", ["case_000", "scan_17"], shape=(24, 24, 20))
+    bank_img = bank / "imagesTr" / "ld_scan_17_v0_0000.nii.gz"
+    import nibabel as nib
+
+    copy, changed = _near_copy(np.asarray(nib.load(str(bank_img)).dataobj), rng)
+    assert 0 < changed <= 0.0015
+    save(copy, raw / "imagesTs" / "test_003_0000.nii.gz")
+    save(make_case(rng, (24, 24, 20))[0], raw / "imagesTs" / "test_004_0000.nii.gz")   # another patient
+    with pytest.raises(InputError, match=r"1 bank case\(s\) were made from .*ld_scan_17_v0.*near-duplicate") as err:
+        prepare_bank(bank, name, num_processes=1, progress=False)
+    assert "test_003 (r=0.99" in str(err.value) and "test_004" not in str(err.value)
+    prepare_bank(bank, name, num_processes=1, progress=False, allow_test_sources=True)
+    rec, doc = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    assert rec["test_sources_allowed"] == ["ld_scan_17_v0"]
+    assert list(doc["near_duplicates"]["imagesTs"]) == ["ld_scan_17_v0"] and doc["near_duplicates"]["threshold"] == 0.98
+    assert (bank / "nnUNet_preprocessed" / name / "fingerprints.npz").is_file()
+
+
+def test_fingerprint_separates_copies_from_other_patients(tmp_path):
+    from synthesis_bank.near_duplicates import THRESHOLD, fingerprint, near_duplicates
+
+    rng = np.random.default_rng(0)
+    images = {f"p{i}": make_case(rng, (32, 32, 24))[0] for i in range(6)}
+    copy, _ = _near_copy(images["p2"], rng)
+    shifted = np.roll(images["p3"], 2, axis=0)           # the same patient, moved by two voxels: not a copy
+    for key, arr in {**images, "copy": copy, "shifted": shifted}.items():
+        save(arr, tmp_path / f"{key}.nii.gz")
+    fp = {k: fingerprint(tmp_path / f"{k}.nii.gz") for k in [*images, "copy", "shifted"]}
+    pairs = near_duplicates({"copy": fp["copy"], "shifted": fp["shifted"]}, {k: fp[k] for k in images})
+    assert list(pairs) == ["copy"] and list(pairs["copy"]) == ["p2"] and pairs["copy"]["p2"] >= 0.99
+    distinct = near_duplicates({k: fp[k] for k in images}, {k: fp[k] for k in images}, threshold=THRESHOLD)
+    assert all(list(v) == [k] for k, v in distinct.items())     # every patient matches itself only
