@@ -69,18 +69,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _trainer_class(name: str):
-    """The trainer class by name (nnU-Net's lookup, then ours incl. generated run-identity variants), or None."""
-    try:
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-        return recursive_find_trainer_class_by_name(name)
-    except Exception:  # noqa: BLE001 - not found by nnU-Net: try our module, whose __getattr__ makes variants
-        pass
+    """The trainer class by name: ours first (incl. generated run-identity variants), then nnU-Net's lookup."""
     try:
         from nnunet_trainers import trainer as ours
 
         return getattr(ours, name)
     except (AttributeError, ImportError):
+        pass
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        return recursive_find_trainer_class_by_name(name)
+    except Exception:  # noqa: BLE001 - unknown here: the strict weight check below still applies
         return None
 
 

@@ -7,9 +7,18 @@ organ and lesion type (recorded in the manifest), in this order for each bank cl
 
 * explicit `--labels` entries: by lesion type (`"renal cell carcinoma=tumor"`) or organ name (`liver=liver`)
   first, then by bank class (`organ=liver`, `lesion=cancer`); the target name `drop` means background;
-* a target label with the bank class's own name (a target labelled `organ`/`lesion` maps one to one);
-* automatically by name: the organ's name or a synonym (`ld_augment.organs`; `kidney` covers kidney_left),
-  and for lesions the one target label whose name says tumour/cancer/lesion/mass/metastasis/carcinoma.
+* a target label with the bank class's own name (a target labelled `organ`/`lesion` maps one to one), or
+  with the lesion type's own name (`cyst` -> a target label `cyst`);
+* the organ by name: the organ's name or a synonym (`ld_augment.organs`; `kidney` covers kidney_left);
+* a lesion only by meaning, never across meanings: a malignant type (hepatocellular carcinoma, renal cell
+  carcinoma, metastasis, adenocarcinoma, ...) goes to the target's one tumour label (tumor/cancer/carcinoma/...;
+  KiTS `masses` is not one); a benign type (cyst, hemangioma, ...) or an unknown one only with the user's word
+  (`--lesion-map cyst=masses`, or `--labels lesion=LABEL` for every type). Errors list the target's labels and
+  the bank's lesion types.
+
+`required_fills` then says which target classes a bank case does not label (a target `kidney` is both kidneys;
+a target `spleen` is not in a liver case): those come from an organ map (TotalSegmentator) or the case is
+refused for that target (`synthesis_bank.prepare`).
 
 For a region-based target the value written is the integer whose region memberships are exactly the regions
 containing the chosen one (KiTS `tumor` -> 2, `masses` -> 3, `kidney` -> 1), i.e. what nnU-Net's own
@@ -33,6 +42,15 @@ LESION_WORDS = ("tumor", "tumour", "tumors", "tumours", "cancer", "lesion", "les
                 "metastasis", "metastases", "carcinoma", "neoplasm")
 BANK_CLASSES = ("organ", "lesion")
 IGNORE = "ignore"
+# a target label that means "malignant tumour" (MSD `cancer`, KiTS `tumor`, `liver_tumor`); not mass/lesion
+TUMOUR_WORDS = ("tumor", "tumour", "tumors", "tumours", "cancer", "cancers", "carcinoma", "malignant", "malignancy",
+                "metastasis", "metastases", "neoplasm", "hcc", "rcc")
+MALIGNANT_WORDS = ("carcinoma", "adenocarcinoma", "cholangiocarcinoma", "cancer", "malignant", "malignancy",
+                   "metastasis", "metastases", "metastatic", "sarcoma", "lymphoma", "melanoma", "hcc", "rcc",
+                   "hepatoblastoma", "nephroblastoma", "mesothelioma", "leiomyosarcoma")
+BENIGN_WORDS = ("cyst", "cysts", "cystic", "hemangioma", "haemangioma", "adenoma", "lipoma", "angiomyolipoma", "fnh",
+                "hyperplasia", "benign", "abscess", "hamartoma", "oncocytoma", "calcification", "stone", "calculus",
+                "fibroma", "granuloma", "hematoma", "haematoma")
 
 
 def _words(name: str) -> list[str]:
@@ -42,6 +60,24 @@ def _words(name: str) -> list[str]:
 def is_lesion_name(name: str) -> bool:
     """True for target label names that mean "a lesion" (`cancer`, `liver_tumor`, `masses`, ...)."""
     return any(w in LESION_WORDS for w in _words(name))
+
+
+def is_tumour_label(name: str) -> bool:
+    """True for target label names that mean a malignant tumour (`cancer`, `tumor`, `liver_tumor`), not the
+    generic `masses`/`lesion` (KiTS `masses` also holds cysts)."""
+    return any(w in TUMOUR_WORDS for w in _words(name))
+
+
+def lesion_kind(lesion_type: str | None) -> str:
+    """"malignant", "benign" or "unknown" for a bank lesion type (free text), by its words."""
+    words = _words(lesion_type or "")
+    malignant = any(w in MALIGNANT_WORDS for w in words)
+    benign = any(w in BENIGN_WORDS for w in words)
+    if malignant and not benign:
+        return "malignant"
+    if benign and not malignant:
+        return "benign"
+    return "unknown"
 
 
 def names_organ(target_name: str, organ: str) -> bool:
@@ -174,6 +210,7 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
             raise ConfigError(f"--labels {key}={name}: {target_file} has no label {name!r} "
                               f"(its labels: {target.names()}; or use {key}=drop)")
     pairs = sorted(set(pairs), key=str)
+    lesion_types = sorted({lt for _, lt in pairs if lt})
     used: set[str] = set()
     mapping = LabelMapping(bank, target)
     for organ, lesion_type in pairs:
@@ -182,7 +219,8 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
             if cls not in bank:
                 continue
             own = lesion_type if cls == "lesion" else organ
-            res = _resolve_one(cls, own, target, explicit, used, bank_file=bank_file, target_file=target_file)
+            res = _resolve_one(cls, own, target, explicit, used, bank_file=bank_file, target_file=target_file,
+                               lesion_types=lesion_types)
             resolved[cls] = res
         _check_distinct(resolved, organ, lesion_type, target_file)
         if IGNORE in bank and "lesion" in resolved:
@@ -190,7 +228,6 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
         mapping.per_pair[(organ, lesion_type)] = resolved
     unused = sorted(set(explicit) - used)
     if unused:
-        lesion_types = sorted({lt for _, lt in pairs if lt})
         organs = sorted({o for o, _ in pairs if o})
         raise ConfigError(f"--labels {', '.join(unused)}: not a bank class, organ or lesion type of this bank "
                           f"(classes {list(BANK_CLASSES)}, organs {organs}, lesion types {lesion_types})")
@@ -207,7 +244,7 @@ def _resolve_ignore(target: TargetLabels, lesion: Resolved) -> Resolved:
 
 
 def _resolve_one(cls: str, own: str | None, target: TargetLabels, explicit: Mapping[str, str], used: set[str], *,
-                 bank_file: str, target_file: str) -> Resolved:
+                 bank_file: str, target_file: str, lesion_types: Sequence[str] = ()) -> Resolved:
     for key in ([own] if own else []) + [cls]:
         if key in explicit:
             used.add(key)
@@ -219,17 +256,62 @@ def _resolve_one(cls: str, own: str | None, target: TargetLabels, explicit: Mapp
         matches = [n for n in target.names() if own and names_organ(n, own)]
         hint = f"--labels organ=<one of {target.names()}> or organ=drop"
         what = f"the organ {own!r}" if own else "the bank's organ (the manifest names none)"
+        if len(matches) == 1:
+            return Resolved(matches[0], target.value_of(matches[0]), "by name")
+        if not matches:
+            raise ConfigError(f"{bank_file}: bank label {cls!r} ({what}) has no label in {target_file} "
+                              f"(labels {target.names()}); say where it goes: {hint}")
+        raise ConfigError(f"{bank_file}: bank label {cls!r} ({what}) could be any of {matches} in {target_file}; "
+                          f"say which: {hint}")
+    if own and own in target.labels:
+        return Resolved(own, target.value_of(own), "same name as the lesion type")
+    kind = lesion_kind(own)
+    tumour = [n for n in target.names() if is_tumour_label(n)]
+    if kind == "malignant" and len(tumour) == 1:
+        return Resolved(tumour[0], target.value_of(tumour[0]), "malignant type -> the target's tumour label")
+    if kind == "malignant":
+        why = (f"a malignant type, but {target_file} has {'no tumour label' if not tumour else 'several tumour labels ' + str(tumour)}")
+    elif kind == "benign":
+        why = "a benign type: it goes to a target label only with your word (a cyst is not a cancer)"
     else:
-        matches = [n for n in target.names() if is_lesion_name(n)]
-        hint = f"--labels lesion=<one of {target.names()}>" + (f" or \"{own}=<label>\"" if own else "")
-        what = f"the lesion ({own!r})" if own else "the lesion"
-    if len(matches) == 1:
-        return Resolved(matches[0], target.value_of(matches[0]), "by name")
-    if not matches:
-        raise ConfigError(f"{bank_file}: bank label {cls!r} ({what}) has no label in {target_file} "
-                          f"(labels {target.names()}); say where it goes: {hint}")
-    raise ConfigError(f"{bank_file}: bank label {cls!r} ({what}) could be any of {matches} in {target_file}; "
-                      f"say which: {hint}")
+        why = "neither a known malignant nor a known benign type" if own else "the manifest names no lesion type"
+    key = f'"{own}=<label>"' if own and " " in own else f"{own}=<label>" if own else "<type>=<label>"
+    raise ConfigError(f"{bank_file}: bank lesion type {own!r} has no stated label in {target_file}: {why}. Target "
+                      f"labels: {target.names()}; the bank's lesion types: {list(lesion_types)}. Say where it goes: "
+                      f"--lesion-map {key} (or --labels lesion=<label> for every type)")
+
+
+@dataclass(frozen=True)
+class OrganFill:
+    """A target class a bank case does not label itself: `organ` (a TotalSegmentator name or group) is taken
+    from an organ map of the case's source and written as `value` where the bank label is background."""
+
+    target: str
+    value: int
+    organ: str
+
+
+def required_fills(target: TargetLabels, organ: str | None, resolved: Mapping[str, Resolved]) -> list[OrganFill]:
+    """The organ classes of the target a bank case of `organ` leaves unlabelled, given its resolved mapping.
+
+    The bank labels one organ (`organ`, e.g. kidney_left). A target class naming an organ is complete only when
+    it is that very organ: a target `kidney` (both kidneys) or any other organ of the target (a `spleen` beside
+    a `liver`) must come from an organ map. Lesion-like or unknown target names need nothing: a case may simply
+    have none of that lesion. A generic target `organ` is the bank's own class.
+    """
+    organ_target = resolved.get("organ")
+    fills = []
+    for name in target.names():
+        if name == IGNORE or name == "organ" or is_lesion_name(name) or is_tumour_label(name):
+            continue
+        try:
+            canonical = normalize_organ_name(name)
+        except (KeyError, ValueError, ConfigError):
+            continue
+        if organ_target is not None and organ_target.target == name and canonical == organ:
+            continue
+        fills.append(OrganFill(name, target.value_of(name), canonical))
+    return fills
 
 
 def _check_distinct(resolved: Mapping[str, Resolved], organ: str | None, lesion_type: str | None,

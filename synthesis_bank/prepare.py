@@ -21,7 +21,8 @@ from typing import Any, Sequence
 from ld_augment.errors import ConfigError, InputError, LdAugmentError
 from ld_augment.io.atomic import atomic_write_json
 from ld_augment.io.nifti import sha256_file
-from synthesis_bank.label_mapping import TargetLabels, parse_label_args, remap, resolve_mapping
+from synthesis_bank.label_mapping import (OrganFill, TargetLabels, parse_label_args, remap, required_fills,
+                                          resolve_mapping)
 from synthesis_bank.nnunet_io import (PREPARED_FORMAT, PREPARED_JSON, load_prepared, manifest_sha256,
                                       prepared_data_folder, prepared_root, preprocessing_sha256, read_bank_cases,
                                       record_key, sha256_json)
@@ -61,6 +62,19 @@ def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[s
                          f"labels into the target's (by name, or --labels organ=... lesion=...)")
 
 
+def merge_label_args(labels: Sequence[str] | dict[str, str] | None,
+                     lesion_map: Sequence[str] | dict[str, str] | None) -> dict[str, str]:
+    """`--labels` and `--lesion-map` entries as one {bank name: target name} dict; a key given in both with
+    different targets is an error."""
+    out = dict(labels) if isinstance(labels, dict) else parse_label_args(labels)
+    extra = dict(lesion_map) if isinstance(lesion_map, dict) else parse_label_args(lesion_map, origin="--lesion-map")
+    for key, value in extra.items():
+        if key in out and out[key] != value:
+            raise ConfigError(f"{key!r} is mapped to {out[key]!r} by --labels and to {value!r} by --lesion-map")
+        out[key] = value
+    return out
+
+
 def _inputs_signature(files: Sequence[Path]) -> list[list[int]]:
     """(size, mtime) of a case's inputs: a rebuilt bank case is prepared again (cheap; no hashing of CTs)."""
     return [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
@@ -76,7 +90,7 @@ def _case_done(out_dir: Path, case_id: str, entry: dict | None, wanted: dict) ->
 def _prepare_one(job: tuple) -> tuple[str, list[int]]:
     """Worker: map the labels into the target's space, preprocess one case into its own staging folder, check
     labels, move it in (properties file last)."""
-    case_id, image, label, lut, staging, out_dir, plans, configuration, dataset_json = job
+    case_id, image, label, lut, staging, out_dir, plans, configuration, dataset_json, fill = job
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
@@ -85,8 +99,8 @@ def _prepare_one(job: tuple) -> tuple[str, list[int]]:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    if any(k != v for k, v in lut):
-        label = _remapped_label(Path(label), dict(lut), stage / f"label_{case_id}{_ending(Path(label))}")
+    if any(k != v for k, v in lut) or fill:
+        label = _remapped_label(Path(label), dict(lut), stage / f"label_{case_id}{_ending(Path(label))}", fill)
     preprocessor = cm.preprocessor_class(verbose=False)
     preprocessor.run_case_save(str(stage / case_id), [str(image)], str(label), pm, cm, dataset_json)
     values = _seg_values(stage, case_id)
@@ -102,18 +116,60 @@ def _ending(path: Path) -> str:
     return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
 
 
-def _remapped_label(label: Path, lut: dict[int, int], out: Path) -> Path:
+def _remapped_label(label: Path, lut: dict[int, int], out: Path, fill: tuple | None = None) -> Path:
     """The bank label map in the target's label values, same grid and header (a staging copy; the bank's own
-    file is never modified)."""
+    file is never modified); `fill` = (organ map, [(organ, value), ...]) adds the target classes the bank case
+    does not label itself, on background voxels only."""
     import nibabel as nib
     import numpy as np
 
     img = nib.load(str(label))
     mapped = remap(np.asarray(img.dataobj), lut, file=str(label))
+    if fill:
+        mapped = _fill_organs(mapped, Path(fill[0]), fill[1], label=label)
     new = nib.Nifti1Image(mapped, img.affine, img.header)
     new.set_data_dtype(mapped.dtype)
     nib.save(new, str(out))
     return out
+
+
+def _fill_organs(mapped, organ_map: Path, fills, *, label: Path):
+    import nibabel as nib
+    import numpy as np
+
+    from ld_augment.organs.masks import detect_label_version
+    from ld_augment.organs.registry import organ_label_ids
+
+    organs = np.asarray(nib.load(str(organ_map)).dataobj)
+    if organs.shape[:3] != mapped.shape[:3]:
+        raise InputError(f"{organ_map}: organ map shape {organs.shape} differs from the bank label {label} "
+                         f"({mapped.shape}); it must be the segmentation of the case's source CT")
+    version = detect_label_version(organs)
+    out = mapped.copy()
+    for organ, value in fills:
+        ids = organ_label_ids(organ, version)
+        out[np.isin(organs, ids) & (out == 0)] = value
+    return out
+
+
+def _organ_map_for(case, organ_maps: Path | None, ending: str) -> Path | None:
+    """The organ map (TotalSegmentator ids) of a bank case's source: `--organ-maps DIR/<source id or case id>`,
+    else the segmentation the bank was built with (manifest `source_seg`), if it still exists."""
+    if organ_maps is not None:
+        for key in (case.source_id, case.case_id):
+            if key and (organ_maps / f"{key}{ending}").is_file():
+                return organ_maps / f"{key}{ending}"
+    recorded = case.extra.get("source_seg")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    return None
+
+
+def _refusal(case, organ: str | None, fills: list[OrganFill]) -> str:
+    classes = ", ".join(f"{f.target!r} ({f.organ})" for f in fills)
+    return (f"the target labels {classes} but bank case {case.case_id} labels only {organ!r}, and no organ map "
+            f"of its source {case.source_id!r} is known: pass --organ-maps DIR (TotalSegmentator segmentations "
+            f"named <source id>.nii.gz) or build the bank with segmentations")
 
 
 def _seg_values(stage: Path, case_id: str) -> list[int]:
@@ -276,14 +332,17 @@ def _disk_estimate(jobs: list[tuple], spacing: Sequence[float], transpose: Seque
 def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, configuration: str = "3d_fullres",
                  plans_identifier: str = "nnUNetPlans", num_processes: int | None = None,
                  labels: Sequence[str] | dict[str, str] | None = None, allow_test_sources: bool = False,
-                 progress: bool = True) -> PrepareResult:
+                 progress: bool = True, lesion_map: Sequence[str] | dict[str, str] | None = None,
+                 organ_maps: str | os.PathLike | None = None) -> PrepareResult:
     """Preprocess every finished bank case with the target's plans, its labels mapped into the target's labels.
 
     A case is prepared again when its inputs, the label mapping or the plans fields that affect preprocessing
     changed (re-planning with another spacing re-prepares; a new batch size does not). Writes
     `<bank>/nnUNet_preprocessed/<DatasetName>/<data_identifier>/` and `prepared.json` beside it (see
     `synthesis_bank.nnunet_io`), which the trainer checks. Bank cases made from the target's test images are
-    refused unless `allow_test_sources`.
+    refused unless `allow_test_sources`. Every organ class of the target must be labelled in a bank case: what
+    the case does not label itself comes from an organ map (`organ_maps` folder or the segmentation recorded in
+    the manifest), else the case is refused for this target (listed with its reason in the record).
     """
     bank = Path(bank_dir).resolve()
     bank_json_file = bank / "dataset.json"
@@ -301,7 +360,7 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
 
     manifest_hash = manifest_sha256(bank)
     cases = read_bank_cases(bank)
-    explicit = labels if isinstance(labels, dict) else parse_label_args(labels)
+    explicit = merge_label_args(labels, lesion_map)
     mapping = resolve_mapping(bank_json.get("labels", {}), target_json["labels"],
                               [(c.extra.get("organ"), c.extra.get("lesion_type")) for c in cases], explicit,
                               bank_file=str(bank_json_file), target_file=target_file)
@@ -330,21 +389,43 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
     staging = prepared_root(bank, name) / f".staging_{cm.data_identifier}"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = doc["data"].setdefault(cm.data_identifier, {})
-    jobs, skipped, wanted = [], [], {}
+    jobs, skipped, wanted, refused = [], [], {}, {}
+    maps_dir = Path(organ_maps).resolve() if organ_maps is not None else None
+    if maps_dir is not None and not maps_dir.is_dir():
+        raise InputError(f"--organ-maps {organ_maps}: no such folder")
     for case in cases:
         image = bank / "imagesTr" / f"{case.case_id}_0000{ending}"
         label = bank / "labelsTr" / f"{case.case_id}{ending}"
         for f in (image, label):
             if not f.is_file():
                 raise InputError(f"{f}: missing, but {bank / 'manifest.jsonl'} lists case {case.case_id} as ok")
-        lut = sorted(mapping.lut_for(case.extra.get("organ"), case.extra.get("lesion_type")).items())
+        organ, lesion_type = case.extra.get("organ"), case.extra.get("lesion_type")
+        lut = sorted(mapping.lut_for(organ, lesion_type).items())
+        fills = required_fills(mapping.target, organ, mapping.per_pair[(organ, lesion_type)])
+        fill = None
+        if fills:
+            organ_map = _organ_map_for(case, maps_dir, ending)
+            if organ_map is None:
+                refused[case.case_id] = _refusal(case, organ, fills)
+                continue
+            fill = (str(organ_map), [(f.organ, f.value) for f in fills])
         wanted[case.case_id] = {"preprocessing_sha256": prep_sha, "label_map": [list(p) for p in lut],
-                                "inputs": _inputs_signature((image, label))}
+                                "inputs": _inputs_signature((image, label) + ((Path(fill[0]),) if fill else ()))}
+        if fill:
+            wanted[case.case_id]["organ_fill"] = [list(x) for x in fill[1]]
         if _case_done(out_dir, case.case_id, table.get(case.case_id), wanted[case.case_id]):
             skipped.append(case.case_id)
         else:
             jobs.append((case.case_id, image, label, lut, str(staging), str(out_dir), plans, configuration,
-                         target_json))
+                         target_json, fill))
+    if refused:
+        first = next(iter(refused.items()))
+        print(f"prepare: {len(refused)} bank case(s) refused for {name}: their labels would contradict the "
+              f"target's (e.g. {first[0]}: {first[1]})", flush=True)
+    cases = [c for c in cases if c.case_id not in refused]
+    if not cases:
+        raise InputError(f"{bank / 'manifest.jsonl'}: every bank case was refused for {name}, e.g. "
+                         f"{next(iter(refused.values()))}")
     if jobs:
         estimate = _disk_estimate(jobs, cm.spacing, pm.transpose_forward)
         free = shutil.disk_usage(out_dir).free
@@ -381,7 +462,8 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
         "label_mapping": mapping.describe(),
         "cases": [c.case_id for c in cases],
         "data_sha256": sha256_json({c.case_id: wanted[c.case_id] for c in cases}),
-        "test_sources_allowed": from_test,
+        "test_sources_allowed": [c for c in from_test if c not in refused],
+        "refused": refused,
         "nnunetv2_version": _nnunet_version(),
     }
     _write_doc(bank, name, doc)
@@ -431,6 +513,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", nargs="+", default=None, metavar="BANK=TARGET",
                    help="map bank labels to the target's where names do not say it: organ=liver lesion=cancer, "
                         "organ=drop, or per lesion type \"renal cell carcinoma=tumor\" (default: by name)")
+    p.add_argument("--lesion-map", nargs="+", default=None, metavar="TYPE=TARGET",
+                   help="where each bank lesion type goes in the target, e.g. cyst=masses \"renal cell "
+                        "carcinoma=tumor\" (malignant types go to a single tumour label by themselves; benign ones "
+                        "need this)")
+    p.add_argument("--organ-maps", default=None, metavar="DIR",
+                   help="TotalSegmentator segmentations of the bank's sources (<source id>.nii.gz), for target "
+                        "classes a bank case does not label itself (e.g. the other kidney)")
     p.add_argument("--allow-test-sources", action="store_true",
                    help="prepare bank cases made from the target's imagesTs anyway (recorded)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -441,7 +530,8 @@ def run_prepare_args(args: argparse.Namespace) -> int:
                           plans_identifier=args.plans_identifier, num_processes=args.num_processes,
                           labels=getattr(args, "labels", None),
                           allow_test_sources=getattr(args, "allow_test_sources", False),
-                          progress=getattr(args, "progress", True))
+                          progress=getattr(args, "progress", True), lesion_map=getattr(args, "lesion_map", None),
+                          organ_maps=getattr(args, "organ_maps", None))
     print(f"prepared {len(result.prepared)} case(s), skipped {len(result.skipped)} already prepared -> "
           f"{result.output_folder} (target {result.target_dataset}, {result.data_identifier})")
     return 0

@@ -86,7 +86,7 @@ def test_train_predict_with_bank(tmp_path):
     # exported as the stock nnUNetTrainer, plain nnU-Net predicts where ld-augment cannot even be imported
     out = run([sys.executable, "-m", "ld_augment.cli.main", "nnunet", "export", "-d", "501", "-c", "3d_fullres",
                "-tr", named, "-o", str(tmp_path / "shipped")], train_env, tmp_path)
-    assert "exported 1 checkpoint(s) of fold_0" in out.stdout
+    assert "checkpoint(s) of fold_0 ->" in out.stdout
     python, extra = stock_python(tmp_path / "stock_site")
     stock_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     stock_env.update(extra, nnUNet_results=str(tmp_path / "shipped"))

@@ -134,11 +134,54 @@ def test_task03_like_target_gets_its_own_label_values(tmp_path, monkeypatch):
                           source)                                              # the bank's own file untouched
     rec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
     (pair,) = rec["label_mapping"]["pairs"]
-    assert (pair["organ"]["target"], pair["lesion"]["target"], pair["lesion"]["rule"]) == ("liver", "cancer", "by name")
+    assert (pair["organ"]["target"], pair["lesion"]["target"]) == ("liver", "cancer")
+    assert pair["lesion"]["rule"] == "malignant type -> the target's tumour label"
     # another mapping is another preparation of the same case
     assert prepare_bank(bank, 3, num_processes=1, progress=False).skipped == ["ld_a_v0"]
-    assert prepare_bank(bank, 3, num_processes=1, progress=False, labels=["organ=drop"]).prepared == ["ld_a_v0"]
-    assert set(np.unique(_seg(result.output_folder, "ld_a_v0"))) == {0, 1}
+    # without its organ the case would teach "no liver here": refused, unless an organ map says where the liver is
+    with pytest.raises(InputError, match=r"every bank case was refused .*'liver' \(liver\).*--organ-maps"):
+        prepare_bank(bank, 3, num_processes=1, progress=False, labels=["organ=drop"])
+    maps = tmp_path / "maps"
+    organ_map = np.where(source > 0, 5, 0).astype(np.uint8)               # TotalSegmentator: liver = 5
+    organ_map[0, 0, 0] = 1                                                 # and a voxel of spleen
+    save(organ_map, maps / "a.nii.gz")                                    # named by the source id
+    assert prepare_bank(bank, 3, num_processes=1, progress=False, labels=["organ=drop"],
+                        organ_maps=maps).prepared == ["ld_a_v0"]
+    seg = _seg(result.output_folder, "ld_a_v0")
+    assert (seg == 2).sum() == (source == 1).sum() and (seg == 1).sum() == (source == 2).sum()
+    rec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    assert rec["refused"] == {} and rec["cases"] == ["ld_a_v0"]
+
+
+def test_target_classes_the_case_lacks_come_from_the_organ_map_or_refuse(tmp_path, monkeypatch):
+    """KiTS-like `kidney` is both kidneys: a kidney_left bank case needs the right one from an organ map."""
+    name = make_planned_target(tmp_path, 4, "KiTS", labels={"background": 0, "kidney": [1, 2, 3], "masses": [2, 3],
+                                                             "tumor": 2})
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed"):
+        ds_file = tmp_path / sub / name / "dataset.json"
+        ds_file.write_text(json.dumps(dict(json.loads(ds_file.read_text()), regions_class_order=[1, 3, 2])))
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    shape = (24, 24, 20)
+    bank = make_bank(tmp_path / "bank", ["a", "b"], shape=shape, organ="kidney_left",
+                     lesion_type="renal cell carcinoma")
+    nib = __import__("nibabel")
+    label_a = np.asarray(nib.load(str(bank / "labelsTr" / "ld_a_v0.nii.gz")).dataobj)
+    right = np.zeros(shape, bool)
+    right[1:5, 1:5, 1:5] = True                                           # the other kidney, outside the bank label
+    assert not (label_a[right] > 0).any()
+    organ_map = np.where(label_a > 0, 3, 0).astype(np.uint8)              # TotalSegmentator: kidney_left = 3
+    organ_map[right] = 2                                                   # kidney_right = 2
+    maps = tmp_path / "maps"
+    save(organ_map, maps / "a.nii.gz")                                    # case b has no organ map
+    result = prepare_bank(bank, name, num_processes=1, progress=False, organ_maps=maps)   # RCC -> tumor by itself
+    assert result.prepared == ["ld_a_v0"]
+    rec, _ = load_prepared_record(bank, name, configuration="3d_fullres", plans_identifier="nnUNetPlans")
+    assert rec["cases"] == ["ld_a_v0"] and list(rec["refused"]) == ["ld_b_v0"]
+    assert "'kidney' (kidney)" in rec["refused"]["ld_b_v0"] and "kidney_left" in rec["refused"]["ld_b_v0"]
+    seg = _seg(result.output_folder, "ld_a_v0")
+    assert set(np.unique(seg)) - {-1} == {0, 1, 2}
+    assert (seg == 1).sum() == (label_a == 1).sum() + right.sum() and (seg == 2).sum() == (label_a == 2).sum()
 
 
 def test_replanning_reprepares_batch_size_does_not(target):
