@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ pytest.importorskip("nnunetv2")
 from nnunet_trainers import trainer as T  # noqa: E402
 from nnunet_trainers.export import PROVENANCE_FILE, export_model, load_checkpoint  # noqa: E402
 
-TRAINER = "nnUNetTrainerLesionDiffusion_5iters"
+TRAINER = "nnUNetTrainerLesionDiffusion_5iters_r000"     # what `-tr ..._5iters` with LD_BANK_RATIO=0 trains as
 
 
 def _trained(tmp_path, monkeypatch, cls=T.nnUNetTrainerLesionDiffusion_5iters, folds=(0, 1)):
@@ -36,10 +38,10 @@ def _trained(tmp_path, monkeypatch, cls=T.nnUNetTrainerLesionDiffusion_5iters, f
     ds_json = json.loads((pre / "dataset.json").read_text())
     (pre / "nnUNetPlans_3d_fullres").mkdir()        # initialize() infers the data format from a file ending
     (pre / "nnUNetPlans_3d_fullres" / "x.b2nd").touch()
-    model = tmp_path / "nnUNet_results" / name / f"{cls.__name__}__nnUNetPlans__3d_fullres"
     for fold in folds:
         tr = cls(plans=dict(plans, continue_training=False), configuration="3d_fullres", fold=fold, dataset_json=ds_json,
                  device=torch.device("cpu"))
+        model = Path(tr.output_folder_base)         # the run-identity variant's folder (ratio 0: `..._r000`)
         tr.initialize()
         fold_dir = model / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,7 @@ def test_refuses_trainer_that_overrides_the_network(tmp_path, monkeypatch):
             return T.nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                               num_output_channels, enable_deep_supervision)
 
+    nnUNetTrainerLesionDiffusionOwnNet.ld_run_identity = True          # keep its plain name for this test
     monkeypatch.setattr(T, "nnUNetTrainerLesionDiffusionOwnNet", nnUNetTrainerLesionDiffusionOwnNet, raising=False)
     root, name, model = _trained(tmp_path, monkeypatch, cls=nnUNetTrainerLesionDiffusionOwnNet, folds=(0,))
     with pytest.raises(ConfigError, match="builds its own network"):
