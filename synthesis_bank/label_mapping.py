@@ -37,6 +37,7 @@ from ld_augment.errors import ConfigError, InputError
 from ld_augment.organs.registry import normalize_organ_name
 
 DROP = "drop"
+SKIP = "skip"        # `--lesion-map cyst=skip`: cases of that type are left out for this target
 BACKGROUND = "background"
 LESION_WORDS = ("tumor", "tumour", "tumors", "tumours", "cancer", "lesion", "lesions", "mass", "masses",
                 "metastasis", "metastases", "carcinoma", "neoplasm")
@@ -92,6 +93,32 @@ def names_organ(target_name: str, organ: str) -> bool:
     except (KeyError, ValueError, ConfigError):
         return False
     return canonical == organ or organ.startswith(canonical + "_")
+
+
+def bank_roles(labels: Mapping[str, Any], *, origin: str = "label_scheme") -> dict[str, str]:
+    """Label name -> role ("background", "organ", "lesion", "ignore") of a bank's label scheme.
+
+    A bank may name its classes after the target (`{background: 0, liver: 1, cancer: 2}`, so its label files
+    need no mapping): a name of an organ is the organ, `organ`/`lesion`/`ignore` are themselves, and any other
+    name (cancer, tumor, cyst, ...) is the lesion. One lesion class, at most one organ and one ignore class.
+    """
+    roles: dict[str, str] = {}
+    for name in labels:
+        key = str(name)
+        if key in (BACKGROUND, IGNORE, *BANK_CLASSES):
+            roles[key] = key
+        elif not is_lesion_name(key) and not is_tumour_label(key) and _is_organ_name(key):
+            roles[key] = "organ"
+        else:
+            roles[key] = "lesion"
+    for role in ("organ", "lesion", IGNORE):
+        named = [n for n, r in roles.items() if r == role]
+        if len(named) > 1:
+            raise ConfigError(f"{origin}: {named} would all be the bank's {role} class; a bank labels one organ and "
+                              f"one lesion class (names of organs are the organ, any other name is the lesion)")
+    if BACKGROUND not in roles or "lesion" not in roles.values():
+        raise ConfigError(f"{origin}: needs background: 0 and a lesion label, got {dict(labels)}")
+    return roles
 
 
 def parse_label_args(items: Sequence[str] | None, *, origin: str = "--labels") -> dict[str, str]:
@@ -168,8 +195,14 @@ class LabelMapping:
     target: TargetLabels
     per_pair: dict[tuple[str | None, str | None], dict[str, Resolved]] = field(default_factory=dict)
 
+    def skipped(self, organ: str | None, lesion_type: str | None) -> str | None:
+        """The reason a case of this pair is left out for the target (`TYPE=skip`), else None."""
+        res = self.per_pair[(organ, lesion_type)].get("lesion")
+        return f"lesion type {lesion_type!r} is skipped for this target ({res.rule})" if res and res.target == SKIP \
+            else None
+
     def lut_for(self, organ: str | None, lesion_type: str | None) -> dict[int, int]:
-        """bank value -> target value for a case of this organ and lesion type."""
+        """bank value -> target value for a case of this organ and lesion type (not for a skipped pair)."""
         resolved = self.per_pair[(organ, lesion_type)]
         lut = {self.bank_labels[BACKGROUND]: 0}
         for cls, res in resolved.items():
@@ -197,16 +230,14 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
                     bank_file: str = "bank dataset.json", target_file: str = "target dataset.json") -> LabelMapping:
     """Resolve the mapping for each (organ, lesion type) pair of the bank; ConfigError naming both sides."""
     explicit = dict(explicit or {})
-    bank = {str(k): int(v) for k, v in bank_labels.items()}
-    unknown_bank = sorted(set(bank) - {BACKGROUND, IGNORE, *BANK_CLASSES})
-    if BACKGROUND not in bank or unknown_bank:
-        raise ConfigError(f"{bank_file}: bank labels must be background/organ/lesion (and optionally ignore), "
-                          f"got {dict(bank_labels)}")
+    roles = bank_roles(bank_labels, origin=bank_file)
+    bank = {roles[str(k)]: int(v) for k, v in bank_labels.items()}
+    own_names = {roles[str(k)]: str(k) for k in bank_labels}      # a bank labelled like the target: same name
     target = TargetLabels(dict(target_labels), target_file)
     if _values(target_labels.get(BACKGROUND, -1)) != (0,):
         raise ConfigError(f"{target_file}: nnU-Net needs background: 0, got labels {dict(target_labels)}")
     for key, name in explicit.items():
-        if name != DROP and name != BACKGROUND and name not in target.labels:
+        if name not in (DROP, BACKGROUND, SKIP) and name not in target.labels:
             raise ConfigError(f"--labels {key}={name}: {target_file} has no label {name!r} "
                               f"(its labels: {target.names()}; or use {key}=drop)")
     pairs = sorted(set(pairs), key=str)
@@ -220,10 +251,10 @@ def resolve_mapping(bank_labels: Mapping[str, Any], target_labels: Mapping[str, 
                 continue
             own = lesion_type if cls == "lesion" else organ
             res = _resolve_one(cls, own, target, explicit, used, bank_file=bank_file, target_file=target_file,
-                               lesion_types=lesion_types)
+                               lesion_types=lesion_types, bank_name=own_names.get(cls, cls))
             resolved[cls] = res
         _check_distinct(resolved, organ, lesion_type, target_file)
-        if IGNORE in bank and "lesion" in resolved:
+        if IGNORE in bank and "lesion" in resolved and resolved["lesion"].target != SKIP:
             resolved[IGNORE] = _resolve_ignore(target, resolved["lesion"])
         mapping.per_pair[(organ, lesion_type)] = resolved
     unused = sorted(set(explicit) - used)
@@ -244,14 +275,19 @@ def _resolve_ignore(target: TargetLabels, lesion: Resolved) -> Resolved:
 
 
 def _resolve_one(cls: str, own: str | None, target: TargetLabels, explicit: Mapping[str, str], used: set[str], *,
-                 bank_file: str, target_file: str, lesion_types: Sequence[str] = ()) -> Resolved:
+                 bank_file: str, target_file: str, lesion_types: Sequence[str] = (), bank_name: str | None = None) -> Resolved:
     for key in ([own] if own else []) + [cls]:
         if key in explicit:
             used.add(key)
             name = explicit[key]
+            if name == SKIP:
+                if cls != "lesion":
+                    raise ConfigError(f"--labels {key}={SKIP}: only lesion types can be skipped")
+                return Resolved(SKIP, -1, f"--labels {key}={SKIP}")
             return Resolved(BACKGROUND if name == DROP else name, target.value_of(name), f"--labels {key}={name}")
-    if cls in target.labels:
-        return Resolved(cls, target.value_of(cls), "same name")
+    for name in dict.fromkeys([bank_name or cls, cls]):
+        if name in target.labels:
+            return Resolved(name, target.value_of(name), "same name")
     if cls == "organ":
         matches = [n for n in target.names() if own and names_organ(n, own)]
         hint = f"--labels organ=<one of {target.names()}> or organ=drop"
@@ -278,7 +314,8 @@ def _resolve_one(cls: str, own: str | None, target: TargetLabels, explicit: Mapp
     key = f'"{own}=<label>"' if own and " " in own else f"{own}=<label>" if own else "<type>=<label>"
     raise ConfigError(f"{bank_file}: bank lesion type {own!r} has no stated label in {target_file}: {why}. Target "
                       f"labels: {target.names()}; the bank's lesion types: {list(lesion_types)}. Say where it goes: "
-                      f"--lesion-map {key} (or --labels lesion=<label> for every type)")
+                      f"--lesion-map {key} (or {own or '<type>'}=skip to leave those cases out, or --labels "
+                      f"lesion=<label> for every type)")
 
 
 @dataclass(frozen=True)
@@ -318,6 +355,8 @@ def _check_distinct(resolved: Mapping[str, Resolved], organ: str | None, lesion_
                     target_file: str) -> None:
     """Two bank meanings on one target value would teach the network that organ and lesion are the same."""
     seen: dict[int, str] = {}
+    if resolved.get("lesion") is not None and resolved["lesion"].target == SKIP:
+        return
     for cls, res in resolved.items():
         if res.value == 0:
             if cls == "lesion":

@@ -165,6 +165,31 @@ def _organ_map_for(case, organ_maps: Path | None, ending: str) -> Path | None:
     return None
 
 
+def case_label_plan(case, mapping, organ_maps: Path | None, ending: str) -> tuple[list, tuple | None] | str:
+    """How a bank case's label becomes the target's: (sorted bank->target lut pairs, organ fill or None), or the
+    reason the case is refused for this target (a skipped lesion type, target classes nothing can supply)."""
+    organ, lesion_type = case.extra.get("organ"), case.extra.get("lesion_type")
+    skip = mapping.skipped(organ, lesion_type)
+    if skip:
+        return skip
+    lut = sorted(mapping.lut_for(organ, lesion_type).items())
+    fills = required_fills(mapping.target, organ, mapping.per_pair[(organ, lesion_type)])
+    if not fills:
+        return lut, None
+    organ_map = _organ_map_for(case, organ_maps, ending)
+    if organ_map is None:
+        return _refusal(case, organ, fills)
+    return lut, (str(organ_map), [(f.organ, f.value) for f in fills])
+
+
+def write_target_label(label: Path, lut: Sequence, fill: tuple | None, out: Path) -> Path:
+    """The bank label in the target's values (plus organ fill) at `out`, or a plain copy when nothing changes."""
+    if not fill and all(k == v for k, v in lut):
+        shutil.copy2(label, out)
+        return out
+    return _remapped_label(label, dict(lut), out, fill)
+
+
 def _refusal(case, organ: str | None, fills: list[OrganFill]) -> str:
     classes = ", ".join(f"{f.target!r} ({f.organ})" for f in fills)
     return (f"the target labels {classes} but bank case {case.case_id} labels only {organ!r}, and no organ map "
@@ -399,16 +424,11 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
         for f in (image, label):
             if not f.is_file():
                 raise InputError(f"{f}: missing, but {bank / 'manifest.jsonl'} lists case {case.case_id} as ok")
-        organ, lesion_type = case.extra.get("organ"), case.extra.get("lesion_type")
-        lut = sorted(mapping.lut_for(organ, lesion_type).items())
-        fills = required_fills(mapping.target, organ, mapping.per_pair[(organ, lesion_type)])
-        fill = None
-        if fills:
-            organ_map = _organ_map_for(case, maps_dir, ending)
-            if organ_map is None:
-                refused[case.case_id] = _refusal(case, organ, fills)
-                continue
-            fill = (str(organ_map), [(f.organ, f.value) for f in fills])
+        plan = case_label_plan(case, mapping, maps_dir, ending)
+        if isinstance(plan, str):
+            refused[case.case_id] = plan
+            continue
+        lut, fill = plan
         wanted[case.case_id] = {"preprocessing_sha256": prep_sha, "label_map": [list(p) for p in lut],
                                 "inputs": _inputs_signature((image, label) + ((Path(fill[0]),) if fill else ()))}
         if fill:

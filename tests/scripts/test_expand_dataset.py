@@ -58,10 +58,11 @@ def test_matches_nnunet_split_of_real_cases(setup, expand_dataset_mod):
 
 def test_refuses_label_mismatch_and_existing_target(setup, expand_dataset_mod):
     tmp_path, raw, src, bank = setup
-    bad = make_bank(tmp_path / "bad", ["case_000"], labels={"background": 0, "liver": 1, "tumor": 2},
+    bad = make_bank(tmp_path / "bad", ["case_000"], labels={"background": 0, "cancer": 1, "tumor": 2},
                     shape=(12, 12, 10))
-    with pytest.raises(InputError, match="labels do not match"):
+    with pytest.raises(ConfigError, match="would all be the bank's lesion class"):
         expand_dataset_mod.expand_dataset(src, bad, raw, 504, "Bad", preprocessed_root=None)
+    assert not (raw / "Dataset504_Bad").exists()
     expand_dataset_mod.expand_dataset(src, bank, raw, 505, "Once", preprocessed_root=None)
     with pytest.raises(ConfigError, match="already exists"):
         expand_dataset_mod.expand_dataset(src, bank, raw, 505, "Once", preprocessed_root=None)

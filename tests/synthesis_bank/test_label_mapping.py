@@ -159,5 +159,11 @@ def test_bank_ignore_band_goes_to_the_targets_ignore_label_or_back_to_its_lesion
     assert with_ignore.lut_for("liver", "metastasis") == {0: 0, 1: 1, 2: 2, 3: 5}
     band = np.array([0, 1, 2, 3], dtype=np.uint8)
     assert remap(band, plain.lut_for("liver", "metastasis"), file="x.nii.gz").tolist() == [0, 1, 2, 2]
-    with pytest.raises(ConfigError, match="optionally ignore"):
+    with pytest.raises(ConfigError, match="would all be the bank.s lesion class"):
         resolve_mapping({**BANK, "edema": 3}, TASK03, [("liver", "metastasis")])
+
+
+def test_bank_labelled_with_the_targets_names_maps_by_same_name():
+    m = resolve_mapping({"background": 0, "liver": 1, "cancer": 2}, TASK03, [("liver", "cyst")])
+    assert m.lut_for("liver", "cyst") == {0: 0, 1: 1, 2: 2}
+    assert {c: r.rule for c, r in _pair(m, "liver", "cyst").items()} == {"organ": "same name", "lesion": "same name"}
