@@ -37,31 +37,6 @@ class PrepareResult:
     skipped: list[str]    # cases already prepared by an earlier call
 
 
-def _label_values(value: Any) -> set[int]:
-    if isinstance(value, (list, tuple)):
-        return {int(v) for v in value}
-    return {int(value)}
-
-
-def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[str, Any], *,
-                              bank_file: str, target_file: str) -> None:
-    """For copying bank label files unchanged (scripts/expand_dataset.py): bank label names must exist in the
-    target with the same value. `prepare_bank` maps labels instead (`synthesis_bank.label_mapping`)."""
-    problems = []
-    for name, value in bank_labels.items():
-        if name not in target_labels:
-            problems.append(f"label {name!r}={value} is not a label of the target")
-            continue
-        bank_v, target_v = _label_values(value), _label_values(target_labels[name])
-        if not bank_v <= target_v:
-            problems.append(f"label {name!r} is {value} in the bank but {target_labels[name]} in the target")
-    if problems:
-        raise InputError(f"{bank_file}: labels do not match the target's {target_file}: " + "; ".join(problems)
-                         + f". Target labels: {target_labels}. Copying label files needs identical labels; train "
-                         f"with nnUNetTrainerLesionDiffusion instead, whose `synthesis-bank prepare` maps the bank's "
-                         f"labels into the target's (by name, or --labels organ=... lesion=...)")
-
-
 def merge_label_args(labels: Sequence[str] | dict[str, str] | None,
                      lesion_map: Sequence[str] | dict[str, str] | None) -> dict[str, str]:
     """`--labels` and `--lesion-map` entries as one {bank name: target name} dict; a key given in both with
