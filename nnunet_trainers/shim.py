@@ -20,6 +20,7 @@ SHIM_SOURCE = f'''{SHIM_MARKER}: written by `ld-augment nnunet install-shim`; re
 """Makes nnUNetTrainerLesionDiffusion (package ld-augment) visible to nnU-Net's trainer lookup."""
 try:
     from nnunet_trainers.trainer import *  # noqa: F401,F403
+    from nnunet_trainers.trainer import __getattr__  # noqa: F401  run-identity variants by name
 except ImportError:  # ld-augment uninstalled: keep every other trainer working
     pass
 '''

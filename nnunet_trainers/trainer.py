@@ -34,11 +34,12 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader as _NNUNE
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ld_augment.errors import ConfigError
+from ld_augment.errors import ConfigError, LdAugmentError
 from ld_augment.io.atomic import atomic_write_json
 from ld_augment.io.nifti import sha256_file
 from nnunet_trainers.config import ENV_ALLOW_CHANGE, ENV_BANK_DIR, ENV_BANK_RATIO, BankSettings, allow_change, \
     read_bank_settings
+from nnunet_trainers import identity
 from nnunet_trainers.mixing import MixedDataset, count_synthetic
 from synthesis_bank.nnunet_io import (load_prepared_record, manifest_sha256, prepare_command, prepared_data_folder,
                                       preprocessing_sha256, read_bank_cases, sha256_json, split_leaking)
@@ -91,9 +92,25 @@ def _inner_loader(augmenter: Any) -> Any:
 
 class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
     bank_ratio: float | None = None          # None: LD_BANK_RATIO, else 0.5
+    ld_bank_tag: str | None = None           # run-identity variants: the bank they were named for
+    ld_run_identity: bool = False            # True for `<trainer>_r<ratio>_<bank tag>` (nnunet_trainers.identity)
     ld_num_epochs: int | None = None         # None: nnU-Net's default
     ld_iterations_per_epoch: int | None = None
     ld_val_iterations_per_epoch: int | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        """Instantiate the run-identity variant (`<cls>_r<ratio>_<bank tag>`) instead of `cls`, so that nnU-Net
+        names the results folder (and the checkpoint's trainer) after ratio and bank. Settings that cannot be
+        resolved here are left to `get_tr_and_val_datasets`, which reports them."""
+        target = cls
+        if not cls.ld_run_identity:
+            try:
+                settings = read_bank_settings(cls.bank_ratio)
+                name = identity.run_name(cls.__name__, settings.ratio, settings.bank_dir)
+            except LdAugmentError:
+                name = None
+            target = (identity.variant(name, base=cls) if name else None) or cls
+        return super().__new__(target)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -118,6 +135,7 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
         bank_ds, bank_keys, excluded, info = None, [], {}, {}
         if settings.bank_dir is not None and settings.ratio > 0:
             bank_ds, bank_keys, excluded, info = self._load_bank(settings, list(dataset_val.identifiers))
+            self._check_bank_tag(settings)
         real_keys = list(dataset_tr.identifiers)
         if settings.ratio < 1 and not real_keys:
             raise ConfigError("this fold has no real training cases, so only a bank ratio of 1 can train")
@@ -140,6 +158,20 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
                               f"probabilities (a variant that constructs its loader differently?); put "
                               f"nnUNetTrainerLesionDiffusion first in the class bases")
         return dl_tr, dl_val
+
+    def _check_bank_tag(self, settings: BankSettings) -> None:
+        """A run named for one bank trains with that bank: another manifest is another run (or an allowed,
+        recorded change)."""
+        tag = type(self).ld_bank_tag
+        if tag is None:
+            return
+        now = identity.bank_tag(settings.bank_dir)
+        if now != tag and not allow_change():
+            raise ConfigError(
+                f"{type(self).__name__} is the run with the bank whose manifest sha256 starts {tag}, but "
+                f"{ENV_BANK_DIR}={settings.bank_dir} is bank {now} (another bank, or this one rebuilt or grown). "
+                f"Train it as its own run (-tr {identity.run_name(identity.parse_run_name(type(self).__name__)[0], settings.ratio, settings.bank_dir)}), "
+                f"point {ENV_BANK_DIR} at the bank {tag}, or set {ENV_ALLOW_CHANGE}=1 to continue with it")
 
     def _refuse_cascade(self) -> None:
         """Bank cases have no previous-stage segmentation, which the cascade's transforms need: refuse before
@@ -184,12 +216,15 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
         images = doc.get("target_images", {})
         test = images.get("imagesTs", {})
         allowed_test = set(record.get("test_sources_allowed", []))
-        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()])
+        near = doc.get("near_duplicates", {})
+        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()], near.get("imagesTs"))
         usable += [c for c in from_test if c.case_id in allowed_test]
         from_test = [c for c in from_test if c.case_id not in allowed_test]
         from_val: list = []
         if self.fold != "all":   # fold "all" holds nothing out
-            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys))
+            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys),
+                                             near.get("imagesTr"))
+            self._log_near_duplicates(from_val, val_keys, near)
         if not usable:
             raise ConfigError(f"{ENV_BANK_DIR}={bank}: no usable bank cases for fold {self.fold} "
                               f"({len(from_val)} excluded as made from validation cases, {len(from_test)} from "
@@ -202,6 +237,18 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
                 "prepared_folder": str(folder), "label_mapping": record.get("label_mapping")}
         excluded = {"validation": [c.case_id for c in from_val], "test": [c.case_id for c in from_test]}
         return bank_ds, bank_keys, excluded, info
+
+    def _log_near_duplicates(self, excluded, val_keys: List[str], near: dict) -> None:
+        """Say why a bank case left by content: the validation case it copies and the measured correlation."""
+        from synthesis_bank.near_duplicates import describe
+
+        val = set(val_keys)
+        for case in excluded:
+            hits = {k: r for k, r in near.get("imagesTr", {}).get(case.case_id, {}).items() if k in val}
+            if hits:
+                self.print_to_log_file(f"LesionDiffusion leakage guard: {case.case_id} excluded, its image is a "
+                                       f"near-duplicate of validation case {describe(hits)} (threshold "
+                                       f"r>={near.get('threshold')})")
 
     def _validation_hashes(self, images: dict, val_keys: List[str]) -> list[str]:
         """sha256 of this fold's validation images: from the prepare record, else hashed from nnUNet_raw."""
@@ -333,3 +380,12 @@ for _n in EPOCH_VARIANTS:
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
 del _n, _cls
+
+
+def __getattr__(name: str) -> type:
+    """Run-identity variants by name (`nnUNetTrainerLesionDiffusion_r050_1a2b3c4d`), made on first use, so
+    `nnUNetv2_train/predict -tr <name>` find them through the ext-trainer or shim module."""
+    cls = identity.variant(name)
+    if cls is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return cls

@@ -96,7 +96,7 @@ def _dataset_base(recipe: Recipe) -> dict[str, Any]:
 
     return {
         "channel_names": {"0": "CT"},
-        "labels": dict(recipe.label_scheme),
+        "labels": recipe.dataset_labels(),
         "numTraining": 0,
         "file_ending": ".nii.gz",
         "name": recipe.dataset_name,

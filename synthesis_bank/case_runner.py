@@ -189,6 +189,7 @@ class CaseRunner:
             "source_id": item.source.source_id,
             "source_file": str(item.source.image),
             "source_label": str(item.source.label) if item.source.label else None,
+            "source_seg": str(item.source.seg) if item.source.seg else None,   # organ map for target classes
             "variant": item.variant,
             "seed": item.seed,
             "organ": item.organ,

@@ -25,7 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.nifti import sha256_file
@@ -110,19 +110,22 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def split_leaking(cases: Iterable[BankCase], val_keys: Iterable[str],
-                  val_sha256: Iterable[str] = ()) -> tuple[list[BankCase], list[BankCase]]:
+def split_leaking(cases: Iterable[BankCase], val_keys: Iterable[str], val_sha256: Iterable[str] = (),
+                  near: Mapping[str, Mapping[str, float]] | None = None) -> tuple[list[BankCase], list[BankCase]]:
     """Split bank cases into (usable, excluded): excluded ones were made from a held-out case.
 
     A case leaks when its source id equals a held-out case id verbatim (no suffix stripping: `amos_0001` is
-    not `amos`) or its source file's content (`source_sha256` in the manifest) equals a held-out image's, which
-    also catches a source copied under another name.
+    not `amos`), its source file's content (`source_sha256` in the manifest) equals a held-out image's, which
+    also catches a source copied under another name, or `near` ({bank case: {target case: r}}, prepared.json's
+    `near_duplicates`) says its image is a near-duplicate of a held-out image (an edited or re-saved copy).
     """
     val = {str(k) for k in val_keys}
     shas = {str(s) for s in val_sha256 if s}
+    near = near or {}
     usable, excluded = [], []
     for case in cases:
-        leaks = case.source_id in val or (case.source_sha256 is not None and case.source_sha256 in shas)
+        leaks = case.source_id in val or (case.source_sha256 is not None and case.source_sha256 in shas) \
+            or any(k in val for k in near.get(case.case_id, {}))
         (excluded if leaks else usable).append(case)
     return usable, excluded
 

@@ -22,7 +22,8 @@ from ld_augment.errors import ConfigError, InputError, LdAugmentError
 from ld_augment.io.atomic import atomic_write_json
 from ld_augment.io.nifti import sha256_file
 from synthesis_bank.bank_folder import MARKER, clean_scratch
-from synthesis_bank.label_mapping import TargetLabels, parse_label_args, remap, resolve_mapping
+from synthesis_bank.label_mapping import (OrganFill, TargetLabels, parse_label_args, remap, required_fills,
+                                          resolve_mapping)
 from synthesis_bank.lock import bank_lock
 from synthesis_bank.nnunet_io import (PREPARED_DIRNAME, PREPARED_FORMAT, PREPARED_JSON, load_prepared,
                                       manifest_sha256, prepared_data_folder, prepared_root, preprocessing_sha256,
@@ -38,29 +39,17 @@ class PrepareResult:
     skipped: list[str]    # cases already prepared by an earlier call
 
 
-def _label_values(value: Any) -> set[int]:
-    if isinstance(value, (list, tuple)):
-        return {int(v) for v in value}
-    return {int(value)}
-
-
-def check_label_compatibility(bank_labels: dict[str, Any], target_labels: dict[str, Any], *,
-                              bank_file: str, target_file: str) -> None:
-    """For copying bank label files unchanged (scripts/expand_dataset.py): bank label names must exist in the
-    target with the same value. `prepare_bank` maps labels instead (`synthesis_bank.label_mapping`)."""
-    problems = []
-    for name, value in bank_labels.items():
-        if name not in target_labels:
-            problems.append(f"label {name!r}={value} is not a label of the target")
-            continue
-        bank_v, target_v = _label_values(value), _label_values(target_labels[name])
-        if not bank_v <= target_v:
-            problems.append(f"label {name!r} is {value} in the bank but {target_labels[name]} in the target")
-    if problems:
-        raise InputError(f"{bank_file}: labels do not match the target's {target_file}: " + "; ".join(problems)
-                         + f". Target labels: {target_labels}. Copying label files needs identical labels; train "
-                         f"with nnUNetTrainerLesionDiffusion instead, whose `synthesis-bank prepare` maps the bank's "
-                         f"labels into the target's (by name, or --labels organ=... lesion=...)")
+def merge_label_args(labels: Sequence[str] | dict[str, str] | None,
+                     lesion_map: Sequence[str] | dict[str, str] | None) -> dict[str, str]:
+    """`--labels` and `--lesion-map` entries as one {bank name: target name} dict; a key given in both with
+    different targets is an error."""
+    out = dict(labels) if isinstance(labels, dict) else parse_label_args(labels)
+    extra = dict(lesion_map) if isinstance(lesion_map, dict) else parse_label_args(lesion_map, origin="--lesion-map")
+    for key, value in extra.items():
+        if key in out and out[key] != value:
+            raise ConfigError(f"{key!r} is mapped to {out[key]!r} by --labels and to {value!r} by --lesion-map")
+        out[key] = value
+    return out
 
 
 def _inputs_signature(files: Sequence[Path]) -> list[list[int]]:
@@ -78,7 +67,7 @@ def _case_done(out_dir: Path, case_id: str, entry: dict | None, wanted: dict) ->
 def _prepare_one(job: tuple) -> tuple[str, list[int]]:
     """Worker: map the labels into the target's space, preprocess one case into its own staging folder, check
     labels, move it in (properties file last)."""
-    case_id, image, label, lut, staging, out_dir, plans, configuration, dataset_json = job
+    case_id, image, label, lut, staging, out_dir, plans, configuration, dataset_json, fill = job
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
@@ -87,8 +76,8 @@ def _prepare_one(job: tuple) -> tuple[str, list[int]]:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    if any(k != v for k, v in lut):
-        label = _remapped_label(Path(label), dict(lut), stage / f"label_{case_id}{_ending(Path(label))}")
+    if any(k != v for k, v in lut) or fill:
+        label = _remapped_label(Path(label), dict(lut), stage / f"label_{case_id}{_ending(Path(label))}", fill)
     preprocessor = cm.preprocessor_class(verbose=False)
     preprocessor.run_case_save(str(stage / case_id), [str(image)], str(label), pm, cm, dataset_json)
     values = _seg_values(stage, case_id)
@@ -104,18 +93,85 @@ def _ending(path: Path) -> str:
     return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
 
 
-def _remapped_label(label: Path, lut: dict[int, int], out: Path) -> Path:
+def _remapped_label(label: Path, lut: dict[int, int], out: Path, fill: tuple | None = None) -> Path:
     """The bank label map in the target's label values, same grid and header (a staging copy; the bank's own
-    file is never modified)."""
+    file is never modified); `fill` = (organ map, [(organ, value), ...]) adds the target classes the bank case
+    does not label itself, on background voxels only."""
     import nibabel as nib
     import numpy as np
 
     img = nib.load(str(label))
     mapped = remap(np.asarray(img.dataobj), lut, file=str(label))
+    if fill:
+        mapped = _fill_organs(mapped, Path(fill[0]), fill[1], label=label)
     new = nib.Nifti1Image(mapped, img.affine, img.header)
     new.set_data_dtype(mapped.dtype)
     nib.save(new, str(out))
     return out
+
+
+def _fill_organs(mapped, organ_map: Path, fills, *, label: Path):
+    import nibabel as nib
+    import numpy as np
+
+    from ld_augment.organs.masks import detect_label_version
+    from ld_augment.organs.registry import organ_label_ids
+
+    organs = np.asarray(nib.load(str(organ_map)).dataobj)
+    if organs.shape[:3] != mapped.shape[:3]:
+        raise InputError(f"{organ_map}: organ map shape {organs.shape} differs from the bank label {label} "
+                         f"({mapped.shape}); it must be the segmentation of the case's source CT")
+    version = detect_label_version(organs)
+    out = mapped.copy()
+    for organ, value in fills:
+        ids = organ_label_ids(organ, version)
+        out[np.isin(organs, ids) & (out == 0)] = value
+    return out
+
+
+def _organ_map_for(case, organ_maps: Path | None, ending: str) -> Path | None:
+    """The organ map (TotalSegmentator ids) of a bank case's source: `--organ-maps DIR/<source id or case id>`,
+    else the segmentation the bank was built with (manifest `source_seg`), if it still exists."""
+    if organ_maps is not None:
+        for key in (case.source_id, case.case_id):
+            if key and (organ_maps / f"{key}{ending}").is_file():
+                return organ_maps / f"{key}{ending}"
+    recorded = case.extra.get("source_seg")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    return None
+
+
+def case_label_plan(case, mapping, organ_maps: Path | None, ending: str) -> tuple[list, tuple | None] | str:
+    """How a bank case's label becomes the target's: (sorted bank->target lut pairs, organ fill or None), or the
+    reason the case is refused for this target (a skipped lesion type, target classes nothing can supply)."""
+    organ, lesion_type = case.extra.get("organ"), case.extra.get("lesion_type")
+    skip = mapping.skipped(organ, lesion_type)
+    if skip:
+        return skip
+    lut = sorted(mapping.lut_for(organ, lesion_type).items())
+    fills = required_fills(mapping.target, organ, mapping.per_pair[(organ, lesion_type)])
+    if not fills:
+        return lut, None
+    organ_map = _organ_map_for(case, organ_maps, ending)
+    if organ_map is None:
+        return _refusal(case, organ, fills)
+    return lut, (str(organ_map), [(f.organ, f.value) for f in fills])
+
+
+def write_target_label(label: Path, lut: Sequence, fill: tuple | None, out: Path) -> Path:
+    """The bank label in the target's values (plus organ fill) at `out`, or a plain copy when nothing changes."""
+    if not fill and all(k == v for k, v in lut):
+        shutil.copy2(label, out)
+        return out
+    return _remapped_label(label, dict(lut), out, fill)
+
+
+def _refusal(case, organ: str | None, fills: list[OrganFill]) -> str:
+    classes = ", ".join(f"{f.target!r} ({f.organ})" for f in fills)
+    return (f"the target labels {classes} but bank case {case.case_id} labels only {organ!r}, and no organ map "
+            f"of its source {case.source_id!r} is known: pass --organ-maps DIR (TotalSegmentator segmentations "
+            f"named <source id>.nii.gz) or build the bank with segmentations")
 
 
 def _seg_values(stage: Path, case_id: str) -> list[int]:
@@ -206,11 +262,51 @@ def _bar(items, desc: str, progress: bool, total: int | None = None):
     return tqdm(items, total=total, desc=desc, unit="case", dynamic_ncols=True)
 
 
-def _test_sources(cases, target_images: dict) -> list[str]:
-    """Bank cases made from one of the target's test images (imagesTs), by verbatim id or by content."""
+def _test_sources(cases, target_images: dict, near: dict | None = None) -> list[str]:
+    """Bank cases made from one of the target's test images (imagesTs): by verbatim id, by file hash or by
+    content (a near-duplicate image, `synthesis_bank.near_duplicates`)."""
     test = target_images.get("imagesTs", {})
     shas = {v["sha256"] for v in test.values()}
-    return [c.case_id for c in cases if c.source_id in test or (c.source_sha256 and c.source_sha256 in shas)]
+    near = near or {}
+    return [c.case_id for c in cases if c.source_id in test or (c.source_sha256 and c.source_sha256 in shas)
+            or any(k in test for k in near.get(c.case_id, {}))]
+
+
+def _near_duplicate_table(bank: Path, name: str, cases, target_images: dict, target_ending: str,
+                          bank_ending: str, progress: bool) -> dict:
+    """{"threshold", "measure", "imagesTr": {bank case: {target case: r}}, "imagesTs": {...}}: bank cases whose
+    image (or, where the bank keeps none, its source file) is a near-duplicate of a target image. Fingerprints
+    are cached beside prepared.json and recomputed only for changed files."""
+    from nnunetv2.paths import nnUNet_raw
+
+    from synthesis_bank import near_duplicates as nd
+
+    table: dict = {"threshold": nd.THRESHOLD, "measure": "Pearson r of 24^3 block-averaged, z-scored CT "
+                   "fingerprints", "imagesTr": {}, "imagesTs": {}}
+    if not nnUNet_raw.is_set() or not target_images:
+        return table
+    cache_file = prepared_root(bank, name) / "fingerprints.npz"
+    cache = nd.load_cache(cache_file)
+    bank_files = {}
+    for c in cases:
+        own = bank / "imagesTr" / f"{c.case_id}_0000{bank_ending}"
+        src = Path(c.source_file) if c.source_file else None
+        if own.is_file():
+            bank_files[f"bank/{c.case_id}"] = own
+        elif src is not None and src.is_file():
+            bank_files[f"bank/{c.case_id}"] = src
+    bank_fp = nd.fingerprints(bank_files, cache, _bar(list(bank_files), "fingerprint bank", progress))
+    bank_fp = {k[len("bank/"):]: v for k, v in bank_fp.items()}
+    root = Path(nnUNet_raw.get()) / name
+    for folder in ("imagesTr", "imagesTs"):
+        files = {f"{folder}/{k}": root / folder / f"{k}_0000{target_ending}" for k in target_images.get(folder, {})}
+        files = {k: f for k, f in files.items() if f.is_file()}
+        fp = nd.fingerprints(files, cache, _bar(list(files), f"fingerprint {folder}", progress))
+        table[folder] = nd.near_duplicates(bank_fp, {k.split("/", 1)[1]: v for k, v in fp.items()})
+    keep = {f"bank/{c.case_id}" for c in cases} | {f"{f}/{k}" for f in ("imagesTr", "imagesTs")
+                                                   for k in target_images.get(f, {})}
+    nd.save_cache(cache_file, {k: v for k, v in cache.items() if k in keep})
+    return table
 
 
 def _disk_estimate(jobs: list[tuple], spacing: Sequence[float], transpose: Sequence[int]) -> int:
@@ -238,14 +334,17 @@ def _disk_estimate(jobs: list[tuple], spacing: Sequence[float], transpose: Seque
 def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, configuration: str = "3d_fullres",
                  plans_identifier: str = "nnUNetPlans", num_processes: int | None = None,
                  labels: Sequence[str] | dict[str, str] | None = None, allow_test_sources: bool = False,
-                 progress: bool = True) -> PrepareResult:
+                 progress: bool = True, lesion_map: Sequence[str] | dict[str, str] | None = None,
+                 organ_maps: str | os.PathLike | None = None) -> PrepareResult:
     """Preprocess every finished bank case with the target's plans, its labels mapped into the target's labels.
 
     A case is prepared again when its inputs, the label mapping or the plans fields that affect preprocessing
     changed (re-planning with another spacing re-prepares; a new batch size does not). Writes
     `<bank>/nnUNet_preprocessed/<DatasetName>/<data_identifier>/` and `prepared.json` beside it (see
     `synthesis_bank.nnunet_io`), which the trainer checks. Bank cases made from the target's test images are
-    refused unless `allow_test_sources`.
+    refused unless `allow_test_sources`. Every organ class of the target must be labelled in a bank case: what
+    the case does not label itself comes from an organ map (`organ_maps` folder or the segmentation recorded in
+    the manifest), else the case is refused for this target (listed with its reason in the record).
     """
     bank = Path(bank_dir).resolve()
     _check_bank(bank)  # before locking: the lock must not be taken on (or create) a folder that is no bank
@@ -253,7 +352,7 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
         _clean_scratch(bank)
         return _prepare(bank, target_dataset, configuration=configuration, plans_identifier=plans_identifier,
                         num_processes=num_processes, labels=labels, allow_test_sources=allow_test_sources,
-                        progress=progress)
+                        progress=progress, lesion_map=lesion_map, organ_maps=organ_maps)
 
 
 def _check_bank(bank: Path) -> None:
@@ -279,7 +378,8 @@ def _clean_scratch(bank: Path) -> None:
 
 def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans_identifier: str,
              num_processes: int | None, labels: Sequence[str] | dict[str, str] | None, allow_test_sources: bool,
-             progress: bool) -> PrepareResult:
+             progress: bool, lesion_map: Sequence[str] | dict[str, str] | None,
+             organ_maps: str | os.PathLike | None) -> PrepareResult:
     bank_json_file = bank / "dataset.json"
     bank_json = json.loads(bank_json_file.read_text())
     name, plans, pm, target_json = _resolve_target(target_dataset, plans_identifier, configuration)
@@ -293,7 +393,7 @@ def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans
 
     manifest_hash = manifest_sha256(bank)
     cases = read_bank_cases(bank)
-    explicit = labels if isinstance(labels, dict) else parse_label_args(labels)
+    explicit = merge_label_args(labels, lesion_map)
     mapping = resolve_mapping(bank_json.get("labels", {}), target_json["labels"],
                               [(c.extra.get("organ"), c.extra.get("lesion_type")) for c in cases], explicit,
                               bank_file=str(bank_json_file), target_file=target_file)
@@ -302,32 +402,58 @@ def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans
     target_images = _hash_target_images(name, target_json.get("file_ending", ".nii.gz"),
                                         doc.get("target_images", {}), progress)
     doc["target_images"] = target_images
-    from_test = _test_sources(cases, target_images)
+    near = _near_duplicate_table(bank, name, cases, target_images, target_json.get("file_ending", ".nii.gz"),
+                                 ending, progress)
+    doc["near_duplicates"] = near
+    from_test = _test_sources(cases, target_images, near["imagesTs"])
     if from_test and not allow_test_sources:
+        from synthesis_bank.near_duplicates import describe
+
+        measured = [f"{c} ~ {describe(near['imagesTs'][c])}" for c in from_test[:3] if c in near["imagesTs"]]
         raise InputError(f"{bank / 'manifest.jsonl'}: {len(from_test)} bank case(s) were made from {name}'s test "
-                         f"images (imagesTs), e.g. {from_test[:3]}; training on them leaks the test set. Rebuild "
-                         f"the bank without them, or pass --allow-test-sources to prepare them anyway")
+                         f"images (imagesTs), e.g. {from_test[:3]}"
+                         + (f" (near-duplicate content, threshold r>={near['threshold']}: {'; '.join(measured)})"
+                            if measured else "")
+                         + "; training on them leaks the test set. Rebuild the bank without them, or pass "
+                           "--allow-test-sources to prepare them anyway")
 
     prep_sha = preprocessing_sha256(plans, cm.configuration, target_json)
     out_dir = prepared_data_folder(bank, name, cm.data_identifier)
     staging = prepared_root(bank, name) / f".staging_{cm.data_identifier}"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = doc["data"].setdefault(cm.data_identifier, {})
-    jobs, skipped, wanted = [], [], {}
+    jobs, skipped, wanted, refused = [], [], {}, {}
+    maps_dir = Path(organ_maps).resolve() if organ_maps is not None else None
+    if maps_dir is not None and not maps_dir.is_dir():
+        raise InputError(f"--organ-maps {organ_maps}: no such folder")
     for case in cases:
         image = bank / "imagesTr" / f"{case.case_id}_0000{ending}"
         label = bank / "labelsTr" / f"{case.case_id}{ending}"
         for f in (image, label):
             if not f.is_file():
                 raise InputError(f"{f}: missing, but {bank / 'manifest.jsonl'} lists case {case.case_id} as ok")
-        lut = sorted(mapping.lut_for(case.extra.get("organ"), case.extra.get("lesion_type")).items())
+        plan = case_label_plan(case, mapping, maps_dir, ending)
+        if isinstance(plan, str):
+            refused[case.case_id] = plan
+            continue
+        lut, fill = plan
         wanted[case.case_id] = {"preprocessing_sha256": prep_sha, "label_map": [list(p) for p in lut],
-                                "inputs": _inputs_signature((image, label))}
+                                "inputs": _inputs_signature((image, label) + ((Path(fill[0]),) if fill else ()))}
+        if fill:
+            wanted[case.case_id]["organ_fill"] = [list(x) for x in fill[1]]
         if _case_done(out_dir, case.case_id, table.get(case.case_id), wanted[case.case_id]):
             skipped.append(case.case_id)
         else:
             jobs.append((case.case_id, image, label, lut, str(staging), str(out_dir), plans, configuration,
-                         target_json))
+                         target_json, fill))
+    if refused:
+        first = next(iter(refused.items()))
+        print(f"prepare: {len(refused)} bank case(s) refused for {name}: their labels would contradict the "
+              f"target's (e.g. {first[0]}: {first[1]})", flush=True)
+    cases = [c for c in cases if c.case_id not in refused]
+    if not cases:
+        raise InputError(f"{bank / 'manifest.jsonl'}: every bank case was refused for {name}, e.g. "
+                         f"{next(iter(refused.values()))}")
     if jobs:
         estimate = _disk_estimate(jobs, cm.spacing, pm.transpose_forward)
         free = shutil.disk_usage(out_dir).free
@@ -364,7 +490,8 @@ def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans
         "label_mapping": mapping.describe(),
         "cases": [c.case_id for c in cases],
         "data_sha256": sha256_json({c.case_id: wanted[c.case_id] for c in cases}),
-        "test_sources_allowed": from_test,
+        "test_sources_allowed": [c for c in from_test if c not in refused],
+        "refused": refused,
         "nnunetv2_version": _nnunet_version(),
     }
     _write_doc(bank, name, doc)
@@ -414,6 +541,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", nargs="+", default=None, metavar="BANK=TARGET",
                    help="map bank labels to the target's where names do not say it: organ=liver lesion=cancer, "
                         "organ=drop, or per lesion type \"renal cell carcinoma=tumor\" (default: by name)")
+    p.add_argument("--lesion-map", nargs="+", default=None, metavar="TYPE=TARGET",
+                   help="where each bank lesion type goes in the target, e.g. cyst=masses \"renal cell "
+                        "carcinoma=tumor\" (malignant types go to a single tumour label by themselves; benign ones "
+                        "need this)")
+    p.add_argument("--organ-maps", default=None, metavar="DIR",
+                   help="TotalSegmentator segmentations of the bank's sources (<source id>.nii.gz), for target "
+                        "classes a bank case does not label itself (e.g. the other kidney)")
     p.add_argument("--allow-test-sources", action="store_true",
                    help="prepare bank cases made from the target's imagesTs anyway (recorded)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -424,7 +558,8 @@ def run_prepare_args(args: argparse.Namespace) -> int:
                           plans_identifier=args.plans_identifier, num_processes=args.num_processes,
                           labels=getattr(args, "labels", None),
                           allow_test_sources=getattr(args, "allow_test_sources", False),
-                          progress=getattr(args, "progress", True))
+                          progress=getattr(args, "progress", True), lesion_map=getattr(args, "lesion_map", None),
+                          organ_maps=getattr(args, "organ_maps", None))
     print(f"prepared {len(result.prepared)} case(s), skipped {len(result.skipped)} already prepared -> "
           f"{result.output_folder} (target {result.target_dataset}, {result.data_identifier})")
     return 0

@@ -20,7 +20,7 @@ engine: {mask: procedural, texture: procedural, device: cpu}
 #     mask_options: {lightning_checkpoint: LMNet.ckpt, encoder: biomedclip, encoder_weights: biomedclip/},
 #     texture_options: {lightning_checkpoint: LINet.ckpt, vq_lightning_checkpoint: VQ.ckpt, steps: 50}}
 seed: 0
-label_scheme: {background: 0, organ: 1, lesion: 2}
+label_scheme: {background: 0, organ: 1, lesion: 2}  # or the target's names: {background: 0, liver: 1, cancer: 2}
 segmentation: totalsegmentator                   # for sources without a segmentation; or "error"
 dataset_name: LiverBank
 dataset_id: 501
@@ -113,7 +113,8 @@ class Recipe:
     variants_per_source: int = 1
     engine: EngineSpec = field(default_factory=EngineSpec)
     seed: int = 0
-    label_scheme: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LABEL_SCHEME))
+    label_scheme: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LABEL_SCHEME))   # role -> id
+    label_names: Mapping[str, str] = field(default_factory=dict)   # role -> name in dataset.json (default: role)
     segmentation: str = "totalsegmentator"
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     shrink: bool = False  # let placement shrink boxes that do not fit small organs/crops
@@ -129,7 +130,7 @@ class Recipe:
         origin = str(origin)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{origin}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
-        valid = [f.name for f in fields(cls) if f.name != "origin"]
+        valid = [f.name for f in fields(cls) if f.name not in ("origin", "label_names")]
         unknown = sorted(set(data) - set(valid))
         if unknown:
             raise ConfigError(f"{origin}: unknown recipe key(s) {brief(unknown)}; valid keys: {valid}")
@@ -152,6 +153,7 @@ class Recipe:
             engine=v.engine(data.get("engine") or {}),
             seed=v.non_negative_int("seed", data.get("seed", 0)),
             label_scheme=v.label_scheme(data.get("label_scheme", DEFAULT_LABEL_SCHEME)),
+            label_names=v.label_names(data.get("label_scheme", DEFAULT_LABEL_SCHEME)),
             segmentation=v.one_of("segmentation", data.get("segmentation", "totalsegmentator"), SEGMENTATION_MODES),
             spacing=v.spacing(data.get("spacing", (1.0, 1.0, 1.0))),
             shrink=v.boolean("shrink", data.get("shrink", False)),
@@ -161,6 +163,10 @@ class Recipe:
             calibrate_from=v.calibrate_from(data.get("calibrate_from"), writer),
             origin=origin,
         )
+
+    def dataset_labels(self) -> dict[str, int]:
+        """The bank dataset.json's `labels`: the recipe's own names (e.g. the target's liver/cancer) -> id."""
+        return {self.label_names.get(role, role): v for role, v in self.label_scheme.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (for dataset.json provenance); not guaranteed to round-trip relative paths."""
@@ -178,7 +184,7 @@ class Recipe:
             "engine": {"mask": self.engine.mask, "texture": self.engine.texture, "device": self.engine.device,
                        "mask_options": dict(self.engine.mask_options),
                        "texture_options": dict(self.engine.texture_options)},
-            "seed": self.seed, "label_scheme": dict(self.label_scheme), "segmentation": self.segmentation,
+            "seed": self.seed, "label_scheme": self.dataset_labels(), "segmentation": self.segmentation,
             "spacing": list(self.spacing), "shrink": self.shrink, "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
             # only when set, so the hash of every recipe without it stays what it was
             **({"calibrate_from": self.calibrate_from.to_dict()} if self.calibrate_from is not None else {}),
@@ -514,20 +520,30 @@ class _Validator:
         return parse_spec(value, base=self.base, origin=self.origin)
 
     def label_scheme(self, value: Any) -> dict[str, int]:
-        allowed = ("background", "organ", "lesion", "ignore")  # ignore: nnU-Net's ignore label, the highest id
+        """Role-keyed scheme ({background, organ, lesion, ignore} -> id); the names may be the target's own
+        (`{background: 0, liver: 1, cancer: 2}`), see `label_names`."""
+        from synthesis_bank.label_mapping import bank_roles
+
         if not isinstance(value, Mapping):
             raise self.fail("label_scheme", f"expected {{background: 0, organ: 1, lesion: 2}}, got {brief(value)}")
-        unknown = sorted(set(value) - set(allowed))
-        if unknown:
-            raise self.fail("label_scheme", f"unknown class name(s) {brief(unknown)}; valid: {list(allowed)}")
-        if value.get("background") != 0 or "lesion" not in value:
+        if value.get("background") != 0 or len(value) < 2:
             raise self.fail("label_scheme", f"needs background: 0 and a lesion label, got {brief(dict(value))}")
+        try:
+            roles = bank_roles(value, origin=f"{self.origin}: label_scheme")
+        except ConfigError as exc:
+            raise ConfigError(str(exc)) from None
         ids = [self.non_negative_int(f"label_scheme.{k}", v) for k, v in value.items()]
         if sorted(ids) != list(range(len(ids))):
             raise self.fail("label_scheme", f"label ids must be distinct and consecutive from 0 (nnU-Net), got {brief(dict(value))}")
         if "ignore" in value and value["ignore"] != max(ids):
             raise self.fail("label_scheme", f"the ignore label must be the highest id (nnU-Net), got {brief(dict(value))}")
-        return dict(sorted(value.items(), key=lambda kv: kv[1]))
+        return {roles[k]: v for k, v in sorted(value.items(), key=lambda kv: kv[1])}
+
+    def label_names(self, value: Any) -> dict[str, str]:
+        """role -> the name the bank's dataset.json gives it (the recipe's own names)."""
+        from synthesis_bank.label_mapping import bank_roles
+
+        return {role: name for name, role in bank_roles(value).items()}
 
     def spacing(self, value: Any) -> tuple[float, float, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -5,3 +5,4 @@ on sys.path while it imports every module there, and looks for the trainer class
 """
 from nnunet_trainers.trainer import *  # noqa: F401,F403
 from nnunet_trainers.gain.trainers import *  # noqa: F401,F403  (the gain benchmark's nnUNetTrainerLDBench)
+from nnunet_trainers.trainer import __getattr__  # noqa: F401  run-identity variants (..._r050_<bank>) by name

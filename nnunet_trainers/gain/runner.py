@@ -208,6 +208,16 @@ def job_environment(protocol: Protocol, job: Job) -> dict[str, str]:
     return env
 
 
+def model_folder(protocol: Protocol, job: Job, results: Path) -> Path:
+    """The job's nnU-Net results folder. The bank trainers run as their run-identity variant
+    (`nnUNetTrainerLDBench_r050_<bank tag>`, nnunet_trainers.identity), and nnU-Net names the folder after it."""
+    from nnunet_trainers.identity import run_name
+
+    bank = protocol.bank if job.arm.ratio > 0 else None
+    trainer = run_name(TRAINER, job.arm.ratio, bank)
+    return results / protocol.dataset / f"{trainer}__{protocol.plans}__{protocol.configuration}"
+
+
 def job_dir(protocol: Protocol, job: Job) -> Path:
     return Path(protocol.out) / "jobs" / job.arm.name / f"fold{job.fold}_seed{job.seed}"
 
@@ -258,7 +268,7 @@ def run_job(protocol: Protocol, job: Job) -> Path:
     rows = predict_and_evaluate(protocol, job, fold, device)
     t_pred = time.perf_counter() - t1
     write_rows(folder / "rows.csv", rows)
-    model = Path(os.environ["nnUNet_results"]) / protocol.dataset / f"{TRAINER}__{protocol.plans}__{protocol.configuration}"
+    model = model_folder(protocol, job, Path(os.environ["nnUNet_results"]))
     trainer_record = model / f"fold_{fold}" / "benchmark_trainer.json"
     atomic_write_json(folder / "run.json", {
         "job": job.id, "arm": job.arm.name, "ratio": job.arm.ratio, "n_real": job.arm.n_real, "fold": job.fold,
@@ -285,7 +295,7 @@ def predict_and_evaluate(protocol: Protocol, job: Job, fold: str, device) -> lis
     images = case_files(raw / ("imagesTs" if held is None else "imagesTr"), ending)
     label_dir = raw / ("labelsTs" if held is None else "labelsTr")
     cases = sorted(images) if held is None else held
-    model = Path(nnUNet_results) / protocol.dataset / f"{TRAINER}__{protocol.plans}__{protocol.configuration}"
+    model = model_folder(protocol, job, Path(nnUNet_results))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=not protocol.quick, device=device,
                                 perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(fold if fold == "all" else int(fold),))

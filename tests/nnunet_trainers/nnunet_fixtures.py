@@ -167,3 +167,28 @@ def make_planned_target(root: Path, dataset_id: int = 501, name: str = "Tiny", l
     (pre / "nnUNetPlans.json").write_text(json.dumps(tiny_plans(ds_name, spacing=spacing)))
     (root / "nnUNet_results").mkdir(exist_ok=True)
     return ds_name
+
+
+OUR_PACKAGES = ("ld_augment", "synthesis_bank", "nnunet_trainers", "ld-augment", "ld_augment-")
+
+
+def stock_python(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """(interpreter command, env additions) for a Python in which nnU-Net imports and ld-augment does not.
+
+    `-S` skips site-packages and its .pth files (which is how an editable install is found); PYTHONPATH then
+    points at a folder of links to every site-packages entry except ours, so a regular (non-editable) install
+    is hidden too. Run it with a cwd outside the repository.
+    """
+    import sysconfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ("purelib", "platlib"):
+        site = Path(sysconfig.get_paths()[key])
+        for entry in site.iterdir():
+            name = entry.name
+            if name.startswith(OUR_PACKAGES) or name.startswith("__editable__") or name.endswith((".pth", ".egg-link")):
+                continue
+            link = folder / name
+            if not link.exists():
+                link.symlink_to(entry)
+    return [sys.executable, "-S"], {"PYTHONPATH": str(folder), "PYTHONNOUSERSITE": "1"}

@@ -27,13 +27,15 @@ def _ellipsoid(shape, centre, radii) -> np.ndarray:
 def _labelled_ct(rng: np.random.Generator, shape=(32, 32, 24)):
     """A CT in HU (air, body, a bone, an organ with an existing lesion), its label map and organ mask."""
     c = np.array(shape) / 2
-    body = _ellipsoid(shape, c, np.array(shape) * 0.48)
-    organ = _ellipsoid(shape, c + rng.uniform(-1, 1, 3), [10, 9, 7])
-    lesion = _ellipsoid(shape, c + [-4, 0, 0], [2.5, 2.5, 2]) & organ
+    # each "patient" has its own anatomy: identical anatomy with fresh noise is a near-duplicate to the guard
+    body = _ellipsoid(shape, c + rng.uniform(-2, 2, 3), np.array(shape) * rng.uniform(0.40, 0.48, 3))
+    oc = c + rng.uniform(-3, 3, 3)
+    organ = _ellipsoid(shape, oc, np.array([10, 9, 7]) * rng.uniform(0.85, 1.1, 3))
+    lesion = _ellipsoid(shape, oc + [-4, 0, 0], [2.5, 2.5, 2]) & organ
     ct = np.where(body, -60.0, -1000.0) + rng.normal(0, 8, shape)
     ct[organ] = 60 + rng.normal(0, 8, int(organ.sum()))
     ct[lesion] = 15
-    ct[_ellipsoid(shape, c + [0, -12, 0], [2, 2, 12])] = 450
+    ct[_ellipsoid(shape, c + [rng.uniform(-3, 3), -12, 0], [2, 2, 12])] = 450
     label = organ.astype(np.uint8)
     label[lesion] = 2
     return ct.astype(np.int16), label, organ.astype(np.uint8)
@@ -82,11 +84,14 @@ def test_built_bank_trains_with_nnunet(tmp_path):
     run([sys.executable, "-m", "synthesis_bank.prepare", "--bank", str(bank), "--target", "503", "-np", "1"],
         env, tmp_path)
     train_env = nnunet_env(tmp_path, nnUNet_n_proc_DA="0", nnUNet_extTrainer=str(ext_trainer_dir()),
-                           LD_BANK_DIR=str(bank), LD_BANK_RATIO="0.5")
-    run(nnunet_cmd("nnUNetv2_train") + ["503", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+                           LD_BANK_DIR=str(bank))
+    from nnunet_trainers.identity import run_name
+
+    named = run_name(TRAINER, 0.5, bank)      # the run-identity variant by name: its ratio wins, no LD_BANK_RATIO
+    run(nnunet_cmd("nnUNetv2_train") + ["503", "3d_fullres", "0", "-tr", named, "-device", "cpu"],
         train_env, tmp_path)
     val = set(generate_crossval_split(sorted(cases), seed=12345, n_splits=5)[0]["val"])
-    fold = tmp_path / "nnUNet_results" / "Dataset503_Built" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = tmp_path / "nnUNet_results" / "Dataset503_Built" / f"{named}__nnUNetPlans__3d_fullres" / "fold_0"
     rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
     assert sorted(rec["excluded_ids"]) == sorted(e["case_id"] for e in entries if e["source_id"] in val)
     assert rec["n_bank_used"] == len(entries) - len(val)

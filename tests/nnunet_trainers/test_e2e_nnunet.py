@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import time
 
 import pytest
 
-from nnunet_fixtures import make_bank, make_raw_dataset, nnunet_cmd, nnunet_env, run
+from nnunet_fixtures import make_bank, make_raw_dataset, nnunet_cmd, nnunet_env, run, stock_python
+from nnunet_trainers.identity import run_name
 from nnunet_trainers.shim import ext_trainer_dir
 
 TRAINER = "nnUNetTrainerLesionDiffusion_5iters"
@@ -45,7 +47,10 @@ def test_train_predict_with_bank(tmp_path):
     val = set(generate_crossval_split(sorted(real), seed=12345, n_splits=5)[0]["val"])
     splits = json.loads((tmp_path / "nnUNet_preprocessed" / "Dataset501_Tiny" / "splits_final.json").read_text())
     assert set(splits[0]["val"]) == val
-    fold = tmp_path / "nnUNet_results" / "Dataset501_Tiny" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    named = run_name(TRAINER, RATIO, bank)          # the run's identity: ratio and bank in the folder name
+    results = tmp_path / "nnUNet_results" / "Dataset501_Tiny"
+    assert sorted(p.name for p in results.iterdir()) == [f"{named}__nnUNetPlans__3d_fullres"]
+    fold = results / f"{named}__nnUNetPlans__3d_fullres" / "fold_0"
     rec = json.loads((fold / "lesiondiffusion_bank.json").read_text())
     # leakage: exactly the bank cases made from validation cases are out
     assert sorted(rec["excluded_ids"]) == sorted(f"ld_{v}_v0" for v in val)
@@ -67,7 +72,7 @@ def test_train_predict_with_bank(tmp_path):
     pred = tmp_path / "pred"
     run(nnunet_cmd("nnUNetv2_predict") + ["-i", str(tmp_path / "nnUNet_raw" / "Dataset501_Tiny" / "imagesTs"),
                                           "-o", str(pred), "-d", "501", "-c", "3d_fullres", "-f", "0",
-                                          "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1",
+                                          "-tr", named, "-device", "cpu", "-npp", "1", "-nps", "1",
                                           "--disable_tta"], train_env, tmp_path)
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == ["test_000.nii.gz", "test_001.nii.gz"]
     eval_code = (
@@ -77,6 +82,27 @@ def test_train_predict_with_bank(tmp_path):
         f"'{tmp_path}/nnUNet_preprocessed/Dataset501_Tiny/nnUNetPlans.json', [2])))")
     metrics = json.loads(run([sys.executable, "-c", eval_code], env, tmp_path).stdout.strip().splitlines()[-1])
     assert 0.0 <= metrics["dice_organ"] <= 1.0 and metrics["n_ref_lesions"] == 2
+
+    # exported as the stock nnUNetTrainer, plain nnU-Net predicts where ld-augment cannot even be imported
+    out = run([sys.executable, "-m", "ld_augment.cli.main", "nnunet", "export", "-d", "501", "-c", "3d_fullres",
+               "-tr", named, "-o", str(tmp_path / "shipped")], train_env, tmp_path)
+    assert "checkpoint(s) of fold_0 ->" in out.stdout
+    python, extra = stock_python(tmp_path / "stock_site")
+    stock_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    stock_env.update(extra, nnUNet_results=str(tmp_path / "shipped"))
+    probe = subprocess.run([*python, "-c", "import ld_augment"], env=stock_env, cwd=str(tmp_path),
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'ld_augment'" in probe.stderr
+    stock_pred = tmp_path / "pred_stock"
+    run([*python, *nnunet_cmd("nnUNetv2_predict")[1:], "-i", str(tmp_path / "nnUNet_raw" / "Dataset501_Tiny" / "imagesTs"),
+         "-o", str(stock_pred), "-d", "501", "-c", "3d_fullres", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--disable_tta"], stock_env, tmp_path)
+    import nibabel as nib
+    import numpy as np
+
+    for case in ("test_000.nii.gz", "test_001.nii.gz"):       # the same model: the same segmentation
+        assert np.array_equal(np.asarray(nib.load(str(stock_pred / case)).dataobj),
+                              np.asarray(nib.load(str(pred / case)).dataobj)), case
 
     # a bank that changed after prepare is refused, naming the fix
     with open(bank / "manifest.jsonl", "a") as fh:

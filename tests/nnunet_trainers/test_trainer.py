@@ -20,7 +20,7 @@ def _shape(fn) -> list[tuple]:
 
 
 @pytest.mark.parametrize("name", sorted(n for n, v in vars(Base).items()
-                                        if callable(v) and hasattr(nnUNetTrainer, n)))
+                                        if callable(v) and hasattr(nnUNetTrainer, n) and n != "__new__"))
 def test_overridden_signatures_match_parent(name):
     # Fails on an nnU-Net upgrade that changes a hook we override: re-check the override, then update.
     assert _shape(getattr(Base, name)) == _shape(getattr(nnUNetTrainer, name)), name
@@ -28,7 +28,7 @@ def test_overridden_signatures_match_parent(name):
 
 def test_overrides_stay_few():
     overridden = {n for n, v in vars(Base).items() if callable(v) and hasattr(nnUNetTrainer, n)}
-    assert overridden == {"__init__", "get_tr_and_val_datasets", "get_dataloaders", "train_step",
+    assert overridden == {"__new__", "__init__", "get_tr_and_val_datasets", "get_dataloaders", "train_step",
                           "on_train_epoch_end"}
     assert "get_training_transforms" not in vars(Base)
 
@@ -74,3 +74,45 @@ def test_realized_fraction_is_summed_over_ddp_ranks(monkeypatch):
     assert Base._global_counts(rank) == (12, 32)
     rank.is_ddp = False
     assert Base._global_counts(rank) == (3, 8)
+
+
+def test_run_identity_variants_by_name(monkeypatch):
+    """`-tr nnUNetTrainerLesionDiffusion_r050_<bank>` is found by nnU-Net's lookup and carries ratio and bank."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(ext_trainer_dir()))
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerLesionDiffusion_r050_1a2b3c4d")
+    assert issubclass(cls, Base) and (cls.bank_ratio, cls.ld_bank_tag, cls.ld_run_identity) == (0.5, "1a2b3c4d", True)
+    assert cls is getattr(trainer_mod, "nnUNetTrainerLesionDiffusion_r050_1a2b3c4d")          # made once
+    short = getattr(trainer_mod, "nnUNetTrainerLesionDiffusion_5iters_r33p33_00ff00ff")
+    assert issubclass(short, trainer_mod.nnUNetTrainerLesionDiffusion_5iters) and short.bank_ratio == 0.3333
+    real_only = getattr(trainer_mod, "nnUNetTrainerLesionDiffusion_r000")
+    assert real_only.bank_ratio == 0.0 and real_only.ld_bank_tag is None
+    for bad in ("nnUNetTrainerLesionDiffusion_r050", "nnUNetTrainerLesionDiffusion_r000_1a2b3c4d",
+                "nnUNetTrainerLesionDiffusion_r150_1a2b3c4d", "nnUNetTrainer_r050_1a2b3c4d",
+                "nnUNetTrainerLesionDiffusion_r050_1a2b3c4d_r050_1a2b3c4d", "nnUNetTrainerLesionDiffusionX"):
+        assert not hasattr(trainer_mod, bad), bad
+
+
+def test_ratio_tags_round_trip():
+    from nnunet_trainers.identity import parse_ratio_tag, ratio_tag
+
+    for ratio, tag in ((0.5, "r050"), (0.25, "r025"), (1.0, "r100"), (0.0, "r000"), (0.3333, "r33p33"),
+                       (0.125, "r12p5")):
+        assert ratio_tag(ratio) == tag and parse_ratio_tag(tag[1:]) == ratio
+
+
+def test_run_name_cli(tmp_path, capsys):
+    import argparse
+
+    from nnunet_fixtures import make_bank
+    from nnunet_trainers.cli import add_nnunet_parser
+    from nnunet_trainers.identity import bank_tag
+
+    bank = make_bank(tmp_path / "bank", ["a"], shape=(8, 8, 8))
+    parser = argparse.ArgumentParser()
+    add_nnunet_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["nnunet", "run-name", "--bank", str(bank), "--ratio", "0.25",
+                              "--trainer", "nnUNetTrainerLesionDiffusion_5iters"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == f"nnUNetTrainerLesionDiffusion_5iters_r025_{bank_tag(bank)}"

@@ -125,27 +125,73 @@ def test_unprepared_bank_is_refused(target, monkeypatch, tmp_path):
         _trainer(T.nnUNetTrainerLesionDiffusion, target).get_tr_and_val_datasets()
 
 
-def test_continuation_with_changed_settings_is_refused_then_recorded(target, monkeypatch):
+def test_runs_are_named_by_ratio_and_bank(target, monkeypatch):
+    """Two ratios never share a results folder; the named variant finds its own run (`--c`)."""
+    from nnunet_trainers.identity import bank_tag
+
+    tmp_path, name, _, _, bank = target
+    tag = bank_tag(bank)
     monkeypatch.setenv("LD_BANK_RATIO", "0.5")
+    half = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    assert type(half).__name__ == f"nnUNetTrainerLesionDiffusion_r050_{tag}"
+    assert half.output_folder.endswith(f"/{name}/nnUNetTrainerLesionDiffusion_r050_{tag}__nnUNetPlans__3d_fullres/fold_0")
+    half.get_tr_and_val_datasets()
+    monkeypatch.setenv("LD_BANK_RATIO", "0.3")
+    other = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    assert type(other).__name__ == f"nnUNetTrainerLesionDiffusion_r030_{tag}" and other.output_folder != half.output_folder
+    named = _trainer(getattr(T, f"nnUNetTrainerLesionDiffusion_r050_{tag}"), target)   # env ratio 0.3 ignored
+    assert named.output_folder == half.output_folder
+    assert named.get_tr_and_val_datasets()[0].ratio > 0 and json.loads(
+        open(named.output_folder + "/lesiondiffusion_bank.json").read())["ratio"] == 0.5
+    short = _trainer(T.nnUNetTrainerLesionDiffusion_ratio75, target)                    # a variant's own ratio
+    assert type(short).__name__ == f"nnUNetTrainerLesionDiffusion_ratio75_r075_{tag}"
+    monkeypatch.delenv("LD_BANK_DIR")
+    monkeypatch.setenv("LD_BANK_RATIO", "0")
+    assert type(_trainer(T.nnUNetTrainerLesionDiffusion, target)).__name__ == "nnUNetTrainerLesionDiffusion_r000"
+
+
+def test_named_run_refuses_another_bank(target, monkeypatch, tmp_path):
+    from nnunet_trainers.identity import bank_tag
+
+    _, name, _, _, bank = target
+    named = getattr(T, f"nnUNetTrainerLesionDiffusion_r050_{bank_tag(bank)}")
+    other = make_bank(tmp_path / "other_bank", REAL, seed=5, shape=SHAPE)
+    prepare_bank(other, name, num_processes=1, progress=False)
+    monkeypatch.setenv("LD_BANK_DIR", str(other))
+    with pytest.raises(ConfigError, match=f"but LD_BANK_DIR={other} is bank {bank_tag(other)}") as err:
+        _trainer(named, target).get_tr_and_val_datasets()
+    assert f"-tr nnUNetTrainerLesionDiffusion_r050_{bank_tag(other)}" in str(err.value)
+
+
+def test_continuation_with_changed_settings_is_refused_then_recorded(target, monkeypatch, tmp_path):
+    """`--c` of a named run with the same bank copied elsewhere: refused, or continued and recorded."""
+    import shutil
+
+    monkeypatch.setenv("LD_BANK_RATIO", "0.5")
+    bank = target[4]
     first = _trainer(T.nnUNetTrainerLesionDiffusion, target)
     first.get_tr_and_val_datasets()
-    monkeypatch.setenv("LD_BANK_RATIO", "0.3")
+    moved = tmp_path / "moved_bank"
+    shutil.copytree(bank, moved)
+    monkeypatch.setenv("LD_BANK_DIR", str(moved))
     resumed = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    assert resumed.output_folder == first.output_folder             # same manifest: the same run
     resumed.current_epoch = 3                                   # as after load_checkpoint (nnUNetv2_train --c)
-    with pytest.raises(ConfigError, match=r"--c continues .*ratio was 0.5, now 0.3.*LD_BANK_ALLOW_CHANGE=1"):
+    with pytest.raises(ConfigError, match=r"--c continues .*bank_dir was .*LD_BANK_ALLOW_CHANGE=1"):
         resumed.get_tr_and_val_datasets()
-    monkeypatch.setenv("LD_BANK_RATIO", "0.5")                  # the same settings continue silently
+    monkeypatch.setenv("LD_BANK_DIR", str(bank))                  # the same settings continue silently
     same = _trainer(T.nnUNetTrainerLesionDiffusion, target)
     same.current_epoch = 3
     same.get_tr_and_val_datasets()
     assert json.loads(open(same.output_folder + "/lesiondiffusion_bank.json").read())["changes"] == []
-    monkeypatch.setenv("LD_BANK_RATIO", "0.3")
+    monkeypatch.setenv("LD_BANK_DIR", str(moved))
     monkeypatch.setenv("LD_BANK_ALLOW_CHANGE", "1")
     allowed = _trainer(T.nnUNetTrainerLesionDiffusion, target)
     allowed.current_epoch = 3
     allowed.get_tr_and_val_datasets()
     rec = json.loads(open(allowed.output_folder + "/lesiondiffusion_bank.json").read())
-    assert rec["ratio"] == 0.3 and rec["changes"] == [{"epoch": 3, "changed": {"ratio": {"was": 0.5, "now": 0.3}}}]
+    assert rec["bank_dir"] == str(moved) and rec["changes"] == [
+        {"epoch": 3, "changed": {"bank_dir": {"was": str(bank), "now": str(moved)}}}]
 
 
 def test_bank_source_renamed_copy_of_a_validation_image_is_excluded(target):
@@ -205,3 +251,25 @@ def test_cascade_is_refused_before_training(target):
     assert tr.is_cascaded
     with pytest.raises(ConfigError, match=r"cascade stage: it needs previous-stage \(3d_lowres\).*3d_fullres"):
         tr.get_tr_and_val_datasets()
+
+
+def test_bank_case_near_duplicate_of_a_validation_image_is_excluded(target):
+    """Leakage by content: a bank case whose image is 99.9 % voxel-identical to the validation case case_000
+    (another source id, another file hash) leaves this fold's training, and the log gives the measure."""
+    import nibabel as nib
+
+    tmp_path, name, _, _, bank = target
+    val_img = nib.load(str(tmp_path / "nnUNet_raw" / name / "imagesTr" / "case_000_0000.nii.gz"))
+    copy = np.asarray(val_img.dataobj).copy()
+    copy.reshape(-1)[:2] -= 40                                      # 2 of 1440 voxels edited: 99.86 % identical
+    save(copy, bank / "imagesTr" / "ld_external_x_v0_0000.nii.gz")
+    prepare_bank(bank, name, num_processes=1, progress=False)
+    tr = _trainer(T.nnUNetTrainerLesionDiffusion, target)
+    tr_ds, _ = tr.get_tr_and_val_datasets()
+    rec = json.loads(open(tr.output_folder + "/lesiondiffusion_bank.json").read())
+    assert rec["excluded"]["validation"] == ["ld_case_000_v0", "ld_external_x_v0"]
+    assert "ld_external_x_v0" not in tr_ds.bank_keys and len(tr_ds.bank_keys) == 4
+    log = open(tr.log_file).read()
+    assert "ld_external_x_v0 excluded, its image is a near-duplicate of validation case case_000 (r=0.99" in log
+    fold1 = _trainer(T.nnUNetTrainerLesionDiffusion, target, fold="all")   # nothing held out: it trains
+    assert "ld_external_x_v0" in fold1.get_tr_and_val_datasets()[0].bank_keys

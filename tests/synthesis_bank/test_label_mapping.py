@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ld_augment.errors import ConfigError, InputError
-from synthesis_bank.label_mapping import (TargetLabels, is_lesion_name, names_organ, parse_label_args, remap,
-                                          resolve_mapping)
+from synthesis_bank.label_mapping import (TargetLabels, is_lesion_name, lesion_kind, names_organ, parse_label_args,
+                                          remap, required_fills, resolve_mapping)
 
 BANK = {"background": 0, "organ": 1, "lesion": 2}
 TASK03 = {"background": 0, "liver": 1, "cancer": 2}
@@ -59,17 +59,48 @@ def test_region_values_are_what_nnunet_converts_back():
         assert int(lm.convert_probabilities_to_segmentation(probs)[0, 0, 0]) == value, name
 
 
-def test_kits_needs_explicit_lesion_and_maps_per_lesion_type():
-    with pytest.raises(ConfigError, match=r"could be any of \['masses', 'tumor'\]") as err:
-        resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma")])
-    assert "--labels lesion=" in str(err.value)
+def test_kits_malignant_goes_to_tumor_benign_needs_the_users_word():
+    m = resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma")])      # masses is not a tumour label
+    assert m.lut_for("kidney_left", "renal cell carcinoma") == {0: 0, 1: 1, 2: 2}
+    with pytest.raises(ConfigError, match=r"lesion type 'cyst' has no stated label .*benign") as err:
+        resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma"), ("kidney_right", "cyst")])
+    assert "['kidney', 'masses', 'tumor']" in str(err.value) and "['cyst', 'renal cell carcinoma']" in str(err.value)
+    assert "--lesion-map cyst=<label>" in str(err.value)
     m = resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma"), ("kidney_right", "cyst")],
-                        parse_label_args(["renal cell carcinoma=tumor", "cyst=masses"]))
+                        parse_label_args(["cyst=masses"], origin="--lesion-map"))
     assert m.lut_for("kidney_left", "renal cell carcinoma") == {0: 0, 1: 1, 2: 2}
     assert m.lut_for("kidney_right", "cyst") == {0: 0, 1: 1, 2: 3}
     assert _pair(m, "kidney_right", "cyst")["lesion"].rule == "--labels cyst=masses"
     described = m.describe()
     assert described["region_based"] and len(described["pairs"]) == 2
+
+
+def test_a_cyst_is_never_guessed_to_be_cancer():
+    with pytest.raises(ConfigError, match="a cyst is not a cancer"):
+        resolve_mapping(BANK, TASK03, [("liver", "cyst")])
+    with pytest.raises(ConfigError, match="neither a known malignant nor a known benign"):
+        resolve_mapping(BANK, TASK03, [("liver", "nodule")])
+    assert resolve_mapping(BANK, TASK03, [("liver", "cyst")], {"cyst": "cancer"}).lut_for("liver", "cyst")[2] == 2
+    assert resolve_mapping(BANK, {**TASK03, "cyst": 3}, [("liver", "cyst")]).lut_for("liver", "cyst")[2] == 3
+    for malignant in ("hepatocellular carcinoma", "metastasis", "adenocarcinoma", "renal cell carcinoma"):
+        assert lesion_kind(malignant) == "malignant"
+        assert resolve_mapping(BANK, TASK03, [("liver", malignant)]).lut_for("liver", malignant)[2] == 2
+    for benign in ("cyst", "hemangioma", "simple renal cyst"):
+        assert lesion_kind(benign) == "benign"
+    with pytest.raises(ConfigError, match=r"has several tumour labels \['cancer', 'tumor'\]"):
+        resolve_mapping(BANK, {**TASK03, "tumor": 3}, [("liver", "metastasis")])
+
+
+def test_required_fills_name_what_a_case_does_not_label():
+    kits = TargetLabels(KITS)
+    m = resolve_mapping(BANK, KITS, [("kidney_left", "renal cell carcinoma")])
+    (fill,) = required_fills(kits, "kidney_left", _pair(m, "kidney_left", "renal cell carcinoma"))
+    assert (fill.target, fill.value, fill.organ) == ("kidney", 1, "kidney")
+    m = resolve_mapping(BANK, TASK03, [("liver", "metastasis")])
+    assert required_fills(TargetLabels(TASK03), "liver", _pair(m, "liver", "metastasis")) == []
+    two = {"background": 0, "liver": 1, "spleen": 2, "cancer": 3}
+    m = resolve_mapping(BANK, two, [("liver", "metastasis")])
+    assert [f.target for f in required_fills(TargetLabels(two), "liver", _pair(m, "liver", "metastasis"))] == ["spleen"]
 
 
 def test_organ_the_target_lacks_needs_drop():
@@ -128,5 +159,11 @@ def test_bank_ignore_band_goes_to_the_targets_ignore_label_or_back_to_its_lesion
     assert with_ignore.lut_for("liver", "metastasis") == {0: 0, 1: 1, 2: 2, 3: 5}
     band = np.array([0, 1, 2, 3], dtype=np.uint8)
     assert remap(band, plain.lut_for("liver", "metastasis"), file="x.nii.gz").tolist() == [0, 1, 2, 2]
-    with pytest.raises(ConfigError, match="optionally ignore"):
+    with pytest.raises(ConfigError, match="would all be the bank.s lesion class"):
         resolve_mapping({**BANK, "edema": 3}, TASK03, [("liver", "metastasis")])
+
+
+def test_bank_labelled_with_the_targets_names_maps_by_same_name():
+    m = resolve_mapping({"background": 0, "liver": 1, "cancer": 2}, TASK03, [("liver", "cyst")])
+    assert m.lut_for("liver", "cyst") == {0: 0, 1: 1, 2: 2}
+    assert {c: r.rule for c, r in _pair(m, "liver", "cyst").items()} == {"organ": "same name", "lesion": "same name"}

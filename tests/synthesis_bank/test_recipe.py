@@ -59,7 +59,8 @@ def test_unknown_key_lists_valid_keys_and_names_the_file(recipe_dict, write_reci
     ("engine", {"mask_options": ["checkpoint"]}, "mapping of engine options"),
     ("label_scheme", {"background": 0, "lesion": 2}, "consecutive"),
     ("label_scheme", {"background": 1, "lesion": 0}, "background: 0"),
-    ("label_scheme", {"background": 0, "tumour": 1}, "unknown class"),
+    ("label_scheme", {"background": 0, "cancer": 1, "tumour": 2}, "would all be the bank's lesion class"),
+    ("label_scheme", {"background": 0, "liver": 1}, "a lesion label"),
     ("label_scheme", {"background": 0, "ignore": 1, "lesion": 2}, "highest"),
     ("segmentation", "auto", "totalsegmentator"),
     ("report_writer", "gpt", "offline"),
@@ -129,3 +130,15 @@ def test_from_dict_does_not_mutate_its_input(recipe_dict):
     before = copy.deepcopy(recipe_dict)
     Recipe.from_dict(recipe_dict, base_dir=Path("/"))
     assert recipe_dict == before
+
+
+def test_label_scheme_may_use_the_targets_names(recipe_dict, write_recipe):
+    """MSD-like {background, liver, cancer}: roles by name, dataset.json keeps the recipe's names."""
+    recipe = load_recipe(write_recipe(dict(recipe_dict, label_scheme={"background": 0, "liver": 1, "cancer": 2}),
+                                      "r.yaml"))
+    assert recipe.label_scheme == {"background": 0, "organ": 1, "lesion": 2}
+    assert recipe.dataset_labels() == {"background": 0, "liver": 1, "cancer": 2}
+    assert recipe.to_dict()["label_scheme"] == {"background": 0, "liver": 1, "cancer": 2}
+    kidney = load_recipe(write_recipe(dict(recipe_dict, label_scheme={"background": 0, "kidney": 1, "tumor": 2,
+                                                                      "ignore": 3}), "k.yaml"))
+    assert kidney.label_scheme == {"background": 0, "organ": 1, "lesion": 2, "ignore": 3}
