@@ -160,3 +160,22 @@ def test_near_duplicate_bank_case_never_trains_with_its_validation_twin(setup, e
     for s in splits:
         assert ("ld_external_ct_v0" in s["train"]) == ("case_003" not in s["val"])
     assert summary["synthetic_cases"] == 14
+
+
+def test_bank_without_a_finished_case_is_one_clear_line(setup, expand_dataset_mod, capsys):
+    """A bank killed before its first case has bank.json but no dataset.json: exit 2 naming the file, no traceback."""
+    from synthesis_bank.bank_folder import MARKER
+
+    tmp_path, raw, src, _ = setup
+    empty = tmp_path / "empty_bank"
+    empty.mkdir()
+    (empty / MARKER).write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        expand_dataset_mod.main(["--dataset", "501", "--raw-root", str(raw), "--bank", str(empty),
+                                 "--out-id", "506"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "dataset.json" in err and "no finished case yet" in err and "Traceback" not in err
+    with pytest.raises(InputError, match="not found; expected a bank folder"):
+        expand_dataset_mod.expand_dataset(src, tmp_path / "nowhere", raw, 507, "X", preprocessed_root=None)
+    assert not (raw / "Dataset506_TinyLD").exists()
