@@ -106,6 +106,8 @@ def nnunet_cmd(tool: str) -> list[str]:
         "nnUNetv2_plan_experiment": "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_experiment_entry",
         "nnUNetv2_train": "nnunetv2.run.run_training:run_training_entry",
         "nnUNetv2_predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
+        "nnUNetv2_ensemble": "nnunetv2.ensembling.ensemble:entry_point_ensemble_folders",
+        "nnUNetv2_find_best_configuration": "nnunetv2.evaluation.find_best_configuration:find_best_configuration_entry_point",
     }[tool]
     module, func = entry.split(":")
     return [sys.executable, "-c", f"import sys; from {module} import {func} as f; sys.argv[0] = '{tool}'; sys.exit(f())"]

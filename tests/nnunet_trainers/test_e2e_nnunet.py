@@ -96,12 +96,25 @@ def test_train_predict_with_bank(tmp_path):
     stock_pred = tmp_path / "pred_stock"
     run([*python, *nnunet_cmd("nnUNetv2_predict")[1:], "-i", str(tmp_path / "nnUNet_raw" / "Dataset501_Tiny" / "imagesTs"),
          "-o", str(stock_pred), "-d", "501", "-c", "3d_fullres", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-         "--disable_tta"], stock_env, tmp_path)
+         "--disable_tta", "--save_probabilities"], stock_env, tmp_path)
+    # nnU-Net's other model tools on the shipped folder, still without ld-augment
+    best = run([*python, *nnunet_cmd("nnUNetv2_find_best_configuration")[1:], "501", "-c", "3d_fullres", "-f", "0",
+                "-np", "1"], stock_env, tmp_path)
+    shipped = tmp_path / "shipped" / "Dataset501_Tiny"
+    assert "nnUNetTrainer__nnUNetPlans__3d_fullres" in best.stdout
+    assert (shipped / "inference_instructions.txt").is_file()
+    assert json.loads((shipped / "inference_information.json").read_text())["best_model_or_ensemble"]
+    ensembled = tmp_path / "pred_ensemble"
+    run([*python, *nnunet_cmd("nnUNetv2_ensemble")[1:], "-i", str(stock_pred), str(stock_pred), "-o", str(ensembled),
+         "-np", "1"], stock_env, tmp_path)
+    assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == ["test_000.nii.gz", "test_001.nii.gz"]
     import nibabel as nib
     import numpy as np
 
     for case in ("test_000.nii.gz", "test_001.nii.gz"):       # the same model: the same segmentation
         assert np.array_equal(np.asarray(nib.load(str(stock_pred / case)).dataobj),
+                              np.asarray(nib.load(str(pred / case)).dataobj)), case
+        assert np.array_equal(np.asarray(nib.load(str(ensembled / case)).dataobj),   # one model's ensemble: itself
                               np.asarray(nib.load(str(pred / case)).dataobj)), case
 
     # a bank that changed after prepare is refused, naming the fix
