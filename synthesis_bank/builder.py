@@ -107,7 +107,8 @@ def _dataset_base(recipe: Recipe) -> dict[str, Any]:
 def _remove_case_files(out_dir: Path, case_id: str) -> None:
     """Leftovers of an earlier attempt at one of THIS build's cases (never another build's: the lock and the
     shard's case list guarantee the id is ours)."""
-    for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png"):
+    for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png",
+                 out_dir / "patches" / f"{case_id}.npz"):
         path.unlink(missing_ok=True)
 
 

@@ -57,6 +57,11 @@ def file_record(path: Path) -> dict[str, Any]:
 def case_files_verified(out_dir: Path, entry: dict[str, Any]) -> bool:
     """Both files exist and, when the line recorded them, match its size and sha256 (a truncated or replaced
     file is redone by --resume instead of being trusted)."""
+    storage = entry.get("storage") or {}
+    if storage.get("mode") == "patches":   # a patch case: its patch file (the source is checked on composing)
+        patch = Path(out_dir) / storage.get("patch", "")
+        return patch.is_file() and sha256_file(patch) == storage.get("patch_sha256") and \
+            (Path(out_dir) / "bases" / storage.get("base_label", "")).is_file()
     if not case_files_exist(out_dir, entry["case_id"]):
         return False
     recorded = entry.get("files") or {}
