@@ -25,6 +25,7 @@ from synthesis_bank.label_mapping import TargetLabels, parse_label_args, remap, 
 from synthesis_bank.nnunet_io import (PREPARED_FORMAT, PREPARED_JSON, load_prepared, manifest_sha256,
                                       prepared_data_folder, prepared_root, preprocessing_sha256, read_bank_cases,
                                       record_key, sha256_json)
+from synthesis_bank.patch_io import is_patch_bank
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,18 @@ def prepare_bank(bank_dir: str | os.PathLike, target_dataset: str | int, *, conf
                          f"the bank without them, or pass --allow-test-sources to prepare them anyway")
 
     prep_sha = preprocessing_sha256(plans, cm.configuration, target_json)
+    if is_patch_bank(cases):   # sources once + preprocessed patches, under nnUNet_preprocessed (prepare_patches)
+        from nnunetv2.paths import nnUNet_preprocessed
+        from synthesis_bank.prepare_patches import prepare_patch_cases
+
+        folder, done, skipped = prepare_patch_cases(
+            bank, cases, name=name, plans=plans, configuration=configuration, dataset_json=target_json,
+            mapping=mapping, preprocessed_root=Path(nnUNet_preprocessed.get()), prep_sha=prep_sha,
+            manifest_hash=manifest_hash, progress=progress,
+            extra={"plans_identifier": plans_identifier, "target_images": target_images,
+                   "test_sources_allowed": from_test, "nnunetv2_version": _nnunet_version()},
+            allowed=TargetLabels(target_json["labels"]).written_values() | {0})
+        return PrepareResult(name, cm.data_identifier, folder, done, skipped)
     out_dir = prepared_data_folder(bank, name, cm.data_identifier)
     staging = prepared_root(bank, name) / f".staging_{cm.data_identifier}"
     out_dir.mkdir(parents=True, exist_ok=True)

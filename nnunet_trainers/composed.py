@@ -1,0 +1,160 @@
+"""Bank cases composed at load time: the source's preprocessed case plus the case's preprocessed patch.
+
+A patches bank (`storage: patches`, prepared by synthesis_bank.prepare_patches) keeps each source preprocessed
+once and each case as a small preprocessed patch. `ComposedBankDataset` duck-types nnU-Net's dataset
+(`load_case` -> data, seg, seg_prev, properties) so nnU-Net's own `nnUNetDataLoader` and augmentation run
+unchanged: the arrays it gets are `ComposedArray`s that read only the crop the loader asks for from the
+source's Blosc2 file and overlay the patch's part of that crop, so a draw costs what a full copy's draw costs.
+
+The seam for on-the-fly synthesis: the dataset asks a `PatchSource` "give me the patch of case X" and never
+looks where it comes from. `PreparedPatchSource` reads the prepared `patches/<case_id>.npz`; an engine-backed
+source would synthesize the lesion in the source's preprocessed grid at this call (same `PreparedPatch`
+contract: data (C, ...) float32 and seg (1, ...) int16 in the preprocessed grid, their start, and the
+composed case's class locations for foreground oversampling) and the trainer would not change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ld_augment.errors import ConfigError
+from synthesis_bank.patch_io import PATCHES, SOURCES
+
+
+@dataclass(frozen=True)
+class PreparedPatch:
+    data: np.ndarray            # (C, ...) normalized intensities in the preprocessed grid
+    seg: np.ndarray             # (1, ...) int16 labels (-1 outside the nonzero mask, as nnU-Net writes)
+    start: np.ndarray           # (3,) position of the patch in the source's preprocessed grid
+    class_locations: dict       # the composed case's, in nnU-Net's properties format
+
+
+class PatchSource(Protocol):
+    """Where a bank case's changed region comes from (prepared files now; an engine at load time next)."""
+
+    def source_of(self, case_id: str) -> str:
+        """Key of the preprocessed source case the patch is pasted into."""
+
+    def patch(self, case_id: str) -> PreparedPatch | None:
+        """The case's patch, or None when the source key is the whole case (a bank case stored in full)."""
+
+
+class PreparedPatchSource:
+    """Patches written by `synthesis-bank prepare` (patches/<case_id>.npz beside sources/)."""
+
+    def __init__(self, folder: str | Path, cases: dict[str, dict[str, Any]]) -> None:
+        self.folder = Path(folder)
+        self.cases = cases
+
+    def source_of(self, case_id: str) -> str:
+        return self.cases[case_id]["source"]
+
+    def patch(self, case_id: str) -> PreparedPatch | None:
+        if self.cases[case_id].get("method") == "full":
+            return None
+        with np.load(self.folder / PATCHES / f"{case_id}.npz") as z:
+            keys = json.loads(str(z["loc_keys"]))
+            locs = {(tuple(k) if isinstance(k, list) else k): z[f"loc_{i}"] for i, k in enumerate(keys)}
+            return PreparedPatch(z["data"], z["seg"], z["start"], locs)
+
+
+def _ranges(index: Any, shape: Sequence[int]) -> list[tuple[int, int, bool]] | None:
+    """(start, stop, keeps_dim) per dimension for basic indexing with unit steps, else None."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(i is Ellipsis for i in index):
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (len(shape) - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (len(shape) - len(index))
+    out = []
+    for i, n in zip(index, shape):
+        if isinstance(i, slice):
+            if i.step not in (None, 1):
+                return None
+            a, b, _ = i.indices(n)
+            out.append((a, max(a, b), True))
+        elif isinstance(i, (int, np.integer)):
+            i = int(i) + (n if i < 0 else 0)
+            out.append((i, i + 1, False))
+        else:
+            return None
+    return out
+
+
+class ComposedArray:
+    """A source array with a patch pasted at `start` (spatial dims), materialized only for the slice asked."""
+
+    def __init__(self, base: Any, patch: np.ndarray, start: np.ndarray) -> None:
+        self.base, self.patch, self.start = base, patch, np.asarray(start, dtype=np.int64)
+        self.shape = tuple(base.shape)
+        self.dtype = np.dtype(base.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        ranges = _ranges(index, self.shape)
+        if ranges is None:
+            return np.asarray(self)[index]
+        out = np.array(self.base[tuple(slice(a, b) for a, b, _ in ranges)], copy=True)
+        offset = [0, *self.start.tolist()]
+        src, dst = [], []
+        for d, (a, b, _) in enumerate(ranges):
+            lo, hi = offset[d], offset[d] + self.patch.shape[d]
+            x, y = max(a, lo), min(b, hi)
+            if x >= y:
+                return self._squeeze(out, ranges)
+            src.append(slice(x - lo, y - lo))
+            dst.append(slice(x - a, y - a))
+        out[tuple(dst)] = self.patch[tuple(src)]
+        return self._squeeze(out, ranges)
+
+    @staticmethod
+    def _squeeze(out: np.ndarray, ranges: list[tuple[int, int, bool]]) -> np.ndarray:
+        drop = tuple(d for d, (_, _, keep) in enumerate(ranges) if not keep)
+        return out.squeeze(axis=drop) if drop else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        full = self[tuple(slice(None) for _ in self.shape)]
+        return full.astype(dtype) if dtype is not None else full
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class ComposedBankDataset:
+    """nnU-Net's dataset interface over a prepared patches bank (`identifiers`, `load_case`)."""
+
+    def __init__(self, folder: str | Path, patch_source: PatchSource, identifiers: Sequence[str]) -> None:
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        self.folder = Path(folder)
+        self.patch_source = patch_source
+        self.identifiers = list(identifiers)
+        keys = sorted({patch_source.source_of(c) for c in self.identifiers})
+        sources = self.folder / SOURCES
+        missing = [k for k in keys if not (sources / f"{k}.pkl").is_file()]
+        if missing:
+            raise ConfigError(f"{sources}: {len(missing)} prepared source(s) missing (e.g. {missing[0]}); "
+                              "run synthesis-bank prepare again")
+        cls = infer_dataset_class(str(sources))
+        self.sources = cls(str(sources), identifiers=keys)
+
+    def load_case(self, identifier: str):
+        data, seg, seg_prev, properties = self.sources.load_case(self.patch_source.source_of(identifier))
+        patch = self.patch_source.patch(identifier)
+        if patch is None:
+            return data, seg, seg_prev, properties
+        properties = dict(properties)
+        properties["class_locations"] = patch.class_locations
+        return (ComposedArray(data, patch.data, patch.start), ComposedArray(seg, patch.seg, patch.start),
+                seg_prev, properties)
+
+    def __getitem__(self, identifier: str):
+        return self.load_case(identifier)
+
+    def __len__(self) -> int:
+        return len(self.identifiers)
