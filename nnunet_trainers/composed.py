@@ -158,3 +158,53 @@ class ComposedBankDataset:
 
     def __len__(self) -> int:
         return len(self.identifiers)
+
+
+def load_patch_bank(trainer: Any, bank: Path, val_keys: list[str], *, env_name: str):
+    """The trainer's `_load_bank` for a patches bank: (dataset, usable keys, excluded, info), with the same
+    checks as a full bank (manifest, preprocessing settings, prepared data, leakage by id and content)."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    from synthesis_bank.nnunet_io import manifest_sha256, prepare_command, preprocessing_sha256, read_bank_cases, \
+        sha256_json, split_leaking
+    from synthesis_bank.patch_io import load_patch_record, patch_prepared_folder
+
+    name = trainer.plans_manager.dataset_name
+    ident = trainer.configuration_manager.data_identifier
+    fix = prepare_command(bank, name, trainer.configuration_name, trainer.plans_manager.plans_name)
+    folder = patch_prepared_folder(nnUNet_preprocessed.get(), name, ident, bank)
+    record = load_patch_record(folder, fix=fix)
+    manifest_hash = manifest_sha256(bank)
+    if record["manifest_sha256"] != manifest_hash:
+        raise ConfigError(f"{env_name}={bank}: the manifest changed since the bank was prepared; run: {fix}")
+    current = preprocessing_sha256(trainer.plans_manager.plans, trainer.configuration_manager.configuration,
+                                   trainer.dataset_json)
+    if record["preprocessing_sha256"] != current:
+        raise ConfigError(f"{env_name}={bank} was prepared with other preprocessing settings for {name} "
+                          f"(re-planned since?); run: {fix}")
+    data_sha = sha256_json({c: v["input"] for c, v in record["cases"].items()})
+    if data_sha != record.get("data_sha256"):
+        raise ConfigError(f"{folder / 'ldbank.json'}: its cases were edited since prepare; run: {fix}")
+    cases = [c for c in read_bank_cases(bank) if c.case_id in record["cases"]]
+    missing = [c.case_id for c in cases if record["cases"][c.case_id].get("method") != "full"
+               and not (folder / PATCHES / f"{c.case_id}.npz").is_file()]
+    if missing:
+        raise ConfigError(f"{folder}: {len(missing)} prepared patch(es) missing (e.g. {missing[0]}); run: {fix}")
+    images = record.get("target_images", {})
+    test = images.get("imagesTs", {})
+    allowed_test = set(record.get("test_sources_allowed", []))
+    usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()])
+    usable += [c for c in from_test if c.case_id in allowed_test]
+    from_test = [c for c in from_test if c.case_id not in allowed_test]
+    from_val: list = []
+    if trainer.fold != "all":
+        usable, from_val = split_leaking(usable, val_keys, trainer._validation_hashes(images, val_keys))
+    if not usable:
+        raise ConfigError(f"{env_name}={bank}: no usable bank cases for fold {trainer.fold} ({len(from_val)} "
+                          f"excluded as made from validation cases, {len(from_test)} from test cases)")
+    keys = [c.case_id for c in usable]
+    dataset = ComposedBankDataset(folder, PreparedPatchSource(folder, record["cases"]), keys)
+    info = {"manifest_sha256": manifest_hash, "preprocessing_sha256": current, "data_sha256": data_sha,
+            "prepared_folder": str(folder), "label_mapping": record.get("label_mapping"), "storage": "patches"}
+    excluded = {"validation": [c.case_id for c in from_val], "test": [c.case_id for c in from_test]}
+    return dataset, keys, excluded, info
