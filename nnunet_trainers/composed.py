@@ -7,7 +7,7 @@ unchanged: the arrays it gets are `ComposedArray`s that read only the crop the l
 source's Blosc2 file and overlay the patch's part of that crop, so a draw costs what a full copy's draw costs.
 
 The seam for on-the-fly synthesis: the dataset asks a `PatchSource` "give me the patch of case X" and never
-looks where it comes from. `PreparedPatchSource` reads the prepared `patches/<case_id>.npz`; an engine-backed
+looks where it comes from. `PreparedPatchSource` reads the prepared `patches/<case_id>.bin`; an engine-backed
 source would synthesize the lesion in the source's preprocessed grid at this call (same `PreparedPatch`
 contract: data (C, ...) float32 and seg (1, ...) int16 in the preprocessed grid, their start, and the
 composed case's class locations for foreground oversampling) and the trainer would not change.
@@ -16,6 +16,8 @@ composed case's class locations for foreground oversampling) and the trainer wou
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -23,7 +25,10 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ld_augment.errors import ConfigError
-from synthesis_bank.patch_io import PATCHES, SOURCES
+from synthesis_bank.patch_io import PATCH_SUFFIX, PATCHES, SOURCES
+
+#: bytes of patches each data-loader process keeps in memory (LD_BANK_PATCH_CACHE_MB overrides)
+DEFAULT_CACHE_BYTES = int(float(os.environ.get("LD_BANK_PATCH_CACHE_MB", "256")) * 1e6)
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,30 @@ class PreparedPatch:
     data: np.ndarray            # (C, ...) normalized intensities in the preprocessed grid
     seg: np.ndarray             # (1, ...) int16 labels (-1 outside the nonzero mask, as nnU-Net writes)
     start: np.ndarray           # (3,) position of the patch in the source's preprocessed grid
-    class_locations: dict       # the composed case's, in nnU-Net's properties format
+    class_locations: dict       # the patch's own, absolute [c, z, y, x] rows per class (nnU-Net's format)
+
+    drop: dict | None = None    # rows of the source's locations the patch covers, per class (None: compute)
+
+    def merged_locations(self, source_locations: dict) -> dict:
+        """The composed case's class locations: the source's outside the patch, the patch's own inside it.
+        Classes the patch does not touch keep the source's array itself (no copy)."""
+        out = dict(source_locations)
+        start, stop = self.start, self.start + np.asarray(self.seg.shape[1:])
+        for k in set(source_locations) | set(self.class_locations):
+            src = np.asarray(source_locations.get(k, np.zeros((0, 4), np.int64)))
+            if src.dtype.kind != "i":   # nnU-Net writes an empty class as a float array
+                src = src.astype(np.int64)
+            if self.drop is not None:
+                rows = self.drop.get(k, ())
+            else:
+                pos = src.reshape(-1, 4)[:, 1:]
+                rows = np.flatnonzero(np.all((pos >= start) & (pos < stop), axis=1))
+            own = self.class_locations.get(k)
+            if len(rows) == 0 and (own is None or len(own) == 0):
+                continue
+            kept = np.delete(src.reshape(-1, 4), rows, axis=0) if len(rows) else src.reshape(-1, 4)
+            out[k] = np.concatenate([kept, own]) if own is not None and len(own) else kept
+        return out
 
 
 class PatchSource(Protocol):
@@ -45,11 +73,15 @@ class PatchSource(Protocol):
 
 
 class PreparedPatchSource:
-    """Patches written by `synthesis-bank prepare` (patches/<case_id>.npz beside sources/)."""
+    """Patches written by `synthesis-bank prepare` (patches/<case_id>.bin beside sources/)."""
 
-    def __init__(self, folder: str | Path, cases: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, folder: str | Path, cases: dict[str, dict[str, Any]], *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.folder = Path(folder)
         self.cases = cases
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[str, PreparedPatch] = OrderedDict()
+        self._cached = 0
 
     def source_of(self, case_id: str) -> str:
         return self.cases[case_id]["source"]
@@ -57,10 +89,41 @@ class PreparedPatchSource:
     def patch(self, case_id: str) -> PreparedPatch | None:
         if self.cases[case_id].get("method") == "full":
             return None
-        with np.load(self.folder / PATCHES / f"{case_id}.npz") as z:
-            keys = json.loads(str(z["loc_keys"]))
-            locs = {(tuple(k) if isinstance(k, list) else k): z[f"loc_{i}"] for i, k in enumerate(keys)}
-            return PreparedPatch(z["data"], z["seg"], z["start"], locs)
+        hit = self._cache.get(case_id)
+        if hit is not None:
+            self._cache.move_to_end(case_id)
+            return hit
+        patch = self._read(case_id)
+        size = patch.data.nbytes + patch.seg.nbytes
+        if size <= self.cache_bytes:   # patches are small: most banks stay in memory after one epoch
+            self._cache[case_id] = patch
+            self._cached += size
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.data.nbytes + old.seg.nbytes
+        return patch
+
+    def _read(self, case_id: str) -> PreparedPatch:
+        entry = self.cases[case_id]
+        shape = entry["shape"]
+        n_data = int(np.prod(shape))
+        n_seg = n_data // shape[0]
+        raw = np.fromfile(self.folder / PATCHES / f"{case_id}{PATCH_SUFFIX}", dtype=np.uint8)
+        want = n_data * 4 + n_seg * 2 + entry["n_locs"] * 20
+        if raw.size != want:
+            raise ConfigError(f"{self.folder / PATCHES / (case_id + PATCH_SUFFIX)}: {raw.size} bytes, expected "
+                              f"{want}; run synthesis-bank prepare again")
+        data = raw[:n_data * 4].view(np.float32).reshape(shape)
+        seg = raw[n_data * 4:n_data * 4 + n_seg * 2].view(np.int16).reshape(1, *shape[1:])
+        rows = raw[n_data * 4 + n_seg * 2:].view(np.int32).reshape(-1, 5).astype(np.int64)
+        keys = [_key(k) for k in entry["loc_keys"]]
+        locs = {k: rows[rows[:, 0] == i, 1:] for i, k in enumerate(keys)}
+        drop = {_key(json.loads(k)): v for k, v in entry.get("drop", {}).items()}
+        return PreparedPatch(data, seg, np.asarray(entry["start"], dtype=np.int64), locs, drop)
+
+
+def _key(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k
 
 
 def _ranges(index: Any, shape: Sequence[int]) -> list[tuple[int, int, bool]] | None:
@@ -99,7 +162,9 @@ class ComposedArray:
         ranges = _ranges(index, self.shape)
         if ranges is None:
             return np.asarray(self)[index]
-        out = np.array(self.base[tuple(slice(a, b) for a, b, _ in ranges)], copy=True)
+        out = self.base[tuple(slice(a, b) for a, b, _ in ranges)]
+        if not isinstance(out, np.ndarray) or not out.flags.writeable:   # blosc2 returns a fresh array
+            out = np.array(out, copy=True)
         offset = [0, *self.start.tolist()]
         src, dst = [], []
         for d, (a, b, _) in enumerate(ranges):
@@ -149,7 +214,7 @@ class ComposedBankDataset:
         if patch is None:
             return data, seg, seg_prev, properties
         properties = dict(properties)
-        properties["class_locations"] = patch.class_locations
+        properties["class_locations"] = patch.merged_locations(properties.get("class_locations") or {})
         return (ComposedArray(data, patch.data, patch.start), ComposedArray(seg, patch.seg, patch.start),
                 seg_prev, properties)
 
@@ -187,7 +252,7 @@ def load_patch_bank(trainer: Any, bank: Path, val_keys: list[str], *, env_name: 
         raise ConfigError(f"{folder / 'ldbank.json'}: its cases were edited since prepare; run: {fix}")
     cases = [c for c in read_bank_cases(bank) if c.case_id in record["cases"]]
     missing = [c.case_id for c in cases if record["cases"][c.case_id].get("method") != "full"
-               and not (folder / PATCHES / f"{c.case_id}.npz").is_file()]
+               and not (folder / PATCHES / f"{c.case_id}{PATCH_SUFFIX}").is_file()]
     if missing:
         raise ConfigError(f"{folder}: {len(missing)} prepared patch(es) missing (e.g. {missing[0]}); run: {fix}")
     images = record.get("target_images", {})

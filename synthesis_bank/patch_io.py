@@ -8,8 +8,9 @@ $nnUNet_preprocessed/<Target>/<data_identifier>_ldbank_<bank_id>/
     ldbank.json                 {"format", "bank", "manifest_sha256", "preprocessing_sha256", "label_mapping",
                                  "cases": {case_id: {"source": key, "method": ...}}, "sources": {key: {...}}, ...}
     sources/<key>.b2nd|_seg.b2nd|.pkl   each source (with its base label) preprocessed by nnU-Net, once
-    patches/<case_id>.npz       the case's preprocessed patch: data (C,...), seg (1,...), start (3,), the
-                                composed case's class locations
+    patches/<case_id>.bin       the case's preprocessed patch, raw: data (C,...) float32, seg (1,...) int16,
+                                its own class locations int32 [key, c, z, y, x]; shape, start (3,), location
+                                keys and the source's location rows it covers are in ldbank.json
 ```
 
 `bank_id` is a hash of the bank's resolved path (two banks never share a folder).
@@ -24,10 +25,11 @@ from typing import Any
 
 from ld_augment.errors import ConfigError, InputError
 
-PATCH_PREPARED_FORMAT = "ld-augment-prepared-patches/1"
+PATCH_PREPARED_FORMAT = "ld-augment-prepared-patches/2"
 RECORD = "ldbank.json"
 SOURCES = "sources"
 PATCHES = "patches"
+PATCH_SUFFIX = ".bin"   # raw data | seg | location rows; shapes and offsets in ldbank.json
 
 
 def bank_id(bank: str | Path) -> str:

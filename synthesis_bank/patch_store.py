@@ -17,6 +17,7 @@ files had, which the manifest line keeps), so a patches bank is the same bank as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -201,6 +202,15 @@ def _image(data: np.ndarray, header_bytes: bytes) -> nib.Nifti1Image:
     return img
 
 
+@functools.lru_cache(maxsize=2)
+def _source_raw(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    """A source's stored values, cached for the next case of the same source (callers group by source);
+    size and mtime are part of the key, so a replaced file is read again."""
+    arr = _raw(nib.load(path))
+    arr.setflags(write=False)
+    return arr
+
+
 def composed_arrays(bank: Path, entry: dict[str, Any], bases: BaseLabels | None = None,
                     source_ct: Path | None = None) -> tuple[np.ndarray, np.ndarray, CasePatch]:
     """(stored CT values, label) of a patch case in its source's grid, checking the source is unchanged."""
@@ -212,8 +222,8 @@ def composed_arrays(bank: Path, entry: dict[str, Any], bases: BaseLabels | None 
                          "its sources; restore it, or materialize the bank where the sources are)")
     bases = bases or BaseLabels(bank)
     patch = load_patch(Path(bank) / storage["patch"])
-    src_img = nib.load(str(path))
-    ct = np.array(_raw(src_img), copy=True)
+    st = path.stat()
+    ct = np.array(_source_raw(str(path), st.st_size, st.st_mtime_ns), copy=True)
     if list(ct.shape[:3]) != list(ref["shape"]) or str(ct.dtype) != ref["dtype"]:
         raise InputError(f"{path}: source CT of bank case {entry['case_id']} changed (shape {ct.shape}, dtype "
                          f"{ct.dtype}; the bank recorded {ref['shape']}, {ref['dtype']})")

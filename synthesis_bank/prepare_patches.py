@@ -42,7 +42,7 @@ from ld_augment.io.atomic import atomic_write_json
 
 from synthesis_bank import patch_store
 from synthesis_bank.label_mapping import remap
-from synthesis_bank.patch_io import PATCH_PREPARED_FORMAT, PATCHES, RECORD, SOURCES, bank_id, \
+from synthesis_bank.patch_io import PATCH_PREPARED_FORMAT, PATCH_SUFFIX, PATCHES, RECORD, SOURCES, bank_id, \
     patch_prepared_folder
 from synthesis_bank.nnunet_io import sha256_json
 
@@ -161,19 +161,17 @@ def _composed_reader_arrays(ctx: _Context, src: _Source, ct_raw: np.ndarray, lab
     return data, seg
 
 
-def _locations(ctx: _Context, src: _Source, seg_patch: np.ndarray, start: np.ndarray, seed: int) -> dict:
-    """The composed case's class locations: the source's outside the patch, the patch's own inside it."""
+def _locations(ctx: _Context, seg_patch: np.ndarray, start: np.ndarray, seed: int) -> dict:
+    """The patch's own class locations (nnU-Net's sampler on the patch; absolute coordinates). The composed
+    case's are the source's outside the patch plus these (nnunet_trainers.composed merges them at load time)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
-    stop = start + np.asarray(seg_patch.shape[1:])
     inside = DefaultPreprocessor._sample_foreground_locations(seg_patch, ctx.collect, seed=seed)
     out = {}
-    for k, locs in src.props["class_locations"].items():
-        locs = np.asarray(locs).reshape(-1, 4)
-        keep = ~np.all((locs[:, 1:] >= start) & (locs[:, 1:] < stop), axis=1)
-        new = np.asarray(inside.get(k, np.zeros((0, 4), np.int64))).reshape(-1, 4).copy()
-        new[:, 1:] += start
-        out[k] = np.concatenate([locs[keep], new]).astype(np.int64)
+    for k, locs in inside.items():
+        locs = np.asarray(locs, dtype=np.int64).reshape(-1, 4).copy()
+        locs[:, 1:] += np.asarray(start, dtype=np.int64)
+        out[k] = locs
     return out
 
 
@@ -212,7 +210,7 @@ def case_patch(ctx: _Context, src: _Source, ct_raw: np.ndarray, label: np.ndarra
     if rbox is None:   # the case equals its source here (cannot happen for a synthesized case)
         return {"method": "local", "data": src.pre_data[:, :1, :1, :1].copy(),
                 "seg": src.pre_seg[:, :1, :1, :1].astype(np.int16), "start": np.zeros(3, np.int64),
-                "class_locations": src.props["class_locations"]}
+                "class_locations": {}}
     tbox = rbox[ctx.tf]
     crop = np.asarray(src.props["bbox_used_for_cropping"], dtype=np.int64)
     cbox = tbox - crop[:, :1]
@@ -225,8 +223,11 @@ def case_patch(ctx: _Context, src: _Source, ct_raw: np.ndarray, label: np.ndarra
     if inside and ctx.pointwise:
         sl = tuple(slice(int(x), int(y)) for x, y in tbox)
         csl = tuple(slice(int(x), int(y)) for x, y in cbox)
-        same_zero = np.array_equal(tdata[(slice(None), *sl)] != 0,
-                                   src.data.transpose([0, *[i + 1 for i in ctx.tf]])[(slice(None), *sl)] != 0)
+        # the nonzero mask (holes filled) is unchanged when the source's is all True around the patch (new
+        # zeros there are holes enclosed by it) or when the patch changes no voxel's zero-ness
+        ring = tuple(slice(max(int(x) - 1, 0), int(y) + 1) for x, y in cbox)
+        same_zero = bool(src.nonzero[ring].all()) or np.array_equal(
+            tdata[(slice(None), *sl)] != 0, src.data.transpose([0, *[i + 1 for i in ctx.tf]])[(slice(None), *sl)] != 0)
         if same_zero and np.array_equal(new_shape, cropped_shape):
             method = "local"
         elif same_zero and not _separate_z(ctx, src):
@@ -238,7 +239,7 @@ def case_patch(ctx: _Context, src: _Source, ct_raw: np.ndarray, label: np.ndarra
         win_seg[(win_seg == 0) & ~src.nonzero[csl][None]] = -1
         start = cbox[:, 0]
         return {"method": method, "data": win.astype(np.float32), "seg": win_seg,
-                "start": start, "class_locations": _locations(ctx, src, win_seg, start, seed)}
+                "start": start, "class_locations": _locations(ctx, win_seg, start, seed)}
     if method == "local-resampled":
         factors = cropped_shape / new_shape
         lo, hi = cbox[:, 0], cbox[:, 1]
@@ -254,7 +255,7 @@ def case_patch(ctx: _Context, src: _Source, ct_raw: np.ndarray, label: np.ndarra
         win_seg[(win_seg == 0) & ~nz[None]] = -1
         out_data, out_seg = _resample_window(ctx, src, win, win_seg, p, a, b, factors)
         return {"method": method, "data": out_data, "seg": out_seg, "start": a,
-                "class_locations": _locations(ctx, src, out_seg, a, seed)}
+                "class_locations": _locations(ctx, out_seg, a, seed)}
     # exact: nnU-Net preprocesses the whole composed case; keep where it differs from the source
     pre_data, pre_seg, props = _preprocess(ctx, data, seg, ctx_props(src))
     if pre_data.shape != src.pre_data.shape:
@@ -264,8 +265,9 @@ def case_patch(ctx: _Context, src: _Source, ct_raw: np.ndarray, label: np.ndarra
     if box is None:
         box = np.array([[0, 1]] * 3, dtype=np.int64)
     sl = (slice(None), *(slice(int(x), int(y)) for x, y in box))
-    return {"method": "exact", "data": pre_data[sl].astype(np.float32), "seg": pre_seg[sl].astype(np.int16),
-            "start": box[:, 0], "class_locations": props["class_locations"]}
+    seg_patch = pre_seg[sl].astype(np.int16)
+    return {"method": "exact", "data": pre_data[sl].astype(np.float32), "seg": seg_patch,
+            "start": box[:, 0], "class_locations": _locations(ctx, seg_patch, box[:, 0], seed)}
 
 
 class _OwnSource(Exception):
@@ -291,17 +293,35 @@ def _separate_z(ctx: _Context, src: _Source) -> bool:
     return bool(do_sep)
 
 
-def save_case_patch(path: Path, source_key: str, patch: dict[str, Any]) -> None:
+def _dropped_rows(source_locations: dict, keys: list, start: np.ndarray, stop: np.ndarray) -> dict[str, list[int]]:
+    """Rows of the source's class locations that fall inside the patch (the composed case drops them)."""
+    out = {}
+    for k, locs in source_locations.items():
+        locs = np.asarray(locs, dtype=np.int64).reshape(-1, 4)
+        rows = np.flatnonzero(np.all((locs[:, 1:] >= start) & (locs[:, 1:] < stop), axis=1))
+        if len(rows):
+            out[json.dumps(list(k) if isinstance(k, tuple) else int(k))] = rows.tolist()
+    return out
+
+
+def save_case_patch(path: Path, patch: dict[str, Any], source_locations: dict) -> dict[str, Any]:
+    """Write the patch as one raw file (data float32, seg int16, own class locations int32 rows [key index, c,
+    z, y, x]: one read, no archive to parse at load time); returns what the record keeps about it (shapes,
+    start, location keys, the source's location rows the patch covers)."""
     keys = list(patch["class_locations"].keys())
-    arrays = {f"loc_{i}": np.asarray(patch["class_locations"][k], dtype=np.int64) for i, k in enumerate(keys)}
-    buf = io.BytesIO()
-    np.savez(buf, data=patch["data"], seg=patch["seg"], start=np.asarray(patch["start"], np.int64),
-             source=np.array(source_key), method=np.array(patch["method"]),
-             loc_keys=np.array(json.dumps([list(k) if isinstance(k, tuple) else k for k in keys])), **arrays)
+    rows = [np.concatenate([np.full((len(v), 1), i, np.int64), np.asarray(v, np.int64).reshape(-1, 4)], axis=1)
+            for i, v in enumerate(patch["class_locations"].values())]
+    locs = (np.concatenate(rows) if rows else np.zeros((0, 5), np.int64)).astype(np.int32)
+    data = np.ascontiguousarray(patch["data"], dtype=np.float32)
+    seg = np.ascontiguousarray(patch["seg"], dtype=np.int16)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
+    tmp.write_bytes(data.tobytes() + seg.tobytes() + locs.tobytes())
     os.replace(tmp, path)
+    start = np.asarray(patch["start"], dtype=np.int64)
+    return {"start": start.tolist(), "shape": list(data.shape), "n_locs": int(len(locs)),
+            "loc_keys": [list(k) if isinstance(k, tuple) else int(k) for k in keys],
+            "drop": _dropped_rows(source_locations, keys, start, start + np.asarray(seg.shape[1:]))}
 
 
 def _check_values(label: np.ndarray, allowed: set[int] | None, what: str, name: str) -> None:
@@ -356,7 +376,7 @@ def prepare_patch_cases(bank: Path, cases: list, *, name: str, plans: dict, conf
             wanted = {e.case_id: {"source": key, "patch_sha256": (e.extra.get("storage") or {}).get("patch_sha256"),
                                   "files": e.extra.get("files")} for e in members}
             if key in sources_out and all(old.get("cases", {}).get(c, {}).get("input") == w
-                                          and (out / PATCHES / f"{c}.npz").is_file() for c, w in wanted.items()) \
+                                          and (out / PATCHES / f"{c}{PATCH_SUFFIX}").is_file() for c, w in wanted.items()) \
                     and (out / SOURCES / f"{key}.pkl").is_file():
                 for c in wanted:
                     cases_out[c] = old["cases"][c]
@@ -373,7 +393,7 @@ def prepare_patch_cases(bank: Path, cases: list, *, name: str, plans: dict, conf
                 load_source(ctx, key, ct_path, label, tmp)
                 sources_out[key] = {"source": str(ct_path), "own_case": case.case_id}
                 cases_out[case.case_id] = {"source": key, "method": "full", "input": wanted[case.case_id]}
-                (out / PATCHES / f"{case.case_id}.npz").unlink(missing_ok=True)
+                (out / PATCHES / f"{case.case_id}{PATCH_SUFFIX}").unlink(missing_ok=True)
                 prepared.append(case.case_id)
                 if bar:
                     bar.update(1)
@@ -389,7 +409,7 @@ def prepare_patch_cases(bank: Path, cases: list, *, name: str, plans: dict, conf
                 ct_raw, label, patch = patch_store.composed_arrays(bank, case.extra, bases)
                 label = remap(label, lut_map, file=case.case_id)
                 _check_values(label[patch.slices], allowed, f"{bank / case.extra['storage']['patch']}", name)
-                target = out / PATCHES / f"{case.case_id}.npz"
+                target = out / PATCHES / f"{case.case_id}{PATCH_SUFFIX}"
                 try:
                     pp = case_patch(ctx, src, ct_raw, label, patch.box, (patch.ct_header, patch.label_header),
                                     tmp, seed=1234)
@@ -400,8 +420,9 @@ def prepare_patch_cases(bank: Path, cases: list, *, name: str, plans: dict, conf
                     cases_out[case.case_id] = {"source": own_key, "method": "full", "input": wanted[case.case_id]}
                     target.unlink(missing_ok=True)
                 else:
-                    save_case_patch(target, key, pp)
-                    cases_out[case.case_id] = {"source": key, "method": pp["method"], "input": wanted[case.case_id]}
+                    where = save_case_patch(target, pp, src.props["class_locations"])
+                    cases_out[case.case_id] = {"source": key, "method": pp["method"], **where,
+                                               "input": wanted[case.case_id]}
                 prepared.append(case.case_id)
                 if bar:
                     bar.update(1)
