@@ -163,7 +163,8 @@ class ComposedArray:
         if ranges is None:
             return np.asarray(self)[index]
         out = self.base[tuple(slice(a, b) for a, b, _ in ranges)]
-        if not isinstance(out, np.ndarray) or not out.flags.writeable:   # blosc2 returns a fresh array
+        # blosc2 returns a fresh array (written into as is); a numpy or memmap source returns a view: copy
+        if not isinstance(out, np.ndarray) or not out.flags.owndata or not out.flags.writeable:
             out = np.array(out, copy=True)
         offset = [0, *self.start.tolist()]
         src, dst = [], []

@@ -104,3 +104,41 @@ def test_real_pipeline_patch_bank_composes_bit_identical(recipe_dict, tmp_path):
         cid = e["case_id"]
         for sub, name in (("imagesTr", f"{cid}_0000.nii.gz"), ("labelsTr", f"{cid}.nii.gz")):
             assert _digest(patches / sub / name) == _digest(full / sub / name), (cid, sub)
+
+
+def test_materialize_cli(recipe_dict, write_recipe, tmp_path, capsys, monkeypatch, bank_fakes):
+    import synthesis_bank.builder as builder
+    from synthesis_bank.cli import main
+
+    monkeypatch.setattr(builder, "_default_pipeline", lambda: (bank_fakes.fake_preprocess, bank_fakes.fake_synthesize))
+    recipe = write_recipe(dict(recipe_dict, variants_per_source=1, storage="patches"))
+    out = tmp_path / "bank"
+    assert main(["build", "--recipe", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    assert main(["materialize", str(out), "--no-progress"]) == 0
+    assert "materialized 3 case(s)" in capsys.readouterr().out
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 3
+    assert main(["materialize", str(tmp_path / "nowhere")]) == 2
+    assert "not a bank folder" in capsys.readouterr().err
+
+
+def test_case_that_is_no_patch_of_its_source_is_stored_in_full(recipe_dict, tmp_path, fakes, monkeypatch):
+    """Another dtype or shape than the source (e.g. an engine that writes float CTs): full files, still a bank."""
+    from synthesis_bank import patch_store
+
+    real = patch_store.cut_patch
+    calls = []
+
+    def first_is_no_patch(*args, **kwargs):
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(patch_store, "cut_patch", first_is_no_patch)
+    bank = tmp_path / "bank"
+    assert build_bank(_recipe(dict(recipe_dict, storage="patches", variants_per_source=1)), bank, progress=False,
+                      **fakes).ok
+    entries = read_manifest(bank / "manifest.jsonl")
+    full = [e for e in entries if "storage" not in e]
+    assert len(full) == 1 and (bank / "imagesTr" / f"{full[0]['case_id']}_0000.nii.gz").is_file()
+    assert json.loads((bank / "dataset.json").read_text())["numTraining"] == 1
+    materialize_bank(bank)
+    assert json.loads((bank / "dataset.json").read_text())["numTraining"] == 3

@@ -119,3 +119,26 @@ def test_patch_case_keys_are_bank_cases(recipe_dict, tmp_path, fakes):
     cases = read_bank_cases(bank)
     from synthesis_bank.patch_io import is_patch_bank
     assert is_patch_bank(cases) and len(cases) == 6
+
+
+def test_full_stored_case_of_a_patch_bank_is_its_own_source(recipe_dict, tmp_path, fakes, monkeypatch):
+    from synthesis_bank import patch_store
+
+    real, calls = patch_store.cut_patch, []
+
+    def first_is_no_patch(*args, **kwargs):
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(patch_store, "cut_patch", first_is_no_patch)
+    bank = _bank(recipe_dict, tmp_path, fakes, variants_per_source=1)
+    monkeypatch.setattr(patch_store, "cut_patch", real)
+    name = _target(tmp_path, monkeypatch, (1.5, 1.5, 1.5))
+    prepare_bank(bank, name, num_processes=1, progress=False)
+    _, record, ds, ids = _composed(bank, name, tmp_path)
+    assert sorted(c["method"] for c in record["cases"].values()) == ["full", "local", "local"]
+    materialize_bank(bank)
+    for cid in ids:
+        data, seg, _, _ = ds.load_case(cid)
+        ref_data, ref_seg, _ = _full(bank, cid, name, tmp_path)
+        assert np.array_equal(np.asarray(data), ref_data) and np.array_equal(np.asarray(seg), ref_seg)
