@@ -63,7 +63,8 @@ def _composed(bank, name, root):
     return folder, record, ComposedBankDataset(folder, PreparedPatchSource(folder, record["cases"]), ids), ids
 
 
-@pytest.mark.parametrize("spacing, method", [((1.5, 1.5, 1.5), "local"), ((2.0, 1.7, 1.3), "local-resampled")])
+@pytest.mark.parametrize("spacing, method", [((1.5, 1.5, 1.5), "local"), ((2.0, 1.7, 1.3), "local-resampled"),
+                                             ((5.0, 1.5, 1.5), "exact")])   # anisotropic: separate-z resampling
 def test_composed_case_equals_full_preprocessing(recipe_dict, tmp_path, fakes, monkeypatch, spacing, method):
     bank = _bank(recipe_dict, tmp_path, fakes)
     name = _target(tmp_path, monkeypatch, spacing)
@@ -89,8 +90,8 @@ def test_composed_case_equals_full_preprocessing(recipe_dict, tmp_path, fakes, m
         # the patch is a region, not the case
         assert np.prod(record["cases"][cid]["shape"]) < 0.25 * d.size
     print(f"{method}: max |composed - full| = {worst:.3g} (normalized), label agreement {min(agree):.6f}")
-    if method == "local":
-        assert worst == 0.0 and min(agree) == 1.0                       # exact
+    if method in ("local", "exact"):
+        assert worst == 0.0 and min(agree) == 1.0                       # bit for bit
     else:
         assert worst <= RESAMPLED_MAX_ABS and min(agree) >= RESAMPLED_LABEL_AGREEMENT, (worst, min(agree))
     again = prepare_bank(bank, name, num_processes=1, progress=False)
