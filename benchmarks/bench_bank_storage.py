@@ -114,7 +114,7 @@ def make_cases(root: Path, sources, n_cases: int):
         ct[sl][lesion] = np.clip(ct[sl][lesion] + change + rng.normal(0, 5, int(lesion.sum())), -1024, 3071)
         ct[sl][rim] = np.clip(ct[sl][rim] + change / 2, -1024, 3071)
         label = organ_label.copy()
-        label[sl][lesion] = 2
+        label[sl][lesion & (organ_label[sl] > 0)] = 2   # the lesion's label lies in the organ (as engines draw it)
         case_id = f"ld_src_{s:02d}_v{i // len(sources):04d}"
         t = time.perf_counter()
         img_file = atomic_save_nifti(source_image_like(src_img, ct), full / "imagesTr" / f"{case_id}_0000.nii.gz")
@@ -258,6 +258,7 @@ def main(argv=None) -> int:
 
         raw_full = disk([full_bank / "imagesTr", full_bank / "labelsTr"])
         raw_patch = disk([patch_bank / "patches", patch_bank / "bases"])
+        raw_patch_bases = len(list((patch_bank / "bases").glob("*.npz")))
         src_disk = disk([s[0] for s in sources])
         pre_full = disk([full_pre])
         pre_patch = disk([folder / "sources", folder / "patches"])
@@ -309,8 +310,10 @@ def main(argv=None) -> int:
               f"({len(times[k])} batches, nnU-Net loader, no augmentation)")
     over = 100 * (med["patches"] / med["full"] - 1)
     print(f"iteration time patches vs full copies: median {over:+.2f} %   mean "
-          f"{100 * (mean['patches'] / mean['full'] - 1):+.2f} %   paired median {100 * (paired - 1):+.2f} %   "
-          f"target within 3 %: {'PASS' if over <= 3 else 'FAIL'}")
+          f"{100 * (mean['patches'] / mean['full'] - 1):+.2f} %   paired median {100 * (paired - 1):+.2f} %")
+    print(f"target within 3 % (paired median: batches alternate, so each pair sees the same machine state): "
+          f"{'PASS' if paired <= 1.03 else 'FAIL'}")
+    print(f"base labels: {raw_patch_bases} for {args.sources} sources; prepared sources: {len(record['sources'])}")
     return 0
 
 
