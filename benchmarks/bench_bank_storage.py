@@ -125,7 +125,7 @@ def make_cases(root: Path, sources, n_cases: int):
         t_full += time.perf_counter() - t
         t = time.perf_counter()
         sha = shas.setdefault(s, sha256_file(src_path))
-        patch, base = patch_store.cut_patch(img_file, lab_file, src_path, sha, bases, [2])
+        patch, base = patch_store.cut_patch(img_file, lab_file, src_path, sha, bases, [2], fill_value=1)
         target = patch_store.patch_path(patches, case_id)
         patch_store.save_patch(target, patch)
         t_patch += time.perf_counter() - t

@@ -301,7 +301,8 @@ class CaseRunner:
             scheme = self.recipe.label_scheme
             new_values = [scheme[k] for k in ("lesion", "ignore") if k in scheme]
             sha = self._hash(item.source.image)
-            cut = patch_store.cut_patch(ct_file, label_file, item.source.image, sha, self._bases, new_values)
+            cut = patch_store.cut_patch(ct_file, label_file, item.source.image, sha, self._bases, new_values,
+                                        fill_value=scheme.get("organ", scheme["background"]))
             if cut is not None:
                 patch, base = cut
                 target = patch_store.patch_path(self.out_dir, item.case_id)

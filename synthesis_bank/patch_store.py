@@ -78,14 +78,18 @@ def source_reference(path: Path, sha256: str | None = None) -> dict[str, Any]:
             "dtype": str(img.get_data_dtype())}
 
 
-def base_label_guess(label: np.ndarray, changed_box: tuple[slice, ...], new_values: Iterable[int]) -> np.ndarray:
+def base_label_guess(label: np.ndarray, changed_box: tuple[slice, ...], new_values: Iterable[int],
+                     fill_value: int | None = None) -> np.ndarray:
     """The case label without its new lesions: inside the CT's changed box, voxels of the new-lesion classes take
-    the value of the nearest other voxel (the organ inside the organ). Only a guess: a wrong fill costs disk
-    (the patch box grows), never correctness, since the patch is cut against the base actually stored."""
+    `fill_value` (the organ's label: a new lesion's label lies in its organ) or, without one, the value of the
+    nearest other voxel. Only a guess: a wrong fill costs disk (the patch box grows, or another base is
+    stored), never correctness, since the patch is cut against the base actually stored."""
     base = np.array(label, copy=True)
     region = base[changed_box]
     lesion = np.isin(region, list(new_values))
-    if lesion.any() and not lesion.all():
+    if lesion.any() and fill_value is not None:
+        region[lesion] = fill_value
+    elif lesion.any() and not lesion.all():
         _, idx = ndimage.distance_transform_edt(lesion, return_indices=True)
         region[lesion] = region[tuple(idx)][lesion]
     return base
@@ -149,7 +153,7 @@ class BaseLabels:
 
 
 def cut_patch(case_ct: Path, case_label: Path, source_ct: Path, source_sha: str, bases: BaseLabels,
-              new_label_values: Iterable[int]) -> tuple[CasePatch, str] | None:
+              new_label_values: Iterable[int], fill_value: int | None = None) -> tuple[CasePatch, str] | None:
     """(the case's patch, the name of the base label it is cut against), or None when the case cannot be a
     patch of its source (another shape or dtype than the source: it is stored in full)."""
     ct_img, src_img, lab_img = nib.load(str(case_ct)), nib.load(str(source_ct)), nib.load(str(case_label))
@@ -158,7 +162,7 @@ def cut_patch(case_ct: Path, case_label: Path, source_ct: Path, source_sha: str,
         return None
     changed = ct != src
     ct_box = _bbox(changed)
-    guess = base_label_guess(label, tuple(slice(int(a), int(b)) for a, b in ct_box), new_label_values)
+    guess = base_label_guess(label, tuple(slice(int(a), int(b)) for a, b in ct_box), new_label_values, fill_value)
     best: tuple[int, str | None, np.ndarray] | None = None
     for name in bases.candidates(source_sha):   # an existing base of this source, if it is as good as a new one
         base = bases.load(name)

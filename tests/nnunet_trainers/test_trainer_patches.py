@@ -45,7 +45,8 @@ def make_patch_bank(bank: Path, sources: dict[str, tuple[Path, Path]], variants:
             save(c, work / "ct.nii.gz")
             save(lc.astype(np.uint8), work / "label.nii.gz")
             sha = sha256_file(image)
-            patch, base = patch_store.cut_patch(work / "ct.nii.gz", work / "label.nii.gz", image, sha, bases, [2])
+            patch, base = patch_store.cut_patch(work / "ct.nii.gz", work / "label.nii.gz", image, sha, bases, [2],
+                                                 fill_value=1)
             target = patch_store.patch_path(bank, case_id)
             patch_store.save_patch(target, patch)
             lines.append({"case_id": case_id, "source_id": src_id, "source_file": str(image), "source_sha256": sha,
