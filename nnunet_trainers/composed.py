@@ -57,9 +57,39 @@ class PreparedPatch:
             own = self.class_locations.get(k)
             if len(rows) == 0 and (own is None or len(own) == 0):
                 continue
-            kept = np.delete(src.reshape(-1, 4), rows, axis=0) if len(rows) else src.reshape(-1, 4)
-            out[k] = np.concatenate([kept, own]) if own is not None and len(own) else kept
+            out[k] = MergedRows(src.reshape(-1, 4), np.asarray(rows, dtype=np.int64),
+                                own if own is not None else np.zeros((0, 4), np.int64))
         return out
+
+
+class MergedRows:
+    """The source's location rows minus `drop`, then `own`, without copying the source's array: nnU-Net's loader
+    only takes `len()` and one row (`locs[np.random.choice(len(locs))]`) per draw; `np.asarray` gives it all."""
+
+    def __init__(self, src: np.ndarray, drop: np.ndarray, own: np.ndarray) -> None:
+        self.src, self.own = src, np.asarray(own, dtype=np.int64).reshape(-1, 4)
+        self.drop = np.sort(drop)
+        # kept row i is source row i + (number of dropped rows at or before it): search on drop - position
+        self._shift = self.drop - np.arange(len(self.drop))
+        self.n_kept = len(src) - len(self.drop)
+
+    def __len__(self) -> int:
+        return self.n_kept + len(self.own)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        if not isinstance(i, (int, np.integer)):
+            return np.asarray(self)[i]
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i >= self.n_kept:
+            return self.own[i - self.n_kept]
+        return self.src[i + int(np.searchsorted(self._shift, i, side="right"))]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        kept = np.delete(self.src, self.drop, axis=0) if len(self.drop) else self.src
+        out = np.concatenate([kept, self.own]) if len(self.own) else np.asarray(kept)
+        return out.astype(dtype) if dtype is not None else out
 
 
 class PatchSource(Protocol):

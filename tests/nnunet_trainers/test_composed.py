@@ -48,8 +48,24 @@ def test_merged_locations_replace_the_source_inside_the_patch():
     src = {1: np.array([[0, 1, 1, 1], [0, 11, 12, 13], [0, 20, 20, 20]]), 2: np.zeros((0,))}
     for drop in (None, {1: [1]}):
         merged = PreparedPatch(seg, seg, np.array([10, 10, 10]), own, drop).merged_locations(src)
-        assert merged[1].tolist() == [[0, 1, 1, 1], [0, 20, 20, 20], [0, 10, 10, 12]]
-        assert merged[2].tolist() == [[0, 11, 11, 11]] and merged[2].dtype.kind == "i"
+        assert np.asarray(merged[1]).tolist() == [[0, 1, 1, 1], [0, 20, 20, 20], [0, 10, 10, 12]]
+        assert [merged[1][i].tolist() for i in range(len(merged[1]))] == np.asarray(merged[1]).tolist()
+        assert np.asarray(merged[2]).tolist() == [[0, 11, 11, 11]] and np.asarray(merged[2]).dtype.kind == "i"
     untouched = {3: np.array([[0, 1, 2, 3]])}
     merged = PreparedPatch(seg, seg, np.array([10, 10, 10]), {}, None).merged_locations(untouched)
     assert merged[3] is untouched[3]                               # no copy of classes the patch leaves alone
+
+
+def test_merged_rows_index_like_the_array():
+    from nnunet_trainers.composed import MergedRows
+
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 50, (40, 4))
+    own = rng.integers(0, 50, (5, 4))
+    drop = np.array([0, 3, 4, 5, 20, 39])
+    rows = MergedRows(src, drop, own)
+    full = np.concatenate([np.delete(src, drop, axis=0), own])
+    assert len(rows) == len(full) == 39
+    assert all(np.array_equal(rows[i], full[i]) for i in range(-len(full), len(full)))
+    with pytest.raises(IndexError):
+        rows[len(full)]
