@@ -40,7 +40,9 @@ from ld_augment.io.nifti import sha256_file
 from nnunet_trainers.config import ENV_ALLOW_CHANGE, ENV_BANK_DIR, ENV_BANK_RATIO, BankSettings, allow_change, \
     read_bank_settings
 from nnunet_trainers import identity
+from nnunet_trainers.composed import load_patch_bank
 from nnunet_trainers.mixing import MixedDataset, count_synthetic
+from synthesis_bank.patch_io import is_patch_bank
 from synthesis_bank.nnunet_io import (load_prepared_record, manifest_sha256, prepare_command, prepared_data_folder,
                                       preprocessing_sha256, read_bank_cases, sha256_json, split_leaking)
 
@@ -187,6 +189,8 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
 
     def _load_bank(self, settings: BankSettings, val_keys: List[str]):
         bank = settings.bank_dir
+        if is_patch_bank(read_bank_cases(bank)):   # composed at load time (nnunet_trainers.composed)
+            return load_patch_bank(self, Path(bank), val_keys, env_name=ENV_BANK_DIR)
         name = self.plans_manager.dataset_name
         ident = self.configuration_manager.data_identifier
         plans_id = self.plans_manager.plans_name

@@ -124,7 +124,8 @@ def _remove_case_files(out_dir: Path, case_id: str, own_manifest: Path) -> None:
     if _finished_elsewhere(out_dir, case_id, own_manifest):
         log.warning("case %s failed here but another manifest lists it as finished: its files are kept", case_id)
         return
-    for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png"):
+    for path in (image_path(out_dir, case_id), label_path(out_dir, case_id), out_dir / "previews" / f"{case_id}.png",
+                 out_dir / "patches" / f"{case_id}.npz"):
         path.unlink(missing_ok=True)
 
 

@@ -137,6 +137,7 @@ class CaseRunner:
         self._writer: Any = None
         self._writer_ready = False
         self._engine_pair: tuple[Any, Any] | None = None
+        self._bases: Any = None  # patch_store.BaseLabels of a `storage: patches` bank
         self._setup_lock = threading.RLock()  # pooled cases (builder --batch-cases) share engines and writer
         self.checkpoints = {name: self._hash(path) for name, path in recipe.engine.checkpoints.items()}
 
@@ -275,8 +276,7 @@ class CaseRunner:
         report = _read_json(synth_dir / "report.json")
 
         files = {"image": file_record(synth_dir / "ct.nii.gz"), "label": file_record(label_file)}
-        _move_into_place(synth_dir / "ct.nii.gz", image_path(self.out_dir, item.case_id))
-        _move_into_place(label_file, label_path(self.out_dir, item.case_id))
+        storage = self._store(item, synth_dir / "ct.nii.gz", label_file)
         preview = synth_dir / "preview.png"
         if preview.is_file():
             os.chmod(preview, default_file_mode())
@@ -287,6 +287,7 @@ class CaseRunner:
             "organ_segmentation": organ_source,
             **({"calibration": self._writer.provenance()} if getattr(self._writer, "name", "") == "calibrated" else {}),
             "files": files,
+            **({"storage": storage} if storage else {}),
             "reports": report if report is not None else record.get("report"),
             "bboxes": case_meta.get("bboxes", []),
             "engine_provenance": record.get("engine"),
@@ -294,6 +295,32 @@ class CaseRunner:
             "timings": {"preprocess_s": round(t1 - t0, 3), "synthesize_s": round(t2 - t1, 3),
                         "write_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
         }
+
+    def _store(self, item: WorkItem, ct_file: Path, label_file: Path) -> dict[str, Any] | None:
+        """Put the case's files in place: full copies into imagesTr/labelsTr, or (recipe `storage: patches`) its
+        patch against the source (synthesis_bank.patch_store); returns the manifest's "storage" block, or None
+        for full files. A case that is no patch of its source (another shape or dtype) is stored in full."""
+        if self.recipe.storage == "patches":
+            from synthesis_bank import patch_store
+
+            with self._setup_lock:
+                if self._bases is None:
+                    self._bases = patch_store.BaseLabels(self.out_dir)
+            scheme = self.recipe.label_scheme
+            new_values = [scheme[k] for k in ("lesion", "ignore") if k in scheme]
+            sha = self._hash(item.source.image)
+            cut = patch_store.cut_patch(ct_file, label_file, item.source.image, sha, self._bases, new_values,
+                                        fill_value=scheme.get("organ", scheme["background"]))
+            if cut is not None:
+                patch, base = cut
+                target = patch_store.patch_path(self.out_dir, item.case_id)
+                patch_store.save_patch(target, patch)
+                return {"mode": "patches", "patch": str(target.relative_to(self.out_dir)),
+                        "patch_sha256": sha256_file(target), "box": patch.box.tolist(),
+                        "base_label": base, "source": patch_store.source_reference(item.source.image, sha)}
+        _move_into_place(ct_file, image_path(self.out_dir, item.case_id))
+        _move_into_place(label_file, label_path(self.out_dir, item.case_id))
+        return None
 
     def _union(self, source_label: np.ndarray, item: WorkItem, synth_label: Path, work: Path, *,
                organ_from: str) -> Path:

@@ -1,4 +1,4 @@
-"""`synthesis-bank build | merge | prepare | compare`: argparse only; every job is a function in this package.
+"""`synthesis-bank build | merge | materialize | prepare | compare`: argparse only; every job is a function in this package.
 
 `add_bank_parsers(subparsers)` lets `ld-augment bank ...` mount the very same commands.
 """
@@ -75,6 +75,15 @@ def _merge(args: argparse.Namespace) -> int:
     return 0 if not result.failed else EXIT_FAILED_CASES
 
 
+def _materialize(args: argparse.Namespace) -> int:
+    from synthesis_bank.materialize import materialize_bank
+
+    result = materialize_bank(args.dir, progress=not args.no_progress)
+    print(f"materialized {len(result.written)} case(s), {len(result.present)} already present -> "
+          f"{Path(args.dir) / 'imagesTr'}")
+    return 0
+
+
 def _prepare_unavailable(args: argparse.Namespace) -> int:
     raise ConfigError(f"`prepare` is not available: {args.prepare_import_error}")
 
@@ -124,6 +133,12 @@ def add_bank_parsers(subparsers: Any) -> None:
     merge = subparsers.add_parser("merge", help="join shard manifests into manifest.jsonl and update dataset.json")
     merge.add_argument("dir", help="bank folder holding manifest.shard-*-of-*.jsonl")
     merge.set_defaults(func=_merge)
+
+    materialize = subparsers.add_parser(
+        "materialize", help="write a patches bank's full cases into imagesTr/labelsTr (for stock nnU-Net tools)")
+    materialize.add_argument("dir", help="bank folder built with `storage: patches`")
+    materialize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    materialize.set_defaults(func=_materialize)
 
     _add_prepare(subparsers)
     _add_compare(subparsers)

@@ -57,7 +57,19 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def case_files_problem(out_dir: Path, entry: dict[str, Any]) -> str | None:
     """Why the case's finished files cannot be trusted ("image missing", "label changed (size/sha256 differ
-    from its manifest line)"), or None when both exist and match the sizes and hashes the line recorded."""
+    from its manifest line)"), or None when both exist and match the sizes and hashes the line recorded.
+    A `storage: patches` case is its patch file and its source's base label (the source itself is checked
+    when the case is composed)."""
+    storage = entry.get("storage") or {}
+    if storage.get("mode") == "patches":
+        patch = Path(out_dir) / storage.get("patch", "")
+        if not patch.is_file():
+            return "patch missing"
+        if sha256_file(patch) != storage.get("patch_sha256"):
+            return "patch changed (sha256 differs from its manifest line)"
+        if not (Path(out_dir) / "bases" / storage.get("base_label", "")).is_file():
+            return "base label missing"
+        return None
     recorded = entry.get("files") or {}
     for role, path in (("image", image_path(out_dir, entry["case_id"])), ("label", label_path(out_dir, entry["case_id"]))):
         if not path.is_file():

@@ -28,6 +28,7 @@ from synthesis_bank.lock import bank_lock
 from synthesis_bank.nnunet_io import (PREPARED_DIRNAME, PREPARED_FORMAT, PREPARED_JSON, load_prepared,
                                       manifest_sha256, prepared_data_folder, prepared_root, preprocessing_sha256,
                                       read_bank_cases, record_key, sha256_json)
+from synthesis_bank.patch_io import is_patch_bank
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,33 @@ def case_label_plan(case, mapping, organ_maps: Path | None, ending: str) -> tupl
     if organ_map is None:
         return _refusal(case, organ, fills)
     return lut, (str(organ_map), [(f.organ, f.value) for f in fills])
+
+
+def _patch_cases_for_target(bank: Path, name: str, cases: list, mapping, organ_maps, ending: str) -> list:
+    """The cases of a `storage: patches` bank whose labels can be written in the target's: a skipped lesion type
+    or a target class nothing can supply refuses the case as for a full bank. Filling target organ classes from
+    an organ map is done for full banks only (a patch case keeps its source's base label outside the patch)."""
+    maps_dir = Path(organ_maps).resolve() if organ_maps is not None else None
+    usable, refused = [], {}
+    for case in cases:
+        plan = case_label_plan(case, mapping, maps_dir, ending)
+        if isinstance(plan, str):
+            refused[case.case_id] = plan
+        elif plan[1] is not None:
+            refused[case.case_id] = (f"the target labels organ classes bank case {case.case_id} does not label "
+                                     f"({', '.join(o for o, _ in plan[1][1])}); a storage: patches bank cannot "
+                                     f"fill them yet: build it with storage: full (or materialize it and use "
+                                     f"scripts/expand_dataset.py)")
+        else:
+            usable.append(case)
+    if refused:
+        first = next(iter(refused.items()))
+        print(f"prepare: {len(refused)} bank case(s) refused for {name}: their labels would contradict the "
+              f"target's (e.g. {first[0]}: {first[1]})", flush=True)
+    if not usable:
+        raise InputError(f"{bank / 'manifest.jsonl'}: every bank case was refused for {name}, e.g. "
+                         f"{next(iter(refused.values()))}")
+    return usable
 
 
 def write_target_label(label: Path, lut: Sequence, fill: tuple | None, out: Path) -> Path:
@@ -418,6 +446,20 @@ def _prepare(bank: Path, target_dataset: str | int, *, configuration: str, plans
                            "--allow-test-sources to prepare them anyway")
 
     prep_sha = preprocessing_sha256(plans, cm.configuration, target_json)
+    if is_patch_bank(cases):   # sources once + preprocessed patches, under nnUNet_preprocessed (prepare_patches)
+        from nnunetv2.paths import nnUNet_preprocessed
+        from synthesis_bank.prepare_patches import prepare_patch_cases
+
+        cases = _patch_cases_for_target(bank, name, cases, mapping, organ_maps, ending)
+        folder, done, skipped = prepare_patch_cases(
+            bank, cases, name=name, plans=plans, configuration=configuration, dataset_json=target_json,
+            mapping=mapping, preprocessed_root=Path(nnUNet_preprocessed.get()), prep_sha=prep_sha,
+            manifest_hash=manifest_hash, progress=progress,
+            extra={"plans_identifier": plans_identifier, "target_images": target_images,
+                   "test_sources_allowed": from_test, "nnunetv2_version": _nnunet_version(),
+                   "near_duplicates": near},
+            allowed=TargetLabels(target_json["labels"]).written_values() | {0})
+        return PrepareResult(name, cm.data_identifier, folder, done, skipped)
     out_dir = prepared_data_folder(bank, name, cm.data_identifier)
     staging = prepared_root(bank, name) / f".staging_{cm.data_identifier}"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,7 @@ class Recipe:
     segmentation: str = "totalsegmentator"
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     shrink: bool = False  # let placement shrink boxes that do not fit small organs/crops
+    storage: str = "full"  # "patches": source reference + changed region per case (synthesis_bank.patch_store)
     dataset_name: str = "LesionBank"
     dataset_id: int | None = None
     description: str = "Synthetic lesion bank built by ld-augment"
@@ -157,6 +158,7 @@ class Recipe:
             segmentation=v.one_of("segmentation", data.get("segmentation", "totalsegmentator"), SEGMENTATION_MODES),
             spacing=v.spacing(data.get("spacing", (1.0, 1.0, 1.0))),
             shrink=v.boolean("shrink", data.get("shrink", False)),
+            storage=v.one_of("storage", data.get("storage", "full"), ("full", "patches")),
             dataset_name=v.dataset_name(data.get("dataset_name", "LesionBank")),
             dataset_id=v.dataset_id(data.get("dataset_id")),
             description=v.string("description", data.get("description", cls.description)),
@@ -188,6 +190,8 @@ class Recipe:
             "spacing": list(self.spacing), "shrink": self.shrink, "dataset_name": self.dataset_name, "dataset_id": self.dataset_id,
             # only when set, so the hash of every recipe without it stays what it was
             **({"calibrate_from": self.calibrate_from.to_dict()} if self.calibrate_from is not None else {}),
+            # only when not the default, so banks built before the option keep their recipe hash
+            **({"storage": self.storage} if self.storage != "full" else {}),
         }
 
 
