@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ld_augment.errors import ConfigError, InputError
+from ld_augment.errors import ConfigError, InputError, brief
 from ld_augment.organs.registry import normalize_organ_name
 
 DROP = "drop"
@@ -102,6 +102,9 @@ def bank_roles(labels: Mapping[str, Any], *, origin: str = "label_scheme") -> di
     need no mapping): a name of an organ is the organ, `organ`/`lesion`/`ignore` are themselves, and any other
     name (cancer, tumor, cyst, ...) is the lesion. One lesion class, at most one organ and one ignore class.
     """
+    if len(labels) > 4:   # checked first: a huge mapping is refused before any name is looked at
+        raise ConfigError(f"{origin}: {len(labels)} class names {brief(list(labels))}; a bank labels at most "
+                          f"background, one organ, one lesion and one ignore class")
     roles: dict[str, str] = {}
     for name in labels:
         key = str(name)
@@ -114,10 +117,10 @@ def bank_roles(labels: Mapping[str, Any], *, origin: str = "label_scheme") -> di
     for role in ("organ", "lesion", IGNORE):
         named = [n for n, r in roles.items() if r == role]
         if len(named) > 1:
-            raise ConfigError(f"{origin}: {named} would all be the bank's {role} class; a bank labels one organ and "
+            raise ConfigError(f"{origin}: {brief(named)} would all be the bank's {role} class; a bank labels one organ and "
                               f"one lesion class (names of organs are the organ, any other name is the lesion)")
     if BACKGROUND not in roles or "lesion" not in roles.values():
-        raise ConfigError(f"{origin}: needs background: 0 and a lesion label, got {dict(labels)}")
+        raise ConfigError(f"{origin}: needs background: 0 and a lesion label, got {brief(dict(labels))}")
     return roles
 
 

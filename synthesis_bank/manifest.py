@@ -237,7 +237,8 @@ def merge_manifests(out_dir: str | Path) -> Path:
 
 def write_dataset_json(out_dir: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """(Re)write dataset.json atomically with numTraining = the "ok" cases whose image and label exist; with no
-    such case there is no dataset.json (nnU-Net's verify_dataset_integrity fails on an empty one).
+    such case (and no finished patch case) there is no dataset.json (nnU-Net's verify_dataset_integrity fails on
+    an empty one).
 
     `base` carries labels/name/description/provenance (the builder passes them); without it the existing
     dataset.json supplies them (merge)."""
@@ -247,7 +248,11 @@ def write_dataset_json(out_dir: str | Path, base: dict[str, Any] | None = None) 
         entries = collect_entries(out_dir)
         ok = sorted(cid for cid, e in entries.items() if e.get("status") == "ok" and case_files_exist(out_dir, cid))
         failed = sorted(cid for cid, e in entries.items() if e.get("status") != "ok")
-        if not ok:  # nnU-Net cannot check or train a dataset of 0 cases: none until the first one
+        # a `storage: patches` bank's cases become files only when materialized; its dataset.json (labels for
+        # prepare) exists from its first finished case and lists the cases materialized so far
+        patches = any(e.get("status") == "ok" and (e.get("storage") or {}).get("mode") == "patches"
+                      for e in entries.values())
+        if not ok and not patches:  # nnU-Net cannot check or train a dataset of 0 cases: none until the first one
             target.unlink(missing_ok=True)
             return {"numTraining": 0, "dataset": {}}
         if base is None:

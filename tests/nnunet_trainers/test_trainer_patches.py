@@ -110,7 +110,7 @@ def _trainer(cls, target, fold=0):
 def test_trainer_composes_patch_bank_cases(target):
     root, name, _, _, bank = target
     folder = patch_prepared_folder(root / "nnUNet_preprocessed", name, "nnUNetPlans_3d_fullres", bank)
-    assert (folder / "ldbank.json").is_file() and not (bank / "nnUNet_preprocessed").exists()
+    assert (folder / "ldbank.json").is_file() and not list((bank / "nnUNet_preprocessed").glob("*/*_ldbank_*"))
     tr = _trainer(T.nnUNetTrainerLesionDiffusion_ratio75, target)
     tr.on_train_start()
     rec = json.loads(Path(tr.output_folder, "lesiondiffusion_bank.json").read_text())
