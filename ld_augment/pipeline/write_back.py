@@ -66,17 +66,21 @@ def lesion_in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, lesion
     return lesion
 
 
-def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Lesion voxels whose mean change is under half the lesion's core contrast: an ill-defined margin's band.
+def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...],
+                    reach_mm: float = 4.0, floor: float = 0.1) -> np.ndarray:
+    """The margin's transition band: changed voxels under half the lesion's core contrast (an ill-defined edge).
 
-    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count). An
-    isodense lesion (core contrast < 5 HU) has no band. Returned as bool in the standardized grid.
+    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count): label
+    voxels under half the core contrast, and voxels within ``reach_mm`` outside the label changed by more
+    than ``floor`` of it (the outer half of a margin centred on the label's surface). An isodense lesion (core
+    contrast < 5 HU) has no band. Returned as bool in the standardized grid.
     """
     band = np.zeros(lesion_std.shape, dtype=bool)
     if not lesion_std.any():
         return band
+    pad = int(np.ceil(reach_mm / min(spacing))) + 2
     box = ndimage.find_objects(lesion_std.astype(np.uint8))[0]
-    box = tuple(slice(max(sl.start - 2, 0), sl.stop + 2) for sl in box)
+    box = tuple(slice(max(sl.start - pad, 0), sl.stop + pad) for sl in box)
     mask = lesion_std[box]
     smooth = ndimage.gaussian_filter(delta_hu[box].astype(np.float32), [1.0 / s for s in spacing])
     depth = ndimage.distance_transform_edt(mask, sampling=spacing)
@@ -84,7 +88,10 @@ def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple
     contrast = float(np.median(smooth[core]))
     if abs(contrast) < 5.0:
         return band
-    band[box] = mask & (smooth * np.sign(contrast) < 0.5 * abs(contrast))
+    toward = smooth * np.sign(contrast)
+    near = ~mask & (ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach_mm)
+    changed = np.abs(delta_hu[box]) > 0
+    band[box] = (mask & (toward < 0.5 * abs(contrast))) | (near & changed & (toward >= floor * abs(contrast)))
     return band
 
 
