@@ -149,3 +149,23 @@ def test_fully_occupied_box_is_a_clear_error(generated_case, make_report) -> Non
     ctx = generated_case.context(LIVER, "liver", occupied)
     with pytest.raises(ConfigError, match="empty"):
         ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))
+
+
+def test_spiculated_nodule_is_less_convex(make_report, make_case) -> None:
+    """Spiculation lowers convexity (LIDC: spiculated vs not about -0.19); strands stay inside the box."""
+    from scipy.spatial import ConvexHull
+
+    shape = (50, 50, 50)
+    lung = np.ones(shape, np.int16)
+    ctx = make_case(np.full(shape, -850.0, np.float32), lung, (1.0, 1.0, 1.0)).context(1, "lung_lower_lobe_left")
+    box = BBox((25, 25, 25), (16, 16, 16))
+
+    def convexity(features: list[str], seed: int) -> float:
+        report = make_report(density="isodense soft tissue mass", size=(16, 16, 16), specific_features=features)
+        mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(seed))
+        assert not (mask & ~np.pad(np.ones((16, 16, 16), bool), [(17, 17)] * 3)).any()
+        return mask.sum() / ConvexHull(np.argwhere(mask)).volume
+
+    smooth = np.median([convexity([], s) for s in range(4)])
+    spiculated = np.median([convexity(["spiculated margins"], s) for s in range(4)])
+    assert spiculated < smooth - 0.08, (smooth, spiculated)

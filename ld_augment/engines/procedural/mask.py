@@ -33,6 +33,8 @@ from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 
 #: Amplitude (in units of the normalized radius) of the surface deformation per shape kind.
 DEFORMATION = {"round": 0.16, "cystic": 0.04, "punctate": 0.08, "irregular": 0.32, "wall": 0.15}
+#: Body size of a spiculated lesion (fraction of the box's semi-axes): the strands reach out to the box.
+SPICULE_BODY = 0.65
 #: HU window a protruding lesion may grow into outside its organ: soft tissue only (not fat, air or bone).
 PROTRUDE_HU = (-30.0, 150.0)
 #: How far (fraction of the smallest semi-axis, mm) an exophytic lesion may reach out of its organ.
@@ -107,7 +109,10 @@ class ProceduralMaskEngine(MaskEngine):
         # the shape must fit INSIDE the box, and a voxel off the volume's border: it shrinks rather than being
         # clipped flat by a face (real lesions have no planar faces)
         inner = in_box & self._off_border(crop, shape)
-        lesion = self._level_set(crop_shape, centre, semi, spec, rng, inner)
+        body = semi * SPICULE_BODY if spec.spiculated else semi
+        lesion = self._level_set(crop_shape, centre, body, spec, rng, inner)
+        if spec.spiculated and lesion.any():  # thin strands radiating out to the box: a low convexity
+            lesion |= self._spicules(lesion, centre, semi, spacing, rng) & inner
 
         organ = ctx.organ_mask[crop]
         hollow = is_hollow(ctx.organ_name)
@@ -140,6 +145,24 @@ class ProceduralMaskEngine(MaskEngine):
             lesion |= self._satellites(lesion, organ & inner & ~ctx.occupied[crop], semi, spacing, rng)
         out = np.zeros(shape, bool)
         out[crop] = lesion
+        return out
+
+    @staticmethod
+    def _spicules(body: np.ndarray, centre: np.ndarray, semi: np.ndarray, spacing: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:
+        """3-7 tapering strands from the body's surface out to near the box's ellipsoid (spiculated margin)."""
+        grid = np.indices(body.shape, dtype=np.float32)
+        offset = np.stack([(grid[a] - centre[a]) * spacing[a] for a in range(3)])  # mm from the centre
+        out = np.zeros(body.shape, bool)
+        for _ in range(int(rng.integers(3, 8))):
+            direction = rng.standard_normal(3)
+            direction /= np.linalg.norm(direction)
+            # length: where the ray leaves the box's inscribed ellipsoid (mm), a little short of it
+            length = 0.9 / float(np.sqrt(np.sum((direction / (semi * spacing)) ** 2)))
+            along = np.clip(np.tensordot(direction, offset, axes=1), 0.0, length)
+            across = np.sqrt(np.sum((offset - along[None] * direction[:, None, None, None]) ** 2, axis=0))
+            radius = 0.5 * float(spacing.max()) + 1.0 * (1.0 - along / length)
+            out |= (across <= radius) & (along > 0)
         return out
 
     @staticmethod
