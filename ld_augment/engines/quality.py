@@ -52,6 +52,9 @@ BONE_ABOVE_HU = 400.0
 SOFT_TISSUE_HU = (-30.0, 150.0)
 #: Least |core change| (HU) for which the half-contrast extent is measured (an isodense lesion has none).
 VISIBLE_MIN_HU = 8.0
+#: Smoothing (Gaussian sigma: mm, and at least this many voxels) of the change before finding half contrast.
+VISIBLE_SMOOTH_MM = 0.9
+VISIBLE_SMOOTH_VOX = 0.7
 #: Neighbourhood (mm) of the lesion in which the organ's parenchyma is measured.
 NEIGHBOURHOOD_MM = 15.0
 
@@ -90,13 +93,15 @@ def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray
                          reach_mm: float = 4.0, within: np.ndarray | None = None) -> float | None:
     """Equivalent diameter of the half-contrast region around the label / the label's (None: no contrast).
 
-    Read from the change (after - before, smoothed over ~1 mm so new noise does not count), so tissue that
+    Read from the change (after - before, smoothed so new noise does not count), so tissue that
     was already darker or brighter (sinus fat beside a renal cyst) is not taken for lesion. The region:
     voxels changed at least half as much as the core, within ``reach_mm`` of the label and inside ``within``,
     connected to the core, holes filled.
     """
     spacing = tuple(float(s) for s in spacing)
-    delta = ndimage.gaussian_filter((after - before).astype(np.float32), [min(1.0 / s, 1.0) * 0.9 for s in spacing])
+    # smoothed over ~1 mm and at least half a voxel: on a coarse grid the noise rivals a small contrast
+    delta = ndimage.gaussian_filter((after - before).astype(np.float32),
+                                    [max(VISIBLE_SMOOTH_MM / s, VISIBLE_SMOOTH_VOX) for s in spacing])
     core = core_region(mask, spacing)
     contrast = float(np.median(delta[core]))
     if abs(contrast) < VISIBLE_MIN_HU:
