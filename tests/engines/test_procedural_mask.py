@@ -113,6 +113,7 @@ def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case, make_repor
     depth = ndimage.distance_transform_edt(ctx.organ_mask)
     assert mask.any() and not (mask & ~ctx.organ_mask).any()
     assert depth[mask].max() <= 12.0 * 1.25 + 1.0  # the wall band, never the deep lumen
+    assert depth[mask].max() <= 0.67 * depth.max() + 0.5  # the lumen stays open
     ball = np.zeros_like(mask)
     ball[box.slices(mask.shape)] = True
     assert mask.sum() < 0.8 * (ball & ctx.organ_mask).sum()  # a band, not the whole box

@@ -198,3 +198,20 @@ def test_mass_effect_pushes_unlabelled_tissue_aside(make_report) -> None:
     assert ct[30, 30, 30] > 0 > column[30]  # the fat/muscle edge moved up, away from the lesion
     assert np.array_equal(out[..., 35:], ct[..., 35:]) and np.array_equal(out[grown], ct[grown])
     assert np.array_equal(out[:, :, :2], ct[:, :, :2])  # far away nothing changes
+
+
+def test_renal_cyst_is_darker_than_the_kidney(make_report, make_case) -> None:
+    """A "hypodense" cyst in a non-contrast kidney (parenchyma ~25 HU) is fluid below it, not floored at it."""
+    shape = (60, 60, 40)
+    rng = np.random.default_rng(0)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, (30, 30, 20), (26, 22, 18))) <= 1.0
+    ct = (np.where(organ, 25.0, -100.0) + 10.0 * rng.standard_normal(shape)).astype(np.float32)
+    ctx = make_case(ct, organ.astype(np.int16), (1.0, 1.0, 1.0)).context(1, "kidney_left")
+    for seed in range(3):
+        report = make_report(shape="cystic", density="hypodense lesion", enhancement_status="non-contrast ct")
+        mask = ProceduralMaskEngine().generate_mask(ctx, BBox((30, 30, 20), (16, 16, 14)), report,
+                                                    np.random.default_rng(seed))
+        after = ProceduralTextureEngine().render(ctx, mask, report, np.random.default_rng(seed))
+        quality = lesion_quality(ctx.ct, after, mask, ctx.organ_mask, report, ctx.spacing, organ_name="kidney_left")
+        assert -5.0 <= quality["core_hu"] <= 25.0 - 8.0 and quality["ok"], quality
