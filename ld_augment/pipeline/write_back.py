@@ -127,6 +127,23 @@ def match_source_noise(new_hu: np.ndarray, lesion: np.ndarray, organ: np.ndarray
     return new_hu, record
 
 
+def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
+    """The standardized change averaged over a source voxel's extent (partial volume), before point sampling.
+
+    A source voxel integrates what lies within it: one straddling the lesion's surface shows part of the
+    contrast, as real interfaces do. Point-sampling the fine change at voxel centres instead gave the organ
+    voxels touching a label none of it. Approximated by a Gaussian whose FWHM is the source extent beyond the
+    standardized voxel, per world axis.
+    """
+    std = np.abs(np.asarray(std_affine, float)[:3, :3]).sum(axis=0)
+    src = np.abs(np.asarray(source_affine, float)[:3, :3]).sum(axis=1)  # source extent along each world axis
+    order = np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0)  # world axis of each std axis
+    sigma = [float(np.sqrt(max(src[w] ** 2 - std[a] ** 2, 0.0)) / 2.355 / std[a]) for a, w in enumerate(order)]
+    if max(sigma) < 0.25:
+        return delta_hu.astype(np.float32)
+    return ndimage.gaussian_filter(delta_hu.astype(np.float32), sigma, mode="constant")
+
+
 def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
                lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
                organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None) -> SourceWrite:
@@ -149,7 +166,10 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     region = source_region_for_std_box(std_box, std_affine, raw.shape, source_img.affine, pad=pad)
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
-    delta_src = resample_region_to_source(delta_hu.astype(np.float32), std_affine, raw.shape, source_img.affine,
+    # partial volume spills into the voxels around the label; under it the lesion's own values stay (a core
+    # that replaced gas or fat is not averaged back towards them)
+    averaged = np.where(lesion_std, delta_hu, source_voxel_average(delta_hu, std_affine, source_img.affine))
+    delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, raw.shape, source_img.affine,
                                           region, order=1, cval=0.0, mode="constant")
     lesion_src = resample_region_to_source(lesion_std.astype(bool), std_affine, raw.shape, source_img.affine,
                                            region, order=1, cval=0.0, mode="constant")
