@@ -59,6 +59,13 @@ class BuildSummary:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (case_id, source_id, error)
     stopped: str | None = None        # why the build stopped early (a systemic failure), None if it ran through
     seconds: float = 0.0
+    #: per-lesion quality gate over this run's cases: checked, passed_first, redrawn, dropped, failed_written
+    quality: dict[str, int] = field(default_factory=dict)
+
+    def count_quality(self, gate: dict[str, Any] | None) -> None:
+        for key, value in (gate or {}).items():
+            if isinstance(value, int):
+                self.quality[key] = self.quality.get(key, 0) + value
 
     @property
     def ok(self) -> bool:
@@ -76,6 +83,10 @@ class BuildSummary:
             width = max(len(c) for c, _, _ in self.failed)
             lines.append("  failed cases:")
             lines += [f"    {c:<{width}}  source {s}: {e}" for c, s, e in self.failed]
+        if self.quality:
+            q = self.quality
+            lines.append(f"  quality gate: {q.get('checked', 0)} lesions checked, {q.get('redrawn', 0)} redrawn, "
+                         f"{q.get('dropped', 0)} dropped, {q.get('failed_written', 0)} written failing (recorded)")
         lines.append(f"  manifest: {self.manifest}")
         if self.stopped:
             lines.append(f"  STOPPED: {self.stopped}")
@@ -230,6 +241,7 @@ def _run(runner: case_runner.CaseRunner, recipe: Recipe, items: list[WorkItem], 
                 if entry["status"] == "ok":
                     write_dataset_json(out_dir, base)  # the case becomes visible to nnU-Net only now
                     summary.done.append(item.case_id)
+                    summary.count_quality(entry.get("quality_gate"))
                     continue
                 summary.failed.append((item.case_id, item.source.source_id, entry["error"]))
                 log.warning("case %s (source %s) failed: %s", item.case_id, item.source.source_id, entry["error"])

@@ -292,6 +292,9 @@ class CaseRunner:
             "bboxes": case_meta.get("bboxes", []),
             "engine_provenance": record.get("engine"),
             "adherence": [lesion.get("adherence") for lesion in lesions],
+            "quality": [lesion.get("quality") for lesion in lesions],  # the per-lesion gate's verdicts
+            "quality_gate": record.get("quality_gate"),
+            "skipped_lesions": record.get("skipped_lesions", []),
             "timings": {"preprocess_s": round(t1 - t0, 3), "synthesize_s": round(t2 - t1, 3),
                         "write_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
         }

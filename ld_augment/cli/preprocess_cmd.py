@@ -23,6 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="CT NIfTI file (never modified)")
     p.add_argument("--seg", help="organ segmentation in the CT's grid (TotalSegmentator v1/v2 ids or binary); "
                    "without it TotalSegmentator runs")
+    p.add_argument("--avoid", metavar="LABELMAP", help="label map in the CT's grid whose voxels > 0 no lesion may "
+                   "touch (e.g. a real tumour already there); single-CT form")
     p.add_argument("--organ", help="target organ, e.g. liver, kidney_left, 'urinary bladder'")
     p.add_argument("--lesion-type", help="lesion type, e.g. 'hepatocellular carcinoma', cyst, metastasis")
     p.add_argument("--attr", action="append", metavar="NAME=VALUE", help="fix a report attribute (repeatable)")
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     seg_opts = {"fast": args.fast, "device": args.device, "statistics": args.totalseg_statistics}
     if args.legacy:
+        if args.avoid:
+            raise ConfigError("--avoid is for the single-CT form (--image ...); the FILELIST form has one CT per line")
         return _run_legacy(args, seg_opts)
     missing = [flag for flag, v in (("--image", args.image), ("--organ", args.organ),
                                     ("--lesion-type", args.lesion_type), ("--out", args.out)) if not v]
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     # one CT: its error is the command's error (one line, exit 2), not a failed row of a batch table (exit 1)
     preprocess_case(args.image, args.out, organ=args.organ, lesion_type=args.lesion_type, seg=args.seg,
                     attributes=parse_attr(args.attr), num_lesions=args.num_lesions, spacing=args.spacing,
-                    report_writer=_writer(args), seed=args.seed, shrink=args.shrink, segment_options=seg_opts)
+                    report_writer=_writer(args), seed=args.seed, shrink=args.shrink, avoid=args.avoid,
+                    segment_options=seg_opts)
     print(f"case folder: {args.out}")
     return 0
 

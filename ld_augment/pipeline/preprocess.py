@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from ld_augment.errors import ConfigError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
@@ -23,9 +24,14 @@ from ld_augment.organs.masks import detect_label_version, organ_mask
 from ld_augment.organs.registry import normalize_organ_name
 from ld_augment.placement.bboxes import bbox_map, place_lesions
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
+from ld_augment.engines.attributes import is_lung
 from ld_augment.engines.procedural.density import (
-    CONTRAST_RANGE, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
+    CONTRAST_RANGE, LUNG_HU, MIN_CONTRAST_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu,
+    parenchyma_hu, phase_of,
 )
+from ld_augment.reports._organs import is_hollow
+from ld_augment.reports.consistency import resolve_contradictions
+from ld_augment.reports.priors import profile_for
 from ld_augment.reports.model import LesionReport, save_reports
 from ld_augment.reports.offline import OfflineReportWriter
 from ld_augment.reports.writers import ReportWriter
@@ -51,32 +57,46 @@ def _user_gave(attributes: dict[str, str] | None, name: str) -> bool:
     return any(k.lower().replace("_", " ").strip() == name for k in (attributes or {}))
 
 
-def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: np.random.Generator) -> LesionReport:
-    """Make a sampled CT value agree with the report's density class relative to this CT's organ.
+def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: np.random.Generator, *,
+                       contrast: tuple[float, float] | None = None, resample: bool = False) -> LesionReport:
+    """Make the report's CT value agree with its density word relative to this CT's organ.
 
     Report writers do not see the CT, so a sampled "CT value" can contradict "hypodense" for this patient
-    (e.g. 72 HU in a 45 HU liver). The density words are the primary attribute; a CT value the user gave
-    is never changed (callers skip this then).
+    (e.g. 72 HU in a 45 HU liver). The density word is the primary attribute: a value on the wrong side of
+    the parenchyma, too close to it, or outside the type's bounds is redrawn from the type's own contrast
+    (``contrast``: lesion - parenchyma HU for this phase, reports.priors). ``resample`` redraws it always (the
+    offline writer's absolute ranges know nothing of this scan). A CT value the user gave is never changed
+    (callers skip this then).
     """
     hu = report.ct_value
-    if hu is None:
+    if hu is None and not resample:
         return report
     spec = lesion_spec(report)
-    sign = expected_contrast_sign(spec, organ)
-    low = CONTRAST_RANGE.get(phase_of(report.enhancement_status), CONTRAST_RANGE[None])[0]
-    if spec.density == "fluid" or sign is None:
-        ok = True
-    elif sign == -1:
-        ok = hu <= organ_hu - low
-    elif sign == 1:
-        ok = hu >= organ_hu + low
-    else:
-        ok = abs(hu - organ_hu) <= 10.0
-    ok = ok and bound_lesion_hu(spec, hu, organ, rng) == hu  # a solid tumour never at fat/water density
+    ok = not resample
+    if ok:
+        sign = expected_contrast_sign(spec, organ)
+        low = CONTRAST_RANGE.get(phase_of(report.enhancement_status), CONTRAST_RANGE[None])[0]
+        if is_lung(organ) and spec.density in LUNG_HU:
+            lo, hi = LUNG_HU[spec.density]
+            ok = lo <= hu <= hi  # solid vs ground glass: the density word sets the HU
+        elif sign is None:
+            ok = True
+        elif sign == -1:
+            ok = hu <= organ_hu - min(low, MIN_CONTRAST_HU)
+        elif sign == 1:
+            ok = hu >= organ_hu + low
+        else:
+            ok = abs(hu - organ_hu) <= 10.0
+        ok = ok and bound_lesion_hu(spec, hu, organ, rng, organ_hu) == hu  # solid never fat/water, fluid water
     if ok:
         return report
-    new = lesion_hu(spec, organ_hu, organ, phase_of(report.enhancement_status), rng)
+    new = lesion_hu(spec, organ_hu, organ, phase_of(report.enhancement_status), rng, contrast=contrast)
     return report.with_values(ct_value=float(round(new)))
+
+
+def _has_lumen(organ: np.ndarray, spacing: Sequence[float], min_depth_mm: float = 8.0) -> bool:
+    """Whether a hollow organ's mask is thick enough somewhere to hold a lumen (a collapsed stomach is not)."""
+    return bool(organ.any()) and float(ndimage.distance_transform_edt(organ, sampling=tuple(spacing)).max()) >= min_depth_mm
 
 
 def _organ_extent(mask: np.ndarray) -> tuple[int, int, int]:
@@ -166,13 +186,21 @@ def preprocess_case(
                           overrides=attributes, seed=seed, num_lesions=num_lesions)
     if not _user_gave(attributes, "ct value"):
         organ_hu = parenchyma_hu(ct_std[target], organ)  # not the plain median: fat would pull it down
-        report = harmonize_ct_value(report, organ_hu, organ, rng)
+        phase_key = phase_of(report.enhancement_status) or "enhanced ct"
+        report = harmonize_ct_value(report, organ_hu, organ, rng,
+                                    contrast=profile_for(lesion_type).contrast_hu.get(phase_key),
+                                    resample=isinstance(writer, OfflineReportWriter))
     sizes = list(report.bbox_sizes) if len(report.bbox_sizes) == num_lesions else [report.size] * num_lesions
     boxes = place_lesions(target, sizes, cavity=report.cavity, rng=rng,
                           # a sampled size may shrink to fit this organ; a size the user asked for only with shrink
                           occupied=occupied, shrink=shrink or not _user_gave(attributes, "size"), organ_name=organ,
                           spacing=tuple(float(s) for s in std_ct.header.get_zooms()[:3]))
     report = report.with_bboxes([b.center for b in boxes], [b.size for b in boxes])
+    std_spacing = tuple(float(s) for s in std_ct.header.get_zooms()[:3])
+    report, resolutions = resolve_contradictions(
+        report, spacing=std_spacing, has_lumen=not is_hollow(organ) or _has_lumen(target, std_spacing))
+    for note in resolutions:
+        log.info("%s: report resolved: %s", case_id, note)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # an earlier run's case.json must not vouch for files being rewritten now (it is written last, below)
@@ -208,6 +236,7 @@ def preprocess_case(
         "spacing": [float(s) for s in spacing],
         "organ_voxels_std": int(target.sum()),
         "has_avoid_mask": avoid is not None,
+        "report_resolutions": resolutions,
         "bboxes": [b.to_dict() for b in boxes],
     }
     # case.json last: its presence marks a complete case folder.

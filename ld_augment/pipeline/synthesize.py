@@ -16,6 +16,7 @@ import numpy as np
 from ld_augment.engines.adherence import measure_adherence
 from ld_augment.engines.attributes import lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
+from ld_augment.engines.quality import lesion_quality
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
@@ -188,6 +189,72 @@ def _draw_masks(masker: MaskEngine, ctx: LesionContext, boxes: list[BBox], order
     return done
 
 
+#: Redraws (new mask and texture from the lesion's own stream) of a lesion that fails the quality gate.
+GATE_REDRAWS = 3
+
+
+def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]], skipped: list[dict[str, Any]],
+                boxes: list[BBox], enforce: bool, gate: dict[str, Any], masker: MaskEngine, texturer: TextureEngine,
+                ctx: LesionContext, lesion_ids: np.ndarray, undo: dict, bands: dict, measure: Callable,
+                source_voxels: Callable[[np.ndarray], int], min_source_voxels: int,
+                hu_range: tuple[float, float], case_id: str) -> np.ndarray:
+    """The quality gate after rendering: a failing lesion is redrawn (GATE_REDRAWS times) or dropped.
+
+    Without ``enforce`` (engines other than the procedural one, unless asked) failures are only recorded,
+    and counted as ``failed_written``; a lesion is never written marked ok when it failed.
+    """
+    by_index = {d.index: d for d in kept}
+    for record in list(lesions):
+        gate["checked"] += 1
+        quality = record["quality"]
+        if quality["ok"]:
+            gate["passed_first"] += 1
+            continue
+        if not enforce:
+            gate["failed_written"] += 1
+            continue
+        d = by_index[record["index"]]
+        history = [quality["failures"]]
+        changed, old = undo.pop(d.index)
+        ct.ravel()[changed] = old  # take the failed lesion out again
+        lesion_ids[lesion_ids == d.index] = 0
+        bands.pop(d.index, None)
+        accepted = None
+        for _ in range(GATE_REDRAWS):
+            others = np.asarray(ctx.occupied, dtype=bool) | (lesion_ids > 0)
+            try:
+                mask = np.asarray(masker.generate_mask(replace(ctx, occupied=others), d.drawn, d.report, d.rng),
+                                  dtype=bool)
+            except ConfigError as exc:
+                history.append([f"mask: {exc}"])
+                break
+            if source_voxels(mask) < min_source_voxels:
+                history.append(["vanishes in the source grid"])
+                continue
+            before = ct.copy()
+            after = np.clip(np.asarray(texturer.render(replace(ctx, ct=before, occupied=others), mask, d.report,
+                                                       d.rng), dtype=np.float32), *hu_range)
+            measured = measure(d, mask, before, after)
+            if measured["quality"]["ok"]:
+                accepted = (mask, after, measured)
+                break
+            history.append(measured["quality"]["failures"])
+            bands.pop(d.index, None)
+        if accepted is None:
+            lesions.remove(record)
+            gate["dropped"] += 1
+            skipped.append({"index": d.index, "bbox": boxes[d.index - 1].to_dict(), "reason": "quality gate",
+                            "failures": history})
+            log.warning("%s lesion %d dropped by the quality gate: %s", case_id, d.index, history)
+            continue
+        mask, ct, measured = accepted
+        lesion_ids[mask] = d.index
+        gate["redrawn"] += 1
+        record.update(measured, voxels_std=int(mask.sum()), voxels_source=source_voxels(mask),
+                      gate_attempts=len(history) + 1, gate_history=history)
+    return ct
+
+
 def synthesize_case(
     case_dir: str | Path,
     out_dir: str | Path,
@@ -203,6 +270,7 @@ def synthesize_case(
     source_image: str | Path | None = None,
     min_source_voxels: int = MIN_SOURCE_VOXELS,
     ignore_band: str = "ill",
+    quality_gate: str = "auto",
 ) -> SynthesisResult:
     """Draw and texture every lesion box of `case_dir`, then write the results in the source CT's grid.
 
@@ -213,8 +281,14 @@ def synthesize_case(
     a case where every lesion would vanish is a ConfigError. With an "ignore" label in the scheme, the
     transition band (`write_back.transition_band`) of lesions with ill-defined margins (`ignore_band="ill"`),
     of every lesion ("all") or of none ("none") is written with it.
+    `quality_gate` ("auto" | "enforce" | "record" | "off"): every lesion is checked by
+    `engines.quality.lesion_quality`; "enforce" redraws a failing lesion (GATE_REDRAWS times) and drops it
+    if it still fails (recorded in skipped_lesions with the reasons); "record" only records the verdict and
+    counts failures; "auto" enforces with the procedural engines and records with any other.
     """
     scheme = check_label_scheme(label_scheme)
+    if quality_gate not in ("auto", "enforce", "record", "off"):
+        raise ConfigError(f"quality_gate must be 'auto', 'enforce', 'record' or 'off', got {quality_gate!r}")
     if ignore_band not in ("ill", "all", "none"):
         raise ConfigError(f"ignore_band must be 'ill', 'all' or 'none', got {ignore_band!r}")
     case = PreprocessedCase.open(case_dir)
@@ -275,28 +349,51 @@ def synthesize_case(
                             "attempts": d.attempts})
     previous = ct_before.copy()  # the CT before the lesion being reported on
     t_render = time.perf_counter()
+    enforce = quality_gate == "enforce" or (quality_gate == "auto" and masker.name == "procedural"
+                                            and texturer.name == "procedural")
+    undo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # lesion index -> (changed flat indices, old values)
+    bands: dict[int, np.ndarray] = {}
+
+    def wants_band(d: _Drawn) -> bool:
+        return "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
+                                                                and lesion_spec(d.report).margin == "ill"))
+
+    def measure(d: _Drawn, mask: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+        """Record one rendered lesion: adherence, quality verdict, its band and how to undo it."""
+        changed = np.flatnonzero(after != before)
+        undo[d.index] = (changed, before.ravel()[changed].copy())
+        if wants_band(d):
+            bands[d.index] = transition_band(after - before, mask, spacing)
+        quality = (lesion_quality(before, after, mask, target, d.report, spacing, organ_name=organ)
+                   if quality_gate != "off" else None)
+        return {"adherence": measure_adherence(before, after, mask, target, d.report, spacing, organ_name=organ),
+                "quality": quality}
 
     def on_rendered(n: int, ct_now: np.ndarray) -> None:
         d = kept[n]
-        adherence = measure_adherence(previous, ct_now, d.mask, target, d.report, spacing, organ_name=organ)
-        if "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
-                                                            and lesion_spec(d.report).margin == "ill")):
-            band_std[:] |= transition_band(ct_now - previous, d.mask, spacing)
+        measured = measure(d, d.mask, previous, ct_now)
         np.copyto(previous, ct_now)
         lesion_ids[d.mask] = d.index
         lesions.append({"index": d.index, "bbox": boxes[d.index - 1].to_dict(), "drawn_bbox": d.drawn.to_dict(),
                         "attempts": d.attempts, "voxels_std": int(d.mask.sum()), "voxels_source": d.source_voxels,
-                        "seconds": {"mask": round(d.seconds, 4)}, "adherence": adherence})
+                        "seconds": {"mask": round(d.seconds, 4)}, **measured})
         log.info("%s lesion %d: %d voxels", case.case_id, d.index, int(d.mask.sum()))
 
     ct = ct_before
+    gate = {"mode": "enforce" if enforce else ("off" if quality_gate == "off" else "record"),
+            "checked": 0, "passed_first": 0, "redrawn": 0, "dropped": 0, "failed_written": 0}
     if kept:
         ct = texturer.render_many(ctx, [d.mask for d in kept], [d.report for d in kept], [d.rng for d in kept],
                                   on_rendered=on_rendered)
-        ct = np.clip(np.asarray(ct, dtype=np.float32), *hu_range)
+        ct = np.array(np.clip(np.asarray(ct, dtype=np.float32), *hu_range), copy=True)
         share = (time.perf_counter() - t_render) / len(kept)  # lesions share the texture calls
         for record in lesions:
             record["seconds"]["texture"] = round(share, 4)
+        if quality_gate != "off":
+            ct = _apply_gate(ct, kept, lesions, skipped, boxes, enforce, gate, masker, texturer, ctx, lesion_ids,
+                             undo, bands, measure, source_voxels, min_source_voxels, hu_range, case.case_id)
+    for band in bands.values():
+        band_std |= band
     if not (lesion_ids > 0).any():
         reasons = sorted({r["reason"] for r in skipped})
         raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)}); "
@@ -311,9 +408,11 @@ def synthesize_case(
         label[organ_src] = scheme["organ"]
     label[written.lesion] = scheme["lesion"]
     if band_std.any():
-        band_src = lesion_in_source(source_img, std_img.affine, band_std) & written.lesion
-        if (written.lesion & ~band_src).sum() >= min_source_voxels:  # the band never swallows the lesion label
-            label[band_src] = scheme["ignore"]
+        band_src = lesion_in_source(source_img, std_img.affine, band_std)
+        label[band_src & ~written.lesion & organ_src] = scheme["ignore"]  # the outer half of the margin
+        band_in = band_src & written.lesion
+        if (written.lesion & ~band_in).sum() >= min_source_voxels:  # the band never swallows the lesion label
+            label[band_in] = scheme["ignore"]
     label_img = nib.Nifti1Image(label, source_img.affine)
     label_img.set_qform(source_img.affine, code=1)
     label_img.set_sform(source_img.affine, code=1)
@@ -342,6 +441,8 @@ def synthesize_case(
         "lesion_voxels_source": int(written.lesion.sum()),
         "ignore_voxels_source": int((label == scheme["ignore"]).sum()) if "ignore" in scheme else 0,
         "source_noise": written.noise,
+        "quality_gate": gate,
+        "report_resolutions": case.meta.get("report_resolutions", []),
     }
     atomic_write_json(out_dir / "synthesis.json", record)
     return SynthesisResult(out_dir, Path(ct_path), Path(label_path), Path(report_path), record)

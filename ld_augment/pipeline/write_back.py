@@ -66,17 +66,21 @@ def lesion_in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, lesion
     return lesion
 
 
-def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Lesion voxels whose mean change is under half the lesion's core contrast: an ill-defined margin's band.
+def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple[float, ...],
+                    reach_mm: float = 4.0, floor: float = 0.1) -> np.ndarray:
+    """The margin's transition band: changed voxels under half the lesion's core contrast (an ill-defined edge).
 
-    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count). An
-    isodense lesion (core contrast < 5 HU) has no band. Returned as bool in the standardized grid.
+    Engine-agnostic (read from the change itself, smoothed over ~1 mm so the new noise does not count): label
+    voxels under half the core contrast, and voxels within ``reach_mm`` outside the label changed by more
+    than ``floor`` of it (the outer half of a margin centred on the label's surface). An isodense lesion (core
+    contrast < 5 HU) has no band. Returned as bool in the standardized grid.
     """
     band = np.zeros(lesion_std.shape, dtype=bool)
     if not lesion_std.any():
         return band
+    pad = int(np.ceil(reach_mm / min(spacing))) + 2
     box = ndimage.find_objects(lesion_std.astype(np.uint8))[0]
-    box = tuple(slice(max(sl.start - 2, 0), sl.stop + 2) for sl in box)
+    box = tuple(slice(max(sl.start - pad, 0), sl.stop + pad) for sl in box)
     mask = lesion_std[box]
     smooth = ndimage.gaussian_filter(delta_hu[box].astype(np.float32), [1.0 / s for s in spacing])
     depth = ndimage.distance_transform_edt(mask, sampling=spacing)
@@ -84,7 +88,10 @@ def transition_band(delta_hu: np.ndarray, lesion_std: np.ndarray, spacing: tuple
     contrast = float(np.median(smooth[core]))
     if abs(contrast) < 5.0:
         return band
-    band[box] = mask & (smooth * np.sign(contrast) < 0.5 * abs(contrast))
+    toward = smooth * np.sign(contrast)
+    near = ~mask & (ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach_mm)
+    changed = np.abs(delta_hu[box]) > 0
+    band[box] = (mask & (toward < 0.5 * abs(contrast))) | (near & changed & (toward >= floor * abs(contrast)))
     return band
 
 
@@ -120,6 +127,23 @@ def match_source_noise(new_hu: np.ndarray, lesion: np.ndarray, organ: np.ndarray
     return new_hu, record
 
 
+def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
+    """The standardized change averaged over a source voxel's extent (partial volume), before point sampling.
+
+    A source voxel integrates what lies within it: one straddling the lesion's surface shows part of the
+    contrast, as real interfaces do. Point-sampling the fine change at voxel centres instead gave the organ
+    voxels touching a label none of it. Approximated by a Gaussian whose FWHM is the source extent beyond the
+    standardized voxel, per world axis.
+    """
+    std = np.abs(np.asarray(std_affine, float)[:3, :3]).sum(axis=0)
+    src = np.abs(np.asarray(source_affine, float)[:3, :3]).sum(axis=1)  # source extent along each world axis
+    order = np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0)  # world axis of each std axis
+    sigma = [float(np.sqrt(max(src[w] ** 2 - std[a] ** 2, 0.0)) / 2.355 / std[a]) for a, w in enumerate(order)]
+    if max(sigma) < 0.25:
+        return delta_hu.astype(np.float32)
+    return ndimage.gaussian_filter(delta_hu.astype(np.float32), sigma, mode="constant")
+
+
 def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
                lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
                organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None) -> SourceWrite:
@@ -142,7 +166,10 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     region = source_region_for_std_box(std_box, std_affine, raw.shape, source_img.affine, pad=pad)
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
-    delta_src = resample_region_to_source(delta_hu.astype(np.float32), std_affine, raw.shape, source_img.affine,
+    # partial volume spills into the voxels around the label; under it the lesion's own values stay (a core
+    # that replaced gas or fat is not averaged back towards them)
+    averaged = np.where(lesion_std, delta_hu, source_voxel_average(delta_hu, std_affine, source_img.affine))
+    delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, raw.shape, source_img.affine,
                                           region, order=1, cval=0.0, mode="constant")
     lesion_src = resample_region_to_source(lesion_std.astype(bool), std_affine, raw.shape, source_img.affine,
                                            region, order=1, cval=0.0, mode="constant")

@@ -49,6 +49,9 @@ class LesionProfile:
     cavity: dict[str, Choices] = field(default_factory=dict)  # "hollow"/"solid" -> cavity weights
     close_relationship: float = 0.15
     wall_thickness_mm: tuple[float, float] = (8.0, 20.0)
+    #: (lesion - parenchyma) HU range of the type's hypo/mixed (or, when positive, hyper) lesions per scan phase
+    #: ("non-contrast ct" / "enhanced ct"); empty: the generic phase range (engines.procedural.density).
+    contrast_hu: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 _SOLID_DEFAULT = {"within the parenchymal organ": 0.85, "protruding from the parenchymal organ": 0.15}
@@ -78,9 +81,12 @@ SIZE_METASTASIS = SizePrior(16.0, 0.6, 6.0, 80.0,
 SIZE_ABSCESS = SizePrior(45.0, 0.45, 15.0, 120.0,
                          "pyogenic liver abscess: typically 3-8 cm at CT (Radiopaedia 'hepatic abscess'; "
                          "Mavilia et al., J Clin Transl Hepatol 2016)")
-SIZE_NODULE = SizePrior(8.0, 0.5, 3.0, 30.0,
-                        "lung nodules <= 30 mm by definition; LIDC-IDRI nodules 3-30 mm, most < 10 mm "
-                        "(Armato et al., Med Phys 2011; Fleischner Society 2017)")
+SIZE_NODULE = SizePrior(7.7, 0.49, 3.8, 33.5,
+                        "LIDC-IDRI nodules (994, ../shared/data/lesions/lidc_nodules): equivalent diameter median "
+                        "7.7 mm, IQR 6.0-11.7, range 3.8-33.5; 64 % under 9 mm (Armato et al., Med Phys 2011)")
+SIZE_HEMANGIOMA = SizePrior(20.0, 0.6, 5.0, 100.0,
+                            "hepatic haemangioma: most < 30 mm, giant > 40-100 mm (Radiopaedia 'hepatic "
+                            "haemangioma'; EASL benign liver tumour guideline 2016)")
 SIZE_HOLLOW = SizePrior(35.0, 0.4, 15.0, 90.0,
                         "gastric/colorectal/bladder cancer: tumour extent along the wall typically 2-8 cm, wall "
                         "thickness 10-20 mm vs normal <= 5 mm (Radiopaedia 'gastric adenocarcinoma'; ESUR bladder)")
@@ -116,6 +122,19 @@ PROFILES: tuple[LesionProfile, ...] = (
         features={_MIXED_AREAS: 0.3, "presence of decreased density areas": 0.3,
                   "presence of increased density areas": 0.15, "": 0.25},
         ct_range=(35.0, 75.0), size=SIZE_HCC, cavity={"solid": _SOLID_DEFAULT},
+        # slightly hypodense unenhanced; washout below the liver in the portal venous phase
+        contrast_hu={"non-contrast ct": (-20.0, -8.0), "enhanced ct": (-40.0, -10.0)},
+    ),
+    LesionProfile(
+        "hemangioma", ("hemangioma", "haemangioma"),
+        shape={"round-like": 0.8, "irregular": 0.2},
+        density={"hypodense lesion": 1.0},
+        density_variations={"homogeneous": 0.7, "heterogeneous": 0.3},
+        margin={"well": 0.9, "ill": 0.1}, features={"": 0.6, "presence of increased density areas": 0.4},
+        ct_range=(30.0, 50.0), size=SIZE_HEMANGIOMA, cavity={"solid": {"within the parenchymal organ": 1.0}},
+        close_relationship=0.05,
+        # blood-pool density: below the liver unenhanced; portal venous: near the liver with bright nodules
+        contrast_hu={"non-contrast ct": (-22.0, -8.0), "enhanced ct": (-25.0, -8.0)},
     ),
     LesionProfile(
         "metastasis", ("metasta", "secondary"),
@@ -124,6 +143,8 @@ PROFILES: tuple[LesionProfile, ...] = (
         density_variations={"homogeneous": 0.5, "heterogeneous": 0.5},
         margin={"well": 0.5, "ill": 0.5}, features={"": 0.7, "presence of decreased density areas": 0.3},
         ct_range=(25.0, 60.0), size=SIZE_METASTASIS, cavity={"solid": _SOLID_DEFAULT},
+        # real contrast-enhanced liver metastases: contrast to the liver median -47 HU, range -84..+1
+        contrast_hu={"non-contrast ct": (-30.0, -8.0), "enhanced ct": (-80.0, -15.0)},
     ),
     LesionProfile(
         "abscess", ("abscess",),
@@ -161,6 +182,7 @@ PROFILES: tuple[LesionProfile, ...] = (
         margin={"well": 0.6, "ill": 0.4},
         features={"": 0.5, "presence of decreased density areas": 0.35, _MIXED_AREAS: 0.15},
         ct_range=(25.0, 45.0), size=SIZE_RCC,
+        contrast_hu={"non-contrast ct": (-15.0, -8.0), "enhanced ct": (-70.0, -20.0)},
         # RCC grows exophytically in about half of cases (cortical origin)
         cavity={"solid": {"within the parenchymal organ": 0.55, "protruding from the parenchymal organ": 0.45}},
         close_relationship=0.3,
@@ -172,6 +194,8 @@ PROFILES: tuple[LesionProfile, ...] = (
         density_variations={"heterogeneous": 0.7, "homogeneous": 0.3},
         margin={"ill": 0.7, "well": 0.3}, features={"": 0.6, "retention of pancreatic fluid": 0.4},
         ct_range=(25.0, 55.0), size=SIZE_PANCREAS,
+        # PDAC: iso to slightly hypo unenhanced, hypoenhancing against the pancreatic phase gland
+        contrast_hu={"non-contrast ct": (-15.0, -8.0), "enhanced ct": (-50.0, -15.0)},
         # a pancreatic mass usually deforms the gland's contour (focal contour abnormality in most adenocarcinomas
         # at CT; Radiopaedia 'pancreatic ductal adenocarcinoma'): often larger than the gland is thick
         cavity={"solid": {"within the parenchymal organ": 0.35, "protruding from the parenchymal organ": 0.65}},

@@ -10,7 +10,7 @@ import pytest
 
 from ld_augment.engines.attributes import LesionSpec
 from ld_augment.engines.procedural.density import (
-    SOLID_MIN_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
+    FLUID_HU, MIN_CONTRAST_HU, SOLID_MIN_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu, parenchyma_hu, phase_of,
 )
 
 PANCREAS_V2, AORTA_V2 = 7, 52
@@ -37,16 +37,42 @@ def test_phase_from_aorta_and_report_text() -> None:
     assert phase_of(None) is None
 
 
-def test_solid_tumours_never_at_fat_or_water_density() -> None:
+def test_solid_tumours_above_water_unless_the_density_word_forbids_it() -> None:
+    """A solid tumour stays above fat/water density, except where that floor would make a "hypodense" lesion
+    as dense as its organ: there the density word wins (it sits below the parenchyma)."""
     rng = np.random.default_rng(0)
     hypo = LesionSpec(density="hypo")
-    for organ_hu in (-20.0, 10.0, 30.0, 60.0):
+    for organ_hu in (30.0, 45.0, 60.0):
         for phase in ("non-contrast ct", "enhanced ct", None):
-            assert lesion_hu(hypo, organ_hu, "pancreas", phase, rng) >= SOLID_MIN_HU
+            hu = lesion_hu(hypo, organ_hu, "pancreas", phase, rng)
+            assert SOLID_MIN_HU <= hu <= organ_hu - MIN_CONTRAST_HU, (organ_hu, phase, hu)
+    for organ_hu in (-20.0, 10.0, 20.0):  # a fatty / unusual organ: still below it, never above
+        assert lesion_hu(hypo, organ_hu, "pancreas", "non-contrast ct", rng) <= organ_hu - MIN_CONTRAST_HU
     assert bound_lesion_hu(hypo, -40.0, "kidney_left", rng) >= SOLID_MIN_HU
+    assert bound_lesion_hu(hypo, -40.0, "kidney_left", rng, organ_hu=60.0) >= SOLID_MIN_HU
     fluid = LesionSpec(density="fluid", shape="cystic")
     assert 0.0 <= bound_lesion_hu(fluid, -30.0, "kidney_left", rng) <= 20.0
     assert bound_lesion_hu(LesionSpec(density="hypo"), -60.0, "vertebrae_T12", rng) == -60.0  # bone: not "solid"
+
+
+def test_cysts_are_fluid_and_darker_than_the_parenchyma() -> None:
+    rng = np.random.default_rng(2)
+    fluid = LesionSpec(density="fluid", shape="cystic")
+    for organ_hu in (20.0, 25.0, 45.0, 110.0):  # non-contrast kidney (3 mm) ... enhanced liver
+        values = [lesion_hu(fluid, organ_hu, "kidney_left", "non-contrast ct", rng) for _ in range(30)]
+        assert min(values) >= -5.0 and max(values) <= min(FLUID_HU[1], organ_hu - MIN_CONTRAST_HU)
+    # a "hypodense" cyst at 24 HU in a 23 HU kidney (the old floor) is moved into the fluid range below it
+    assert bound_lesion_hu(fluid, 24.0, "kidney_left", rng, organ_hu=23.0) <= 15.0
+
+
+def test_lung_density_words_set_the_hu() -> None:
+    """Solid vs ground glass about +500 HU apart (LIDC: ~0 vs ~-575 HU), part-solid between."""
+    rng = np.random.default_rng(3)
+    draw = lambda density: np.median([lesion_hu(LesionSpec(density=density), -850.0, "lung_lower_lobe_left",  # noqa: E731
+                                                None, rng) for _ in range(40)])
+    solid, ggo, part = draw("soft_tissue"), draw("ground_glass"), draw("soft_tissue_ggo")
+    assert -40 <= solid <= 50 and -700 <= ggo <= -450 and solid - ggo > 350
+    assert ggo < part <= solid + 10
 
 
 def test_contrast_to_the_organ_follows_the_phase() -> None:

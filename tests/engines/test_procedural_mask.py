@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from ld_augment.engines.quality import flat_face_fraction
 from ld_augment.engines.procedural import ProceduralMaskEngine
 from ld_augment.errors import ConfigError
 from ld_augment.organs.registry import CAVITY_PARENCHYMA, CAVITY_PROTRUDING, CAVITY_WALL
@@ -38,7 +41,9 @@ def test_within_liver_inside_box_and_sized(real_case, shape: str, make_report) -
         inside_box[box.slices(mask.shape)] = True
         assert not (mask & ~inside_box).any()
         ratio = _extent(mask) / np.array(box.size)
+        # the shape fits inside the box (it shrinks rather than being cut flat by a face)
         assert np.all((ratio >= 0.75) & (ratio <= 1.0)), ratio
+        assert flat_face_fraction(mask[box.slices(mask.shape)]) <= 0.15
         labels, count = ndimage.label(mask)
         if shape == "irregular":  # satellite nodules beside the main mass, which holds most of the lesion
             assert count <= 3 and np.bincount(labels.ravel())[1:].max() >= 0.85 * mask.sum()
@@ -68,15 +73,38 @@ def test_punctate_is_small(generated_case, make_report) -> None:
     assert np.all(extent_mm <= 8.0 + 1.5)
 
 
-def test_protruding_leaves_organ_but_not_body(generated_case, make_report) -> None:
+def test_protruding_leaves_organ_only_into_soft_tissue(generated_case, make_report) -> None:
+    """Exophytic growth goes into unlabelled soft tissue beside the organ, never into fat; most stays inside."""
     ctx = generated_case.context(LIVER, "liver")
     box = BBox((45 + 36, 40, 25), (16, 16, 12))  # centre just inside the organ's +x surface
     assert ctx.organ_mask[box.center]
-    mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(cavity=CAVITY_PROTRUDING), np.random.default_rng(0))
+    fat_only = ProceduralMaskEngine().generate_mask(ctx, box, make_report(cavity=CAVITY_PROTRUDING),
+                                                    np.random.default_rng(0))
+    assert not (fat_only & ~ctx.organ_mask).any()  # the organ sits in fat: nothing grows out
+    soft = ctx.ct.copy()
+    beside = ~ctx.organ_mask & (np.arange(soft.shape[0])[:, None, None] >= 45 + 30)
+    soft[beside] = 40.0  # an unlabelled soft-tissue structure beside the organ's +x surface
+    soft_ctx = replace(ctx, ct=soft)
+    mask = ProceduralMaskEngine().generate_mask(soft_ctx, box, make_report(cavity=CAVITY_PROTRUDING),
+                                                np.random.default_rng(0))
     inside = (mask & ctx.organ_mask).sum() / mask.sum()
-    assert 0.2 < inside < 0.9
-    within = ProceduralMaskEngine().generate_mask(ctx, box, make_report(cavity=CAVITY_PARENCHYMA), np.random.default_rng(0))
+    assert 0.5 <= inside < 0.95
+    assert (soft[mask & ~ctx.organ_mask] > -30).all()
+    within = ProceduralMaskEngine().generate_mask(soft_ctx, box, make_report(cavity=CAVITY_PARENCHYMA),
+                                                  np.random.default_rng(0))
     assert not (within & ~ctx.organ_mask).any() and within.sum() < mask.sum()
+
+
+def test_box_at_the_volume_edge_gives_a_curved_lesion_not_a_cut_one(generated_case, make_report) -> None:
+    ctx = generated_case.context(LIVER, "liver")
+    organ = np.zeros_like(ctx.organ_mask)
+    organ[20:70, 15:65, :] = True  # an organ running out of the scan along z (a cropped scan)
+    ctx = replace(ctx, organ_mask=organ, organ_seg=organ.astype(np.uint8) * LIVER)
+    box = BBox((45, 40, 2), (20, 20, 16))  # centred two voxels from the volume's first slice
+    mask = ProceduralMaskEngine().generate_mask(ctx, box, make_report(cavity=CAVITY_PARENCHYMA),
+                                                np.random.default_rng(0))
+    assert mask.any() and not mask[:, :, 0].any()  # clear of the volume's edge
+    assert flat_face_fraction(mask) <= 0.15
 
 
 def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case, make_report) -> None:
@@ -85,6 +113,7 @@ def test_wall_thickening_is_a_crescent_in_the_stomach_wall(real_case, make_repor
     depth = ndimage.distance_transform_edt(ctx.organ_mask)
     assert mask.any() and not (mask & ~ctx.organ_mask).any()
     assert depth[mask].max() <= 12.0 * 1.25 + 1.0  # the wall band, never the deep lumen
+    assert depth[mask].max() <= 0.67 * depth.max() + 0.5  # the lumen stays open
     ball = np.zeros_like(mask)
     ball[box.slices(mask.shape)] = True
     assert mask.sum() < 0.8 * (ball & ctx.organ_mask).sum()  # a band, not the whole box
@@ -121,3 +150,23 @@ def test_fully_occupied_box_is_a_clear_error(generated_case, make_report) -> Non
     ctx = generated_case.context(LIVER, "liver", occupied)
     with pytest.raises(ConfigError, match="empty"):
         ProceduralMaskEngine().generate_mask(ctx, box, make_report(), np.random.default_rng(0))
+
+
+def test_spiculated_nodule_is_less_convex(make_report, make_case) -> None:
+    """Spiculation lowers convexity (LIDC: spiculated vs not about -0.19); strands stay inside the box."""
+    from scipy.spatial import ConvexHull
+
+    shape = (50, 50, 50)
+    lung = np.ones(shape, np.int16)
+    ctx = make_case(np.full(shape, -850.0, np.float32), lung, (1.0, 1.0, 1.0)).context(1, "lung_lower_lobe_left")
+    box = BBox((25, 25, 25), (16, 16, 16))
+
+    def convexity(features: list[str], seed: int) -> float:
+        report = make_report(density="isodense soft tissue mass", size=(16, 16, 16), specific_features=features)
+        mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(seed))
+        assert not (mask & ~np.pad(np.ones((16, 16, 16), bool), [(17, 17)] * 3)).any()
+        return mask.sum() / ConvexHull(np.argwhere(mask)).volume
+
+    smooth = np.median([convexity([], s) for s in range(4)])
+    spiculated = np.median([convexity(["spiculated margins"], s) for s in range(4)])
+    assert spiculated < smooth - 0.08, (smooth, spiculated)

@@ -12,6 +12,7 @@ import pytest
 
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.organs.masks import organ_mask
+from ld_augment.engines.procedural.density import parenchyma_hu
 from ld_augment.pipeline import preprocess_case
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports
@@ -119,7 +120,13 @@ def test_solid_tumour_never_at_fat_density(ct_variants, tmp_path) -> None:
         case = preprocess_case(ct, tmp_path / f"p{seed}", organ="pancreas", lesion_type="pancreatic tumor", seg=seg,
                                seed=seed, preview=False, spacing=(2.0, 2.0, 2.0))
         (report,) = load_reports(case.path("report"))
-        assert report.ct_value >= 15, (seed, report.ct_value, report.density)
+        ct_std = np.asarray(nib.load(str(case.path("ct"))).dataobj, dtype=np.float32)
+        pancreas = organ_mask(np.asarray(nib.load(str(case.path("organs"))).dataobj), "pancreas",
+                              version=case.meta["segmentation"]["label_version"])
+        parenchyma = parenchyma_hu(ct_std[pancreas], "pancreas")
+        assert report.ct_value >= 5, (seed, report.ct_value, report.density)  # never fat
+        if "hypo" in report.density:  # the density word wins over the solid floor: below the parenchyma
+            assert report.ct_value <= parenchyma - 8, (seed, report.ct_value, parenchyma)
 
 
 def test_errors_name_the_file_or_organ(ct_variants, tmp_path) -> None:

@@ -23,10 +23,20 @@ from ld_augment.organs.masks import organ_mask
 
 #: Soft-tissue window (HU) of parenchyma: above water, fat and fat partial volume; below bone and dense contrast.
 PARENCHYMA_WINDOW = (15.0, 300.0)
+#: Least fraction of organ voxels in the window for it to define the parenchyma (a fatty pancreas on a 1 mm
+#: grid interpolated from 3 mm has ~12 %; a bile- or urine-filled organ far less).
+PARENCHYMA_MIN_FRACTION = 0.08
 #: A solid tumour's mean HU is at least this (non-contrast soft tissue is 20-60 HU; water 0, fat -100).
 SOLID_MIN_HU = 15.0
 #: Fluid (cyst) HU range: water plus a little protein.
-FLUID_HU = (0.0, 15.0)
+FLUID_HU = (0.0, 12.0)
+#: Least |lesion - parenchyma| (HU) of a lesion whose density word says it differs from its organ.
+MIN_CONTRAST_HU = 8.0
+#: Lung lesion core HU per density class (LIDC-IDRI cores: solid median ~0, IQR -157..59 with partial
+#: volume; ground glass median -574, IQR -651..-493; part-solid -218, solid component ~0).
+LUNG_HU = {"soft_tissue": (-30.0, 50.0), "hypo": (-30.0, 50.0), "iso": (-30.0, 50.0), "hyper": (20.0, 80.0),
+           "mixed": (-40.0, 40.0), "soft_tissue_ggo": (-40.0, 30.0), "ground_glass": (-680.0, -480.0),
+           "ring": (-30.0, 50.0)}
 #: Aorta median HU above which the scan counts as contrast-enhanced (unenhanced blood is 35-55 HU).
 ENHANCED_AORTA_HU = 110.0
 #: |lesion - organ| (HU) of a hypo/hyperdense lesion per phase.
@@ -37,7 +47,7 @@ def parenchyma_hu(values: np.ndarray, organ_name: str = "organ") -> float:
     """Robust reference HU of an organ's parenchyma from its voxel values (1-D or any shape).
 
     Bone and lung keep the plain median (their "parenchyma" is outside the soft-tissue window). When fewer
-    than 15 % of the voxels (or < 20) fall in the window (a bile- or urine-filled organ), the plain median
+    than PARENCHYMA_MIN_FRACTION of the voxels (or < 20) fall in the window (a bile- or urine-filled organ), the plain median
     is the honest answer too.
     """
     values = np.asarray(values, dtype=np.float32).ravel()
@@ -47,7 +57,7 @@ def parenchyma_hu(values: np.ndarray, organ_name: str = "organ") -> float:
         return float(np.median(values))
     low, high = PARENCHYMA_WINDOW
     soft = values[(values >= low) & (values <= high)]
-    if soft.size < max(20, int(0.15 * values.size)):
+    if soft.size < max(20, int(PARENCHYMA_MIN_FRACTION * values.size)):
         return float(np.median(values))
     return float(np.median(soft))
 
@@ -89,34 +99,60 @@ def is_solid(spec: LesionSpec, organ_name: str) -> bool:
     return spec.density not in ("fluid", "ground_glass") and not spec.stone
 
 
-def bound_lesion_hu(spec: LesionSpec, hu: float, organ_name: str, rng: np.random.Generator) -> float:
-    """``hu`` moved into the type's plausible range: fluid near water, a solid tumour above fat/water."""
-    if spec.density == "fluid" and not (-5.0 <= hu <= 20.0):
-        return float(rng.uniform(*FLUID_HU))
+def fluid_hu(organ_hu: float | None, rng: np.random.Generator) -> float:
+    """A cyst's HU: water plus a little protein, and always below the parenchyma (the density word wins)."""
+    high = FLUID_HU[1] if organ_hu is None else min(FLUID_HU[1], organ_hu - MIN_CONTRAST_HU)
+    low = min(FLUID_HU[0], high - 2.0)
+    return float(rng.uniform(low, max(high, low + 1.0)))
+
+
+def bound_lesion_hu(spec: LesionSpec, hu: float, organ_name: str, rng: np.random.Generator,
+                    organ_hu: float | None = None) -> float:
+    """``hu`` moved into the type's plausible range; the density word wins over the solid floor.
+
+    Fluid stays near water and below the parenchyma; a solid tumour stays above fat/water density, unless
+    that floor would make a "hypodense" lesion as dense as its organ: then it sits MIN_CONTRAST_HU below it.
+    """
+    if spec.density == "fluid":
+        high = 20.0 if organ_hu is None else min(20.0, organ_hu - MIN_CONTRAST_HU)
+        return float(hu) if -5.0 <= hu <= high else fluid_hu(organ_hu, rng)
     if is_solid(spec, organ_name) and hu < SOLID_MIN_HU:
-        return SOLID_MIN_HU + float(rng.uniform(0.0, 10.0))
+        floor = SOLID_MIN_HU + float(rng.uniform(0.0, 5.0))
+        if spec.density in ("hypo", "mixed") and organ_hu is not None and floor > organ_hu - MIN_CONTRAST_HU:
+            return float(min(max(hu, organ_hu - 1.5 * MIN_CONTRAST_HU), organ_hu - MIN_CONTRAST_HU))
+        return floor
     return float(hu)
 
 
-def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | None, rng: np.random.Generator) -> float:
-    """Target mean HU of a lesion from its density class, the organ's parenchyma HU and the contrast phase."""
+def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | None, rng: np.random.Generator,
+              contrast: tuple[float, float] | None = None) -> float:
+    """Target core HU of a lesion from its density word, the organ's parenchyma HU and the contrast phase.
+
+    ``contrast`` is the lesion type's own (lesion - parenchyma) range for this phase (reports.priors), used
+    for hypo/mixed (and hyper when positive) lesions instead of the generic phase range.
+    """
     low, high = CONTRAST_RANGE.get(phase, CONTRAST_RANGE[None])
     if spec.density == "fluid":
-        hu = rng.uniform(*FLUID_HU)
-    elif spec.density == "ground_glass" and is_lung(organ_name):
-        hu = rng.uniform(-700.0, -500.0)
-    elif is_lung(organ_name) or spec.density in ("soft_tissue", "soft_tissue_ggo"):
-        hu = rng.uniform(25.0, 45.0)  # solid nodules are soft tissue whatever the wording
-    elif is_bone(organ_name) and spec.density in ("hypo", "ground_glass"):  # lytic: bone replaced by soft tissue
-        hu = rng.uniform(20.0, 60.0) if organ_hu > 150 else organ_hu - rng.uniform(40.0, 80.0)
+        return fluid_hu(None if is_lung(organ_name) or is_bone(organ_name) else organ_hu, rng)
+    if is_lung(organ_name):  # LIDC cores: solid about 0 HU, ground glass about -575 HU, part-solid between
+        hu = rng.uniform(*LUNG_HU.get(spec.density, LUNG_HU["soft_tissue"]))
+    elif is_bone(organ_name) and spec.density in ("hypo", "ground_glass", "fluid", "mixed"):
+        # lytic: bone replaced by soft tissue, never by fat
+        hu = rng.uniform(20.0, 60.0) if organ_hu > 150 else max(organ_hu - rng.uniform(40.0, 80.0), 15.0)
     elif is_bone(organ_name) and spec.density == "hyper":  # sclerotic
         hu = organ_hu + rng.uniform(300.0, 600.0)
+    elif spec.density in ("hypo", "ground_glass", "mixed") and contrast is not None and contrast[1] < 0:
+        hu = organ_hu + rng.uniform(*contrast)
+    elif spec.density == "hyper" and contrast is not None and contrast[0] > 0:
+        hu = organ_hu + rng.uniform(*contrast)
     elif spec.density in ("hypo", "ground_glass"):
         hu = organ_hu - rng.uniform(low, high)
     elif spec.density == "hyper":
         hu = organ_hu + rng.uniform(low, high)
     elif spec.density == "mixed":
-        hu = organ_hu - rng.uniform(0.0, 0.5 * low + 5.0)
+        hu = organ_hu - rng.uniform(MIN_CONTRAST_HU, 0.5 * low + MIN_CONTRAST_HU)
+    elif spec.density == "soft_tissue":
+        hu = organ_hu + rng.uniform(-5.0, 10.0)
     else:  # iso (ring builds its own profile around the same reference)
         hu = organ_hu + rng.uniform(-5.0, 5.0)
-    return bound_lesion_hu(spec, float(hu), organ_name, rng)
+    return bound_lesion_hu(spec, float(hu), organ_name, rng, organ_hu)

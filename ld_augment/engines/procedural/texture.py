@@ -1,17 +1,18 @@
-"""Procedural lesion texture: a report-driven intensity field blended into the CT around the mask.
+"""Procedural lesion texture: a report-driven intensity field set into the CT under the mask.
 
-Inside the lesion the CT is replaced by ``design field + matched noise``; a blend weight from the signed
-distance to the mask's surface gives partial volume at the edge (well-defined margin) or a wide transition
-(ill-defined). The transition lies INSIDE the mask (only the half-voxel partial-volume layer is outside), so
-the label covers every voxel that visibly changed; an ill-defined margin is a soft gradient within the label,
-not a halo of changed organ around it. Where old and new tissue blend, independent noise tops the blend up
-to the organ's noise level (a weighted mean of two noises is smoother than either).
+Tissue values are SET, not averaged: the lesion's core is ``design field + matched noise`` at the report's CT
+value (no label-wide mean is forced onto it, which let a blended rim drag the core), and under the label fat,
+gas and bone are replaced by the lesion rather than blended with it. The edge transition is centred on the
+mask's surface (blend weight 0.5 there), so the half-contrast surface a reader would contour is the label: a
+well-defined margin is a partial-volume voxel, an ill-defined one a wider band whose outer half (< half
+contrast, outside the label) the pipeline can mark as nnU-Net's ignore label. Where old and new tissue blend,
+independent noise tops the blend up to the organ's noise level (a weighted mean of two noises is smoother).
 
-The design field starts from a target mean set relative to the organ's parenchyma (``density.py``: fat and
-gas excluded, the contrast phase from the report) or the report's CT value, and adds the report's features
-(rim, heterogeneity, dark/bright areas, stones, a capsule that makes an isodense lesion detectable). A final
-shift of the shiftable part makes the lesion's measured mean land on the target despite blending and spots.
-Where a lesion grew out of its organ, the unlabelled tissue around it is displaced (``displace_around``).
+The design field starts from the report's CT value, else a value relative to the organ's parenchyma
+(``density.py``: fat and gas excluded, the contrast phase from the report), and adds the report's features
+(rim, heterogeneity, central necrosis, bright nodules, stones, a capsule that makes an isodense lesion
+detectable). Where a lesion grew out of its organ, the unlabelled tissue around it is displaced
+(``displace_around``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ld_augment.engines.attributes import LesionSpec, lesion_spec
+from ld_augment.engines.attributes import LesionSpec, expected_contrast_sign, is_bone, is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, TextureEngine
-from ld_augment.engines.procedural.density import lesion_hu, phase_of
+from ld_augment.engines.procedural.density import MIN_CONTRAST_HU, lesion_hu, phase_of
 from ld_augment.engines.procedural.fields import mask_slices, signed_distance, smooth_noise
 from ld_augment.engines.procedural.stats import OrganStats, matched_noise, organ_stats
 from ld_augment.errors import ConfigError
 
-#: Blend half-width (mm) of the edge transition per margin kind.
-MARGIN_MM = {"well": 1.0, "default": 1.5, "ill": 4.0}
-#: How far (mm) the transition may reach outside the mask: the partial-volume layer of a sharp edge.
-OUTSIDE_MM = 0.75
+#: Half-width (mm) of the edge transition per margin kind, centred on the label's surface.
+MARGIN_MM = {"well": 0.6, "default": 1.0, "ill": 2.5}
+#: Below / above these HU a voxel under a soft-tissue lesion's label is fat/gas or bone: replaced, not blended.
+FOREIGN_HU = (-30.0, 300.0)
+#: Least share of the core's contrast every voxel of a hypo/hyperdense lesion keeps (before noise).
+VISIBLE_SHARE = 0.65
+#: HU of central necrosis: near water.
+NECROSIS_HU = (5.0, 20.0)
 
 
 def displace_around(ct: np.ndarray, grown: np.ndarray, movable: np.ndarray, spacing: tuple[float, ...],
@@ -61,6 +66,21 @@ def displace_around(ct: np.ndarray, grown: np.ndarray, movable: np.ndarray, spac
     from_movable = ndimage.map_coordinates(movable.astype(np.float32), source, order=0, mode="nearest") > 0.5
     apply = movable & from_movable & ~grown & (r > radius) & (r - r0 > 0.25)
     return np.where(apply, warped, ct)
+
+
+def anchor_to_parenchyma(spec: LesionSpec, target: float, local_hu: float, organ_name: str) -> float:
+    """The target moved (least amount) to the side of THIS neighbourhood's parenchyma its density word names.
+
+    The report's CT value was set against the whole organ's parenchyma; where the lesion sits, the organ
+    can be a few HU denser or lighter (cortex vs medulla, fatty pancreas), which could turn a "hypodense"
+    request into an isodense lesion. The density word wins.
+    """
+    sign = expected_contrast_sign(spec, organ_name)
+    if sign == -1 and target > local_hu - MIN_CONTRAST_HU:
+        return float(local_hu - MIN_CONTRAST_HU)
+    if sign == 1 and target < local_hu + MIN_CONTRAST_HU:
+        return float(local_hu + MIN_CONTRAST_HU)
+    return float(target)
 
 
 class ProceduralTextureEngine(TextureEngine):
@@ -97,85 +117,104 @@ class ProceduralTextureEngine(TextureEngine):
             ct = displace_around(ct, mask & ~ctx.organ_mask[region], np.asarray(ctx.organ_seg[region]) == 0,
                                  spacing)
         sd = signed_distance(mask, spacing)
-        # transition from OUTSIDE_MM outside the surface to 2 x half-width inside it (at most 60 % of the
-        # lesion's depth, so a small ill-defined lesion still reaches its density)
-        width = min(2.0 * MARGIN_MM[spec.margin], max(0.6 * float(sd[mask].max()) + OUTSIDE_MM, 1.0))
-        t = np.clip((sd + OUTSIDE_MM) / (width + OUTSIDE_MM), 0.0, 1.0)
+        # the blend is centred on the mask's surface: alpha = 0.5 there, so the half-contrast surface (what a
+        # reader contours) IS the label; inside it the lesion's own tissue, outside a band below half contrast
+        depth = float(sd[mask].max())
+        half = float(np.clip(MARGIN_MM[spec.margin], 0.5 * min(spacing), max(0.5 * depth, 0.5 * min(spacing))))
+        t = np.clip((sd + half) / (2.0 * half), 0.0, 1.0)
         alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-        alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # partial volume spreads into the organ, not its neighbours
+        alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # the margin spreads into the organ, not its neighbours
         alpha[~mask & ((ct < -200.0) | (ct > 300.0))] = 0.0  # nor into a lumen's gas or a calcification
         alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
 
         phase = phase_of(getattr(report, "enhancement_status", None))
-        design = self._design(spec, stats, ctx.organ_name, mask, sd, spacing, rng, phase)
+        target = anchor_to_parenchyma(spec, self._base_hu(spec, stats.median_hu, ctx.organ_name, phase, rng),
+                                      stats.median_hu, ctx.organ_name)
+        design = self._design(spec, stats, target, mask, sd, spacing, rng)
         stone_weight, stone_hu = self._stones(spec, mask, sd, spacing, rng)
-        field = design + matched_noise(ct.shape, stats, spacing, rng)
-        # The report's CT value when given, else the design's own mean (which blending would otherwise dilute).
-        if spec.ct_value is not None:
-            target = spec.ct_value
-        else:
-            target = float(((1 - stone_weight) * design + stone_weight * stone_hu)[mask].mean())
-
+        # tissue values are SET: the core is the design (plus the organ's noise), never shifted to force a
+        # label-wide mean. Under the label, what the lesion replaced is not blended back in where it is fat,
+        # gas or bone: the blend's "old" side there is the organ's parenchyma (its noise included).
+        foreign = mask & self._foreign(ct, ctx.organ_name)
+        under = np.where(foreign, stats.median_hu + matched_noise(ct.shape, stats, spacing, rng), ct)
+        inside = (1.0 - stone_weight) * (design + matched_noise(ct.shape, stats, spacing, rng)) + stone_weight * stone_hu
         low, high = self.hu_range
-        shiftable = (alpha * (1.0 - stone_weight))[mask].mean()
-        for _ in range(3):  # shift the design so the blended, clipped lesion mean lands on the target
-            inside = (1.0 - stone_weight) * field + stone_weight * stone_hu
-            blended = np.clip((1.0 - alpha) * ct + alpha * inside, low, high)
-            error = target - float(blended[mask].mean())
-            if abs(error) < 0.25 or shiftable <= 0:
-                break
-            field += error / shiftable
+        blended = (1.0 - alpha) * under + alpha * inside
         # (1-a) old + a new noise has variance ((1-a)^2 + a^2) s^2: top it up to s^2 with 2a(1-a) s^2 more
         top_up = np.sqrt(np.clip(2.0 * alpha * (1.0 - alpha), 0.0, None)) * (1.0 - stone_weight)
         blended = np.clip(blended + top_up * matched_noise(ct.shape, stats, spacing, rng), low, high)
         out = ctx.ct.astype(np.float32, copy=True)
-        out[region] = np.where(alpha > 0, blended, ct)
+        out[region] = np.where((alpha > 0) | mask, blended, ct)
         return out
+
+    @staticmethod
+    def _foreign(ct: np.ndarray, organ_name: str) -> np.ndarray:
+        """Voxels a lesion of this organ must not keep under its label: fat, gas and bone (lung: none)."""
+        if is_lung(organ_name):
+            return np.zeros(ct.shape, bool)
+        if is_bone(organ_name):
+            return ct < FOREIGN_HU[0]  # lytic/sclerotic: marrow fat is replaced, bone itself is the organ
+        return (ct < FOREIGN_HU[0]) | (ct > FOREIGN_HU[1])
 
     def _design(
         self,
         spec: LesionSpec,
         stats: OrganStats,
-        organ_name: str,
+        target: float,
         mask: np.ndarray,
         sd: np.ndarray,
         spacing: tuple[float, float, float],
         rng: np.random.Generator,
-        phase: str | None = None,
     ) -> np.ndarray:
-        """Noise-free intensity field (float32, crop shape): base HU plus rim, halo, wall, heterogeneity, blobs."""
+        """Noise-free intensity field (float32, crop shape): the core at ``target`` plus the type's features.
+
+        Features are zero-mean (heterogeneity) or local (rim, capsule, necrosis, blobs), so the core's median
+        stays on the target.
+        """
         ref = stats.median_hu
         depth = float(sd[mask].max()) if mask.any() else 1.0
-        field = np.full(mask.shape, self._base_hu(spec, ref, organ_name, phase, rng), dtype=np.float32)
-        contrast = abs(float(field.flat[0]) - ref)
-        if spec.density == "ring":
-            rim = np.clip(0.25 * depth, 1.5, 4.0)
-            core_hu = ref - rng.uniform(30.0, 50.0)
-            rim_hu = ref + rng.uniform(20.0, 40.0)
-            field = np.where(sd <= rim, rim_hu, core_hu).astype(np.float32)
+        field = np.full(mask.shape, target, dtype=np.float32)
+        contrast = abs(target - ref)
+        if spec.density == "ring":  # an enhancing rim around the (hypodense) core at the target
+            rim = min(np.clip(0.25 * depth, 2.0, 4.0), 0.35 * depth)
+            rim_hu = max(ref, target) + rng.uniform(25.0, 45.0)
+            field = np.where((sd <= rim) & mask, rim_hu, target).astype(np.float32)
             field = ndimage.gaussian_filter(field, [0.6 / s for s in spacing])
-            contrast = abs(rim_hu - core_hu) / 2
-        elif spec.density == "soft_tissue_ggo":  # solid core with a ground-glass halo
+            contrast = abs(rim_hu - target) / 2
+        elif spec.density == "soft_tissue_ggo":  # part-solid: solid core (the target) with a ground-glass rim
             field[sd < 0.4 * depth] = rng.uniform(-650.0, -500.0)
-        elif spec.shape == "cystic":  # thin, slightly denser wall around the fluid
-            field[sd <= 1.5] += rng.uniform(8.0, 15.0)
-        elif spec.density == "iso":  # an isodense lesion is seen by its capsule and texture, not its mean
-            capsule = np.clip(0.2 * depth, 1.5, 3.0)
+        elif spec.shape == "cystic" and depth >= 4.0:  # thin, slightly denser wall around the fluid
+            field[sd <= 1.0] += rng.uniform(8.0, 15.0)
+        elif spec.density == "iso" and depth >= 4.0:  # an isodense lesion is seen by its capsule and texture
+            capsule = min(np.clip(0.2 * depth, 1.5, 3.0), 0.3 * depth)
             field[sd <= capsule] += rng.choice([-1.0, 1.0]) * rng.uniform(15.0, 25.0)
             contrast = max(contrast, 15.0)
         sigma_mm = lambda mm: [mm / s for s in spacing]  # noqa: E731
         if spec.heterogeneous or spec.density == "mixed":
             amplitude = max(20.0, 0.6 * contrast) if spec.density == "mixed" else max(8.0, 0.35 * contrast)
             field += amplitude * smooth_noise(mask.shape, sigma_mm(2.5), rng)
-        for wanted, sign in ((spec.dark_areas, -1.0), (spec.bright_areas, 1.0)):
-            if wanted:  # a few soft blobs: high values of a smooth field
-                blobs = np.clip((smooth_noise(mask.shape, sigma_mm(3.0), rng) - 0.9) / 0.5, 0.0, 1.0)
-                field += sign * rng.uniform(20.0, 40.0) * blobs
+        if spec.dark_areas and target > NECROSIS_HU[1] + 10.0 and depth >= 4.0:
+            # necrosis: one central, confluent near-water area (not scattered dips)
+            edge = (0.55 + 0.1 * smooth_noise(mask.shape, sigma_mm(3.0), rng)) * depth
+            necrotic = mask & (sd > edge)
+            field[necrotic] = min(float(rng.uniform(*NECROSIS_HU)), target - 15.0)
+            field = np.where(mask, ndimage.gaussian_filter(field, sigma_mm(0.8)), field)
+        elif spec.dark_areas:
+            blobs = np.clip((smooth_noise(mask.shape, sigma_mm(3.0), rng) - 0.9) / 0.5, 0.0, 1.0)
+            field -= rng.uniform(15.0, 30.0) * blobs
+        if spec.bright_areas:  # a few soft bright nodules (peripheral in a haemangioma: near the edge)
+            blobs = np.clip((smooth_noise(mask.shape, sigma_mm(3.0), rng) - 0.9) / 0.5, 0.0, 1.0)
+            field += rng.uniform(20.0, 40.0) * blobs
+        side = float(np.sign(target - ref))
+        if spec.density not in ("iso", "ring", "soft_tissue_ggo") and abs(target - ref) >= MIN_CONTRAST_HU:
+            # variation never makes part of a hypo/hyperdense lesion isodense: the whole label stays visible
+            least = VISIBLE_SHARE * abs(target - ref)
+            field = np.where(mask, ref + side * np.maximum(side * (field - ref), least), field)
         return field.astype(np.float32)
 
     @staticmethod
     def _base_hu(spec: LesionSpec, ref: float, organ_name: str, phase: str | None, rng: np.random.Generator) -> float:
-        """Target lesion HU before features: the report's CT value, else from the organ's parenchyma (density.py)."""
+        """Target core HU: the report's CT value, else from the organ's parenchyma (density.py)."""
         if spec.ct_value is not None:
             return spec.ct_value
         return lesion_hu(spec, ref, organ_name, phase, rng)
