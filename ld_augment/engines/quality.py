@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from ld_augment.engines.attributes import expected_contrast_sign, is_bone, is_lung, lesion_spec
 from ld_augment.engines.procedural.density import PARENCHYMA_WINDOW, parenchyma_hu
-from ld_augment.engines.procedural.fields import mask_slices
+from ld_augment.engines.procedural.fields import CORE_SHARE, SOLID_CORE_SHARE, core_region, mask_slices
 from ld_augment.placement.bboxes import PROTRUDING, cavity_rule
 
 
@@ -59,15 +59,6 @@ VISIBLE_SMOOTH_VOX = 0.7
 NEIGHBOURHOOD_MM = 15.0
 
 
-def core_region(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """The lesion's core: at least a third of its largest depth from the surface (>= 8 voxels when possible)."""
-    depth = ndimage.distance_transform_edt(mask, sampling=tuple(float(s) for s in spacing))
-    core = mask & (depth >= max(depth.max() / 3.0, min(spacing)))
-    if core.sum() < 8:
-        core = mask & (depth >= depth.max() / 2.0) if (mask & (depth >= depth.max() / 2.0)).sum() >= 3 else mask
-    return core
-
-
 def flat_face_fraction(mask: np.ndarray, min_extent: int = 8, reach: float = 1.5) -> float:
     """Largest planar end face along any axis, as a fraction of the lesion's largest cross-section there.
 
@@ -90,7 +81,8 @@ def flat_face_fraction(mask: np.ndarray, min_extent: int = 8, reach: float = 1.5
 
 
 def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
-                         reach_mm: float = 4.0, within: np.ndarray | None = None) -> float | None:
+                         reach_mm: float = 4.0, within: np.ndarray | None = None,
+                         reference: np.ndarray | None = None) -> float | None:
     """Equivalent diameter of the half-contrast region around the label / the label's (None: no contrast).
 
     Read from the change (after - before, smoothed so new noise does not count), so tissue that
@@ -107,7 +99,9 @@ def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray
     outer = ndimage.gaussian_filter(change, [VISIBLE_SMOOTH_MM / s for s in spacing])
     delta = np.where(mask, inner, outer)
     core = core_region(mask, spacing)
-    contrast = float(np.median(delta[core]))
+    # ``reference``: the label's part whose contrast sets "half" (default the core); a part-solid nodule's
+    # visible extent is its ground glass, not half its solid component's ~800 HU step
+    contrast = float(np.median(delta[core if reference is None or not reference.any() else reference]))
     if abs(contrast) < VISIBLE_MIN_HU:
         return None
     near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach_mm
@@ -149,7 +143,9 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
     else:  # a thin, fatty organ (pancreas) around a large lesion: the whole organ's parenchyma
         whole = np.asarray(organ_mask, dtype=bool)  # before synthesis: the healthy organ, lesion site included
         ref = parenchyma_hu(np.asarray(ct_before)[whole], organ_name) if whole.any() else float("nan")
-    core = core_region(mask, spacing)
+    # a part-solid nodule's report value is its solid component's, which the engine paints inside the deeper
+    # core (fields.SOLID_CORE_SHARE) with the ground glass around it: measure that component, not the mix
+    core = core_region(mask, spacing, SOLID_CORE_SHARE if spec.density == "soft_tissue_ggo" else CORE_SHARE)
     core_hu = float(np.median(after[core]))
     contrast = core_hu - ref
     requested = spec.ct_value
@@ -195,7 +191,8 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
         if foreign > limits.max_foreign:
             failures.append(f"{100 * foreign:.1f} % fat/gas/bone voxels under the label")
 
-    visible = visible_extent_ratio(before, after, mask, spacing, within=organ | mask)
+    glass = mask & ~core if spec.density == "soft_tissue_ggo" else None  # part-solid: the ground-glass rim
+    visible = visible_extent_ratio(before, after, mask, spacing, within=organ | mask, reference=glass)
     if visible is not None:
         low, high = limits.visible_ratio
         if not low <= visible <= high:

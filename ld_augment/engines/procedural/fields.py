@@ -58,6 +58,27 @@ def signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return np.where(mask, inside - half, -(outside - half)).astype(np.float32)
 
 
+#: Depth (share of the lesion's largest depth) from which the core starts: what the gate measures and the
+#: texture engine holds at the requested value. A part-solid nodule's report value is its solid component's,
+#: painted inside SOLID_CORE_SHARE with the ground glass around it, so both sides use the deeper core there.
+CORE_SHARE = 1.0 / 3.0
+SOLID_CORE_SHARE = 0.45
+
+
+def core_region(mask: np.ndarray, spacing: Sequence[float], share: float = CORE_SHARE) -> np.ndarray:
+    """The lesion's core: at least ``share`` of its largest depth from the surface (>= 8 voxels when possible).
+
+    One definition for the engine that paints the requested value and the gate that checks it, so the two
+    agree on which voxels carry the report's CT value.
+    """
+    depth = ndimage.distance_transform_edt(mask, sampling=tuple(float(s) for s in spacing))
+    core = mask & (depth >= max(depth.max() * share, min(spacing)))
+    if core.sum() < 8:
+        deep = mask & (depth >= depth.max() / 2.0)
+        core = deep if deep.sum() >= 3 else mask
+    return core
+
+
 def largest_component(mask: np.ndarray, prefer: Sequence[int] | None = None) -> np.ndarray:
     """Keep the connected component that contains ``prefer`` (if any does), else the largest one."""
     labels, count = ndimage.label(mask)

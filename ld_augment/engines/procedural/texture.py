@@ -24,8 +24,8 @@ from scipy import ndimage
 
 from ld_augment.engines.attributes import LesionSpec, expected_contrast_sign, is_bone, is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, TextureEngine
-from ld_augment.engines.procedural.density import MIN_CONTRAST_HU, lesion_hu, phase_of
-from ld_augment.engines.procedural.fields import mask_slices, signed_distance, smooth_noise
+from ld_augment.engines.procedural.density import LUNG_HU, MIN_CONTRAST_HU, lesion_hu, phase_of
+from ld_augment.engines.procedural.fields import SOLID_CORE_SHARE, core_region, mask_slices, signed_distance, smooth_noise
 from ld_augment.engines.procedural.stats import OrganStats, matched_noise, organ_stats
 from ld_augment.errors import ConfigError
 
@@ -130,14 +130,20 @@ class ProceduralTextureEngine(TextureEngine):
         phase = phase_of(getattr(report, "enhancement_status", None))
         target = anchor_to_parenchyma(spec, self._base_hu(spec, stats.median_hu, ctx.organ_name, phase, rng),
                                       stats.median_hu, ctx.organ_name)
-        design = self._design(spec, stats, target, mask, sd, spacing, rng)
+        design = self._design(spec, stats, target, mask, sd, spacing, rng, lung=is_lung(ctx.organ_name))
         stone_weight, stone_hu = self._stones(spec, mask, sd, spacing, rng)
         # tissue values are SET: the core is the design (plus the organ's noise), never shifted to force a
         # label-wide mean. Under the label, what the lesion replaced is not blended back in where it is fat,
         # gas or bone: the blend's "old" side there is the organ's parenchyma (its noise included).
         foreign = mask & self._foreign(ct, ctx.organ_name)
         under = np.where(foreign, stats.median_hu + matched_noise(ct.shape, stats, spacing, rng), ct)
-        inside = (1.0 - stone_weight) * (design + matched_noise(ct.shape, stats, spacing, rng)) + stone_weight * stone_hu
+        # the scan's noise is correlated over a few voxels (more in a grid interpolated from thick slices), so a
+        # 9-14 mm lung nodule's core holds about one independent noise blob and its median wanders by the
+        # noise SD (40-60 HU in lung) away from the report's value; the realisation is shifted to a zero core
+        # median (same SD, same grain), so the value the report states holds in a small lesion as in a large one
+        noise = matched_noise(ct.shape, stats, spacing, rng)
+        noise -= float(np.median(noise[core_region(mask, spacing)]))
+        inside = (1.0 - stone_weight) * (design + noise) + stone_weight * stone_hu
         low, high = self.hu_range
         blended = (1.0 - alpha) * under + alpha * inside
         # (1-a) old + a new noise has variance ((1-a)^2 + a^2) s^2: top it up to s^2 with 2a(1-a) s^2 more
@@ -165,11 +171,13 @@ class ProceduralTextureEngine(TextureEngine):
         sd: np.ndarray,
         spacing: tuple[float, float, float],
         rng: np.random.Generator,
+        *,
+        lung: bool = False,
     ) -> np.ndarray:
         """Noise-free intensity field (float32, crop shape): the core at ``target`` plus the type's features.
 
-        Features are zero-mean (heterogeneity) or local (rim, capsule, necrosis, blobs), so the core's median
-        stays on the target.
+        Features are zero-median over the core (heterogeneity) or local (rim, capsule, necrosis, blobs), so the
+        core's median stays on the target.
         """
         ref = stats.median_hu
         depth = float(sd[mask].max()) if mask.any() else 1.0
@@ -182,7 +190,10 @@ class ProceduralTextureEngine(TextureEngine):
             field = ndimage.gaussian_filter(field, [0.6 / s for s in spacing])
             contrast = abs(rim_hu - target) / 2
         elif spec.density == "soft_tissue_ggo":  # part-solid: solid core (the target) with a ground-glass rim
-            field[sd < 0.4 * depth] = rng.uniform(-650.0, -500.0)
+            # the solid component is the deeper core the gate measures (fields.SOLID_CORE_SHARE); the ground
+            # glass fills the rest of the label and the blend's outer side
+            solid = core_region(mask, spacing, SOLID_CORE_SHARE)
+            field[(sd < 0) | (mask & ~solid)] = rng.uniform(-650.0, -500.0)
         elif spec.shape == "cystic" and depth >= 4.0:  # thin, slightly denser wall around the fluid
             field[sd <= 1.0] += rng.uniform(8.0, 15.0)
         elif spec.density == "iso" and depth >= 4.0:  # an isodense lesion is seen by its capsule and texture
@@ -191,8 +202,21 @@ class ProceduralTextureEngine(TextureEngine):
             contrast = max(contrast, 15.0)
         sigma_mm = lambda mm: [mm / s for s in spacing]  # noqa: E731
         if spec.heterogeneous or spec.density == "mixed":
-            amplitude = max(20.0, 0.6 * contrast) if spec.density == "mixed" else max(8.0, 0.35 * contrast)
-            field += amplitude * smooth_noise(mask.shape, sigma_mm(2.5), rng)
+            # the scale of a lesion's internal variation is its tissue's contrast range; in lung that is the
+            # spread of its density class's cores (LUNG_HU: solid 80 HU, ground glass 200 HU), not the ~800 HU
+            # step to aerated lung, which gave solid nodules +-280 HU smooth blobs (cores from fat to
+            # calcium density) and moved a 9-14 mm nodule's core median 30-500 HU off the requested value
+            scale = contrast
+            if lung:
+                low, high = LUNG_HU.get(spec.density, LUNG_HU["soft_tissue"])
+                scale = high - low
+            amplitude = max(20.0, 0.6 * scale) if spec.density == "mixed" else max(8.0, 0.35 * scale)
+            variation = smooth_noise(mask.shape, sigma_mm(2.5), rng)
+            # smooth noise of 2.5 mm has only a few independent blobs in a small core, so its core mean is far
+            # from zero per lesion: centre it on the core so the core's median stays on the requested value
+            core = core_region(mask, spacing)
+            variation -= float(np.median(variation[core]))
+            field += amplitude * variation
         if spec.dark_areas and target > NECROSIS_HU[1] + 10.0 and depth >= 4.0:
             # necrosis: one central, confluent near-water area (not scattered dips)
             edge = (0.55 + 0.1 * smooth_noise(mask.shape, sigma_mm(3.0), rng)) * depth
