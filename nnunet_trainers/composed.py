@@ -262,7 +262,7 @@ def load_patch_bank(trainer: Any, bank: Path, val_keys: list[str], *, env_name: 
     from nnunetv2.paths import nnUNet_preprocessed
 
     from synthesis_bank.nnunet_io import manifest_sha256, prepare_command, preprocessing_sha256, read_bank_cases, \
-        sha256_json, split_leaking
+        sha256_json
     from synthesis_bank.patch_io import load_patch_record, patch_prepared_folder
 
     name = trainer.plans_manager.dataset_name
@@ -286,21 +286,9 @@ def load_patch_bank(trainer: Any, bank: Path, val_keys: list[str], *, env_name: 
                and not (folder / PATCHES / f"{c.case_id}{PATCH_SUFFIX}").is_file()]
     if missing:
         raise ConfigError(f"{folder}: {len(missing)} prepared patch(es) missing (e.g. {missing[0]}); run: {fix}")
-    images = record.get("target_images", {})
-    test = images.get("imagesTs", {})
-    allowed_test = set(record.get("test_sources_allowed", []))
-    near = record.get("near_duplicates", {})
-    usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()], near.get("imagesTs"))
-    usable += [c for c in from_test if c.case_id in allowed_test]
-    from_test = [c for c in from_test if c.case_id not in allowed_test]
-    from_val: list = []
-    if trainer.fold != "all":
-        usable, from_val = split_leaking(usable, val_keys, trainer._validation_hashes(images, val_keys),
-                                         near.get("imagesTr"))
-        trainer._log_near_duplicates(from_val, val_keys, near)
-    if not usable:
-        raise ConfigError(f"{env_name}={bank}: no usable bank cases for fold {trainer.fold} ({len(from_val)} "
-                          f"excluded as made from validation cases, {len(from_test)} from test cases)")
+    usable, from_val, from_test = trainer._split_leaks(
+        cases, val_keys, record.get("target_images", {}), record.get("test_sources_allowed", []),
+        record.get("near_duplicates", {}), where=f"{env_name}={bank}")
     keys = [c.case_id for c in usable]
     dataset = ComposedBankDataset(folder, PreparedPatchSource(folder, record["cases"]), keys)
     info = {"manifest_sha256": manifest_hash, "preprocessing_sha256": current, "data_sha256": data_sha,

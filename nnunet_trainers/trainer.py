@@ -217,22 +217,9 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
         missing = [c.case_id for c in cases if not (folder / f"{c.case_id}.pkl").is_file()]
         if missing:
             raise ConfigError(f"{folder}: {len(missing)} prepared case(s) missing (e.g. {missing[0]}); run: {fix}")
-        images = doc.get("target_images", {})
-        test = images.get("imagesTs", {})
-        allowed_test = set(record.get("test_sources_allowed", []))
-        near = doc.get("near_duplicates", {})
-        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()], near.get("imagesTs"))
-        usable += [c for c in from_test if c.case_id in allowed_test]
-        from_test = [c for c in from_test if c.case_id not in allowed_test]
-        from_val: list = []
-        if self.fold != "all":   # fold "all" holds nothing out
-            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys),
-                                             near.get("imagesTr"))
-            self._log_near_duplicates(from_val, val_keys, near)
-        if not usable:
-            raise ConfigError(f"{ENV_BANK_DIR}={bank}: no usable bank cases for fold {self.fold} "
-                              f"({len(from_val)} excluded as made from validation cases, {len(from_test)} from "
-                              f"test cases)")
+        usable, from_val, from_test = self._split_leaks(
+            cases, val_keys, doc.get("target_images", {}), record.get("test_sources_allowed", []),
+            doc.get("near_duplicates", {}), where=f"{ENV_BANK_DIR}={bank}")
         dataset_class = infer_dataset_class(str(folder))
         dataset_class.unpack_dataset(str(folder), overwrite_existing=False, num_processes=1, verify=True)
         bank_keys = [c.case_id for c in usable]
@@ -241,6 +228,26 @@ class nnUNetTrainerLesionDiffusion(nnUNetTrainer):
                 "prepared_folder": str(folder), "label_mapping": record.get("label_mapping")}
         excluded = {"validation": [c.case_id for c in from_val], "test": [c.case_id for c in from_test]}
         return bank_ds, bank_keys, excluded, info
+
+    def _split_leaks(self, cases: list, val_keys: List[str], images: dict, allowed_test, near: dict, *,
+                     where: str) -> tuple[list, list, list]:
+        """(usable, made from this fold's validation cases, made from test cases) by id, file hash or near-duplicate
+        content (`near`, from prepare); test sources the user allowed at prepare stay usable. One rule for full
+        and patch banks."""
+        test = images.get("imagesTs", {})
+        allowed = set(allowed_test)
+        usable, from_test = split_leaking(cases, test, [v["sha256"] for v in test.values()], near.get("imagesTs"))
+        usable += [c for c in from_test if c.case_id in allowed]
+        from_test = [c for c in from_test if c.case_id not in allowed]
+        from_val: list = []
+        if self.fold != "all":   # fold "all" holds nothing out
+            usable, from_val = split_leaking(usable, val_keys, self._validation_hashes(images, val_keys),
+                                             near.get("imagesTr"))
+            self._log_near_duplicates(from_val, val_keys, near)
+        if not usable:
+            raise ConfigError(f"{where}: no usable bank cases for fold {self.fold} ({len(from_val)} excluded as made "
+                              f"from validation cases, {len(from_test)} from test cases)")
+        return usable, from_val, from_test
 
     def _log_near_duplicates(self, excluded, val_keys: List[str], near: dict) -> None:
         """Say why a bank case left by content: the validation case it copies and the measured correlation."""
