@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ld_augment.errors import ConfigError, InputError, LdAugmentError  # noqa: E402
 from ld_augment.io.atomic import atomic_write_json  # noqa: E402
+from ld_augment.io.dataset_json import read_dataset_json  # noqa: E402
 from synthesis_bank.bank_folder import MARKER  # noqa: E402
 from synthesis_bank.label_mapping import resolve_mapping  # noqa: E402
 from synthesis_bank.nnunet_io import manifest_sha256, read_bank_cases, split_leaking  # noqa: E402
@@ -75,30 +76,17 @@ def _leak_tables(source: Path, cases, ending: str, bank: Path) -> tuple[dict[str
     return shas, near
 
 
-def _read_dataset_json(path: Path, what: str) -> dict:
-    """dataset.json as a dict, or an InputError naming the file (exit 2 in main, no traceback)."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found; expected {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def expand_dataset(source: Path, bank: Path, out_raw: Path, out_id: int, out_name: str, *,
                    preprocessed_root: Path | None, n_folds: int = 5, seed: int = 12345,
                    labels: Sequence[str] | None = None, lesion_map: Sequence[str] | None = None,
                    organ_maps: Path | None = None) -> dict:
     """Copy `source`, add the bank cases in its labels, write dataset.json and splits_final.json; returns a
     summary dict (with the bank cases left out and why)."""
-    src_json = _read_dataset_json(source / "dataset.json", "the source dataset")
+    src_json = read_dataset_json(source / "dataset.json", expected="the source dataset")
     if not (bank / "dataset.json").is_file() and (bank / MARKER).is_file():
         raise InputError(f"{bank / 'dataset.json'}: not found; the bank {bank} has no finished case yet "
                          "(dataset.json appears with the first one): build or --resume it first")
-    bank_json = _read_dataset_json(bank / "dataset.json", "a bank folder (synthesis-bank build)")
+    bank_json = read_dataset_json(bank / "dataset.json", expected="a bank folder (synthesis-bank build)")
     ending = src_json["file_ending"]
     if len(src_json["channel_names"]) != 1 or bank_json.get("file_ending", ".nii.gz") != ending:
         raise InputError(f"{source}: needs one channel and the bank's file ending "

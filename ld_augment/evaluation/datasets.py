@@ -8,7 +8,6 @@ and a 3 mm synthetic case are measured on the same grid. Rows carry the features
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ld_augment.errors import InputError
+from ld_augment.io.dataset_json import read_dataset_json as read_json_file
 from ld_augment.evaluation.lesion_features import (
     count_components, lesion_components, lung_mask_from_hu, measure_lesion, to_common_spacing,
 )
@@ -115,17 +115,7 @@ def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None =
 
 
 def read_dataset_json(root: Path) -> dict[str, Any]:
-    path = root / "dataset.json"
-    if not path.is_file():
-        raise InputError(f"{root}: not an nnU-Net raw dataset (no dataset.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    labels = data.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise InputError(f"{path}: no 'labels' mapping")
-    return data
+    return read_json_file(Path(root) / "dataset.json")
 
 
 def label_roles(labels: Mapping[str, Any], lesion_labels: Sequence[str] | None,

@@ -8,7 +8,6 @@ that lists them, so the user picks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -16,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ld_augment.errors import InputError
+from ld_augment.io.dataset_json import read_dataset_json as read_json_file
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ def resolve_lesion(labels: Mapping[str, object], spec: str | None, dataset_json:
 
 
 def read_dataset_json(raw: Path) -> dict:
-    path = raw / "dataset.json"
-    if not path.is_file():
-        raise InputError(f"{path}: missing; the benchmark needs the nnU-Net raw dataset's dataset.json")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    return read_json_file(Path(raw) / "dataset.json", expected="the nnU-Net raw dataset the benchmark runs on")
 
 
 def check_label_files(files: Iterable[Path], labels: Mapping[str, object], dataset_json: Path,
