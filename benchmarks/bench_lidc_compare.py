@@ -1,8 +1,10 @@
 """Procedural lung nodules against the 994 real LIDC nodules, feature by feature and attribute by attribute.
 
-Synthesizes ``--n`` lung nodules (offline reports, procedural engines; default 24) on the shared CT crop's lung
-bases with text attributes matching the LIDC ratings (texture solid / part-solid / ground-glass x spiculated or
-not x margin sharp or poorly defined; cavity "within the parenchymal organ"), and compares them with the LIDC
+Synthesizes lung nodules (offline reports, procedural engines) on the shared CT crop's lung bases in two sets:
+a *population* (``--n-population``, default 40) whose text attributes are those of LIDC nodules drawn at random
+(texture solid / part-solid / ground-glass, spiculated or not, margin sharp or poorly defined: the real mix,
+~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 24) cycling every
+combination, for the attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
 nodules on one common grid (``--spacing``, default 3 mm: the shared CT's own grid), both as VOI-like crops
 (the nodule's slices, ~10 mm in-plane context, as the LIDC VOIs are) with the lung derived from HU on both
 sides (the VOIs carry no lung label), measured by ``ld_augment.evaluation``. Prints:
@@ -70,6 +72,40 @@ def attribute_plan(n: int) -> list[dict[str, str]]:
     return out
 
 
+def lidc_boxes(lidc: Path) -> dict[str, tuple[int, int, int]]:
+    """Each LIDC nodule's bounding box extent (mm, x y z) from metadata.csv, keyed like the loader's rows."""
+    import csv
+
+    out = {}
+    with open(lidc / "metadata.csv", newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                ext = [float(row[f"bboxHigh{a}"]) - float(row[f"bboxLow{a}"]) for a in "XYZ"]
+            except (KeyError, ValueError):
+                continue
+            out[f"{row['patient_id']}_R_{row['nodule_id']}"] = tuple(max(1, int(round(e))) for e in ext)
+    return out
+
+
+def matched_plan(n: int, real: list[dict], seed: int, boxes: dict | None = None) -> list[dict[str, str]]:
+    """n requests whose report attributes are those of n LIDC nodules drawn at random: the texture, margin,
+    spiculation and lobulation (>= 2: "irregular") ratings' words and the size (the nodule's bounding box, mm = standardized voxels). The population
+    mix (~88 % solid, ~9 % ground glass, ~3 % part-solid; ~9 % spiculated; ~26 % poorly defined margins; sizes
+    correlated with the ratings as in LIDC) then matches, so medians and the classifier compare like with like."""
+    rng = np.random.default_rng(seed + 7919)
+    out = []
+    for i, k in enumerate(rng.choice(len(real), size=n, replace=len(real) < n)):
+        r = real[int(k)]
+        req = {"texture": r["texture_class"], "spiculated": r.get("rating_spiculation", 1.0) >= 3,
+               "margin": "sharp" if r.get("rating_margin", 5.0) >= 4 else "poorly defined",
+               "shape": "irregular" if r.get("rating_lobulation", 1.0) >= 2 else "round-like",
+               "organ": ORGANS[i % len(ORGANS)]}
+        if boxes and r.get("case") in boxes:
+            req["size"] = "x".join(str(v) for v in boxes[r["case"]])
+        out.append(req)
+    return out
+
+
 def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, writer=None) -> list[dict]:
     """Preprocess + synthesize one nodule per request; returns [{request, ct, label, error}]. With a calibrated
     ``writer`` the lesion type names the texture ("ground-glass lung nodule"), which selects its real lesions."""
@@ -80,6 +116,10 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
         attrs = {"density": TEXTURES[req["texture"]], "surface characteristics": MARGINS[req["margin"]],
                  "cavity": "within the parenchymal organ",
                  "specific features": "spiculated margins" if req["spiculated"] else ""}
+        if req.get("size"):
+            attrs["size"] = req["size"]
+        if req.get("shape"):
+            attrs["shape"] = req["shape"]
         case, res = work / f"case_{i:02d}", work / f"out_{i:02d}"
         lesion_type = f"{req['texture']} lung nodule" if writer is not None else "lung nodule"
         try:
@@ -162,7 +202,11 @@ def fmt(v, digits=2) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=24, help="synthetic nodules (default 24)")
+    parser.add_argument("--n", type=int, default=24,
+                        help="nodules of the attribute design, texture x spiculation x margin (default 24)")
+    parser.add_argument("--n-population", type=int, default=40,
+                        help="nodules with the attributes of LIDC nodules drawn at random (default 40): the "
+                             "medians and the classifier test")
     parser.add_argument("--spacing", type=float, default=3.0, help="common isotropic spacing, mm (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-real", type=int, default=None, help="first N LIDC nodules only (default all)")
@@ -195,22 +239,28 @@ def main(argv=None) -> int:
         held_out = {cal[i]["case"] for i in order[len(cal) // 2:]}
         print(f"calibrated writer: {len(cal) // 2} LIDC nodules (1 mm); comparing against the other "
               f"{len(held_out)}: " + ", ".join(f"{k} n={v['n']}" for k, v in writer.provenance()["lesions"].items()))
-    with tempfile.TemporaryDirectory(prefix="ld_lidc_") as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        print(f"synthesizing {args.n} lung nodules on {ct.name} (lung lobes of {seg.name}, TotalSegmentator v2)")
-        t_start = time.perf_counter()
-        results = synthesize(attribute_plan(args.n), ct, seg, work, args.seed, writer)
-        t_syn = time.perf_counter() - t_start
-        syn, boxes = measure_synthetic(results, ct, spacing, args.seed)
     t1 = time.perf_counter()
     real = load_lidc(lidc, spacing, limit=args.max_real, negatives_per_case=0, seed=args.seed).rows
     if held_out is not None:
         real = [r for r in real if r["case"] in held_out]
     t_real = time.perf_counter() - t1
-    failed = sum(1 for r in results if r["error"])
-    print(f"\n{len(syn)} synthetic nodules measured ({failed} failed, {args.n - failed - len(syn)} without a lesion "
-          f"in the label), {len(real)} LIDC nodules, common grid {args.spacing:g} mm; synthesis {t_syn:.0f} s, "
+    with tempfile.TemporaryDirectory(prefix="ld_lidc_") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t_start = time.perf_counter()
+        print(f"population: {args.n_population} lung nodules on {ct.name} (lung lobes of {seg.name}, "
+              "TotalSegmentator v2) with the text attributes of as many LIDC nodules drawn at random")
+        pop_results = synthesize(matched_plan(args.n_population, real, args.seed, lidc_boxes(lidc)), ct, seg, work / "population",
+                                 args.seed + 1000, writer)
+        print(f"attribute design: {args.n} lung nodules cycling texture x spiculation x margin (the effects)")
+        results = synthesize(attribute_plan(args.n), ct, seg, work / "design", args.seed, writer)
+        t_syn = time.perf_counter() - t_start
+        syn, boxes = measure_synthetic(pop_results, ct, spacing, args.seed)
+        design, _ = measure_synthetic(results, ct, spacing, args.seed)
+    failed = sum(1 for r in pop_results if r["error"])
+    print(f"\npopulation: {len(syn)} synthetic nodules measured ({failed} failed, "
+          f"{args.n_population - failed - len(syn)} without a lesion in the label); design: {len(design)} of "
+          f"{args.n}; {len(real)} LIDC nodules, common grid {args.spacing:g} mm; synthesis {t_syn:.0f} s, "
           f"LIDC {t_real:.0f} s\n")
 
     table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
@@ -238,6 +288,20 @@ def main(argv=None) -> int:
         print(f"{name:34s} {fmt(res.get('logistic')):>9s} {fmt(res.get('random_forest')):>7s} "
               f"{fmt(res.get('shuffled_control')):>9s}   (n {res['n_synthetic']} vs {res['n_real']})")
 
+    telling = list(auc.get("per_feature_auc", {}).items())[:5]
+    print("most telling features alone (AUC; < 0.5: lower in synthetic): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in telling))
+    # the attribute design (a third of each texture) against LIDC resampled to the same texture mix
+    by_texture: dict[str, list[dict]] = {}
+    for r in real:
+        by_texture.setdefault(r["texture_class"], []).append(r)
+    per_class = min(len(v) for v in by_texture.values())
+    strat_rng = np.random.default_rng(args.seed + 1)
+    stratified = [v[int(i)] for v in by_texture.values() for i in strat_rng.choice(len(v), per_class, replace=False)]
+    design_auc = two_sample_auc(design, stratified, seed=args.seed)
+    print(f"attribute design vs LIDC of the same texture mix ({per_class} per class): logistic "
+          f"{fmt(design_auc.get('logistic'))}, forest {fmt(design_auc.get('random_forest'))} (reported, not a target)")
+
     effects = [
         ("spiculated - smooth", "convexity",
          lambda r: r["spiculated"] is True, lambda r: r["spiculated"] is False,
@@ -253,7 +317,7 @@ def main(argv=None) -> int:
     print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s}")
     same_sign = 0
     for name, feature, sa, sb, ra, rb in effects:
-        e_syn, e_real = effect(syn, feature, sa, sb), effect(real, feature, ra, rb)
+        e_syn, e_real = effect(syn + design, feature, sa, sb), effect(real, feature, ra, rb)
         # the real direction, and at least a quarter of the real effect (a -0.003 "effect" is noise, not control)
         ok = (math.isfinite(e_syn["effect"]) and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
               and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))

@@ -30,7 +30,7 @@ from ld_augment.reports._organs import is_hollow
 from ld_augment.reports.model import (
     CT_VALUE, DENSITY, DENSITY_VARIATIONS, SHAPE, SPECIFIC_FEATURES, SURFACE, LesionReport, Vec3,
 )
-from ld_augment.reports.offline import AXIS_SIGMA, EXOPHYTIC_HOLD_FRACTION, HOLD_FRACTION, OfflineReportWriter, request_seed
+from ld_augment.reports.offline import EXOPHYTIC_HOLD_FRACTION, HOLD_FRACTION, OfflineReportWriter, request_seed
 from ld_augment.reports.priors import SURFACE_PHRASES, profile_for, surface_family
 from ld_augment.reports.writers import check_request, finalize_report, normalize_overrides
 
@@ -111,14 +111,15 @@ class CalibratedReportWriter(OfflineReportWriter):
         values.update(self._attributes_of(draws[0], name, lesion_type))
         cavity = str(user.get("cavity") or values.get("cavity", ""))
         hold = EXOPHYTIC_HOLD_FRACTION if "protruding" in cavity else HOLD_FRACTION
-        sizes = [self._size(rng, d["diameter_mm"], extent, hold) for d in draws]
+        sizes = [self._size(rng, d["diameter_mm"], extent, hold, profile.size.axis_sigma) for d in draws]
         return finalize_report(organ=name, organ_extent=extent, values=values, sizes=sizes, overrides=user)
 
-    def _size(self, rng: np.random.Generator, diameter: float, extent: Sequence[int], hold: float) -> Vec3:
+    def _size(self, rng: np.random.Generator, diameter: float, extent: Sequence[int], hold: float,
+              axis_sigma: float) -> Vec3:
         spacing = np.asarray(self.spacing, dtype=float)
         diameter *= float(np.exp(DIAMETER_JITTER * rng.standard_normal()))
         diameter = min(diameter, hold * float((np.asarray(extent, float) * spacing).min()))
-        axes = rng.normal(0.0, AXIS_SIGMA, size=3)
+        axes = rng.normal(0.0, axis_sigma, size=3)
         axes_mm = diameter * np.exp(axes - axes.mean())
         size = np.maximum(np.rint(axes_mm / spacing), 1).astype(int)
         return (int(size[0]), int(size[1]), int(size[2]))

@@ -33,8 +33,6 @@ HOLD_FRACTION = 0.8
 EXOPHYTIC_HOLD_FRACTION = 1.25
 #: Relative per-axis spread of further lesions around the first one's size (used by the LLM writer).
 SIZE_JITTER = 0.15
-#: Log-space spread of each axis around the diameter (real lesions are not spheres; aspect ~0.75-1.3).
-AXIS_SIGMA = 0.12
 
 
 def _choose(rng: np.random.Generator, choices: Mapping[str, float]) -> str:
@@ -63,9 +61,9 @@ def sample_size(rng: np.random.Generator, profile: LesionProfile, organ_extent: 
     """
     spacing_arr = np.asarray(spacing, dtype=float)
     extent_mm = np.asarray(organ_extent, dtype=float) * spacing_arr
-    diameter = max(sample_diameter_mm(rng, profile.size), float(min_diameter_mm))
+    diameter = max(sample_diameter_mm(rng, profile.size), float(min_diameter_mm) * profile.size.floor_share)
     diameter = min(diameter, hold_fraction * float(extent_mm.min()))
-    axes = rng.normal(0.0, AXIS_SIGMA, size=3)
+    axes = rng.normal(0.0, profile.size.axis_sigma, size=3)
     axes_mm = diameter * np.exp(axes - axes.mean())  # geometric mean = the sampled diameter
     size = np.maximum(np.rint(axes_mm / spacing_arr), 1).astype(int)
     return (int(size[0]), int(size[1]), int(size[2]))

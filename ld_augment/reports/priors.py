@@ -27,6 +27,11 @@ class SizePrior:
     low_mm: float
     high_mm: float
     source: str
+    #: Log-space spread of each axis around the diameter (aspect ratios; 0.12 gives ~0.8-1.25).
+    axis_sigma: float = 0.12
+    #: Share of the writer's scan-dependent size floor (3 source voxels across) this type keeps: lung nodules
+    #: stand out from aerated lung at 2 voxels across, and most real ones are smaller than 3 (LIDC: 64 % < 9 mm).
+    floor_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,9 @@ SIZE_ABSCESS = SizePrior(45.0, 0.45, 15.0, 120.0,
                          "Mavilia et al., J Clin Transl Hepatol 2016)")
 SIZE_NODULE = SizePrior(7.7, 0.49, 3.8, 33.5,
                         "LIDC-IDRI nodules (994, ../shared/data/lesions/lidc_nodules): equivalent diameter median "
-                        "7.7 mm, IQR 6.0-11.7, range 3.8-33.5; 64 % under 9 mm (Armato et al., Med Phys 2011)")
+                        "7.7 mm, IQR 6.0-11.7, range 3.8-33.5; 64 % under 9 mm (Armato et al., Med Phys 2011); "
+                        "rated ovoid or linear far more often than round (LIDC sphericity ratings 2-4: 80 %)",
+                        axis_sigma=0.2, floor_share=0.6)
 SIZE_HEMANGIOMA = SizePrior(20.0, 0.6, 5.0, 100.0,
                             "hepatic haemangioma: most < 30 mm, giant > 40-100 mm (Radiopaedia 'hepatic "
                             "haemangioma'; EASL benign liver tumour guideline 2016)")
@@ -155,7 +162,8 @@ PROFILES: tuple[LesionProfile, ...] = (
     ),
     LesionProfile(
         "lung nodule", ("nodule", "ground-glass", "ground glass", "ggo"),
-        shape={"punctate": 0.5, "round-like": 0.4, "irregular": 0.1},
+        # LIDC ratings: lobulation >= 2 ("irregular") in 26 % of nodules; the rest round to ovoid
+        shape={"round-like": 0.5, "punctate": 0.24, "irregular": 0.26},
         density={"isodense soft tissue mass": 0.5, "low-density ground-glass opacity": 0.3,
                  "isodense soft tissue mass with peripheral low-density ground-glass opacity": 0.2},
         density_variations={"homogeneous": 0.6, "heterogeneous": 0.4},

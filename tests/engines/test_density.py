@@ -81,3 +81,13 @@ def test_contrast_to_the_organ_follows_the_phase() -> None:
     plain = [60 - lesion_hu(hypo, 60.0, "liver", "non-contrast ct", rng) for _ in range(50)]
     enhanced = [110 - lesion_hu(hypo, 110.0, "liver", "enhanced ct", rng) for _ in range(50)]
     assert 10 <= min(plain) and max(plain) <= 25 and np.median(enhanced) > np.median(plain) + 10
+
+
+def test_ring_enhancing_lesion_has_a_hypodense_core() -> None:
+    """A rim-enhancing metastasis's core is below the liver (the rim is added around it), not isodense: the audit
+    found ring metastases at 102-106 HU in a 105 HU enhanced liver, invisible but for the rim."""
+    rng = np.random.default_rng(2)
+    ring = LesionSpec(density="ring")
+    typed = [lesion_hu(ring, 105.0, "liver", "enhanced ct", rng, contrast=(-80.0, -15.0)) for _ in range(30)]
+    generic = [lesion_hu(ring, 105.0, "liver", "enhanced ct", rng) for _ in range(30)]
+    assert max(typed) <= 105.0 - 15.0 and max(generic) <= 105.0 - MIN_CONTRAST_HU

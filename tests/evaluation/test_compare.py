@@ -78,3 +78,14 @@ def test_train_synthetic_test_real_finds_similar_lesions_not_unlike_ones() -> No
     assert bad["auc"] < 0.7
     none = train_synthetic_test_real(syn_pos, syn_neg, real_like, [], sp, seed=0)
     assert "held-out" in none["negatives"] and none["auc"] > 0.9
+
+
+def test_per_feature_auc_names_what_gives_synthetic_lesions_away() -> None:
+    """Only contrast differs: it comes first, far from 0.5 and below it (lower in synthetic); the others ~0.5."""
+    rng = np.random.default_rng(3)
+    syn = _rows(60, rng)
+    for r in syn:
+        r["contrast_hu"] -= 60.0
+    out = two_sample_auc(syn, _rows(80, rng), seed=0)["per_feature_auc"]
+    assert list(out)[0] == "contrast_hu" and out["contrast_hu"] < 0.1
+    assert all(0.3 <= out[k] <= 0.7 for k in ("equivalent_diameter_mm", "sphericity"))

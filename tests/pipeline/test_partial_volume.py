@@ -25,3 +25,20 @@ def test_voxels_touching_the_label_carry_part_of_the_contrast() -> None:
     assert np.allclose(change[core], -40.0, atol=1.0)  # under the label the lesion's own value stays
     far = ~ndimage.binary_dilation(label, iterations=3)
     assert not change[far].any()
+
+
+def test_partial_label_share_labels_the_partial_volume_rim() -> None:
+    """A lung nodule's label takes the source voxels mostly covered by it too (a reader's contour against air),
+    and only those: no voxel without lesion, every centre-inside voxel kept."""
+    source = nib.Nifti1Image(np.full((30, 30, 30), -800, np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+    std_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid = np.indices((90, 90, 90))
+    lesion = sum((grid[a] - 45.3) ** 2 for a in range(3)) <= 5.0**2  # a 10 mm nodule on the 1 mm grid
+    delta = np.where(lesion, 800.0, 0.0).astype(np.float32)
+    tight = write_back(source, std_affine, delta, lesion).lesion
+    generous = write_back(source, std_affine, delta, lesion, partial_label_share=0.3).lesion
+    assert (generous & tight).sum() == tight.sum() and generous.sum() > tight.sum()
+    change = write_back(source, std_affine, delta, lesion, partial_label_share=0.3).ct_raw.astype(np.float32) + 800
+    rim = generous & ~tight
+    assert (change[rim] > 0.1 * 800).all() and (change[rim] < 0.6 * 800).all()  # partial volume, not empty air
+    assert not (generous & ~ndimage.binary_dilation(tight)).any()

@@ -141,11 +141,12 @@ def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | N
         hu = rng.uniform(20.0, 60.0) if organ_hu > 150 else max(organ_hu - rng.uniform(40.0, 80.0), 15.0)
     elif is_bone(organ_name) and spec.density == "hyper":  # sclerotic
         hu = organ_hu + rng.uniform(300.0, 600.0)
-    elif spec.density in ("hypo", "ground_glass", "mixed") and contrast is not None and contrast[1] < 0:
+    elif spec.density in ("hypo", "ground_glass", "mixed", "ring") and contrast is not None and contrast[1] < 0:
+        # a ring-enhancing lesion's core is hypodense (the texture engine adds the enhancing rim around it)
         hu = organ_hu + rng.uniform(*contrast)
     elif spec.density == "hyper" and contrast is not None and contrast[0] > 0:
         hu = organ_hu + rng.uniform(*contrast)
-    elif spec.density in ("hypo", "ground_glass"):
+    elif spec.density in ("hypo", "ground_glass", "ring"):
         hu = organ_hu - rng.uniform(low, high)
     elif spec.density == "hyper":
         hu = organ_hu + rng.uniform(low, high)
@@ -153,6 +154,6 @@ def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | N
         hu = organ_hu - rng.uniform(MIN_CONTRAST_HU, 0.5 * low + MIN_CONTRAST_HU)
     elif spec.density == "soft_tissue":
         hu = organ_hu + rng.uniform(-5.0, 10.0)
-    else:  # iso (ring builds its own profile around the same reference)
+    else:  # iso
         hu = organ_hu + rng.uniform(-5.0, 5.0)
     return bound_lesion_hu(spec, float(hu), organ_name, rng, organ_hu)
