@@ -124,7 +124,8 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
         lesion_type = f"{req['texture']} lung nodule" if writer is not None else "lung nodule"
         try:
             preprocess_case(str(ct), case, organ=req["organ"], lesion_type=lesion_type, seg=str(seg),
-                            attributes=attrs, seed=seed + i, preview=False, report_writer=writer)
+                            attributes=attrs, seed=seed + i, preview=False, report_writer=writer,
+                            shrink=True)  # a real nodule's box may not fit the crop's thin lung bases
             synthesize_case(case, res, seed=seed + i, preview=False)
             out.append({**req, "ct": res / "ct.nii.gz", "label": res / "label.nii.gz", "error": None})
         except Exception as exc:  # noqa: BLE001 - a failed nodule is counted and reported, the rest goes on
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-real", type=int, default=None, help="first N LIDC nodules only (default all)")
     parser.add_argument("--work", type=Path, default=None, help="keep the synthetic cases here (default: temp)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed, too")
+    parser.add_argument("--dump", type=Path, default=None, help="write the measured rows (JSON) here")
     parser.add_argument("--calibrate", action="store_true",
                         help="reports from the calibrated writer (recipe calibrate_from): size, CT value, "
                              "heterogeneity and shape drawn from one random half of LIDC (measured at 1 mm), "
@@ -263,6 +265,11 @@ def main(argv=None) -> int:
           f"{args.n}; {len(real)} LIDC nodules, common grid {args.spacing:g} mm; synthesis {t_syn:.0f} s, "
           f"LIDC {t_real:.0f} s\n")
 
+    if args.dump:
+        import json
+
+        args.dump.write_text(json.dumps({"population": syn, "design": design, "real": real, "boxes": boxes},
+                                        default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
     print(f"{'feature':28s} {'synthetic median':>16s} {'real IQR':>22s} {'inside':>7s} {'W/IQR':>6s}")
     for t in table:

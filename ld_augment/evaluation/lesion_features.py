@@ -53,7 +53,14 @@ MIN_SHAPE_VOXELS = 4
 def to_common_spacing(ct: nib.spatialimages.SpatialImage, masks: Sequence[nib.spatialimages.SpatialImage],
                       spacing: Sequence[float]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float, float]]:
     """CT and binary masks reoriented to RAS and resampled to ``spacing`` (mm), the masks at the 50 % level of
-    their linear interpolation (nearest neighbour shifts small lesions by half a voxel and chips them)."""
+    their linear interpolation (nearest neighbour shifts small lesions by half a voxel and chips them).
+
+    Going to a coarser grid, the CT is first averaged over the new voxel's extent (a Gaussian of that FWHM,
+    as ``pipeline.write_back`` renders partial volume), so a thin-slice scan compared at 3 mm looks as a 3 mm
+    acquisition does; point-sampling it kept thin-slice edges and noise (LIDC at 3 mm: margins 0.6 mm sharper
+    and internal texture 1.5x rougher than any 3 mm scan shows).
+    """
+    ct = _anti_aliased(ct, spacing)
     std_ct = standardize_image(ct, spacing, is_label=False)
     ct_arr = np.asarray(std_ct.dataobj, dtype=np.float32)
     out = []
@@ -66,6 +73,19 @@ def to_common_spacing(ct: nib.spatialimages.SpatialImage, masks: Sequence[nib.sp
         out.append(arr)
     sp = tuple(float(s) for s in np.abs(np.diag(std_ct.affine)[:3]))
     return ct_arr, out, sp  # type: ignore[return-value]
+
+
+def _anti_aliased(img: nib.spatialimages.SpatialImage, spacing: Sequence[float]) -> nib.spatialimages.SpatialImage:
+    """``img`` smoothed along each voxel axis that ``spacing`` (RAS axes, mm) makes coarser; unchanged otherwise."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    world_axis = np.argmax(np.abs(affine[:3, :3]), axis=0)  # the RAS axis each voxel axis runs along
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    target = np.asarray([float(s) for s in spacing], dtype=np.float64)[world_axis]
+    sigma = np.sqrt(np.clip(target**2 - sizes**2, 0.0, None)) / 2.355 / sizes
+    if float(sigma.max()) < 0.25:
+        return img
+    data = ndimage.gaussian_filter(np.asarray(img.dataobj, dtype=np.float32), sigma, mode="nearest")
+    return nib.Nifti1Image(data, affine)
 
 
 def count_components(mask: np.ndarray) -> int:

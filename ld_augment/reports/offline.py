@@ -52,7 +52,7 @@ def sample_diameter_mm(rng: np.random.Generator, prior: SizePrior) -> float:
 
 def sample_size(rng: np.random.Generator, profile: LesionProfile, organ_extent: Sequence[int],
                 spacing: Sequence[float] = (1.0, 1.0, 1.0), *, min_diameter_mm: float = MIN_DIAMETER_MM,
-                hold_fraction: float = HOLD_FRACTION) -> Vec3:
+                hold_fraction: float = HOLD_FRACTION, prior: SizePrior | None = None) -> Vec3:
     """One lesion box (standardized voxels): a clinical diameter, floored, capped by the organ, per-axis jitter.
 
     The floor wins over the type's own lower bound (a 5 mm metastasis is real but invisible on a 3 mm grid);
@@ -61,9 +61,10 @@ def sample_size(rng: np.random.Generator, profile: LesionProfile, organ_extent: 
     """
     spacing_arr = np.asarray(spacing, dtype=float)
     extent_mm = np.asarray(organ_extent, dtype=float) * spacing_arr
-    diameter = max(sample_diameter_mm(rng, profile.size), float(min_diameter_mm) * profile.size.floor_share)
+    prior = prior or profile.size
+    diameter = max(sample_diameter_mm(rng, prior), float(min_diameter_mm) * prior.floor_share)
     diameter = min(diameter, hold_fraction * float(extent_mm.min()))
-    axes = rng.normal(0.0, profile.size.axis_sigma, size=3)
+    axes = rng.normal(0.0, prior.axis_sigma, size=3)
     axes_mm = diameter * np.exp(axes - axes.mean())  # geometric mean = the sampled diameter
     size = np.maximum(np.rint(axes_mm / spacing_arr), 1).astype(int)
     return (int(size[0]), int(size[1]), int(size[2]))
@@ -100,8 +101,11 @@ class OfflineReportWriter(ReportWriter):
         values = self._sample_attributes(rng, profile, name)
         cavity = str((user or {}).get(CAVITY) or values.get(CAVITY, ""))
         hold = EXOPHYTIC_HOLD_FRACTION if "protruding" in cavity else HOLD_FRACTION
+        # the size follows the shape and features the report ends up with (the user's words win)
+        words = " ".join(str(v) for k in (SHAPE, SPECIFIC_FEATURES) for v in np.atleast_1d(
+            (user or {}).get(k) if (user or {}).get(k) is not None else values.get(k, "")))
         sizes = [sample_size(rng, profile, extent, self.spacing, min_diameter_mm=self.min_diameter_mm,
-                             hold_fraction=hold)
+                             hold_fraction=hold, prior=profile.size_for(words))
                  for _ in range(int(num_lesions))]
         return finalize_report(organ=name, organ_extent=extent, values=values, sizes=sizes, overrides=user)
 

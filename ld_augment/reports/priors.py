@@ -57,6 +57,15 @@ class LesionProfile:
     #: (lesion - parenchyma) HU range of the type's hypo/mixed (or, when positive, hyper) lesions per scan phase
     #: ("non-contrast ct" / "enhanced ct"); empty: the generic phase range (engines.procedural.density).
     contrast_hu: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: (word, size prior) pairs: a report whose shape or specific features name the word draws its size from that
+    #: prior instead of ``size`` (first match wins). Real attributes follow size: LIDC's spiculated nodules have a
+    #: median diameter of 16.6 mm, lobulated 11.2 mm, the others 6.2 mm.
+    size_by_word: tuple[tuple[str, SizePrior], ...] = ()
+
+    def size_for(self, words: str) -> SizePrior:
+        """The size prior of a report whose shape and specific features read ``words``."""
+        text = words.lower()
+        return next((prior for word, prior in self.size_by_word if word in text), self.size)
 
 
 _SOLID_DEFAULT = {"within the parenchymal organ": 0.85, "protruding from the parenchymal organ": 0.15}
@@ -91,6 +100,14 @@ SIZE_NODULE = SizePrior(7.7, 0.49, 3.8, 33.5,
                         "7.7 mm, IQR 6.0-11.7, range 3.8-33.5; 64 % under 9 mm (Armato et al., Med Phys 2011); "
                         "rated ovoid or linear far more often than round (LIDC sphericity ratings 2-4: 80 %)",
                         axis_sigma=0.2, floor_share=0.6)
+#: LIDC nodules by rating (metadata diameter_mm): spiculation >= 3 median 16.6 mm (IQR 11.1-20.3, n 87);
+#: lobulation >= 2 median 11.2 mm (IQR 7.0-16.9, n 259); neither ~6.2 mm (IQR 5.0-8.3).
+SIZE_NODULE_SPICULATED = SizePrior(17.0, 0.42, 5.0, 33.5, "LIDC-IDRI nodules rated spiculation >= 3 (n 87): diameter "
+                                   "median 16.6 mm, IQR 11.1-20.3", axis_sigma=0.2, floor_share=0.6)
+SIZE_NODULE_LOBULATED = SizePrior(12.0, 0.5, 4.0, 33.5, "LIDC-IDRI nodules rated lobulation >= 2 (n 259): diameter "
+                                  "median 11.2 mm, IQR 7.0-16.9", axis_sigma=0.2, floor_share=0.6)
+SIZE_NODULE_PLAIN = SizePrior(6.5, 0.41, 3.8, 33.5, "LIDC-IDRI nodules rated neither spiculated nor lobulated: "
+                              "diameter median ~6.2 mm, IQR 5.0-8.3", axis_sigma=0.2, floor_share=0.6)
 SIZE_HEMANGIOMA = SizePrior(20.0, 0.6, 5.0, 100.0,
                             "hepatic haemangioma: most < 30 mm, giant > 40-100 mm (Radiopaedia 'hepatic "
                             "haemangioma'; EASL benign liver tumour guideline 2016)")
@@ -167,8 +184,11 @@ PROFILES: tuple[LesionProfile, ...] = (
         density={"isodense soft tissue mass": 0.5, "low-density ground-glass opacity": 0.3,
                  "isodense soft tissue mass with peripheral low-density ground-glass opacity": 0.2},
         density_variations={"homogeneous": 0.6, "heterogeneous": 0.4},
-        margin={"well": 0.6, "ill": 0.4}, features={"": 0.7, "spiculated margins": 0.3},
+        # LIDC: spiculation >= 3 in 9 % of nodules
+        margin={"well": 0.6, "ill": 0.4}, features={"": 0.91, "spiculated margins": 0.09},
         ct_range=(-600.0, 40.0), size=SIZE_NODULE, cavity={"solid": _SOLID_DEFAULT},
+        size_by_word=(("spiculat", SIZE_NODULE_SPICULATED), ("irregular", SIZE_NODULE_LOBULATED),
+                      ("round", SIZE_NODULE_PLAIN), ("punctate", SIZE_NODULE_PLAIN)),
     ),
     LesionProfile(
         "hollow-organ cancer", ("bladder", "gastric", "stomach", "esophag", "oesophag", "colon", "colorectal",

@@ -25,7 +25,7 @@ from scipy import ndimage
 from ld_augment.engines.attributes import LesionSpec, expected_contrast_sign, is_bone, is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, TextureEngine
 from ld_augment.engines.procedural.density import LUNG_HU, MIN_CONTRAST_HU, lesion_hu, phase_of
-from ld_augment.engines.procedural.fields import (CORE_SHARE, SOLID_CORE_SHARE, core_region, mask_slices, signed_distance,
+from ld_augment.engines.procedural.fields import (SOLID_CORE_SHARE, core_region, mask_slices, signed_distance,
                                                   smooth_noise)
 from ld_augment.engines.procedural.stats import OrganStats, matched_noise, organ_stats
 from ld_augment.errors import ConfigError
@@ -125,7 +125,8 @@ class ProceduralTextureEngine(TextureEngine):
         # the core (fields.core_region: the voxels that carry the requested value) lies wholly past the blend:
         # in a 5-6 mm nodule a wider band reached into it, and against aerated lung a 3 % shortfall of the
         # blend is a 25 HU darker core
-        half = min(half, max(CORE_SHARE * depth, min(spacing)))
+        core = core_region(mask, spacing)
+        half = min(half, max(float(sd[core].min()), 0.5 * min(spacing)))
         t = np.clip((sd + half) / (2.0 * half), 0.0, 1.0)
         alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
         alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # the margin spreads into the organ, not its neighbours
