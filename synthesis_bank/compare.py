@@ -232,6 +232,10 @@ def format_report(bank: LesionSet, real: LesionSet, results: Sequence[GroupResul
                     f"| logistic regression | {_fmt(r.auc['logistic'])} |",
                     f"| random forest | {_fmt(r.auc['random_forest'])} |",
                     f"| random forest, shuffled labels (control) | {_fmt(r.auc['shuffled_control'])} |", ""]
+            telling = list(r.auc.get("per_feature_auc", {}).items())[:5]
+            if telling:
+                out += ["Most telling features alone (AUC; below 0.5: lower in synthetic): "
+                        + ", ".join(f"{k} {_fmt(v)}" for k, v in telling) + ".", ""]
         if "auc" in r.tstr:
             out += [f"Train on synthetic, test on real: detector AUC **{_fmt(r.tstr['auc'])}** "
                     f"({r.tstr['n_real_lesion']} real lesion patches vs {r.tstr['negatives']}"

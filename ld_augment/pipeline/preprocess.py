@@ -26,8 +26,8 @@ from ld_augment.placement.bboxes import bbox_map, place_lesions
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
 from ld_augment.engines.attributes import is_lung
 from ld_augment.engines.procedural.density import (
-    CONTRAST_RANGE, LUNG_HU, MIN_CONTRAST_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, lesion_hu,
-    parenchyma_hu, phase_of,
+    CONTRAST_RANGE, LUNG_HU, MIN_CONTRAST_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, is_arterial,
+    lesion_hu, parenchyma_hu, phase_of,
 )
 from ld_augment.reports._organs import is_hollow
 from ld_augment.reports.consistency import resolve_contradictions
@@ -176,9 +176,20 @@ def preprocess_case(
         occupied = np.asarray(standardize_image(avoid_img, spacing, is_label=True).dataobj) > 0
 
     ct_std = np.asarray(std_ct.dataobj, dtype=np.float32)
-    phase = infer_contrast_phase(ct_std, aorta_mask(seg_arr, version))
-    if phase is not None and not _user_gave(attributes, "enhancement status"):
+    aorta = aorta_mask(seg_arr, version)
+    phase = infer_contrast_phase(ct_std, aorta)
+    user_phase = _user_gave(attributes, "enhancement status")
+    if phase is not None and not user_phase:
         attributes = {**(attributes or {}), "enhancement status": phase}  # what this scan is, not a coin flip
+    profile = profile_for(lesion_type)
+    # an arterial-phase scan changes some types' look (HCC: arterial hyperenhancement); the vocabulary says
+    # "enhanced ct" either way, so the phase picks the density word here, unless the user gave one
+    arterial = phase == "enhanced ct" and is_arterial(ct_std, aorta) and not user_phase
+    if arterial and "arterial" in profile.density_by_phase and not _user_gave(attributes, "density"):
+        choices = profile.density_by_phase["arterial"]
+        words = list(choices)
+        weights = np.asarray([choices[w] for w in words], float)
+        attributes = {**(attributes or {}), "density": words[int(rng.choice(len(words), p=weights / weights.sum()))]}
     # clinical sizes in mm on the standardized grid, floored at 3 voxels of the source scan
     writer = report_writer or OfflineReportWriter(
         spacing=spacing, min_diameter_mm=3.0 * max(float(z) for z in ct_img.header.get_zooms()[:3]))
@@ -187,8 +198,10 @@ def preprocess_case(
     if not _user_gave(attributes, "ct value"):
         organ_hu = parenchyma_hu(ct_std[target], organ)  # not the plain median: fat would pull it down
         phase_key = phase_of(report.enhancement_status) or "enhanced ct"
+        if arterial and "arterial" in profile.contrast_hu and phase_key == "enhanced ct":
+            phase_key = "arterial"
         report = harmonize_ct_value(report, organ_hu, organ, rng,
-                                    contrast=profile_for(lesion_type).contrast_hu.get(phase_key),
+                                    contrast=profile.contrast_hu.get(phase_key),
                                     resample=isinstance(writer, OfflineReportWriter))
     sizes = list(report.bbox_sizes) if len(report.bbox_sizes) == num_lesions else [report.size] * num_lesions
     boxes = place_lesions(target, sizes, cavity=report.cavity, rng=rng,
@@ -236,6 +249,8 @@ def preprocess_case(
         "spacing": [float(s) for s in spacing],
         "organ_voxels_std": int(target.sum()),
         "has_avoid_mask": avoid is not None,
+        # the phase inferred from the aorta ("arterial" where it set the type's arterial profile)
+        "contrast_phase": "arterial" if arterial else phase,
         "report_resolutions": resolutions,
         "bboxes": [b.to_dict() for b in boxes],
     }

@@ -61,6 +61,9 @@ class LesionProfile:
     #: prior instead of ``size`` (first match wins). Real attributes follow size: LIDC's spiculated nodules have a
     #: median diameter of 16.6 mm, lobulated 11.2 mm, the others 6.2 mm.
     size_by_word: tuple[tuple[str, SizePrior], ...] = ()
+    #: Density words by scan phase where the phase changes them ("arterial": an arterial-phase scan, which the
+    #: report vocabulary calls "enhanced ct" too); contrast_hu may hold the same phase key.
+    density_by_phase: dict[str, Choices] = field(default_factory=dict)
 
     def size_for(self, words: str) -> SizePrior:
         """The size prior of a report whose shape and specific features read ``words``."""
@@ -146,8 +149,10 @@ PROFILES: tuple[LesionProfile, ...] = (
         features={_MIXED_AREAS: 0.3, "presence of decreased density areas": 0.3,
                   "presence of increased density areas": 0.15, "": 0.25},
         ct_range=(35.0, 75.0), size=SIZE_HCC, cavity={"solid": _SOLID_DEFAULT},
-        # slightly hypodense unenhanced; washout below the liver in the portal venous phase
-        contrast_hu={"non-contrast ct": (-20.0, -8.0), "enhanced ct": (-40.0, -10.0)},
+        # slightly hypodense unenhanced; arterial hyperenhancement; washout below the liver in the portal venous
+        # phase (LI-RADS major features: nonrim arterial phase hyperenhancement, nonperipheral washout)
+        contrast_hu={"non-contrast ct": (-20.0, -8.0), "enhanced ct": (-40.0, -10.0), "arterial": (15.0, 50.0)},
+        density_by_phase={"arterial": {"hyperdense lesion": 0.8, "mixed-density lesion": 0.2}},
     ),
     LesionProfile(
         "hemangioma", ("hemangioma", "haemangioma"),

@@ -43,6 +43,7 @@ def test_same_kind_is_indistinguishable_and_box_lesions_are_caught(tmp_path: Pat
     assert flat["inside_real_iqr"] is False  # the box's faces are what gives it away
     report = (tmp_path / "differ" / "report.md").read_text()
     assert "distinguishable" in report and "| flat_face_fraction |" in report
+    assert "Most telling features alone" in report  # what gives the bank away, for the user to fix
     assert (tmp_path / "differ" / "features_liver_metastasis.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "differ" / "summary.json").read_text())
     assert summary["groups"][0]["n_real"] == differ.n_real

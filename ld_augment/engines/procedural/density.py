@@ -39,6 +39,9 @@ LUNG_HU = {"soft_tissue": (-30.0, 50.0), "hypo": (-30.0, 50.0), "iso": (-30.0, 5
            "ring": (-30.0, 50.0)}
 #: Aorta median HU above which the scan counts as contrast-enhanced (unenhanced blood is 35-55 HU).
 ENHANCED_AORTA_HU = 110.0
+#: Aorta median HU above which an enhanced scan counts as arterial phase (portal venous: aorta ~150-200 HU;
+#: late arterial: 250-400 HU). The report vocabulary says only "enhanced ct"; the phase sets a type's profile.
+ARTERIAL_AORTA_HU = 250.0
 #: |lesion - organ| (HU) of a hypo/hyperdense lesion per phase.
 CONTRAST_RANGE = {"non-contrast ct": (10.0, 25.0), "enhanced ct": (20.0, 50.0), None: (15.0, 40.0)}
 
@@ -80,6 +83,14 @@ def infer_contrast_phase(ct: np.ndarray, aorta: np.ndarray | None) -> str | None
     if aorta.sum() < 20:
         return None
     return "enhanced ct" if float(np.median(ct[aorta])) >= ENHANCED_AORTA_HU else "non-contrast ct"
+
+
+def is_arterial(ct: np.ndarray, aorta: np.ndarray | None) -> bool:
+    """Whether an enhanced scan is in the arterial phase (aorta median >= ARTERIAL_AORTA_HU)."""
+    if aorta is None:
+        return False
+    aorta = np.asarray(aorta, dtype=bool)
+    return bool(aorta.sum() >= 20 and float(np.median(ct[aorta])) >= ARTERIAL_AORTA_HU)
 
 
 def phase_of(enhancement_status: Any) -> str | None:

@@ -125,12 +125,15 @@ class ProceduralTextureEngine(TextureEngine):
         # the core (fields.core_region: the voxels that carry the requested value) lies wholly past the blend:
         # in a 5-6 mm nodule a wider band reached into it, and against aerated lung a 3 % shortfall of the
         # blend is a 25 HU darker core
+        # an ill-defined margin keeps its width outwards (below half contrast) where the core leaves no room inside
         core = core_region(mask, spacing)
-        half = min(half, max(float(sd[core].min()), 0.5 * min(spacing)))
-        t = np.clip((sd + half) / (2.0 * half), 0.0, 1.0)
+        half_in = min(half, max(float(sd[core].min()), 0.5 * min(spacing)))
+        t = np.clip(0.5 + sd / (2.0 * np.where(sd >= 0, half_in, half)), 0.0, 1.0)
         alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
         alpha[~mask & ~ctx.organ_mask[region]] = 0.0  # the margin spreads into the organ, not its neighbours
-        alpha[~mask & ((ct < -200.0) | (ct > 300.0))] = 0.0  # nor into a lumen's gas or a calcification
+        # nor into a lumen's gas or a calcification (in lung, the air around a nodule IS the organ it blurs into)
+        air = np.zeros(ct.shape, bool) if is_lung(ctx.organ_name) else ct < -200.0
+        alpha[~mask & (air | (ct > 300.0))] = 0.0
         alpha[~mask & ctx.occupied[region]] = 0.0  # and never over an earlier lesion
 
         phase = phase_of(getattr(report, "enhancement_status", None))
