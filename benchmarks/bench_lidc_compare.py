@@ -24,7 +24,11 @@ with controls measured in the same run, which must behave or the script exits 1:
 ``--strict`` also exits 1 when a target is missed. Deterministic given ``--seed``. A few CPU minutes
 (synthesis ~10 s per nodule; LIDC loading ~30 s):
 
-    python benchmarks/bench_lidc_compare.py [--n 24] [--spacing 3] [--seed 0] [--strict] [--calibrate]
+    python benchmarks/bench_lidc_compare.py [--n 24] [--n-population 40] [--spacing 3] [--seed 0] [--strict]
+        [--calibrate] [--baseline-ref e21dad5] [--dump rows.json]
+
+``--baseline-ref REV`` has the package as of git revision REV synthesize the same requests (a subprocess on a
+``git archive`` of it) and prints its medians, AUC and effects beside the current ones, measured by the same code.
 
 ``--calibrate`` runs the recipe-calibration path (``ld_augment.reports.calibrated``): reports draw size, CT value,
 heterogeneity and shape words from one random half of LIDC (the texture, margin and spiculation words stay
@@ -135,6 +139,76 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
     return out
 
 
+def generate_with_revision(ref: str, plans: dict[str, list[dict]], ct: Path, seg: Path, work: Path,
+                           seed: int) -> dict[str, list[dict]]:
+    """The same requests synthesized by the package as of git revision ``ref`` (``git archive`` into a temporary
+    folder, run in a subprocess), to be measured by the current code: a baseline in the same run."""
+    import json
+    import subprocess
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="ld_lidc_ref_"))
+    archive = tmp / "src.tar"
+    subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), ref, "ld_augment"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "plans.json").write_text(json.dumps(plans))
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", str(work), "--seed", str(seed)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(tmp)})
+    out = json.loads((work / "results.json").read_text())
+    return {k: [{**r, "ct": Path(r["ct"]), "label": Path(r["label"])} if r.get("ct") else r for r in v]
+            for k, v in out.items()}
+
+
+def _generate_only(work: Path, seed: int) -> int:
+    """Subprocess side of generate_with_revision: synthesize work/plans.json, write work/results.json."""
+    import json
+
+    data = _data_dir()
+    ct, seg = data / "ct" / "abdomen_ct_3mm_crop.nii.gz", data / "ct" / "abdomen_ct_3mm_crop_totalseg_v2.nii.gz"
+    plans = json.loads((work / "plans.json").read_text())
+    offsets = {"population": 1000, "design": 0}
+    results = {k: synthesize(v, ct, seg, work / k, seed + offsets.get(k, 0)) for k, v in plans.items()}
+    (work / "results.json").write_text(json.dumps(results, default=str))
+    return 0
+
+
+#: (name, feature, synthetic group a, b, real group a, b): attribute effects as median differences a - b.
+EFFECTS = [
+    ("spiculated - smooth", "convexity",
+     lambda r: r["spiculated"] is True, lambda r: r["spiculated"] is False,
+     lambda r: r.get("rating_spiculation", 0) >= 3, lambda r: r.get("rating_spiculation", 0) == 1),
+    ("ground-glass - solid", "core_hu",
+     lambda r: r["texture"] == "ground-glass", lambda r: r["texture"] == "solid",
+     lambda r: r.get("texture_class") == "ground-glass", lambda r: r.get("texture_class") == "solid"),
+    ("poorly defined - sharp", "margin_width_mm",
+     lambda r: r["margin"] == "poorly defined", lambda r: r["margin"] == "sharp",
+     lambda r: r.get("rating_margin", 5) <= 2, lambda r: r.get("rating_margin", 0) == 5),
+]
+
+
+def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int) -> dict:
+    """Medians inside the real IQR, the two-sample AUC and the three attribute effects of one synthetic run."""
+    from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, two_sample_auc
+    from ld_augment.evaluation.lesion_features import FEATURES
+
+    table = [t for t in feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
+             if t["feature"] not in SCAN_FEATURES]
+    auc = two_sample_auc(syn, real, seed=seed)
+    effects = {}
+    for name, feature, sa, sb, ra, rb in EFFECTS:
+        e_syn, e_real = effect(syn + design, feature, sa, sb), effect(real, feature, ra, rb)
+        # the real direction, and at least a quarter of the real effect (a -0.003 "effect" is noise, not control)
+        ok = bool(math.isfinite(e_syn["effect"]) and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
+                  and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))
+        effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn, "ok": ok}
+    return {"table": table, "inside": sum(1 for t in table if t["inside_real_iqr"]),
+            "judged": sum(1 for t in table if t["inside_real_iqr"] is not None), "auc": auc, "effects": effects,
+            "n": len(syn)}
+
+
 def voi_like(ct: np.ndarray, lesion: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
     """Crop as LIDC's VOIs are cut: the nodule's slices, VOI_MARGIN_MM of in-plane context."""
     idx = np.nonzero(lesion)
@@ -214,11 +288,16 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="keep the synthetic cases here (default: temp)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed, too")
     parser.add_argument("--dump", type=Path, default=None, help="write the measured rows (JSON) here")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="git revision whose package synthesizes the same requests as a same-run baseline")
+    parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--calibrate", action="store_true",
                         help="reports from the calibrated writer (recipe calibrate_from): size, CT value, "
                              "heterogeneity and shape drawn from one random half of LIDC (measured at 1 mm), "
                              "compared against the other half")
     args = parser.parse_args(argv)
+    if args.generate_only:
+        return _generate_only(args.generate_only, args.seed)
 
     from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, two_sample_auc
     from ld_augment.evaluation.datasets import load_lidc
@@ -252,13 +331,21 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         print(f"population: {args.n_population} lung nodules on {ct.name} (lung lobes of {seg.name}, "
               "TotalSegmentator v2) with the text attributes of as many LIDC nodules drawn at random")
-        pop_results = synthesize(matched_plan(args.n_population, real, args.seed, lidc_boxes(lidc)), ct, seg, work / "population",
-                                 args.seed + 1000, writer)
+        pop_plan = matched_plan(args.n_population, real, args.seed, lidc_boxes(lidc))
+        pop_results = synthesize(pop_plan, ct, seg, work / "population", args.seed + 1000, writer)
         print(f"attribute design: {args.n} lung nodules cycling texture x spiculation x margin (the effects)")
         results = synthesize(attribute_plan(args.n), ct, seg, work / "design", args.seed, writer)
         t_syn = time.perf_counter() - t_start
         syn, boxes = measure_synthetic(pop_results, ct, spacing, args.seed)
         design, _ = measure_synthetic(results, ct, spacing, args.seed)
+        baseline = None
+        if args.baseline_ref:
+            print(f"baseline: the same requests synthesized by {args.baseline_ref}")
+            ref_results = generate_with_revision(args.baseline_ref, {"population": pop_plan,
+                                                                     "design": attribute_plan(args.n)},
+                                                 ct, seg, work / "baseline", args.seed)
+            baseline = summarize(measure_synthetic(ref_results["population"], ct, spacing, args.seed)[0],
+                                 measure_synthetic(ref_results["design"], ct, spacing, args.seed)[0], real, args.seed)
     failed = sum(1 for r in pop_results if r["error"])
     print(f"\npopulation: {len(syn)} synthetic nodules measured ({failed} failed, "
           f"{args.n_population - failed - len(syn)} without a lesion in the label); design: {len(design)} of "
@@ -309,17 +396,7 @@ def main(argv=None) -> int:
     print(f"attribute design vs LIDC of the same texture mix ({per_class} per class): logistic "
           f"{fmt(design_auc.get('logistic'))}, forest {fmt(design_auc.get('random_forest'))} (reported, not a target)")
 
-    effects = [
-        ("spiculated - smooth", "convexity",
-         lambda r: r["spiculated"] is True, lambda r: r["spiculated"] is False,
-         lambda r: r.get("rating_spiculation", 0) >= 3, lambda r: r.get("rating_spiculation", 0) == 1),
-        ("ground-glass - solid", "core_hu",
-         lambda r: r["texture"] == "ground-glass", lambda r: r["texture"] == "solid",
-         lambda r: r.get("texture_class") == "ground-glass", lambda r: r.get("texture_class") == "solid"),
-        ("poorly defined - sharp", "margin_width_mm",
-         lambda r: r["margin"] == "poorly defined", lambda r: r["margin"] == "sharp",
-         lambda r: r.get("rating_margin", 5) <= 2, lambda r: r.get("rating_margin", 0) == 5),
-    ]
+    effects = EFFECTS
     print("\nattribute effects (median difference; real from the LIDC ratings)")
     print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s}")
     same_sign = 0
@@ -332,6 +409,19 @@ def main(argv=None) -> int:
         print(f"{name:24s} {feature:16s} {fmt(e_real['effect']):>8s} {fmt(e_syn['effect']):>10s} "
               f"{'yes' if ok else 'NO':>10s}   (real n {e_real['n_a']}/{e_real['n_b']}, "
               f"synthetic n {e_syn['n_a']}/{e_syn['n_b']})")
+
+    if baseline is not None:
+        now = summarize(syn, design, real, args.seed)
+        print(f"\nbefore / after ({args.baseline_ref} / current, the same requests, the same measurement)")
+        for label, run in ((args.baseline_ref, baseline), ("current", now)):
+            eff = ", ".join(f"{k} {fmt(v['synthetic']['effect'])}{'' if v['ok'] else ' (NO)'}"
+                            for k, v in run["effects"].items())
+            print(f"  {label:9s} n {run['n']:2d}; medians in the real IQR {run['inside']}/{run['judged']}; AUC "
+                  f"{fmt(run['auc'].get('logistic'))} / {fmt(run['auc'].get('random_forest'))}; effects: {eff}")
+        print(f"  {'feature':28s} {'real IQR':>22s} {args.baseline_ref:>10s} {'current':>10s}")
+        for tb, tn in zip(baseline["table"], now["table"]):
+            print(f"  {tn['feature']:28s} {'[' + fmt(tn['real_q25']) + ', ' + fmt(tn['real_q75']) + ']':>22s} "
+                  f"{fmt(tb['synthetic_median']):>10s} {fmt(tn['synthetic_median']):>10s}")
 
     best = max(auc.get("logistic", math.nan), auc.get("random_forest", math.nan))
     controls = {
