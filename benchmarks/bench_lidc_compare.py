@@ -77,17 +77,25 @@ def attribute_plan(n: int) -> list[dict[str, str]]:
 
 
 def lidc_boxes(lidc: Path) -> dict[str, tuple[int, int, int]]:
-    """Each LIDC nodule's bounding box extent (mm, x y z) from metadata.csv, keyed like the loader's rows."""
+    """Each LIDC nodule's extent (mm, x y z) from metadata.csv's bounding box, keyed like the loader's rows.
+
+    The box runs between the outermost voxel CENTRES, so a voxel is added per axis (the VOI's own voxel size):
+    without it a nodule on 2.5 mm slices came out 2.5 mm too thin in z, 40 % flatter than itself."""
     import csv
+
+    import nibabel as nib
 
     out = {}
     with open(lidc / "metadata.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
+            case = f"{row['patient_id']}_R_{row['nodule_id']}"
+            image = lidc / "images" / f"{case}.nii.gz"
             try:
                 ext = [float(row[f"bboxHigh{a}"]) - float(row[f"bboxLow{a}"]) for a in "XYZ"]
+                voxel = nib.affines.voxel_sizes(nib.load(str(image)).affine) if image.is_file() else (0.0,) * 3
             except (KeyError, ValueError):
                 continue
-            out[f"{row['patient_id']}_R_{row['nodule_id']}"] = tuple(max(1, int(round(e))) for e in ext)
+            out[case] = tuple(max(1, int(round(e + float(v)))) for e, v in zip(ext, voxel))
     return out
 
 
