@@ -1,0 +1,55 @@
+"""The LIDC benchmark's request plans: the population it compares must carry LIDC's own attribute mix and sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lidc_compare.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("ld_bench_lidc_compare", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _real(n: int, rng: np.random.Generator) -> list[dict]:
+    """Rows like the LIDC loader's: ~9 % ground glass, ~10 % spiculated, a quarter poorly defined."""
+    return [{"case": f"c{i}", "texture_class": "ground-glass" if rng.random() < 0.09 else "solid",
+             "rating_spiculation": 4.0 if rng.random() < 0.1 else 1.0,
+             "rating_margin": 2.0 if rng.random() < 0.25 else 5.0,
+             "rating_lobulation": 3.0 if rng.random() < 0.25 else 1.0} for i in range(n)]
+
+
+def test_population_plan_has_the_real_mix_and_sizes(bench) -> None:
+    """The design plan is a third ground glass; the population must follow the real rows (and their boxes)."""
+    real = _real(2000, np.random.default_rng(0))
+    boxes = {r["case"]: (9, 8, 7) for r in real}
+    plan = bench.matched_plan(400, real, seed=0, boxes=boxes)
+    share = lambda key, value: np.mean([p[key] == value for p in plan])  # noqa: E731
+    assert 0.04 <= share("texture", "ground-glass") <= 0.15 and 0.05 <= share("spiculated", True) <= 0.16
+    assert 0.17 <= share("margin", "poorly defined") <= 0.33 and 0.17 <= share("shape", "irregular") <= 0.33
+    assert all(p["size"] == "9x8x7" for p in plan)
+    design = bench.attribute_plan(24)
+    assert np.mean([p["texture"] == "ground-glass" for p in design]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.needs_shared
+def test_lidc_boxes_span_whole_voxels(bench, shared_data: Path) -> None:
+    """metadata.csv's boxes run between voxel centres; a nodule's extent is one voxel more per axis."""
+    import csv
+
+    root = shared_data / "lesions" / "lidc_nodules"
+    boxes = bench.lidc_boxes(root)
+    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    case = f"{row['patient_id']}_R_{row['nodule_id']}"
+    z = float(row["bboxHighZ"]) - float(row["bboxLowZ"])
+    assert boxes[case][2] > round(z)  # at least one slice more than centre-to-centre
+    assert len(boxes) >= 900
