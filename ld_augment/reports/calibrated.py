@@ -15,7 +15,8 @@ bootstrap, which keeps size, density and edge of one lesion together) and writes
   is calibrated only through these words.
 
 Everything else (cavity, enhancement, relationship) comes from the priors, and an organ/type with no real
-lesions falls back to the offline writer entirely. User attributes always win.
+lesions falls back to the offline writer entirely. User attributes always win, and a user's shape words
+(spiculated, irregular, round) choose among the real lesions whose measured shape agrees with them.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class CalibratedReportWriter(OfflineReportWriter):
         profile = profile_for(lesion_type)
         extent = (int(organ_extent[0]), int(organ_extent[1]), int(organ_extent[2]))
         values = self._sample_attributes(rng, profile, name)
-        _, rows = found
+        rows = self._agreeing(found[1], user)
         draws = [rows[int(i)] for i in rng.integers(len(rows), size=int(num_lesions))]
         values.update(self._attributes_of(draws[0], name, lesion_type))
         cavity = str(user.get("cavity") or values.get("cavity", ""))
@@ -123,6 +124,23 @@ class CalibratedReportWriter(OfflineReportWriter):
         axes_mm = diameter * np.exp(axes - axes.mean())
         size = np.maximum(np.rint(axes_mm / spacing), 1).astype(int)
         return (int(size[0]), int(size[1]), int(size[2]))
+
+    def _agreeing(self, rows: list[dict[str, float]], user: Mapping[str, Any]) -> list[dict[str, float]]:
+        """The real lesions whose measured shape agrees with the shape words the user asked for (all of them when
+        none does): a requested "spiculated" nodule is drawn from the spiculated ones, so its size, edge and
+        density come with it (LIDC: spiculated nodules median 16.6 mm, the others 6.4 mm; a spiculated 6 mm
+        draw showed no spicule on a 3 mm grid)."""
+        features = " ".join(str(f) for f in np.atleast_1d(user.get(SPECIFIC_FEATURES) or [])).lower()
+        shape = str(user.get(SHAPE) or "").lower()
+        if "spiculat" in features:
+            keep = [r for r in rows if r["convexity"] < self.spiculated_convexity]
+        elif "irregular" in shape:
+            keep = [r for r in rows if r["convexity"] < self.irregular_convexity]
+        elif "round" in shape or "punctate" in shape or "cystic" in shape:
+            keep = [r for r in rows if r["convexity"] >= self.irregular_convexity]
+        else:
+            return rows
+        return keep or rows
 
     def _attributes_of(self, lesion: Mapping[str, float], organ: str, lesion_type: str) -> dict[str, Any]:
         """Report words and CT value describing one measured real lesion (NaN fields leave the prior's value)."""

@@ -76,3 +76,18 @@ def test_deterministic_given_the_seed() -> None:
     a = writer.write(organ="liver", lesion_type="metastasis", organ_extent=EXTENT, seed=11, num_lesions=3)
     b = writer.write(organ="liver", lesion_type="metastasis", organ_extent=EXTENT, seed=11, num_lesions=3)
     assert a.to_entry() == b.to_entry()
+
+
+def test_requested_shape_words_draw_agreeing_real_lesions() -> None:
+    """A user's "spiculated" nodule comes from the real spiculated ones (with their size), a "round-like" one from
+    the round ones; without shape words any real lesion is drawn."""
+    writer = CalibratedReportWriter({"lung|*": [SMALL_BRIGHT, LARGE_DARK]})
+
+    def diameters(overrides) -> list[float]:
+        return [_diameter(writer.write(organ="lung_lower_lobe_left", lesion_type="lung nodule", organ_extent=EXTENT,
+                                       overrides=overrides, seed=s)) for s in range(12)]
+
+    assert min(diameters({"specific features": "spiculated margins"})) > 20.0
+    assert max(diameters({"shape": "round-like"})) < 10.0
+    mixed = diameters({})
+    assert min(mixed) < 10.0 < max(mixed)
