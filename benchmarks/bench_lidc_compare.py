@@ -152,6 +152,7 @@ def generate_with_revision(ref: str, plans: dict[str, list[dict]], ct: Path, seg
     """The same requests synthesized by the package as of git revision ``ref`` (``git archive`` into a temporary
     folder, run in a subprocess), to be measured by the current code: a baseline in the same run."""
     import json
+    import shutil
     import subprocess
     import tarfile
 
@@ -163,8 +164,11 @@ def generate_with_revision(ref: str, plans: dict[str, list[dict]], ct: Path, seg
         tar.extractall(tmp, filter="data")
     work.mkdir(parents=True, exist_ok=True)
     (work / "plans.json").write_text(json.dumps(plans))
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", str(work), "--seed", str(seed)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(tmp)})
+    try:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", str(work), "--seed",
+                        str(seed)], check=True, env={**os.environ, "PYTHONPATH": str(tmp)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     out = json.loads((work / "results.json").read_text())
     return {k: [{**r, "ct": Path(r["ct"]), "label": Path(r["label"])} if r.get("ct") else r for r in v]
             for k, v in out.items()}

@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -108,8 +109,12 @@ def generate_with_revision(ref: str, ct: Path, seg: Path, out_root: Path, seeds:
     subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), ref, "ld_augment"], check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
-                    "--seeds", str(seeds), "--scan", str(ct)], check=True, env={**os.environ, "PYTHONPATH": str(tmp)})
+    try:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
+                        "--seeds", str(seeds), "--scan", str(ct)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def measure(root: Path, seg: Path, seeds: int, grid: str = "source") -> dict[str, list[dict]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -96,8 +97,11 @@ def generate_with_revision(ref: str, out_root: Path, names: list[str], seeds: in
     with tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
     env = {**os.environ, "PYTHONPATH": str(tmp)}
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
-                    "--seeds", str(seeds), "--types", *names], check=True, env=env)
+    try:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
+                        "--seeds", str(seeds), "--types", *names], check=True, env=env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -297,8 +301,6 @@ def main() -> None:
         print(f"  [{'failed, good' if not q['ok'] else 'PASSED: BAD'}] {name}: {'; '.join(q['failures']) or '-'}")
     t0 = time.perf_counter()
     if (root / "current").exists():
-        import shutil
-
         shutil.rmtree(root / "current")
     generate(root / "current", args.types, args.seeds)
     t1 = time.perf_counter()
@@ -307,8 +309,11 @@ def main() -> None:
         if not (root / "baseline" / "failures.json").is_file():  # a finished baseline in --out is reused
             generate_with_revision(args.baseline_ref, root / "baseline", args.types, args.seeds)
         runs.append(summarize(args.baseline_ref[:9], scan, root / "baseline", args.types, args.seeds))
+    kept = f"outputs in {root}" if args.out else "outputs removed (--out DIR keeps them)"
     print(f"\n{len(args.types)} types x {args.seeds} seeds on the shared 3 mm crop; current: "
-          f"{(t1 - t0) / (len(args.types) * args.seeds):.1f} s per case (preprocess + synthesize); outputs in {root}\n")
+          f"{(t1 - t0) / (len(args.types) * args.seeds):.1f} s per case (preprocess + synthesize); {kept}\n")
+    if not args.out:  # a run leaves ~1-2.5 GB of cases; a temporary folder goes with the run
+        shutil.rmtree(root, ignore_errors=True)
     print_table(runs, args.types)
     ok = all(not q["ok"] for q in controls.values())
     for rows in runs:
