@@ -147,28 +147,17 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
     return out
 
 
-def generate_with_revision(ref: str, plans: dict[str, list[dict]], ct: Path, seg: Path, work: Path,
-                           seed: int) -> dict[str, list[dict]]:
+def generate_with_revision(ref: str, plans: dict[str, list[dict]], work: Path, seed: int) -> dict[str, list[dict]]:
     """The same requests synthesized by the package as of git revision ``ref`` (``git archive`` into a temporary
     folder, run in a subprocess), to be measured by the current code: a baseline in the same run."""
     import json
-    import shutil
-    import subprocess
-    import tarfile
 
-    repo = Path(__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp(prefix="ld_lidc_ref_"))
-    archive = tmp / "src.tar"
-    subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), ref, "ld_augment"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+    from _revision import run_with_revision
+
     work.mkdir(parents=True, exist_ok=True)
     (work / "plans.json").write_text(json.dumps(plans))
-    try:
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", str(work), "--seed",
-                        str(seed)], check=True, env={**os.environ, "PYTHONPATH": str(tmp)})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_with_revision(ref, [sys.executable, str(Path(__file__).resolve()), "--generate-only", str(work),
+                            "--seed", str(seed)])
     out = json.loads((work / "results.json").read_text())
     return {k: [{**r, "ct": Path(r["ct"]), "label": Path(r["label"])} if r.get("ct") else r for r in v]
             for k, v in out.items()}
@@ -206,8 +195,8 @@ def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int) 
     from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, two_sample_auc
     from ld_augment.evaluation.lesion_features import FEATURES
 
-    table = [t for t in feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
-             if t["feature"] not in SCAN_FEATURES]
+    table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
+    lesion_rows = [t for t in table if t["feature"] not in SCAN_FEATURES]  # the lung's own HU is the scan's
     auc = two_sample_auc(syn, real, seed=seed)
     effects = {}
     for name, feature, sa, sb, ra, rb in EFFECTS:
@@ -216,9 +205,9 @@ def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int) 
         ok = bool(math.isfinite(e_syn["effect"]) and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
                   and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))
         effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn, "ok": ok}
-    return {"table": table, "inside": sum(1 for t in table if t["inside_real_iqr"]),
-            "judged": sum(1 for t in table if t["inside_real_iqr"] is not None), "auc": auc, "effects": effects,
-            "n": len(syn)}
+    return {"table": table, "inside": sum(1 for t in lesion_rows if t["inside_real_iqr"]),
+            "judged": sum(1 for t in lesion_rows if t["inside_real_iqr"] is not None), "auc": auc,
+            "effects": effects, "n": len(syn)}
 
 
 def voi_like(ct: np.ndarray, lesion: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
@@ -311,9 +300,8 @@ def main(argv=None) -> int:
     if args.generate_only:
         return _generate_only(args.generate_only, args.seed)
 
-    from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, two_sample_auc
+    from ld_augment.evaluation.compare import SCAN_FEATURES, two_sample_auc
     from ld_augment.evaluation.datasets import load_lidc
-    from ld_augment.evaluation.lesion_features import FEATURES
 
     data = _data_dir()
     ct, seg = data / "ct" / "abdomen_ct_3mm_crop.nii.gz", data / "ct" / "abdomen_ct_3mm_crop_totalseg_v2.nii.gz"
@@ -355,7 +343,7 @@ def main(argv=None) -> int:
             print(f"baseline: the same requests synthesized by {args.baseline_ref}")
             ref_results = generate_with_revision(args.baseline_ref, {"population": pop_plan,
                                                                      "design": attribute_plan(args.n)},
-                                                 ct, seg, work / "baseline", args.seed)
+                                                 work / "baseline", args.seed)
             baseline = summarize(measure_synthetic(ref_results["population"], ct, spacing, args.seed)[0],
                                  measure_synthetic(ref_results["design"], ct, spacing, args.seed)[0], real, args.seed)
     failed = sum(1 for r in pop_results if r["error"])
@@ -369,7 +357,8 @@ def main(argv=None) -> int:
 
         args.dump.write_text(json.dumps({"population": syn, "design": design, "real": real, "boxes": boxes},
                                         default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
+    now = summarize(syn, design, real, args.seed)
+    table, auc, n_inside, n_judged = now["table"], now["auc"], now["inside"], now["judged"]
     print(f"{'feature':28s} {'synthetic median':>16s} {'real IQR':>22s} {'inside':>7s} {'W/IQR':>6s}")
     for t in table:
         inside = {True: "yes", False: "NO", None: "-"}[t["inside_real_iqr"]]
@@ -377,11 +366,7 @@ def main(argv=None) -> int:
         print(f"{t['feature']:28s} {fmt(t['synthetic_median']):>16s} "
               f"{'[' + fmt(t['real_q25']) + ', ' + fmt(t['real_q75']) + ']':>22s} {inside:>7s} "
               f"{fmt(t['wasserstein_iqr']):>6s}")
-    lesion_rows = [t for t in table if t["feature"] not in SCAN_FEATURES]  # the lung's own HU is the scan's
-    n_inside = sum(1 for t in lesion_rows if t["inside_real_iqr"])
-    n_judged = sum(1 for t in lesion_rows if t["inside_real_iqr"] is not None)
 
-    auc = two_sample_auc(syn, real, seed=args.seed)
     box_auc = two_sample_auc(boxes, real, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     half = rng.permutation(len(real))
@@ -419,22 +404,16 @@ def main(argv=None) -> int:
     print(f"attribute design vs LIDC of the same texture mix ({per_class} per class): logistic "
           f"{fmt(design_auc.get('logistic'))}, forest {fmt(design_auc.get('random_forest'))} (reported, not a target)")
 
-    effects = EFFECTS
     print("\nattribute effects (median difference; real from the LIDC ratings)")
     print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s}")
-    same_sign = 0
-    for name, feature, sa, sb, ra, rb in effects:
-        e_syn, e_real = effect(syn + design, feature, sa, sb), effect(real, feature, ra, rb)
-        # the real direction, and at least a quarter of the real effect (a -0.003 "effect" is noise, not control)
-        ok = (math.isfinite(e_syn["effect"]) and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
-              and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))
-        same_sign += ok
-        print(f"{name:24s} {feature:16s} {fmt(e_real['effect']):>8s} {fmt(e_syn['effect']):>10s} "
-              f"{'yes' if ok else 'NO':>10s}   (real n {e_real['n_a']}/{e_real['n_b']}, "
+    for name, e in now["effects"].items():
+        e_syn, e_real = e["synthetic"], e["real"]
+        print(f"{name:24s} {e['feature']:16s} {fmt(e_real['effect']):>8s} {fmt(e_syn['effect']):>10s} "
+              f"{'yes' if e['ok'] else 'NO':>10s}   (real n {e_real['n_a']}/{e_real['n_b']}, "
               f"synthetic n {e_syn['n_a']}/{e_syn['n_b']})")
+    same_sign = sum(e["ok"] for e in now["effects"].values())
 
     if baseline is not None:
-        now = summarize(syn, design, real, args.seed)
         print(f"\nbefore / after ({args.baseline_ref} / current, the same requests, the same measurement)")
         for label, run in ((args.baseline_ref, baseline), ("current", now)):
             eff = ", ".join(f"{k} {fmt(v['synthetic']['effect'])}{'' if v['ok'] else ' (NO)'}"

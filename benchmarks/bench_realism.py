@@ -31,9 +31,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
@@ -90,18 +88,10 @@ def generate(out_root: Path, names: list[str], seeds: int) -> None:
 
 def generate_with_revision(ref: str, out_root: Path, names: list[str], seeds: int) -> None:
     """Generate the same cases with the package as of git revision ``ref`` (subprocess, its own PYTHONPATH)."""
-    repo = Path(__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp(prefix="ld_bench_ref_"))
-    archive = tmp / "src.tar"
-    subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), ref, "ld_augment"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    env = {**os.environ, "PYTHONPATH": str(tmp)}
-    try:
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
-                        "--seeds", str(seeds), "--types", *names], check=True, env=env)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from _revision import run_with_revision
+
+    run_with_revision(ref, [sys.executable, str(Path(__file__).resolve()), "--generate-only", "--out", str(out_root),
+                            "--seeds", str(seeds), "--types", *names])
 
 
 # ---------------------------------------------------------------------------------------------- measurement

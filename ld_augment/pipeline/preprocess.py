@@ -33,7 +33,7 @@ from ld_augment.reports._organs import is_hollow
 from ld_augment.reports.consistency import resolve_contradictions
 from ld_augment.reports.priors import profile_for
 from ld_augment.reports.model import LesionReport, save_reports
-from ld_augment.reports.offline import OfflineReportWriter
+from ld_augment.reports.offline import OfflineReportWriter, choose
 from ld_augment.reports.writers import ReportWriter
 from ld_augment.pipeline.case import CASE_FILES, CASE_FORMAT, PreprocessedCase
 
@@ -186,10 +186,7 @@ def preprocess_case(
     # "enhanced ct" either way, so the phase picks the density word here, unless the user gave one
     arterial = phase == "enhanced ct" and is_arterial(ct_std, aorta) and not user_phase
     if arterial and "arterial" in profile.density_by_phase and not _user_gave(attributes, "density"):
-        choices = profile.density_by_phase["arterial"]
-        words = list(choices)
-        weights = np.asarray([choices[w] for w in words], float)
-        attributes = {**(attributes or {}), "density": words[int(rng.choice(len(words), p=weights / weights.sum()))]}
+        attributes = {**(attributes or {}), "density": choose(rng, profile.density_by_phase["arterial"])}
     # clinical sizes in mm on the standardized grid, floored at 3 voxels of the source scan
     writer = report_writer or OfflineReportWriter(
         spacing=spacing, min_diameter_mm=3.0 * max(float(z) for z in ct_img.header.get_zooms()[:3]))

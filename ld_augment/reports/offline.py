@@ -35,7 +35,8 @@ EXOPHYTIC_HOLD_FRACTION = 1.25
 SIZE_JITTER = 0.15
 
 
-def _choose(rng: np.random.Generator, choices: Mapping[str, float]) -> str:
+def choose(rng: np.random.Generator, choices: Mapping[str, float]) -> str:
+    """One key of ``choices`` drawn with probability proportional to its weight."""
     values = list(choices)
     weights = np.asarray([choices[v] for v in values], dtype=float)
     return values[int(rng.choice(len(values), p=weights / weights.sum()))]
@@ -113,21 +114,21 @@ class OfflineReportWriter(ReportWriter):
         hollow = is_hollow(organ_name)
         kind = "hollow" if hollow else "solid"
         cavity_weights = profile.cavity.get(kind) or {default_cavity(organ_name): 1.0}
-        cavity = _choose(rng, cavity_weights)
+        cavity = choose(rng, cavity_weights)
         shapes = {k: w for k, w in profile.shape.items() if hollow or k not in HOLLOW_ONLY_SHAPES}
         if "lumen" in cavity:  # a box inside the lumen has no wall to thicken or narrow
             shapes = {k: w for k, w in shapes.items() if k not in WALL_SHAPES} or {"protrusion into the lumen": 1.0}
         if not shapes:  # e.g. a hollow-organ cancer profile asked for a solid organ
             shapes = {"irregular": 0.5, "round-like": 0.5}
-        feature = _choose(rng, profile.features)
+        feature = choose(rng, profile.features)
         lo, hi = profile.ct_range
         return {
             ENHANCEMENT: "enhanced ct" if rng.random() < self.contrast_probability else "non-contrast ct",
-            SHAPE: _choose(rng, shapes),
-            DENSITY: _choose(rng, profile.density),
-            DENSITY_VARIATIONS: _choose(rng, profile.density_variations),
+            SHAPE: choose(rng, shapes),
+            DENSITY: choose(rng, profile.density),
+            DENSITY_VARIATIONS: choose(rng, profile.density_variations),
             CT_VALUE: float(round(rng.uniform(lo, hi))),
-            SURFACE: SURFACE_PHRASES[surface_family(organ_name, hollow)][_choose(rng, profile.margin)],
+            SURFACE: SURFACE_PHRASES[surface_family(organ_name, hollow)][choose(rng, profile.margin)],
             RELATIONSHIP: ("close relationship with adjacent organs" if rng.random() < profile.close_relationship
                            else "no close relationship with surrounding organs"),
             SPECIFIC_FEATURES: [feature] if feature else [],

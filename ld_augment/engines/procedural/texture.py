@@ -122,10 +122,10 @@ class ProceduralTextureEngine(TextureEngine):
         # reader contours) IS the label; inside it the lesion's own tissue, outside a band below half contrast
         depth = float(sd[mask].max())
         half = float(np.clip(MARGIN_MM[spec.margin], 0.5 * min(spacing), max(0.5 * depth, 0.5 * min(spacing))))
-        # the core (fields.core_region: the voxels that carry the requested value) lies wholly past the blend:
-        # in a 5-6 mm nodule a wider band reached into it, and against aerated lung a 3 % shortfall of the
-        # blend is a 25 HU darker core
-        # an ill-defined margin keeps its width outwards (below half contrast) where the core leaves no room inside
+        # the core (fields.core_region: the voxels that carry the requested value) lies wholly past the blend's
+        # inner half: in a 5-6 mm nodule a wider band reached into it, and against aerated lung a 3 % shortfall
+        # of the blend is a 25 HU darker core. An ill-defined margin keeps its width outwards (below half
+        # contrast) where the core leaves no room inside.
         core = core_region(mask, spacing)
         half_in = min(half, max(float(sd[core].min()), 0.5 * min(spacing)))
         t = np.clip(0.5 + sd / (2.0 * np.where(sd >= 0, half_in, half)), 0.0, 1.0)
@@ -151,7 +151,7 @@ class ProceduralTextureEngine(TextureEngine):
         # noise SD (40-60 HU in lung) away from the report's value; the realisation is shifted to a zero core
         # median (same SD, same grain), so the value the report states holds in a small lesion as in a large one
         noise = matched_noise(ct.shape, stats, spacing, rng)
-        noise -= float(np.median(noise[core_region(mask, spacing)]))
+        noise -= float(np.median(noise[core]))
         inside = (1.0 - stone_weight) * (design + noise) + stone_weight * stone_hu
         low, high = self.hu_range
         blended = (1.0 - alpha) * under + alpha * inside
