@@ -73,6 +73,35 @@ def _measure_case(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacing
         out.negative_groups.append({"organ": str(base.get("organ", ""))})
 
 
+#: HU of the lung put beyond a VOI's end slices when none of its own is aerated (LIDC parenchyma median).
+LIDC_LUNG_HU = -800.0
+
+
+def lung_beyond_end_slices(image: nib.spatialimages.SpatialImage, mask: nib.spatialimages.SpatialImage,
+                           spacing: Sequence[float]) -> tuple[nib.Nifti1Image, nib.Nifti1Image, nib.Nifti1Image]:
+    """An LIDC VOI with lung added beyond its first and last slices, its mask with none, and which voxels are real.
+
+    The VOIs end at the nodule's own end slices. Averaged to a coarser grid (``to_common_spacing``), their edge
+    values were carried on past the end: the nodule's last slice stood in for the lung beyond it, so the end slab
+    of a 3 mm voxel held nodule where a 3 mm scan holds nodule and lung. The added slices hold the VOI's own lung
+    HU (median of its aerated voxels, ``LIDC_LUNG_HU`` if none), enough of them for the new grid's averaging.
+    """
+    affine = np.asarray(image.affine, dtype=np.float64)
+    axis = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis running along the scanner's z (the slices)
+    step = float(np.sqrt((affine[:3, axis] ** 2).sum()))
+    pad = int(math.ceil(max(float(s) for s in spacing) / step)) + 1
+    ct = np.asarray(image.dataobj, dtype=np.float32)
+    lesion = np.asarray(mask.dataobj) > 0
+    air = ct[(ct < -400.0) & ~lesion]
+    lung_hu = float(np.median(air)) if air.size else LIDC_LUNG_HU
+    widths = [(pad, pad) if a == axis else (0, 0) for a in range(3)]
+    shifted = affine.copy()
+    shifted[:3, 3] -= pad * affine[:3, axis]
+    known = np.pad(np.ones(ct.shape, np.uint8), widths)
+    return (nib.Nifti1Image(np.pad(ct, widths, constant_values=lung_hu), shifted),
+            nib.Nifti1Image(np.pad(lesion.astype(np.uint8), widths), shifted), nib.Nifti1Image(known, shifted))
+
+
 def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None = None, patch_mm: float = PATCH_MM,
               negatives_per_case: int = 0, seed: int = 0) -> LesionSet:
     """The LIDC nodule VOIs (``images/``, ``masks/``, ``metadata.csv``) as rows with the radiologists' ratings
@@ -97,10 +126,11 @@ def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None =
         image, mask = root / "images" / f"{case}.nii.gz", root / "masks" / f"{case}.nii.gz"
         if not image.is_file() or not mask.is_file():
             continue  # the README lists two masks without images; metadata rows without files are skipped
-        ct, (lesion,), grid = to_common_spacing(nib.load(str(image)), [nib.load(str(mask))], sp)
+        voi, voi_mask, known = lung_beyond_end_slices(nib.load(str(image)), nib.load(str(mask)), sp)
+        ct, (lesion, inside), grid = to_common_spacing(voi, [voi_mask, known], sp)
         if not lesion.any():
             continue  # too small to survive resampling to this spacing
-        organ = lung_mask_from_hu(ct, lesion, grid)
+        organ = lung_mask_from_hu(ct, lesion, grid) & inside  # the added slices are no parenchyma sample
         ratings = {f"rating_{k.lower()}": float(row[f"{k}_value"]) for k in LIDC_RATINGS if row.get(f"{k}_value", "") != ""}
         base = {"case": case, "organ": "lung", "lesion_type": "lung nodule", **ratings,
                 "texture_class": lidc_texture_class(ratings.get("rating_texture", 5.0)),

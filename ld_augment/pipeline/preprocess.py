@@ -26,8 +26,8 @@ from ld_augment.placement.bboxes import bbox_map, place_lesions
 from ld_augment.engines.attributes import expected_contrast_sign, lesion_spec
 from ld_augment.engines.attributes import is_lung
 from ld_augment.engines.procedural.density import (
-    CONTRAST_RANGE, LUNG_HU, MIN_CONTRAST_HU, aorta_mask, bound_lesion_hu, infer_contrast_phase, is_arterial,
-    lesion_hu, parenchyma_hu, phase_of,
+    CONTRAST_RANGE, LUNG_HU, MIN_CONTRAST_HU, SOLID_NODULE, aorta_mask, bound_lesion_hu, infer_contrast_phase,
+    is_arterial, lesion_hu, parenchyma_hu, phase_of, solid_nodule_core_range,
 )
 from ld_augment.reports._organs import is_hollow
 from ld_augment.reports.consistency import resolve_contradictions
@@ -76,7 +76,10 @@ def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: n
     if ok:
         sign = expected_contrast_sign(spec, organ)
         low = CONTRAST_RANGE.get(phase_of(report.enhancement_status), CONTRAST_RANGE[None])[0]
-        if is_lung(organ) and spec.density in LUNG_HU:
+        if is_lung(organ) and spec.density in SOLID_NODULE:
+            lo, hi = solid_nodule_core_range(spec.size)  # LIDC's solid cores of this size
+            ok = lo <= hu <= hi
+        elif is_lung(organ) and spec.density in LUNG_HU:
             lo, hi = LUNG_HU[spec.density]
             ok = lo <= hu <= hi  # solid vs ground glass: the density word sets the HU
         elif sign is None:

@@ -38,7 +38,7 @@ CT_HU_RANGE = (-1024.0, 3071.0)
 MIN_SOURCE_VOXELS = 14
 #: The same for a lung lesion: against aerated lung a nodule of 4 voxels (~6 mm on a 3 mm grid) is plainly
 #: visible and real (LIDC: 64 % of nodules under 9 mm, most of them under 14 voxels at 3 mm).
-MIN_SOURCE_VOXELS_LUNG = 4
+MIN_SOURCE_VOXELS_LUNG = 1
 #: Share of a source voxel's extent that makes it part of a lung lesion's label (write_back.partial_label_share).
 LUNG_PARTIAL_LABEL_SHARE = 0.3
 #: Redraws of a lesion whose source-grid label would be too small, each with a 1.3x larger box.

@@ -93,3 +93,40 @@ def test_real_lidc_sample(shared_data: Path) -> None:
     reported = np.array([r["reported_diameter_mm"] for r in s.rows])
     assert np.median(np.abs(diam - reported) / reported) < 0.35  # our sizes agree with the table's
     assert all(r["parenchyma_hu"] < -600 for r in s.rows)  # the shell is aerated lung
+
+
+def test_lidc_voi_gets_lung_beyond_its_end_slices() -> None:
+    """The VOI ends at the nodule's last slice; lung (the VOI's own aerated HU) is put beyond both ends, the mask
+    gets none there, and every original voxel keeps its world position."""
+    from ld_augment.evaluation.datasets import lung_beyond_end_slices
+
+    affine = np.array([[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.5, -100.0], [0, 0, 0, 1]])
+    ct = np.full((20, 20, 3), -820, np.int16)
+    ct[5:15, 5:15, :] = 40
+    mask = (ct > 0).astype(np.uint8)
+    img, msk, known = lung_beyond_end_slices(nib.Nifti1Image(ct, affine), nib.Nifti1Image(mask, affine), (3.0,) * 3)
+    pad = (img.shape[2] - 3) // 2
+    assert pad >= 2 and img.shape[:2] == (20, 20)
+    data = np.asarray(img.dataobj)
+    assert np.all(data[:, :, :pad] == -820) and np.all(data[:, :, -pad:] == -820)
+    assert np.array_equal(data[:, :, pad:pad + 3], ct)
+    assert not np.asarray(msk.dataobj)[:, :, :pad].any() and np.asarray(known.dataobj)[:, :, pad:pad + 3].all()
+    assert np.allclose(img.affine @ [0, 0, pad, 1], affine @ [0, 0, 0, 1])
+
+
+def test_lidc_nodule_depth_at_a_coarser_grid(tmp_path: Path) -> None:
+    """A nodule filling its VOI's slices is measured as deep as it is, not a voxel deeper (no edge carry-on)."""
+    root = tmp_path / "lidc"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    affine = np.diag([-0.7, -0.7, 2.5, 1.0])
+    ct = np.full((40, 40, 4), -850, np.int16)
+    ct[12:28, 12:28, :] = 30
+    nib.save(nib.Nifti1Image(ct, affine), str(root / "images" / "LIDC-IDRI-0001_R_1.nii.gz"))
+    nib.save(nib.Nifti1Image((ct > 0).astype(np.uint8), affine), str(root / "masks" / "LIDC-IDRI-0001_R_1.nii.gz"))
+    with open(root / "metadata.csv", "w", newline="") as fh:
+        fh.write("patient_id,nodule_id,diameter_mm,Texture_value\nLIDC-IDRI-0001,1,10,5\n")
+    row = load_lidc(root, (3.0, 3.0, 3.0)).rows[0]
+    # 11.2 x 11.2 x 10 mm: at 3 mm, 4 x 4 x 3 voxels (before: 4 slices deep, 432 mm3 more)
+    assert row["volume_mm3"] <= 4 * 4 * 3 * 27.0
+    assert row["parenchyma_hu"] == pytest.approx(-850, abs=30)

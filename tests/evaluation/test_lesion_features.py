@@ -192,3 +192,24 @@ def test_coarser_common_spacing_averages_like_a_coarse_acquisition() -> None:
     f = measure_lesion(out, mask, organ, spacing)
     assert f["equivalent_diameter_mm"] == pytest.approx(20.0, rel=0.1)
     assert f["heterogeneity_std"] < 35.0  # 60 HU thin-slice noise averaged over ~4x4 in-plane voxels
+
+
+def test_mask_touching_its_volume_edge_does_not_grow_past_it() -> None:
+    """A mask filling its volume's 4 slices of 2.5 mm (10 mm, as an LIDC VOI ends at the nodule's last slice)
+    is 3 voxels deep at 3 mm, not 4: beyond the last slice there is no lesion to carry on."""
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    mask = np.zeros((30, 30, 4), np.uint8)
+    mask[10:20, 10:20, :] = 1
+    ct = np.where(mask > 0, 30.0, -800.0).astype(np.float32)
+    _, (out,), _ = to_common_spacing(nib.Nifti1Image(ct, affine), [nib.Nifti1Image(mask, affine)], (3.0, 3.0, 3.0))
+    depth = int(np.ptp(np.nonzero(out)[2])) + 1
+    assert depth == 3
+
+
+def test_mask_already_on_the_grid_is_unchanged() -> None:
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 3:6, 0:2] = 1  # touching the edge, on the grid: nothing to interpolate
+    _, (out,), _ = to_common_spacing(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine),
+                                     [nib.Nifti1Image(mask, affine)], (3.0, 3.0, 3.0))
+    assert np.array_equal(out, mask > 0)

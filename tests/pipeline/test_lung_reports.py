@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ld_augment.pipeline.preprocess import harmonize_ct_value
 from ld_augment.reports.model import LesionReport
@@ -28,13 +29,31 @@ def test_density_word_sets_the_nodule_hu() -> None:
     ggo = base.with_values(density="low-density ground-glass opacity", ct_value=30.0)
     fixed_solid = harmonize_ct_value(solid, -850.0, "lung_lower_lobe_left", rng)
     fixed_ggo = harmonize_ct_value(ggo, -850.0, "lung_lower_lobe_left", rng)
-    assert -40.0 <= fixed_solid.ct_value <= 50.0 and -700.0 <= fixed_ggo.ct_value <= -450.0
+    # an 8 mm solid nodule: LIDC's 6-9 mm solid cores (10th-90th percentile -292..28 HU), never -548
+    assert -292.0 <= fixed_solid.ct_value <= 28.0 and -700.0 <= fixed_ggo.ct_value <= -450.0
     kept = base.with_values(density="isodense soft tissue mass", ct_value=10.0)
     assert harmonize_ct_value(kept, -850.0, "lung_lower_lobe_left", rng).ct_value == 10.0  # consistent: kept
     drawn = [harmonize_ct_value(ggo, -850.0, "lung_lower_lobe_left", rng, resample=True).ct_value for _ in range(20)]
     drawn_solid = [harmonize_ct_value(solid, -850.0, "lung_lower_lobe_left", rng, resample=True).ct_value
                    for _ in range(20)]
     assert np.median(drawn_solid) - np.median(drawn) > 350  # LIDC: solid vs ground glass ~ +575 HU
+
+
+def test_solid_nodule_cores_follow_lidc_by_size() -> None:
+    """LIDC solid cores at 1 mm: median -218 HU under 6 mm, +36 HU from 13 mm (a uniform -30..50 HU for every
+    size made small nodules 130 HU too dense on a 3 mm grid and the spread a third of the real one)."""
+    rng = np.random.default_rng(2)
+
+    def cores(size: tuple[int, int, int]) -> np.ndarray:
+        report = LesionReport(organ_id=LUNG).with_values(enhancement_status="non-contrast ct", size=size,
+                                                        density="isodense soft tissue mass", ct_value=0.0)
+        return np.array([harmonize_ct_value(report, -850.0, "lung_lower_lobe_left", rng, resample=True).ct_value
+                         for _ in range(300)])
+
+    small, large = cores((6, 6, 5)), cores((22, 20, 18))
+    assert np.median(small) == pytest.approx(-218.0, abs=40.0) and np.median(large) == pytest.approx(36.0, abs=15.0)
+    assert np.percentile(small, 75) - np.percentile(small, 25) > 200.0  # real IQR -377..-93
+    assert small.min() >= -520.0 and large.max() <= 86.0  # within LIDC's 10th-90th percentiles
 
 
 def test_small_nodules_on_a_3mm_grid_are_allowed() -> None:

@@ -13,7 +13,8 @@ Three rules live here once so the report and the rendered lesion agree:
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,6 +38,23 @@ MIN_CONTRAST_HU = 8.0
 LUNG_HU = {"soft_tissue": (-30.0, 50.0), "hypo": (-30.0, 50.0), "iso": (-30.0, 50.0), "hyper": (20.0, 80.0),
            "mixed": (-40.0, 40.0), "soft_tissue_ggo": (-40.0, 30.0), "ground_glass": (-680.0, -480.0),
            "ring": (-30.0, 50.0)}
+#: Solid nodule core HU by size, as LIDC-IDRI shows them at 1 mm (756 solid nodules rated calcification
+#: "absent", measured by ``ld_augment.evaluation`` at 1 mm): (equivalent diameter below, mm;
+#: HU at the 10/25/50/75/90th percentiles). Small nodules' cores are less dense (the scanner's blur, finer
+#: structure): a uniform -30..50 HU for every size gave 3 mm cores 130 HU too dense under 9 mm and a spread a
+#: third of the real one (bench_lidc_compare: core HU the most telling feature).
+LUNG_SOLID_CORE_BY_SIZE = (
+    (6.0, (-520.0, -377.0, -218.0, -93.0, -11.0)),
+    (9.0, (-292.0, -211.0, -115.0, -27.0, 28.0)),
+    (13.0, (-134.0, -63.0, 14.0, 44.0, 71.0)),
+    (math.inf, (-45.0, 9.0, 36.0, 57.0, 86.0)),
+)
+_CORE_LEVELS = (0.10, 0.25, 0.50, 0.75, 0.90)
+#: Equivalent diameter of a procedural nodule / its box's geometric-mean side (the level set's lobes fill ~0.6
+#: of the box's inscribed ellipsoid).
+NODULE_FILL = 0.85
+#: Density words that make a lung nodule solid (its core from LUNG_SOLID_CORE_BY_SIZE).
+SOLID_NODULE = ("soft_tissue", "hypo", "iso")
 #: Aorta median HU above which the scan counts as contrast-enhanced (unenhanced blood is 35-55 HU).
 ENHANCED_AORTA_HU = 110.0
 #: Aorta median HU above which an enhanced scan counts as arterial phase (portal venous: aorta ~150-200 HU;
@@ -117,6 +135,25 @@ def fluid_hu(organ_hu: float | None, rng: np.random.Generator) -> float:
     return float(rng.uniform(low, max(high, low + 1.0)))
 
 
+def solid_nodule_core_range(size: Sequence[float] | None) -> tuple[float, float]:
+    """The 10th-90th percentile core HU of LIDC solid nodules of this box size (mm; all sizes when unknown)."""
+    quantiles = _solid_core_quantiles(size)
+    return quantiles[0], quantiles[-1]
+
+
+def _solid_core_quantiles(size: Sequence[float] | None) -> tuple[float, ...]:
+    if not size:
+        return (-330.0, -192.0, -58.0, 26.0, 59.0)  # LIDC solid cores at 1 mm, all sizes
+    diameter = NODULE_FILL * float(np.exp(np.mean(np.log(np.maximum(np.asarray(size, dtype=float), 1.0)))))
+    return next(q for limit, q in LUNG_SOLID_CORE_BY_SIZE if diameter < limit)
+
+
+def solid_nodule_core_hu(size: Sequence[float] | None, rng: np.random.Generator) -> float:
+    """A solid nodule's core HU drawn from LIDC's cores of its size (between the 10th and 90th percentile)."""
+    return float(np.interp(rng.uniform(_CORE_LEVELS[0], _CORE_LEVELS[-1]), _CORE_LEVELS,
+                           _solid_core_quantiles(size)))
+
+
 def bound_lesion_hu(spec: LesionSpec, hu: float, organ_name: str, rng: np.random.Generator,
                     organ_hu: float | None = None) -> float:
     """``hu`` moved into the type's plausible range; the density word wins over the solid floor.
@@ -145,7 +182,9 @@ def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | N
     low, high = CONTRAST_RANGE.get(phase, CONTRAST_RANGE[None])
     if spec.density == "fluid":
         return fluid_hu(None if is_lung(organ_name) or is_bone(organ_name) else organ_hu, rng)
-    if is_lung(organ_name):  # LIDC cores: solid about 0 HU, ground glass about -575 HU, part-solid between
+    if is_lung(organ_name) and spec.density in SOLID_NODULE:  # LIDC cores of the nodule's size
+        hu = solid_nodule_core_hu(spec.size, rng)
+    elif is_lung(organ_name):  # LIDC cores: ground glass about -575 HU, part-solid's solid part about 0
         hu = rng.uniform(*LUNG_HU.get(spec.density, LUNG_HU["soft_tissue"]))
     elif is_bone(organ_name) and spec.density in ("hypo", "ground_glass", "fluid", "mixed"):
         # lytic: bone replaced by soft tissue, never by fat
