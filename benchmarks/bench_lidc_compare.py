@@ -57,6 +57,9 @@ MARGINS = {"sharp": "well-defined margin", "poorly defined": "ill-defined margin
 LUNG_LOBES_V2 = (10, 11, 12, 13, 14)
 ORGANS = ("lung_lower_lobe_right", "lung_lower_lobe_left")
 VOI_MARGIN_MM = 10.0
+#: Features that read how a label is drawn (at half contrast, or generously as LIDC's readers' consensus) more than
+#: the lesion: reported without them too.
+LABEL_CONVENTION = ("label_below_half_fraction", "visible_diameter_ratio")
 #: An attribute effect counts as "in the real direction" when it has the real sign and >= this share of its size.
 MIN_EFFECT_SHARE = 0.25
 
@@ -80,7 +83,10 @@ def lidc_boxes(lidc: Path) -> dict[str, tuple[int, int, int]]:
     """Each LIDC nodule's extent (mm, x y z) from metadata.csv's bounding box, keyed like the loader's rows.
 
     The box runs between the outermost voxel CENTRES, so a voxel is added per axis (the VOI's own voxel size):
-    without it a nodule on 2.5 mm slices came out 2.5 mm too thin in z, 40 % flatter than itself."""
+    without it a nodule on 2.5 mm slices came out 2.5 mm too thin in z, 40 % flatter than itself. 22 boxes are
+    under a voxel wide in-plane (a glitch of the table: they asked for 2 x 2 x 12 mm nodules, which failed);
+    those take their mask's extent. (Mask extents for all made the synthetic nodules 20 % larger than the
+    real ones' equivalent diameters: the consensus masks reach past the table's box.)"""
     import csv
 
     import nibabel as nib
@@ -89,12 +95,18 @@ def lidc_boxes(lidc: Path) -> dict[str, tuple[int, int, int]]:
     with open(lidc / "metadata.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             case = f"{row['patient_id']}_R_{row['nodule_id']}"
-            image = lidc / "images" / f"{case}.nii.gz"
+            image, mask = lidc / "images" / f"{case}.nii.gz", lidc / "masks" / f"{case}.nii.gz"
             try:
                 ext = [float(row[f"bboxHigh{a}"]) - float(row[f"bboxLow{a}"]) for a in "XYZ"]
                 voxel = nib.affines.voxel_sizes(nib.load(str(image)).affine) if image.is_file() else (0.0,) * 3
             except (KeyError, ValueError):
                 continue
+            if min(ext[:2]) < float(min(voxel[:2])) and mask.is_file():  # a glitch: the mask says how large
+                img = nib.load(str(mask))
+                idx = np.nonzero(np.asarray(img.dataobj))
+                if not idx[0].size:
+                    continue
+                ext = [float(np.ptp(i)) for i in idx] * np.asarray(voxel, dtype=float)
             out[case] = tuple(max(1, int(round(e + float(v)))) for e, v in zip(ext, voxel))
     return out
 
@@ -390,6 +402,14 @@ def main(argv=None) -> int:
         print(f"LIDC nodules in lung as dense as the synthetic scene's ({lo:.0f} to {hi:.0f} HU, n {len(matched)}): "
               f"logistic {fmt(scene_auc.get('logistic'))}, forest {fmt(scene_auc.get('random_forest'))} "
               "(reported, not a target)")
+    # the label convention: LIDC's consensus masks are generous (a median 16 % of mask voxels below -600 HU) where
+    # ours sit at the half-contrast surface (the quality gate's "label = visible extent"); without the two
+    # features that read the convention, what is left is the lesion itself
+    lesion_only = [f for f in auc.get("features", []) if f not in LABEL_CONVENTION]
+    if lesion_only:
+        own = two_sample_auc(syn, real, lesion_only, seed=args.seed)
+        print(f"without the label-convention features ({', '.join(LABEL_CONVENTION)}): logistic "
+              f"{fmt(own.get('logistic'))}, forest {fmt(own.get('random_forest'))} (reported, not a target)")
     telling = list(auc.get("per_feature_auc", {}).items())[:5]
     print("most telling features alone (AUC; < 0.5: lower in synthetic): "
           + ", ".join(f"{k} {v:.2f}" for k, v in telling))

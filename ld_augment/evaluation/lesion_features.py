@@ -17,7 +17,8 @@ Features (keys of the dict ``measure_lesion`` returns; NaN where a lesion is too
 * ``heterogeneity_std``, ``heterogeneity_iqr`` (inside the eroded lesion), ``heterogeneity_ratio`` (lesion
   IQR / shell IQR), ``fine_texture_ratio`` (high-pass std, lesion / shell: the noise grain).
 * ``margin_width_mm``: 10-90 % rise of the HU profile across the surface (profile = median HU per signed
-  distance bin, made monotone by isotonic regression): ~1 voxel for a sharp edge, wider for a blurred one.
+  distance bin, made monotone by isotonic regression): ~1 voxel for a sharp edge, wider for a blurred one; NaN
+  for a lesion under ``MIN_SHAPE_VOXELS`` voxels (all edge: 1-3 voxels hold no core to rise to).
 * ``inside_organ_fraction`` (share of the voxels just outside the lesion that are organ: 1 inside it, ~0.5 half
   out; works whether or not the organ mask includes the lesion), ``visible_diameter_ratio`` (diameter of the region past half the core's contrast
   / label diameter), ``label_below_half_fraction`` (label voxels short of half the contrast), ``components``.
@@ -316,7 +317,8 @@ def measure_lesion(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacin
     shell_hp = float(_high_pass(ct, shell)[shell].std())
     inner_hp = float(_high_pass(ct, interior)[interior].std())
     feats["fine_texture_ratio"] = inner_hp / shell_hp if shell_hp > 0 else math.nan
-    feats["margin_width_mm"] = margin_width_mm(ct, sd, lesion, organ, sp, parenchyma, core_hu, shell_mm)
+    if n >= MIN_SHAPE_VOXELS:  # a lesion of 1-3 voxels is all edge: no margin to tell from its core
+        feats["margin_width_mm"] = margin_width_mm(ct, sd, lesion, organ, sp, parenchyma, core_hu, shell_mm)
     contrast = core_hu - parenchyma
     if abs(contrast) > 0:
         smooth = ndimage.gaussian_filter(ct, 0.5)  # a little denoising; a 3-voxel median erases small lesions

@@ -405,9 +405,15 @@ def synthesize_case(
         band_std |= band
     if not (lesion_ids > 0).any():
         reasons = sorted({r["reason"] for r in skipped})
-        raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)}); "
-                          f"a label needs at least {min_source_voxels} voxels in the source grid of {source_path}: "
+        advice = []
+        if "vanishes in the source grid" in reasons:
+            advice.append(f"a label needs at least {min_source_voxels} voxels in the source grid of {source_path}: "
                           "ask for larger lesions or a finer source scan")
+        gate_failures = sorted({f for r in skipped for tries in r.get("failures", []) for f in tries})
+        if gate_failures:  # what the gate measured on the last tries, not a size problem
+            advice.append("the quality gate measured: " + "; ".join(gate_failures[:4]))
+        raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)})"
+                          + "".join(f"; {a}" for a in advice))
 
     organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
     written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,

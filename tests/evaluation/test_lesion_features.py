@@ -213,3 +213,16 @@ def test_mask_already_on_the_grid_is_unchanged() -> None:
     _, (out,), _ = to_common_spacing(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine),
                                      [nib.Nifti1Image(mask, affine)], (3.0, 3.0, 3.0))
     assert np.array_equal(out, mask > 0)
+
+
+def test_lesion_of_a_few_voxels_has_no_margin_width(organ: np.ndarray) -> None:
+    """1-3 voxels are all edge: no margin width is claimed for them (LIDC at 3 mm: 15 % of nodules), while a
+    ball's is measured."""
+    ct = np.full((N, N, N), -800.0, np.float32)
+    tiny = np.zeros((N, N, N), bool)
+    tiny[20, 20, 20:22] = True
+    ct[tiny] = 0.0
+    assert math.isnan(measure_lesion(ct, tiny, organ, (3.0, 3.0, 3.0))["margin_width_mm"])
+    ball = _ball(6.0)
+    ct_ball = np.where(ball, 0.0, -800.0).astype(np.float32)
+    assert math.isfinite(measure_lesion(ndimage.gaussian_filter(ct_ball, 1.0), ball, organ, (1.0,) * 3)["margin_width_mm"])

@@ -37,6 +37,18 @@ from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 DEFORMATION = {"round": 0.11, "cystic": 0.04, "punctate": 0.08, "irregular": 0.22, "wall": 0.15}
 #: Body size of a spiculated lesion (fraction of the box's semi-axes): the strands reach out to the box.
 SPICULE_BODY = 0.55
+#: Spiculated nodules in lung: a larger body, deeper lobes (x the round amplitude; elsewhere SPICULE_LOBES) and
+#: strands thicker (x THICKNESS) that keep half their base to the tip (TAPER: share of the base lost by the tip).
+#: LIDC's spiculated nodules on a 3 mm grid: convexity 0.81 at 9-13 mm where smooth ones have 0.93, and 0.83 vs
+#: 0.90 at 13-20 mm. The abdominal strands (0.55 body, threads) came out at 0.90-1.00 there, the body a 6-8 mm
+#: ball in a 15 mm box and the strands averaged away; these measure convexity -0.08 below smooth nodules at
+#: 15-20 mm boxes, equivalent diameters 10-13 mm instead of 7-9 (4 nodules per size, 3 sizes).
+LUNG_SPICULE_BODY = 0.6
+LUNG_SPICULE_THICKNESS = 1.5
+SPICULE_LOBES = 1.5
+LUNG_SPICULE_LOBES = 2.0
+SPICULE_TAPER = 1.0
+LUNG_SPICULE_TAPER = 0.5
 #: Deformation multiplier in lung: LIDC nodules on a 3 mm grid have sphericity median 0.83 and convexity 0.90;
 #: with the abdominal amplitudes ours had 0.90 and 0.97 (a small nodule's bumps are sub-voxel and a 3 mm grid
 #: rounds them off). 3.2 gives round nodules an amplitude of 0.35 of the radius (bench_lidc_compare: 0.87 / 0.95).
@@ -115,11 +127,15 @@ class ProceduralMaskEngine(MaskEngine):
         # the shape must fit INSIDE the box, and a voxel off the volume's border: it shrinks rather than being
         # clipped flat by a face (real lesions have no planar faces)
         inner = in_box & self._off_border(crop, shape)
-        body = semi * SPICULE_BODY if spec.spiculated else semi
+        lung = is_lung(ctx.organ_name)
+        body = semi * (LUNG_SPICULE_BODY if lung else SPICULE_BODY) if spec.spiculated else semi
         lesion = self._level_set(crop_shape, centre, body, spec, rng, inner,
-                                 roughness=LUNG_DEFORMATION if is_lung(ctx.organ_name) else 1.0)
+                                 roughness=LUNG_DEFORMATION if lung else 1.0,
+                                 spicule_lobes=LUNG_SPICULE_LOBES if lung else SPICULE_LOBES)
         if spec.spiculated and lesion.any():  # thin strands radiating out to the box: a low convexity
-            lesion |= self._spicules(lesion, centre, semi, spacing, rng) & inner
+            lesion |= self._spicules(lesion, centre, semi, spacing, rng,
+                                     thickness=LUNG_SPICULE_THICKNESS if lung else 1.0,
+                                     taper=LUNG_SPICULE_TAPER if lung else SPICULE_TAPER) & inner
 
         organ = ctx.organ_mask[crop]
         hollow = is_hollow(ctx.organ_name)
@@ -156,7 +172,7 @@ class ProceduralMaskEngine(MaskEngine):
 
     @staticmethod
     def _spicules(body: np.ndarray, centre: np.ndarray, semi: np.ndarray, spacing: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, thickness: float = 1.0, taper: float = SPICULE_TAPER) -> np.ndarray:
         """3-7 tapering strands from the body's surface out to near the box's ellipsoid (spiculated margin)."""
         grid = np.indices(body.shape, dtype=np.float32)
         offset = np.stack([(grid[a] - centre[a]) * spacing[a] for a in range(3)])  # mm from the centre
@@ -170,8 +186,8 @@ class ProceduralMaskEngine(MaskEngine):
             across = np.sqrt(np.sum((offset - along[None] * direction[:, None, None, None]) ** 2, axis=0))
             # thick at the base in proportion to the body (real spicules of a 20 mm nodule are 2-3 mm wide at
             # the surface and survive a 3 mm grid; 1 mm strands vanished there: convexity effect -0.02, real -0.11)
-            base = max(1.5, 0.25 * float(np.min(semi * spacing)))
-            radius = 0.5 * float(spacing.max()) + base * (1.0 - along / length)
+            base = thickness * max(1.5, 0.25 * float(np.min(semi * spacing)))
+            radius = 0.5 * float(spacing.max()) + base * (1.0 - taper * along / length)
             out |= (across <= radius) & (along > 0)
         return out
 
@@ -212,7 +228,7 @@ class ProceduralMaskEngine(MaskEngine):
 
     def _level_set(
         self, crop_shape: tuple[int, ...], centre: np.ndarray, semi: np.ndarray, spec: Any, rng: np.random.Generator,
-        inner: np.ndarray | None = None, roughness: float = 1.0,
+        inner: np.ndarray | None = None, roughness: float = 1.0, spicule_lobes: float = SPICULE_LOBES,
     ) -> np.ndarray:
         """The deformed ellipsoid: ``r (1 + A) + A tanh(noise) <= 1`` with ``r`` the normalized radius.
 
@@ -222,7 +238,7 @@ class ProceduralMaskEngine(MaskEngine):
         semi-axes shrink below the box if needed: the shape shrinks rather than being clipped flat.
         """
         grid = np.ogrid[tuple(slice(0, n) for n in crop_shape)]
-        amplitude = DEFORMATION[spec.shape] * (1.5 if spec.spiculated else 1.0) * roughness
+        amplitude = DEFORMATION[spec.shape] * (spicule_lobes if spec.spiculated else 1.0) * roughness
         # coarse lobes plus finer bumps (multi-scale lobulation)
         bumps = 0.85 * smooth_noise(crop_shape, self.deformation_scale * semi, rng)
         bumps += 0.55 * smooth_noise(crop_shape, np.maximum(0.15 * semi, 0.7), rng)
