@@ -59,6 +59,12 @@ VISIBLE_SMOOTH_VOX = 0.7
 NEIGHBOURHOOD_MM = 15.0
 
 
+def _past(value: float, *bounds: float) -> str:
+    """``value`` with 2 decimals, or 3 where 2 would print a bound it failed ("0.15 (> 0.15)" read as a bug)."""
+    text = f"{value:.2f}"
+    return f"{value:.3f}" if any(text == f"{b:.2f}" for b in bounds) else text
+
+
 def flat_face_fraction(mask: np.ndarray, min_extent: int = 8, reach: float = 1.5) -> float:
     """Largest planar end face along any axis, as a fraction of the lesion's largest cross-section there.
 
@@ -196,11 +202,11 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
     if visible is not None:
         low, high = limits.visible_ratio
         if not low <= visible <= high:
-            failures.append(f"half-contrast / label diameter {visible:.2f} outside {low}-{high}")
+            failures.append(f"half-contrast / label diameter {_past(visible, low, high)} outside {low}-{high}")
     flat_source = lesion_mask if flat_mask is None else np.asarray(flat_mask, dtype=bool)
     flat = flat_face_fraction(flat_source[mask_slices(flat_source, (1, 1, 1))]) if flat_source.any() else 0.0
     if flat > limits.max_flat_face:
-        failures.append(f"flat face {flat:.2f} of the cross-section (> {limits.max_flat_face})")
+        failures.append(f"flat face {_past(flat, limits.max_flat_face)} of the cross-section (> {limits.max_flat_face})")
     return {
         "ok": not failures,
         "failures": failures,

@@ -116,3 +116,11 @@ def test_small_lung_nodule_core_on_request(lung, make_report, density, ct_value,
                                  organ_name="lung_lower_lobe_left")
         failures += quality["failures"]
     assert not failures, failures
+
+
+def test_a_failure_never_prints_the_bound_it_failed() -> None:
+    """0.151 failing "<= 0.15" read "flat face 0.15 (> 0.15)"; such a value gets a third decimal."""
+    from ld_augment.engines.quality import _past
+
+    assert _past(0.1512, 0.15) == "0.151" and _past(1.1523, 0.9, 1.15) == "1.152"
+    assert _past(0.27, 0.15) == "0.27" and _past(1.36, 0.9, 1.15) == "1.36"
