@@ -57,9 +57,6 @@ MARGINS = {"sharp": "well-defined margin", "poorly defined": "ill-defined margin
 LUNG_LOBES_V2 = (10, 11, 12, 13, 14)
 ORGANS = ("lung_lower_lobe_right", "lung_lower_lobe_left")
 VOI_MARGIN_MM = 10.0
-#: Features that read how a label is drawn (at half contrast, or generously as LIDC's readers' consensus) more than
-#: the lesion: reported without them too.
-LABEL_CONVENTION = ("label_below_half_fraction", "visible_diameter_ratio")
 #: An attribute effect counts as "in the real direction" when it has the real sign and >= this share of its size.
 MIN_EFFECT_SHARE = 0.25
 
@@ -312,7 +309,7 @@ def main(argv=None) -> int:
     if args.generate_only:
         return _generate_only(args.generate_only, args.seed)
 
-    from ld_augment.evaluation.compare import SCAN_FEATURES, two_sample_auc
+    from ld_augment.evaluation.compare import LABEL_CONVENTION, SCAN_FEATURES, two_sample_auc
     from ld_augment.evaluation.datasets import load_lidc
 
     data = _data_dir()
@@ -405,9 +402,8 @@ def main(argv=None) -> int:
     # the label convention: LIDC's consensus masks are generous (a median 16 % of mask voxels below -600 HU) where
     # ours sit at the half-contrast surface (the quality gate's "label = visible extent"); without the two
     # features that read the convention, what is left is the lesion itself
-    lesion_only = [f for f in auc.get("features", []) if f not in LABEL_CONVENTION]
-    if lesion_only:
-        own = two_sample_auc(syn, real, lesion_only, seed=args.seed)
+    own = auc.get("without_label_convention")
+    if own:
         print(f"without the label-convention features ({', '.join(LABEL_CONVENTION)}): logistic "
               f"{fmt(own.get('logistic'))}, forest {fmt(own.get('random_forest'))} (reported, not a target)")
     telling = list(auc.get("per_feature_auc", {}).items())[:5]

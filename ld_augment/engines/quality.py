@@ -206,7 +206,8 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
     flat_source = lesion_mask if flat_mask is None else np.asarray(flat_mask, dtype=bool)
     flat = flat_face_fraction(flat_source[mask_slices(flat_source, (1, 1, 1))]) if flat_source.any() else 0.0
     if flat > limits.max_flat_face:
-        failures.append(f"flat face {_past(flat, limits.max_flat_face)} of the cross-section (> {limits.max_flat_face})")
+        shown = _past(flat, limits.max_flat_face)
+        failures.append(f"flat face {shown} of the cross-section (> {limits.max_flat_face})")
     return {
         "ok": not failures,
         "failures": failures,

@@ -89,3 +89,19 @@ def test_per_feature_auc_names_what_gives_synthetic_lesions_away() -> None:
     out = two_sample_auc(syn, _rows(80, rng), seed=0)["per_feature_auc"]
     assert list(out)[0] == "contrast_hu" and out["contrast_hu"] < 0.1
     assert all(0.3 <= out[k] <= 0.7 for k in ("equivalent_diameter_mm", "sphericity"))
+
+
+def test_auc_without_the_label_convention_reads_the_lesions() -> None:
+    """Lesions alike, labels drawn differently (generous real contours, ours at half contrast): the full AUC finds
+    the convention, the AUC without its two features is ~0.5. Sets that differ in the lesions stay apart."""
+    rng = np.random.default_rng(5)
+
+    def labelled(rows: list[dict], below_half: float) -> list[dict]:
+        return [{**r, "label_below_half_fraction": rng.normal(below_half, 0.03),
+                 "visible_diameter_ratio": rng.normal(1.0 + below_half, 0.03)} for r in rows]
+
+    same = two_sample_auc(labelled(_rows(60, rng), 0.05), labelled(_rows(80, rng), 0.2), seed=0)
+    assert same["logistic"] > 0.9 and same["without_label_convention"]["logistic"] < 0.7
+    apart = two_sample_auc(labelled(_rows(60, rng, shift=1.5), 0.05), labelled(_rows(80, rng), 0.2), seed=0)
+    assert apart["without_label_convention"]["logistic"] > 0.9
+    assert "without_label_convention" not in two_sample_auc(_rows(30, rng), _rows(40, rng), seed=0)
