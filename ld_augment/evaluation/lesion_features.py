@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from ld_augment.errors import InputError
-from ld_augment.io.standardize import standardize_image
+from ld_augment.io.standardize import resample_to_grid, standardize_image
 
 FEATURES = (
     "equivalent_diameter_mm", "longest_axial_diameter_mm", "sphericity", "convexity", "flat_face_fraction",
@@ -66,31 +66,15 @@ def to_common_spacing(ct: nib.spatialimages.SpatialImage, masks: Sequence[nib.sp
     ct_arr = np.asarray(std_ct.dataobj, dtype=np.float32)
     out = []
     for mask in masks:
-        arr = _mask_fraction(mask, spacing) >= 0.5
-        if arr.shape != ct_arr.shape:
-            raise InputError(f"mask grid {arr.shape} differs from the CT's {ct_arr.shape} after resampling")
-        out.append(arr)
+        # onto the CT's grid, 0 beyond the mask's own volume: ``standardize_image`` carries an image's edge value
+        # on past it (right for a CT), and a mask touching its edge (LIDC VOIs end at the nodule's last slice)
+        # grew by up to a voxel there: 4 slices of 2.5 mm (10 mm) came out 12 mm deep at 3 mm
+        if tuple(mask.shape[:3]) != tuple(ct.shape[:3]):
+            raise InputError(f"mask grid {tuple(mask.shape[:3])} differs from the CT's {tuple(ct.shape[:3])}")
+        binary = nib.Nifti1Image((np.asarray(mask.dataobj) > 0).astype(np.float32), mask.affine)
+        out.append(np.asarray(resample_to_grid(binary, ct_arr.shape, std_ct.affine, is_label=False).dataobj) >= 0.5)
     sp = tuple(float(s) for s in np.abs(np.diag(std_ct.affine)[:3]))
     return ct_arr, out, sp  # type: ignore[return-value]
-
-
-def _mask_fraction(mask: nib.spatialimages.SpatialImage, spacing: Sequence[float]) -> np.ndarray:
-    """A binary mask's linear interpolation on ``standardize_image``'s grid, 0 beyond the mask's last voxel centres.
-
-    ``standardize_image`` extends an image past its edge with the edge's value (right for a CT); a mask touching
-    its volume's edge (LIDC VOIs end at the nodule's last slice) grew by up to a voxel of the new grid there:
-    a nodule of 4 slices of 2.5 mm (10 mm) came out 12 mm deep at 3 mm."""
-    from nibabel.processing import resample_to_output
-
-    data = (np.asarray(mask.dataobj) > 0).astype(np.float32)
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)))
-    std = standardize_image(canonical, spacing, is_label=False)
-    if std.shape == canonical.shape and np.allclose(std.affine, canonical.affine):
-        return np.asarray(std.dataobj, dtype=np.float32)  # already on the grid: nothing is interpolated
-    out = resample_to_output(canonical, voxel_sizes=[float(s) for s in spacing], order=1, mode="constant", cval=0.0)
-    if out.shape != std.shape or not np.allclose(out.affine, std.affine):  # never expected: same call, same grid
-        raise InputError(f"mask resampled to {out.shape}, its CT to {std.shape}")
-    return np.asarray(out.dataobj, dtype=np.float32)
 
 
 def _anti_aliased(img: nib.spatialimages.SpatialImage, spacing: Sequence[float]) -> nib.spatialimages.SpatialImage:
