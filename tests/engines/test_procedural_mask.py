@@ -172,24 +172,31 @@ def test_spiculated_nodule_is_less_convex(make_report, make_case) -> None:
     assert spiculated < smooth - 0.08, (smooth, spiculated)
 
 
+def _lung_nodules(make_report, make_case, side: int, seeds: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Smooth and spiculated solid nodules (one per seed) in a cube box of ``side`` mm inside all-lung, at 1 mm."""
+    shape = (60, 60, 60)
+    ctx = make_case(np.full(shape, -850.0, np.float32), np.ones(shape, np.int16), (1.0, 1.0, 1.0)).context(
+        1, "lung_lower_lobe_left")
+    box = BBox((30, 30, 30), (side,) * 3)
+
+    def masks(features: list[str]) -> list[np.ndarray]:
+        report = make_report(density="isodense soft tissue mass", size=(side,) * 3, specific_features=features)
+        return [ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(s)) for s in range(seeds)]
+
+    return masks([]), masks(["spiculated margins"])
+
+
 def test_spicules_survive_a_3mm_grid(make_report, make_case) -> None:
     """Strands 1 mm wide vanished when the label was written on a 3 mm grid (LIDC benchmark: spiculated - smooth
     convexity -0.02, real -0.11); they are now wide at the base in proportion to the nodule."""
     from ld_augment.evaluation.lesion_features import shape_features
 
-    shape = (60, 60, 60)
-    ctx = make_case(np.full(shape, -850.0, np.float32), np.ones(shape, np.int16), (1.0, 1.0, 1.0)).context(
-        1, "lung_lower_lobe_left")
-    box = BBox((30, 30, 30), (21, 21, 21))
-
-    def coarse_convexity(features: list[str], seed: int) -> float:
-        report = make_report(density="isodense soft tissue mass", size=(21, 21, 21), specific_features=features)
-        mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(seed))
+    def coarse_convexity(mask: np.ndarray) -> float:
         coarse = ndimage.zoom(mask.astype(np.float32), 1 / 3, order=1) >= 0.5  # the label on a 3 mm grid
         return shape_features(coarse, (3.0, 3.0, 3.0))["convexity"]
 
-    smooth = np.median([coarse_convexity([], s) for s in range(4)])
-    spiculated = np.median([coarse_convexity(["spiculated margins"], s) for s in range(4)])
+    smooth, spiculated = (np.median([coarse_convexity(m) for m in masks])
+                          for masks in _lung_nodules(make_report, make_case, 21))
     assert spiculated < smooth - 0.08, (smooth, spiculated)  # before: -0.05 at 3 mm; now -0.14
 
 
@@ -197,16 +204,6 @@ def test_spiculated_lung_nodule_keeps_its_size(make_report, make_case) -> None:
     """A spiculated nodule's body is most of its box, not a small ball inside it: with the abdominal 0.55 body an
     18 mm spiculated nodule measured 8 mm across on a 3 mm grid where LIDC's spiculated nodules are the large ones
     (median 18 mm)."""
-    shape = (60, 60, 60)
-    ctx = make_case(np.full(shape, -850.0, np.float32), np.ones(shape, np.int16), (1.0, 1.0, 1.0)).context(
-        1, "lung_lower_lobe_left")
-    box = BBox((30, 30, 30), (18, 18, 18))
-
-    def diameter(features: list[str], seed: int) -> float:
-        report = make_report(density="isodense soft tissue mass", size=(18, 18, 18), specific_features=features)
-        mask = ProceduralMaskEngine().generate_mask(ctx, box, report, np.random.default_rng(seed))
-        return float((6.0 * mask.sum() / np.pi) ** (1 / 3))
-
-    smooth = np.median([diameter([], s) for s in range(4)])
-    spiculated = np.median([diameter(["spiculated margins"], s) for s in range(4)])
+    smooth, spiculated = (np.median([(6.0 * m.sum() / np.pi) ** (1 / 3) for m in masks])
+                          for masks in _lung_nodules(make_report, make_case, 18))
     assert spiculated >= 0.75 * smooth, (smooth, spiculated)
