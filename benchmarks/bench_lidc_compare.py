@@ -3,28 +3,31 @@
 Synthesizes lung nodules (offline reports, procedural engines) on the shared CT crop's lung bases in two sets:
 a *population* (``--n-population``, default 40) whose text attributes are those of LIDC nodules drawn at random
 (texture solid / part-solid / ground-glass, spiculated or not, margin sharp or poorly defined: the real mix,
-~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 24) cycling every
-combination, for the attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
+~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 36) cycling every
+combination in blocks of 12 that share one size (a LIDC nodule's, one block per size tercile) and one seed,
+for the attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
 nodules on one common grid (``--spacing``, default 3 mm: the shared CT's own grid), both as VOI-like crops
 (the nodule's slices, ~10 mm in-plane context, as the LIDC VOIs are) with the lung derived from HU on both
 sides (the VOIs carry no lung label), measured by ``ld_augment.evaluation``. Prints:
 
 * every feature's synthetic median against the real IQR (target: inside),
 * the classifier two-sample test (cross-validated AUC, logistic regression and random forest; target <= 0.75),
-* attribute effects real vs synthetic (spiculated - smooth convexity, ground-glass - solid core HU, poorly
-  defined - sharp margin width; target: the real sign and at least a quarter of the real size),
+* attribute effects real vs synthetic at matched size (spiculated - smooth convexity, ground-glass - solid core
+  HU, poorly defined - sharp margin width; LIDC within size bands, the design within its blocks; target: the
+  real sign and at least a quarter of the real size), with the raw, unmatched differences beside them,
 
 with controls measured in the same run, which must behave or the script exits 1:
 
 * negative control: axis-aligned box "nodules" (soft tissue, sharp edges, same places and sizes as the
   synthetic ones) must be told from real at AUC >= 0.9;
 * real-vs-real control: two random halves of LIDC must be indistinguishable (AUC <= 0.65);
-* shuffled-label control of the synthetic-vs-real test (~0.5).
+* shuffled-label control of the synthetic-vs-real test (~0.5);
+* the box nodules placed where the design's are, carrying their words, must show no attribute effect.
 
 ``--strict`` also exits 1 when a target is missed. Deterministic given ``--seed``. A few CPU minutes
 (synthesis ~10 s per nodule; LIDC loading ~30 s):
 
-    python benchmarks/bench_lidc_compare.py [--n 24] [--n-population 40] [--spacing 3] [--seed 0] [--strict]
+    python benchmarks/bench_lidc_compare.py [--n 36] [--n-population 40] [--spacing 3] [--seed 0] [--strict]
         [--calibrate] [--baseline-ref e21dad5] [--dump rows.json]
 
 ``--baseline-ref REV`` has the package as of git revision REV synthesize the same requests (a subprocess on a
@@ -59,20 +62,41 @@ ORGANS = ("lung_lower_lobe_right", "lung_lower_lobe_left")
 VOI_MARGIN_MM = 10.0
 #: An attribute effect counts as "in the real direction" when it has the real sign and >= this share of its size.
 MIN_EFFECT_SHARE = 0.25
+#: Requests in one attribute-design block: every texture x spiculation x margin combination once.
+DESIGN_BLOCK = len(TEXTURES) * 2 * len(MARGINS)
 
 
 def _data_dir() -> Path:
     return Path(os.environ.get("LD_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
-def attribute_plan(n: int) -> list[dict[str, str]]:
-    """n requests cycling through texture x spiculation x margin (the LIDC ratings' words)."""
+def attribute_plan(n: int, sizes: list[str] | None = None) -> list[dict[str, str]]:
+    """n requests cycling through texture x spiculation x margin (the LIDC ratings' words), in blocks of one
+    full cycle. A block's requests share one size (``sizes``, cycled) and one seed: the same place and the same
+    draws, only the words differ, so an effect within a block is the words' effect, not a size's."""
     combos = list(itertools.product(TEXTURES, (True, False), MARGINS))
     out = []
     for i in range(n):
         texture, spiculated, margin = combos[i % len(combos)]
-        out.append({"texture": texture, "spiculated": spiculated, "margin": margin,
-                    "organ": ORGANS[(i // len(combos)) % len(ORGANS)]})
+        block = i // len(combos)
+        req = {"texture": texture, "spiculated": spiculated, "margin": margin,
+               "organ": ORGANS[block % len(ORGANS)], "block": block, "seed_offset": block}
+        if sizes:
+            req["size"] = sizes[block % len(sizes)]
+        out.append(req)
+    return out
+
+
+def design_sizes(real: list[dict], boxes: dict, n_blocks: int, seed: int) -> list[str]:
+    """One size per design block: the box of a LIDC nodule drawn at random from each of ``n_blocks`` equal-count
+    bands of equivalent diameter (small to large), so the design spans the real size range."""
+    rng = np.random.default_rng(seed + 104729)
+    sized = sorted((r["equivalent_diameter_mm"], r["case"]) for r in real
+                   if r.get("case") in boxes and math.isfinite(r.get("equivalent_diameter_mm", math.nan)))
+    out = []
+    for part in np.array_split(np.arange(len(sized)), max(n_blocks, 1)):
+        if part.size:
+            out.append("x".join(str(v) for v in boxes[sized[int(rng.choice(part))][1]]))
     return out
 
 
@@ -144,10 +168,11 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
         case, res = work / f"case_{i:02d}", work / f"out_{i:02d}"
         lesion_type = f"{req['texture']} lung nodule" if writer is not None else "lung nodule"
         try:
+            case_seed = seed + int(req.get("seed_offset", i))  # a design block shares its seed
             preprocess_case(str(ct), case, organ=req["organ"], lesion_type=lesion_type, seg=str(seg),
-                            attributes=attrs, seed=seed + i, preview=False, report_writer=writer,
+                            attributes=attrs, seed=case_seed, preview=False, report_writer=writer,
                             shrink=True)  # a real nodule's box may not fit the crop's thin lung bases
-            synthesize_case(case, res, seed=seed + i, preview=False)
+            synthesize_case(case, res, seed=case_seed, preview=False)
             out.append({**req, "ct": res / "ct.nii.gz", "label": res / "label.nii.gz", "error": None})
         except Exception as exc:  # noqa: BLE001 - a failed nodule is counted and reported, the rest goes on
             out.append({**req, "error": f"{type(exc).__name__}: {exc}"})
@@ -199,21 +224,39 @@ EFFECTS = [
 ]
 
 
-def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int) -> dict:
-    """Medians inside the real IQR, the two-sample AUC and the three attribute effects of one synthetic run."""
-    from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, two_sample_auc
+def _in_real_direction(e_syn: dict, e_real: dict) -> bool:
+    """The real sign and at least MIN_EFFECT_SHARE of the real size (a -0.003 "effect" is noise, not control)."""
+    return bool(math.isfinite(e_syn["effect"]) and math.isfinite(e_real["effect"])
+                and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
+                and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))
+
+
+def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int,
+              design_boxes: list[dict] | None = None) -> dict:
+    """Medians inside the real IQR, the two-sample AUC and the three attribute effects of one synthetic run.
+
+    An effect is judged at matched size on both sides: on the attribute design within its blocks (one size and
+    seed per block: the words' own effect) and on LIDC within size bands (its poorly defined and spiculated
+    nodules are larger, and margin width and convexity change with size). The raw median differences
+    (LIDC's; the population and design pooled) are kept beside them. ``design_boxes`` (the box control placed
+    where the design's nodules are, carrying their words) must show no effect: the words are ignored there."""
+    from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, stratified_effect, two_sample_auc
     from ld_augment.evaluation.lesion_features import FEATURES
 
     table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
     lesion_rows = [t for t in table if t["feature"] not in SCAN_FEATURES]  # the lung's own HU is the scan's
     auc = two_sample_auc(syn, real, seed=seed)
     effects = {}
+    by_block = lambda r: r.get("block", 0)  # noqa: E731
     for name, feature, sa, sb, ra, rb in EFFECTS:
-        e_syn, e_real = effect(syn + design, feature, sa, sb), effect(real, feature, ra, rb)
-        # the real direction, and at least a quarter of the real effect (a -0.003 "effect" is noise, not control)
-        ok = bool(math.isfinite(e_syn["effect"]) and np.sign(e_syn["effect"]) == np.sign(e_real["effect"])
-                  and abs(e_syn["effect"]) >= MIN_EFFECT_SHARE * abs(e_real["effect"]))
-        effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn, "ok": ok}
+        e_real = stratified_effect(real, feature, ra, rb)
+        e_syn = stratified_effect(design, feature, sa, sb, stratum=by_block)
+        effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn,
+                         "ok": _in_real_direction(e_syn, e_real), "real_raw": effect(real, feature, ra, rb),
+                         "synthetic_raw": effect(syn + design, feature, sa, sb)}
+        if design_boxes is not None:
+            e_box = stratified_effect(design_boxes, feature, sa, sb, stratum=by_block)
+            effects[name]["control"] = {**e_box, "ok": _in_real_direction(e_box, e_real)}
     return {"table": table, "inside": sum(1 for t in lesion_rows if t["inside_real_iqr"]),
             "judged": sum(1 for t in lesion_rows if t["inside_real_iqr"] is not None), "auc": auc,
             "effects": effects, "n": len(syn)}
@@ -254,7 +297,7 @@ def measure_synthetic(results: list[dict], source_ct: Path, spacing, seed: int) 
         ct, (lesion,), grid = to_common_spacing(img, [lesion_img], spacing)
         if not lesion.any():
             continue
-        base = {k: res[k] for k in ("texture", "spiculated", "margin", "organ")}
+        base = {k: res[k] for k in ("texture", "spiculated", "margin", "organ", "block") if k in res}
         rows.append(measure_volume(ct, lesion, grid, base))
         # the negative control: a soft-tissue cube of the same volume at the same centre, sharp-edged
         side = max(2, int(round(float(lesion.sum()) ** (1 / 3))))
@@ -264,7 +307,7 @@ def measure_synthetic(results: list[dict], source_ct: Path, spacing, seed: int) 
         box[tuple(slice(a, a + side) for a in lo)] = True
         background = source if source.shape == ct.shape else ct  # same grid: the CT before the nodule
         box_ct = np.where(box, 40.0 + rng.normal(0, 15.0, box.shape), background)
-        boxes.append(measure_volume(box_ct.astype(np.float32), box, grid, {"control": "box"}))
+        boxes.append(measure_volume(box_ct.astype(np.float32), box, grid, {**base, "control": "box"}))
     return rows, boxes
 
 
@@ -287,8 +330,9 @@ def fmt(v, digits=2) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=24,
-                        help="nodules of the attribute design, texture x spiculation x margin (default 24)")
+    parser.add_argument("--n", type=int, default=36,
+                        help="nodules of the attribute design, texture x spiculation x margin in blocks of 12 "
+                             "sharing a size and a seed, one block per LIDC size tercile (default 36)")
     parser.add_argument("--n-population", type=int, default=40,
                         help="nodules with the attributes of LIDC nodules drawn at random (default 40): the "
                              "medians and the classifier test")
@@ -340,18 +384,20 @@ def main(argv=None) -> int:
         t_start = time.perf_counter()
         print(f"population: {args.n_population} lung nodules on {ct.name} (lung lobes of {seg.name}, "
               "TotalSegmentator v2) with the text attributes of as many LIDC nodules drawn at random")
-        pop_plan = matched_plan(args.n_population, real, args.seed, lidc_boxes(lidc))
+        real_boxes = lidc_boxes(lidc)
+        pop_plan = matched_plan(args.n_population, real, args.seed, real_boxes)
+        design_plan = attribute_plan(args.n, design_sizes(real, real_boxes, -(-args.n // DESIGN_BLOCK), args.seed))
         pop_results = synthesize(pop_plan, ct, seg, work / "population", args.seed + 1000, writer)
         print(f"attribute design: {args.n} lung nodules cycling texture x spiculation x margin (the effects)")
-        results = synthesize(attribute_plan(args.n), ct, seg, work / "design", args.seed, writer)
+        results = synthesize(design_plan, ct, seg, work / "design", args.seed, writer)
         t_syn = time.perf_counter() - t_start
         syn, boxes = measure_synthetic(pop_results, ct, spacing, args.seed)
-        design, _ = measure_synthetic(results, ct, spacing, args.seed)
+        design, design_boxes = measure_synthetic(results, ct, spacing, args.seed)
         baseline = None
         if args.baseline_ref:
             print(f"baseline: the same requests synthesized by {args.baseline_ref}")
             ref_results = generate_with_revision(args.baseline_ref, {"population": pop_plan,
-                                                                     "design": attribute_plan(args.n)},
+                                                                     "design": design_plan},
                                                  work / "baseline", args.seed)
             baseline = summarize(measure_synthetic(ref_results["population"], ct, spacing, args.seed)[0],
                                  measure_synthetic(ref_results["design"], ct, spacing, args.seed)[0], real, args.seed)
@@ -366,7 +412,7 @@ def main(argv=None) -> int:
 
         args.dump.write_text(json.dumps({"population": syn, "design": design, "real": real, "boxes": boxes},
                                         default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    now = summarize(syn, design, real, args.seed)
+    now = summarize(syn, design, real, args.seed, design_boxes)
     table, auc, n_inside, n_judged = now["table"], now["auc"], now["inside"], now["judged"]
     print(f"{'feature':28s} {'synthetic median':>16s} {'real IQR':>22s} {'inside':>7s} {'W/IQR':>6s}")
     for t in table:
@@ -420,13 +466,16 @@ def main(argv=None) -> int:
     print(f"attribute design vs LIDC of the same texture mix ({per_class} per class): logistic "
           f"{fmt(design_auc.get('logistic'))}, forest {fmt(design_auc.get('random_forest'))} (reported, not a target)")
 
-    print("\nattribute effects (median difference; real from the LIDC ratings)")
-    print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s}")
+    print("\nattribute effects at matched size (median difference a - b; real: LIDC within size bands, synthetic:"
+          " the design within its blocks; raw: unmatched, reported)")
+    print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s} {'box ctrl':>9s} "
+          f"{'raw real':>9s} {'raw syn':>8s}")
     for name, e in now["effects"].items():
-        e_syn, e_real = e["synthetic"], e["real"]
+        e_syn, e_real, ctrl = e["synthetic"], e["real"], e.get("control", {})
         print(f"{name:24s} {e['feature']:16s} {fmt(e_real['effect']):>8s} {fmt(e_syn['effect']):>10s} "
-              f"{'yes' if e['ok'] else 'NO':>10s}   (real n {e_real['n_a']}/{e_real['n_b']}, "
-              f"synthetic n {e_syn['n_a']}/{e_syn['n_b']})")
+              f"{'yes' if e['ok'] else 'NO':>10s} {fmt(ctrl.get('effect')):>9s} {fmt(e['real_raw']['effect']):>9s} "
+              f"{fmt(e['synthetic_raw']['effect']):>8s}   (real n {e_real['n_a']}/{e_real['n_b']} in "
+              f"{e_real['n_strata']} bands, synthetic n {e_syn['n_a']}/{e_syn['n_b']} in {e_syn['n_strata']} blocks)")
     same_sign = sum(e["ok"] for e in now["effects"].values())
 
     if baseline is not None:
@@ -446,6 +495,8 @@ def main(argv=None) -> int:
         "box nodules detected (AUC >= 0.9)": min(box_auc.get("logistic", 0.0), box_auc.get("random_forest", 0.0)) >= 0.9,
         "LIDC halves indistinguishable (AUC <= 0.65)": max(split.get("logistic", 1.0), split.get("random_forest", 1.0)) <= 0.65,
         "shuffled control ~0.5 (0.35-0.65)": 0.35 <= auc.get("shuffled_control", 0.0) <= 0.65,
+        "box nodules show no attribute effect (their words are ignored)":
+            not any(e.get("control", {}).get("ok", True) for e in now["effects"].values()),
     }
     targets = {
         f"synthetic median inside real IQR ({n_inside}/{n_judged} features)": n_inside == n_judged,

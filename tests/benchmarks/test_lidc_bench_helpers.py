@@ -40,6 +40,23 @@ def test_population_plan_has_the_real_mix_and_sizes(bench) -> None:
     assert np.mean([p["texture"] == "ground-glass" for p in design]) == pytest.approx(1 / 3)
 
 
+def test_design_blocks_differ_only_in_their_words(bench) -> None:
+    """An attribute effect is read within design blocks: each block is every word combination once, at one size
+    and one seed, and the blocks' sizes come from small to large LIDC nodules."""
+    rng = np.random.default_rng(1)
+    real = [dict(r, equivalent_diameter_mm=float(d)) for r, d in zip(_real(300, rng), rng.uniform(3, 30, 300))]
+    boxes = {r["case"]: (round(r["equivalent_diameter_mm"]),) * 3 for r in real}
+    sizes = bench.design_sizes(real, boxes, 3, seed=0)
+    edge = [int(s.split("x")[0]) for s in sizes]
+    assert len(sizes) == 3 and edge == sorted(edge) and edge[0] <= 12 <= edge[2]
+    plan = bench.attribute_plan(36, sizes)
+    for block in range(3):
+        reqs = [p for p in plan if p["block"] == block]
+        assert len(reqs) == bench.DESIGN_BLOCK == 12
+        assert {p["size"] for p in reqs} == {sizes[block]} and {p["seed_offset"] for p in reqs} == {block}
+        assert len({(p["texture"], p["spiculated"], p["margin"]) for p in reqs}) == 12
+
+
 @pytest.mark.needs_shared
 def test_lidc_boxes_span_whole_voxels(bench, shared_data: Path) -> None:
     """metadata.csv's boxes run between voxel centres; a nodule's extent is one voxel more per axis. The table's

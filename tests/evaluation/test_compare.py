@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ld_augment.evaluation.compare import effect, feature_table, train_synthetic_test_real, two_sample_auc
+from ld_augment.evaluation.compare import (effect, feature_table, stratified_effect, train_synthetic_test_real,
+                                           two_sample_auc)
 
 
 def _rows(n: int, rng: np.random.Generator, shift: float = 0.0) -> list[dict]:
@@ -50,6 +51,25 @@ def test_effect_is_a_median_difference() -> None:
     rows = [{"g": "a", "x": 1.0}, {"g": "a", "x": 3.0}, {"g": "b", "x": 10.0}]
     out = effect(rows, "x", lambda r: r["g"] == "a", lambda r: r["g"] == "b")
     assert out == {"feature": "x", "n_a": 2, "n_b": 1, "effect": -8.0}
+
+
+def test_stratified_effect_removes_what_size_alone_explains() -> None:
+    """Group a is larger and the feature grows with size, but within each size band a is 0.1 above b: the raw
+    difference shows mostly the size, the size-matched one the attribute."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for group, sizes in (("a", [5, 11, 11, 16, 16, 16]), ("b", [5, 5, 5, 11, 11, 16])):
+        for d in sizes * 3:
+            x = 3.0 + 0.1 * d + (0.1 if group == "a" else 0.0) + rng.normal(0, 0.001)
+            rows.append({"g": group, "equivalent_diameter_mm": d + rng.uniform(-0.5, 0.5), "x": x})
+    a, b = (lambda r: r["g"] == "a"), (lambda r: r["g"] == "b")
+    assert effect(rows, "x", a, b)["effect"] > 0.5
+    out = stratified_effect(rows, "x", a, b)
+    assert out["effect"] == pytest.approx(0.1, abs=0.01) and out["n_strata"] == 3
+    # a stratum with one group missing does not count, and a custom stratum key is honoured
+    out = stratified_effect(rows, "x", a, b, stratum=lambda r: "all")
+    assert out["n_strata"] == 1 and out["effect"] > 0.5
+    assert np.isnan(stratified_effect(rows[:18], "x", a, b)["effect"])  # only group a
 
 
 def _patches(n: int, rng: np.random.Generator, lesion_hu: float | None, radius: float = 3.0) -> list[np.ndarray]:
