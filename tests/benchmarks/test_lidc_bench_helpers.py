@@ -49,6 +49,7 @@ def test_design_blocks_differ_only_in_their_words(bench) -> None:
     sizes = bench.design_sizes(real, boxes, 3, seed=0)
     edge = [int(s.split("x")[0]) for s in sizes]
     assert len(sizes) == 3 and edge == sorted(edge) and edge[0] <= 12 <= edge[2]
+    assert min(int(s.split("x")[0]) for s in bench.design_sizes(real, boxes, 3, seed=0, min_diameter_mm=10)) >= 10
     plan = bench.attribute_plan(36, sizes)
     for block in range(3):
         reqs = [p for p in plan if p["block"] == block]

@@ -37,22 +37,31 @@ from ld_augment.placement.bboxes import PROTRUDING, WALL, BBox, cavity_rule
 DEFORMATION = {"round": 0.11, "cystic": 0.04, "punctate": 0.08, "irregular": 0.22, "wall": 0.15}
 #: Body size of a spiculated lesion (fraction of the box's semi-axes): the strands reach out to the box.
 SPICULE_BODY = 0.55
-#: Spiculated nodules in lung: a larger body, deeper lobes (x the round amplitude; elsewhere SPICULE_LOBES) and
-#: strands thicker (x THICKNESS) that keep half their base to the tip (TAPER: share of the base lost by the tip).
-#: LIDC's spiculated nodules on a 3 mm grid: convexity 0.81 at 9-13 mm where smooth ones have 0.93, and 0.83 vs
-#: 0.90 at 13-20 mm. The abdominal strands (0.55 body, threads) came out at 0.90-1.00 there, the body a 6-8 mm
-#: ball in a 15 mm box and the strands averaged away; these measure convexity -0.08 below smooth nodules at
-#: 15-20 mm boxes, equivalent diameters 10-13 mm instead of 7-9 (4 nodules per size, 3 sizes).
-LUNG_SPICULE_BODY = 0.6
+#: Spiculated nodules in lung: a body nearly filling the box (LIDC's spiculated nodules fill their boxes almost
+#: as smooth ones do: equivalent diameter / box 0.85-0.96 vs 0.91-0.94), deeply lobulated (x the round amplitude;
+#: elsewhere SPICULE_LOBES), with strands (x THICKNESS) that keep half their base to the tip (TAPER: share of
+#: the base lost by the tip). LIDC's spiculated nodules on a 3 mm grid: convexity 0.81 at 9-13 mm where smooth
+#: ones have 0.93, 0.83 vs 0.90 at 13-20 mm, 0.89 vs 0.94 at 6-9 mm.
+LUNG_SPICULE_BODY = 0.8
 LUNG_SPICULE_THICKNESS = 1.5
 SPICULE_LOBES = 1.5
 LUNG_SPICULE_LOBES = 2.0
 SPICULE_TAPER = 1.0
 LUNG_SPICULE_TAPER = 0.5
-#: Deformation multiplier in lung: LIDC nodules on a 3 mm grid have sphericity median 0.83 and convexity 0.90;
+#: A strand's half-width at the body (mm, before x THICKNESS): this share of the box's smallest semi-axis, at
+#: least the floor. In lung thinner, on a larger body: with the same box and seed (bench_lidc_compare's design
+#: blocks), 0.6 bodies with strands floored at 1.5 mm filled 9-16 mm boxes with a rounded blob as convex as a
+#: smooth nodule (convexity +0.05, -0.03, -0.02 against smooth at 9, 12, 16 mm boxes); these measure -0.05,
+#: -0.10, -0.04 (3 seeds per size).
+SPICULE_BASE_SHARE = 0.25
+SPICULE_BASE_MIN_MM = 1.5
+LUNG_SPICULE_BASE_SHARE = 0.15
+LUNG_SPICULE_BASE_MIN_MM = 0.75
+#: Deformation multiplier in lung: LIDC nodules on a 3 mm grid have sphericity median 0.84 and convexity 0.92;
 #: with the abdominal amplitudes ours had 0.90 and 0.97 (a small nodule's bumps are sub-voxel and a 3 mm grid
-#: rounds them off). 3.2 gives round nodules an amplitude of 0.35 of the radius (bench_lidc_compare: 0.87 / 0.95).
-LUNG_DEFORMATION = 3.2
+#: rounds them off), with 3.2 (an amplitude of 0.35 of the radius) 0.87 and 0.95, with 4.2 (0.46) 0.82-0.86
+#: and 0.91-0.95 (bench_lidc_compare, seeds 0-2).
+LUNG_DEFORMATION = 4.2
 #: HU window a protruding lesion may grow into outside its organ: soft tissue only (not fat, air or bone).
 PROTRUDE_HU = (-30.0, 150.0)
 #: How far (fraction of the smallest semi-axis, mm) an exophytic lesion may reach out of its organ.
@@ -135,7 +144,9 @@ class ProceduralMaskEngine(MaskEngine):
         if spec.spiculated and lesion.any():  # thin strands radiating out to the box: a low convexity
             lesion |= self._spicules(lesion, centre, semi, spacing, rng,
                                      thickness=LUNG_SPICULE_THICKNESS if lung else 1.0,
-                                     taper=LUNG_SPICULE_TAPER if lung else SPICULE_TAPER) & inner
+                                     taper=LUNG_SPICULE_TAPER if lung else SPICULE_TAPER,
+                                     base_share=LUNG_SPICULE_BASE_SHARE if lung else SPICULE_BASE_SHARE,
+                                     base_min_mm=LUNG_SPICULE_BASE_MIN_MM if lung else SPICULE_BASE_MIN_MM) & inner
 
         organ = ctx.organ_mask[crop]
         hollow = is_hollow(ctx.organ_name)
@@ -172,7 +183,8 @@ class ProceduralMaskEngine(MaskEngine):
 
     @staticmethod
     def _spicules(body: np.ndarray, centre: np.ndarray, semi: np.ndarray, spacing: np.ndarray,
-                  rng: np.random.Generator, thickness: float = 1.0, taper: float = SPICULE_TAPER) -> np.ndarray:
+                  rng: np.random.Generator, thickness: float = 1.0, taper: float = SPICULE_TAPER,
+                  base_share: float = SPICULE_BASE_SHARE, base_min_mm: float = SPICULE_BASE_MIN_MM) -> np.ndarray:
         """3-7 tapering strands from the body's surface out to near the box's ellipsoid (spiculated margin)."""
         grid = np.indices(body.shape, dtype=np.float32)
         offset = np.stack([(grid[a] - centre[a]) * spacing[a] for a in range(3)])  # mm from the centre
@@ -186,7 +198,7 @@ class ProceduralMaskEngine(MaskEngine):
             across = np.sqrt(np.sum((offset - along[None] * direction[:, None, None, None]) ** 2, axis=0))
             # thick at the base in proportion to the body (real spicules of a 20 mm nodule are 2-3 mm wide at
             # the surface and survive a 3 mm grid; 1 mm strands vanished there: convexity effect -0.02, real -0.11)
-            base = thickness * max(1.5, 0.25 * float(np.min(semi * spacing)))
+            base = thickness * max(base_min_mm, base_share * float(np.min(semi * spacing)))
             radius = 0.5 * float(spacing.max()) + base * (1.0 - taper * along / length)
             out |= (across <= radius) & (along > 0)
         return out
