@@ -36,6 +36,9 @@ def test_population_plan_has_the_real_mix_and_sizes(bench) -> None:
     assert 0.04 <= share("texture", "ground-glass") <= 0.15 and 0.05 <= share("spiculated", True) <= 0.16
     assert 0.17 <= share("margin", "poorly defined") <= 0.33 and 0.17 <= share("shape", "irregular") <= 0.33
     assert all(p["size"] == "9x8x7" for p in plan)
+    assert {p["organ"] for p in plan} == set(bench.ORGANS)  # small nodules alternate between the lobes
+    large = bench.matched_plan(10, real, seed=0, boxes={r["case"]: (20, 18, 16) for r in real})
+    assert {p["organ"] for p in large} == {bench.ORGANS[0]}  # large ones go to the larger lobe
     design = bench.attribute_plan(24)
     assert np.mean([p["texture"] == "ground-glass" for p in design]) == pytest.approx(1 / 3)
 
