@@ -3,10 +3,10 @@
 Synthesizes lung nodules (offline reports, procedural engines) on the shared CT crop's lung bases in two sets:
 a *population* (``--n-population``, default 40) whose text attributes are those of LIDC nodules drawn at random
 (texture solid / part-solid / ground-glass, spiculated or not, margin sharp or poorly defined: the real mix,
-~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 36) cycling every
-combination in blocks of 12 that share one size (a LIDC nodule's, one block per size tercile of those
->= 9 mm) and one seed,
-for the attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
+~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 36) of pairs
+that differ in one word (spiculated / smooth, ground-glass / solid, poorly defined / sharp in turn), each pair
+sharing one size (a LIDC nodule's box, from the size terciles of those >= 9 mm) and one seed, for the
+attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
 nodules on one common grid (``--spacing``, default 3 mm: the shared CT's own grid), both as VOI-like crops
 (the nodule's slices, ~10 mm in-plane context, as the LIDC VOIs are) with the lung derived from HU on both
 sides (the VOIs carry no lung label), measured by ``ld_augment.evaluation``. Prints:
@@ -14,7 +14,7 @@ sides (the VOIs carry no lung label), measured by ``ld_augment.evaluation``. Pri
 * every feature's synthetic median against the real IQR (target: inside),
 * the classifier two-sample test (cross-validated AUC, logistic regression and random forest; target <= 0.75),
 * attribute effects real vs synthetic at matched size (spiculated - smooth convexity, ground-glass - solid core
-  HU, poorly defined - sharp margin width; LIDC within size bands, the design within its blocks; target: the
+  HU, poorly defined - sharp margin width; LIDC within size bands, the design over its pairs; target: the
   real sign and at least a quarter of the real size), with the raw, unmatched differences beside them,
 
 with controls measured in the same run, which must behave or the script exits 1:
@@ -67,11 +67,11 @@ LARGE_BOX_MM = 15.0
 VOI_MARGIN_MM = 10.0
 #: An attribute effect counts as "in the real direction" when it has the real sign and >= this share of its size.
 MIN_EFFECT_SHARE = 0.25
-#: Requests in one attribute-design block: every texture x spiculation x margin combination once.
-DESIGN_BLOCK = len(TEXTURES) * 2 * len(MARGINS)
+#: The design's words: each pair varies one of them (three pairs make one round, one size per round).
+DESIGN_WORDS = ("spiculated", "texture", "margin")
 #: The design's sizes come from LIDC nodules at least this large (equivalent diameter, mm): where the attributes
 #: are found (77 of LIDC's 86 spiculated nodules) and where a 3 mm grid has a shape and a margin to measure
-#: (drawn from all sizes >= 6 mm, the smallest block came out at 4.7-5.4 mm: 1-3 voxels, no shape, no margin).
+#: (drawn from all sizes >= 6 mm, the smallest design size came out at 4.7-5.4 mm: 1-3 voxels, no shape).
 DESIGN_MIN_DIAMETER_MM = 9.0
 
 
@@ -79,25 +79,30 @@ def _data_dir() -> Path:
     return Path(os.environ.get("LD_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
-def attribute_plan(n: int, sizes: list[str] | None = None) -> list[dict[str, str]]:
-    """n requests cycling through texture x spiculation x margin (the LIDC ratings' words), in blocks of one
-    full cycle. A block's requests share one size (``sizes``, cycled) and one seed: the same place and the same
-    draws, only the words differ, so an effect within a block is the words' effect, not a size's."""
-    combos = list(itertools.product(TEXTURES, (True, False), MARGINS))
+def attribute_plan(n: int, sizes: list[str] | None = None) -> list[dict]:
+    """n requests as pairs that differ in one word only: spiculated / smooth, ground-glass / solid, poorly
+    defined / sharp in turn (the other words cycle through the LIDC ratings' words). A pair shares one size
+    (``sizes``, cycled every three pairs) and one seed: the same place and the same draws, so its difference is
+    the word's own effect, not a size's or a draw's. (A full factorial block with one seed holds one
+    independent shape per spiculation level however many texture and margin words it crosses it with.)"""
     out = []
-    for i in range(n):
-        texture, spiculated, margin = combos[i % len(combos)]
-        block = i // len(combos)
-        req = {"texture": texture, "spiculated": spiculated, "margin": margin,
-               "organ": ORGANS[block % len(ORGANS)], "block": block, "seed_offset": block}
+    others = list(itertools.product(TEXTURES, (True, False), MARGINS))
+    for p in range(n // 2):
+        varies = DESIGN_WORDS[p % len(DESIGN_WORDS)]
+        texture, spiculated, margin = others[(p // len(DESIGN_WORDS)) % len(others)]
+        base = {"texture": texture, "spiculated": spiculated, "margin": margin,
+                "organ": ORGANS[(p // len(DESIGN_WORDS)) % len(ORGANS)], "pair": p, "varies": varies,
+                "seed_offset": p}
         if sizes:
-            req["size"] = sizes[block % len(sizes)]
-        out.append(req)
+            base["size"] = sizes[(p // len(DESIGN_WORDS)) % len(sizes)]
+        levels = {"texture": ("ground-glass", "solid"), "spiculated": (True, False),
+                  "margin": ("poorly defined", "sharp")}[varies]
+        out.extend({**base, varies: level} for level in levels)
     return out
 
 
 def design_sizes(real: list[dict], boxes: dict, n_blocks: int, seed: int, min_diameter_mm: float = 0.0) -> list[str]:
-    """One size per design block: the box of a LIDC nodule drawn at random from each of ``n_blocks`` equal-count
+    """The design's sizes: the box of a LIDC nodule drawn at random from each of ``n_blocks`` equal-count
     bands of equivalent diameter (small to large) among those of at least ``min_diameter_mm`` (smaller ones have
     no shape or margin width to compare on the common grid), so the design spans the measurable real sizes."""
     rng = np.random.default_rng(seed + 104729)
@@ -180,7 +185,7 @@ def synthesize(plan: list[dict], ct: Path, seg: Path, work: Path, seed: int, wri
         case, res = work / f"case_{i:02d}", work / f"out_{i:02d}"
         lesion_type = f"{req['texture']} lung nodule" if writer is not None else "lung nodule"
         try:
-            case_seed = seed + int(req.get("seed_offset", i))  # a design block shares its seed
+            case_seed = seed + int(req.get("seed_offset", i))  # a design pair shares its seed
             preprocess_case(str(ct), case, organ=req["organ"], lesion_type=lesion_type, seg=str(seg),
                             attributes=attrs, seed=case_seed, preview=False, report_writer=writer,
                             shrink=True)  # a real nodule's box may not fit the crop's thin lung bases
@@ -222,20 +227,18 @@ def _generate_only(work: Path, seed: int) -> int:
     return 0
 
 
-#: (name, feature, synthetic group a, b, real group a, b): attribute effects as median differences a - b.
+#: (name, feature, the design attribute it varies, synthetic group a, b, real group a, b): attribute effects a - b.
 EFFECTS = [
-    ("spiculated - smooth", "convexity",
+    ("spiculated - smooth", "convexity", "spiculated",
      lambda r: r["spiculated"] is True, lambda r: r["spiculated"] is False,
      lambda r: r.get("rating_spiculation", 0) >= 3, lambda r: r.get("rating_spiculation", 0) == 1),
-    ("ground-glass - solid", "core_hu",
+    ("ground-glass - solid", "core_hu", "texture",
      lambda r: r["texture"] == "ground-glass", lambda r: r["texture"] == "solid",
      lambda r: r.get("texture_class") == "ground-glass", lambda r: r.get("texture_class") == "solid"),
-    ("poorly defined - sharp", "margin_width_mm",
+    ("poorly defined - sharp", "margin_width_mm", "margin",
      lambda r: r["margin"] == "poorly defined", lambda r: r["margin"] == "sharp",
      lambda r: r.get("rating_margin", 5) <= 2, lambda r: r.get("rating_margin", 0) == 5),
 ]
-
-
 def _in_real_direction(e_syn: dict, e_real: dict) -> bool:
     """The real sign and at least MIN_EFFECT_SHARE of the real size (a -0.003 "effect" is noise, not control)."""
     return bool(math.isfinite(e_syn["effect"]) and math.isfinite(e_real["effect"])
@@ -247,27 +250,33 @@ def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int,
               design_boxes: list[dict] | None = None) -> dict:
     """Medians inside the real IQR, the two-sample AUC and the three attribute effects of one synthetic run.
 
-    An effect is judged at matched size on both sides: on the attribute design within its blocks (one size and
-    seed per block: the words' own effect) and on LIDC within size bands (its poorly defined and spiculated
-    nodules are larger, and margin width and convexity change with size). The raw median differences
+    An effect is judged at matched size on both sides: on the attribute design as the median difference over
+    its pairs that differ in that word only (one size and one seed per pair) and on LIDC within size bands (its poorly defined and spiculated nodules are larger, and margin width and convexity change
+    with size). The raw median differences
     (LIDC's; the population and design pooled) are kept beside them. ``design_boxes`` (the box control placed
     where the design's nodules are, carrying their words) must show no effect: the words are ignored there."""
-    from ld_augment.evaluation.compare import SCAN_FEATURES, effect, feature_table, stratified_effect, two_sample_auc
+    from ld_augment.evaluation.compare import (SCAN_FEATURES, effect, feature_table, paired_effect, stratified_effect,
+                                               two_sample_auc)
     from ld_augment.evaluation.lesion_features import FEATURES
 
     table = feature_table(syn, real, [f for f in FEATURES if f != "inside_organ_fraction"])
     lesion_rows = [t for t in table if t["feature"] not in SCAN_FEATURES]  # the lung's own HU is the scan's
     auc = two_sample_auc(syn, real, seed=seed)
     effects = {}
-    by_block = lambda r: r.get("block", 0)  # noqa: E731
-    for name, feature, sa, sb, ra, rb in EFFECTS:
+    for name, feature, varies, sa, sb, ra, rb in EFFECTS:
+        def pair(r: dict) -> int:
+            return int(r.get("pair", -1))
+
+        def varied(rows: list[dict], varies: str = varies) -> list[dict]:
+            return [r for r in rows if r.get("varies") == varies]
+
         e_real = stratified_effect(real, feature, ra, rb)
-        e_syn = stratified_effect(design, feature, sa, sb, stratum=by_block)
+        e_syn = paired_effect(varied(design), feature, sa, sb, pair)
         effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn,
                          "ok": _in_real_direction(e_syn, e_real), "real_raw": effect(real, feature, ra, rb),
                          "synthetic_raw": effect(syn + design, feature, sa, sb)}
         if design_boxes is not None:
-            e_box = stratified_effect(design_boxes, feature, sa, sb, stratum=by_block)
+            e_box = paired_effect(varied(design_boxes), feature, sa, sb, pair)
             effects[name]["control"] = {**e_box, "ok": _in_real_direction(e_box, e_real)}
     return {"table": table, "inside": sum(1 for t in lesion_rows if t["inside_real_iqr"]),
             "judged": sum(1 for t in lesion_rows if t["inside_real_iqr"] is not None), "auc": auc,
@@ -309,7 +318,7 @@ def measure_synthetic(results: list[dict], source_ct: Path, spacing, seed: int) 
         ct, (lesion,), grid = to_common_spacing(img, [lesion_img], spacing)
         if not lesion.any():
             continue
-        base = {k: res[k] for k in ("texture", "spiculated", "margin", "organ", "block") if k in res}
+        base = {k: res[k] for k in ("texture", "spiculated", "margin", "organ", "pair", "varies") if k in res}
         rows.append(measure_volume(ct, lesion, grid, base))
         # the negative control: a soft-tissue cube of the same volume at the same centre, sharp-edged
         side = max(2, int(round(float(lesion.sum()) ** (1 / 3))))
@@ -343,9 +352,9 @@ def fmt(v, digits=2) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=36,
-                        help="nodules of the attribute design, texture x spiculation x margin in blocks of 12 "
-                             "sharing a size and a seed, one block per size tercile of the LIDC nodules >= 9 mm "
-                             "(default 36)")
+                        help="nodules of the attribute design: pairs differing in one word (spiculation, texture, "
+                             "margin in turn), each sharing a size and a seed, sizes from the terciles of the LIDC "
+                             "nodules >= 9 mm (default 36: 6 pairs per word)")
     parser.add_argument("--n-population", type=int, default=40,
                         help="nodules with the attributes of LIDC nodules drawn at random (default 40): the "
                              "medians and the classifier test")
@@ -399,7 +408,7 @@ def main(argv=None) -> int:
               "TotalSegmentator v2) with the text attributes of as many LIDC nodules drawn at random")
         real_boxes = lidc_boxes(lidc)
         pop_plan = matched_plan(args.n_population, real, args.seed, real_boxes)
-        design_plan = attribute_plan(args.n, design_sizes(real, real_boxes, -(-args.n // DESIGN_BLOCK), args.seed,
+        design_plan = attribute_plan(args.n, design_sizes(real, real_boxes, 3, args.seed,
                                                           DESIGN_MIN_DIAMETER_MM))
         pop_results = synthesize(pop_plan, ct, seg, work / "population", args.seed + 1000, writer)
         print(f"attribute design: {args.n} lung nodules cycling texture x spiculation x margin (the effects)")
@@ -469,10 +478,10 @@ def main(argv=None) -> int:
     telling = list(auc.get("per_feature_auc", {}).items())[:5]
     print("most telling features alone (AUC; < 0.5: lower in synthetic): "
           + ", ".join(f"{k} {v:.2f}" for k, v in telling))
-    # (the attribute design is not compared as a sample: its blocks hold three sizes, a classifier reads them)
+    # (the attribute design is not compared as a sample: it holds three sizes, a classifier reads them)
 
-    print("\nattribute effects at matched size (median difference a - b; real: LIDC within size bands, synthetic:"
-          " the design within its blocks; raw: unmatched, reported)")
+    print("\nattribute effects at matched size (a - b; real: median differences within LIDC's size bands,"
+          " synthetic: median over design pairs differing in that word only; raw: unmatched medians, reported)")
     print(f"{'effect':24s} {'feature':16s} {'real':>8s} {'synthetic':>10s} {'real dir.':>10s} {'box ctrl':>9s} "
           f"{'raw real':>9s} {'raw syn':>8s}")
     for name, e in now["effects"].items():
@@ -480,7 +489,7 @@ def main(argv=None) -> int:
         print(f"{name:24s} {e['feature']:16s} {fmt(e_real['effect']):>8s} {fmt(e_syn['effect']):>10s} "
               f"{'yes' if e['ok'] else 'NO':>10s} {fmt(ctrl.get('effect')):>9s} {fmt(e['real_raw']['effect']):>9s} "
               f"{fmt(e['synthetic_raw']['effect']):>8s}   (real n {e_real['n_a']}/{e_real['n_b']} in "
-              f"{e_real['n_strata']} bands, synthetic n {e_syn['n_a']}/{e_syn['n_b']} in {e_syn['n_strata']} blocks)")
+              f"{e_real['n_strata']} bands, synthetic {e_syn['n_pairs']} pairs)")
     same_sign = sum(e["ok"] for e in now["effects"].values())
 
     if baseline is not None:

@@ -39,13 +39,11 @@ def test_population_plan_has_the_real_mix_and_sizes(bench) -> None:
     assert {p["organ"] for p in plan} == set(bench.ORGANS)  # small nodules alternate between the lobes
     large = bench.matched_plan(10, real, seed=0, boxes={r["case"]: (20, 18, 16) for r in real})
     assert {p["organ"] for p in large} == {bench.ORGANS[0]}  # large ones go to the larger lobe
-    design = bench.attribute_plan(24)
-    assert np.mean([p["texture"] == "ground-glass" for p in design]) == pytest.approx(1 / 3)
 
 
-def test_design_blocks_differ_only_in_their_words(bench) -> None:
-    """An attribute effect is read within design blocks: each block is every word combination once, at one size
-    and one seed, and the blocks' sizes come from small to large LIDC nodules."""
+def test_design_pairs_differ_only_in_one_word(bench) -> None:
+    """An attribute effect is read over design pairs: two requests with one size and one seed that differ in one
+    word; the words take turns, and the sizes come from small to large LIDC nodules."""
     rng = np.random.default_rng(1)
     real = [dict(r, equivalent_diameter_mm=float(d)) for r, d in zip(_real(300, rng), rng.uniform(3, 30, 300))]
     boxes = {r["case"]: (round(r["equivalent_diameter_mm"]),) * 3 for r in real}
@@ -54,11 +52,18 @@ def test_design_blocks_differ_only_in_their_words(bench) -> None:
     assert len(sizes) == 3 and edge == sorted(edge) and edge[0] <= 12 <= edge[2]
     assert min(int(s.split("x")[0]) for s in bench.design_sizes(real, boxes, 3, seed=0, min_diameter_mm=10)) >= 10
     plan = bench.attribute_plan(36, sizes)
-    for block in range(3):
-        reqs = [p for p in plan if p["block"] == block]
-        assert len(reqs) == bench.DESIGN_BLOCK == 12
-        assert {p["size"] for p in reqs} == {sizes[block]} and {p["seed_offset"] for p in reqs} == {block}
-        assert len({(p["texture"], p["spiculated"], p["margin"]) for p in reqs}) == 12
+    assert len(plan) == 36
+    pairs: dict[int, list[dict]] = {}
+    for req in plan:
+        pairs.setdefault(req["pair"], []).append(req)
+    assert len(pairs) == 18
+    for a, b in pairs.values():
+        differ = [w for w in bench.DESIGN_WORDS if a[w] != b[w]]
+        assert differ == [a["varies"]] and a["size"] == b["size"] and a["seed_offset"] == b["seed_offset"]
+    for word in bench.DESIGN_WORDS:  # 6 pairs per word, two at each size
+        mine = [p[0] for p in pairs.values() if p[0]["varies"] == word]
+        assert len(mine) == 6 and sorted(p["size"] for p in mine) == sorted(sizes * 2)
+    assert len({p["seed_offset"] for p in plan}) == 18  # every pair its own draw
 
 
 @pytest.mark.needs_shared

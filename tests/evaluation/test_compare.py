@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ld_augment.evaluation.compare import (effect, feature_table, stratified_effect, train_synthetic_test_real,
-                                           two_sample_auc)
+from ld_augment.evaluation.compare import (effect, feature_table, paired_effect, stratified_effect,
+                                           train_synthetic_test_real, two_sample_auc)
 
 
 def _rows(n: int, rng: np.random.Generator, shift: float = 0.0) -> list[dict]:
@@ -70,6 +70,18 @@ def test_stratified_effect_removes_what_size_alone_explains() -> None:
     out = stratified_effect(rows, "x", a, b, stratum=lambda r: "all")
     assert out["n_strata"] == 1 and out["effect"] > 0.5
     assert np.isnan(stratified_effect(rows[:18], "x", a, b)["effect"])  # only group a
+
+
+def test_paired_effect_is_the_median_pair_difference() -> None:
+    """Pairs differ by +0.1 while the pairs themselves lie 2 apart: one unpaired row moves a difference of group
+    medians by far more than the effect, the paired median not at all."""
+    rows = [{"pair": k, "g": g, "x": 2.0 * (k % 2) + (0.1 if g == "a" else 0.0)} for k in range(6) for g in "ab"]
+    rows.append({"pair": 99, "g": "b", "x": 0.0})  # its partner failed
+    a, b = (lambda r: r["g"] == "a"), (lambda r: r["g"] == "b")
+    out = paired_effect(rows, "x", a, b, pair=lambda r: r["pair"])
+    assert out["effect"] == pytest.approx(0.1) and out["n_pairs"] == 6
+    assert effect(rows, "x", a, b)["effect"] > 0.5
+    assert np.isnan(paired_effect(rows[:1], "x", a, b, pair=lambda r: r["pair"])["effect"])
 
 
 def _patches(n: int, rng: np.random.Generator, lesion_hu: float | None, radius: float = 3.0) -> list[np.ndarray]:
