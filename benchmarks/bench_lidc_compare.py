@@ -101,15 +101,15 @@ def attribute_plan(n: int, sizes: list[str] | None = None) -> list[dict]:
     return out
 
 
-def design_sizes(real: list[dict], boxes: dict, n_blocks: int, seed: int, min_diameter_mm: float = 0.0) -> list[str]:
-    """The design's sizes: the box of a LIDC nodule drawn at random from each of ``n_blocks`` equal-count
+def design_sizes(real: list[dict], boxes: dict, n_sizes: int, seed: int, min_diameter_mm: float = 0.0) -> list[str]:
+    """The design's sizes: the box of a LIDC nodule drawn at random from each of ``n_sizes`` equal-count
     bands of equivalent diameter (small to large) among those of at least ``min_diameter_mm`` (smaller ones have
     no shape or margin width to compare on the common grid), so the design spans the measurable real sizes."""
     rng = np.random.default_rng(seed + 104729)
     sized = sorted((r["equivalent_diameter_mm"], r["case"]) for r in real
                    if r.get("case") in boxes and r.get("equivalent_diameter_mm", math.nan) >= min_diameter_mm)
     out = []
-    for part in np.array_split(np.arange(len(sized)), max(n_blocks, 1)):
+    for part in np.array_split(np.arange(len(sized)), max(n_sizes, 1)):
         if part.size:
             out.append("x".join(str(v) for v in boxes[sized[int(rng.choice(part))][1]]))
     return out
@@ -239,6 +239,8 @@ EFFECTS = [
      lambda r: r["margin"] == "poorly defined", lambda r: r["margin"] == "sharp",
      lambda r: r.get("rating_margin", 5) <= 2, lambda r: r.get("rating_margin", 0) == 5),
 ]
+
+
 def _in_real_direction(e_syn: dict, e_real: dict) -> bool:
     """The real sign and at least MIN_EFFECT_SHARE of the real size (a -0.003 "effect" is noise, not control)."""
     return bool(math.isfinite(e_syn["effect"]) and math.isfinite(e_real["effect"])
@@ -251,10 +253,10 @@ def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int,
     """Medians inside the real IQR, the two-sample AUC and the three attribute effects of one synthetic run.
 
     An effect is judged at matched size on both sides: on the attribute design as the median difference over
-    its pairs that differ in that word only (one size and one seed per pair) and on LIDC within size bands (its poorly defined and spiculated nodules are larger, and margin width and convexity change
-    with size). The raw median differences
-    (LIDC's; the population and design pooled) are kept beside them. ``design_boxes`` (the box control placed
-    where the design's nodules are, carrying their words) must show no effect: the words are ignored there."""
+    its pairs that differ in that word only (one size and one seed per pair) and on LIDC within size bands (its
+    poorly defined and spiculated nodules are larger, and margin width and convexity change with size). The raw
+    median differences (LIDC's; the population and design pooled) are kept beside them. ``design_boxes`` (the
+    box control placed where the design's nodules are, carrying their words) must show no effect."""
     from ld_augment.evaluation.compare import (SCAN_FEATURES, effect, feature_table, paired_effect, stratified_effect,
                                                two_sample_auc)
     from ld_augment.evaluation.lesion_features import FEATURES
@@ -263,20 +265,18 @@ def summarize(syn: list[dict], design: list[dict], real: list[dict], seed: int,
     lesion_rows = [t for t in table if t["feature"] not in SCAN_FEATURES]  # the lung's own HU is the scan's
     auc = two_sample_auc(syn, real, seed=seed)
     effects = {}
+
+    def pair(r: dict) -> int:
+        return r["pair"]
+
     for name, feature, varies, sa, sb, ra, rb in EFFECTS:
-        def pair(r: dict) -> int:
-            return int(r.get("pair", -1))
-
-        def varied(rows: list[dict], varies: str = varies) -> list[dict]:
-            return [r for r in rows if r.get("varies") == varies]
-
         e_real = stratified_effect(real, feature, ra, rb)
-        e_syn = paired_effect(varied(design), feature, sa, sb, pair)
+        e_syn = paired_effect([r for r in design if r.get("varies") == varies], feature, sa, sb, pair)
         effects[name] = {"feature": feature, "real": e_real, "synthetic": e_syn,
                          "ok": _in_real_direction(e_syn, e_real), "real_raw": effect(real, feature, ra, rb),
                          "synthetic_raw": effect(syn + design, feature, sa, sb)}
         if design_boxes is not None:
-            e_box = paired_effect(varied(design_boxes), feature, sa, sb, pair)
+            e_box = paired_effect([r for r in design_boxes if r.get("varies") == varies], feature, sa, sb, pair)
             effects[name]["control"] = {**e_box, "ok": _in_real_direction(e_box, e_real)}
     return {"table": table, "inside": sum(1 for t in lesion_rows if t["inside_real_iqr"]),
             "judged": sum(1 for t in lesion_rows if t["inside_real_iqr"] is not None), "auc": auc,
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
         design_plan = attribute_plan(args.n, design_sizes(real, real_boxes, 3, args.seed,
                                                           DESIGN_MIN_DIAMETER_MM))
         pop_results = synthesize(pop_plan, ct, seg, work / "population", args.seed + 1000, writer)
-        print(f"attribute design: {args.n} lung nodules cycling texture x spiculation x margin (the effects)")
+        print(f"attribute design: {args.n} lung nodules in pairs differing in one word (the effects)")
         results = synthesize(design_plan, ct, seg, work / "design", args.seed, writer)
         t_syn = time.perf_counter() - t_start
         syn, boxes = measure_synthetic(pop_results, ct, spacing, args.seed)

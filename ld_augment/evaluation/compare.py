@@ -265,5 +265,4 @@ def paired_effect(rows: Sequence[Mapping[str, Any]], feature: str, group_a: Any,
         elif group_b(r):
             b_rows[pair(r)] = value
     diffs = [a_rows[k] - b_rows[k] for k in a_rows.keys() & b_rows.keys()]
-    return {"feature": feature, "n_pairs": len(diffs), "n_a": len(diffs), "n_b": len(diffs),
-            "effect": float(np.median(diffs)) if diffs else math.nan}
+    return {"feature": feature, "n_pairs": len(diffs), "effect": float(np.median(diffs)) if diffs else math.nan}

@@ -50,7 +50,7 @@ SPICULE_TAPER = 1.0
 LUNG_SPICULE_TAPER = 0.5
 #: A strand's half-width at the body (mm, before x THICKNESS): this share of the box's smallest semi-axis, at
 #: least the floor. In lung thinner, on a larger body: with the same box and seed (bench_lidc_compare's design
-#: blocks), 0.6 bodies with strands floored at 1.5 mm filled 9-16 mm boxes with a rounded blob as convex as a
+#: pairs), 0.6 bodies with strands floored at 1.5 mm filled 9-16 mm boxes with a rounded blob as convex as a
 #: smooth nodule (convexity +0.05, -0.03, -0.02 against smooth at 9, 12, 16 mm boxes); these measure -0.05,
 #: -0.10, -0.04 (3 seeds per size).
 SPICULE_BASE_SHARE = 0.25
