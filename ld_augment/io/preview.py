@@ -20,7 +20,10 @@ from matplotlib.patches import Rectangle
 from ld_augment.io.atomic import atomic_save_figure
 from ld_augment.io.geometry import as_voxel_box
 
-HU_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
+#: Display windows (lowest, highest HU shown). In the abdominal soft-tissue window aerated lung and a
+#: ground-glass nodule (-850 / -500 HU) are both black: a lung lesion's preview needs the lung window (W1500 L-600).
+WINDOWS = {"soft tissue": (-160.0, 240.0), "lung": (-1350.0, 150.0)}
+HU_WINDOW = WINDOWS["soft tissue"]
 MAX_ROWS = 8  # a preview with more rows is unreadable; the first ones are shown
 LESION_FOV_MM = 80.0  # field of view around each lesion in the before/after preview: the margin must be visible
 # (name, array axis held fixed, the two axes shown as (horizontal, vertical))
@@ -36,12 +39,13 @@ def _array_and_spacing(img: Any, spacing: Sequence[float] | None) -> tuple[np.nd
 
 
 def _panel(
-    ax: Any, volume: np.ndarray, axis: int, index: int, spacing: Sequence[float], shown: tuple[int, int]
+    ax: Any, volume: np.ndarray, axis: int, index: int, spacing: Sequence[float], shown: tuple[int, int],
+    window: Sequence[float] = HU_WINDOW,
 ) -> np.ndarray:
     """Draw one slice of `volume` (CT window) and return the 2D slice index tuple for overlays."""
     sl = np.take(volume, index, axis=axis).astype(np.float32)
     h, v = shown
-    ax.imshow(sl.T, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], origin="lower",
+    ax.imshow(sl.T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower",
               aspect=spacing[v] / spacing[h], interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -88,6 +92,7 @@ def save_bbox_preview(
     *,
     title: str | None = None,
     spacing: Sequence[float] | None = None,
+    window: Sequence[float] = HU_WINDOW,
 ) -> Path:
     """Three orthogonal slices through each box centre, organ outlined in green and the box in red.
 
@@ -101,14 +106,14 @@ def save_bbox_preview(
     if not voxel_boxes:  # still useful: where the organ is
         centre = np.array(volume.shape) // 2
         for col, (view, axis, shown) in enumerate(VIEWS):
-            _panel(axes[0, col], volume, axis, int(centre[axis]), sp, shown)
+            _panel(axes[0, col], volume, axis, int(centre[axis]), sp, shown, window)
             _outline(axes[0, col], organ, axis, int(centre[axis]), "lime")
             axes[0, col].set_title(f"{view} (no boxes)", fontsize=8)
     for row, box in enumerate(voxel_boxes):
         centre = [int(np.clip((a + b - 1) // 2, 0, n - 1)) for a, b, n in zip(box.start, box.stop, volume.shape)]
         for col, (view, axis, shown) in enumerate(VIEWS):
             ax = axes[row, col]
-            _panel(ax, volume, axis, centre[axis], sp, shown)
+            _panel(ax, volume, axis, centre[axis], sp, shown, window)
             _outline(ax, organ, axis, centre[axis], "lime")
             h, v = shown
             ax.add_patch(Rectangle((box.start[h] - 0.5, box.start[v] - 0.5), box.stop[h] - box.start[h],
@@ -138,12 +143,14 @@ def save_before_after_preview(
     title: str | None = None,
     spacing: Sequence[float] | None = None,
     fov_mm: float = LESION_FOV_MM,
+    window: Sequence[float] = HU_WINDOW,
 ) -> Path:
     """Per lesion one row: before, after and the label outline, for axial, coronal and sagittal slices.
 
     Each panel is cropped to ``fov_mm`` around the lesion so its margin and texture are visible, and the
     outline is drawn on its own panel beside the image, never over the margin it would hide.
     `centres`: voxel coordinates of the lesions (None: centres of the mask's connected components).
+    `window`: the display window (``WINDOWS``), the lung one for a lung lesion.
     """
     before, sp = _array_and_spacing(ct_before, spacing)
     after, _ = _array_and_spacing(ct_after, sp)
@@ -159,7 +166,7 @@ def save_before_after_preview(
         for col, (view, axis, shown) in enumerate(VIEWS):
             for k, (label, volume) in enumerate((("before", before), ("after", after), ("label", after))):
                 ax = axes[row, 3 * col + k]
-                _panel(ax, volume, axis, centre[axis], sp, shown)
+                _panel(ax, volume, axis, centre[axis], sp, shown, window)
                 if label == "label":
                     _outline(ax, mask, axis, centre[axis], "red")
                 _zoom(ax, centre, sp, shown, fov_mm, before.shape)

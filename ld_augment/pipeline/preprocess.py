@@ -18,7 +18,7 @@ from scipy import ndimage
 from ld_augment.errors import ConfigError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
 from ld_augment.io.nifti import check_same_grid, load_ct, load_label_map, strip_nifti_suffix
-from ld_augment.io.preview import save_bbox_preview
+from ld_augment.io.preview import WINDOWS, save_bbox_preview
 from ld_augment.io.standardize import SourceGeometry, check_memory_budget, standardize_image
 from ld_augment.organs.masks import detect_label_version, organ_mask
 from ld_augment.organs.registry import normalize_organ_name
@@ -233,7 +233,8 @@ def preprocess_case(
         ct_arr = np.asarray(std_ct.dataobj, dtype=np.float32)
         save_bbox_preview(ct_arr, target, [(b.start(target.shape), b.stop(target.shape)) for b in boxes],
                           out_dir / CASE_FILES["preview"],
-                          title=f"{case_id}: {organ}, {lesion_type}")
+                          title=f"{case_id}: {organ}, {lesion_type}",
+                          window=WINDOWS["lung" if is_lung(organ) else "soft tissue"])
     meta = {
         "format": CASE_FORMAT,
         "case_id": case_id,

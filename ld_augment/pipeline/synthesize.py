@@ -22,7 +22,7 @@ from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
 from ld_augment.io.geometry import VoxelBox, resample_region_to_source
 from ld_augment.io.nifti import load_ct, load_label_map, sha256_file
-from ld_augment.io.preview import save_before_after_preview
+from ld_augment.io.preview import WINDOWS, save_before_after_preview
 from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
@@ -442,7 +442,7 @@ def synthesize_case(
         atomic_save_nifti(nib.Nifti1Image(lesion_ids, std_img.affine), out_dir / "standardized" / "lesions.nii.gz")
     if preview:
         save_before_after_preview(ct_before, ct, lesion_ids > 0, [b.center for b in boxes],
-                                  out_dir / "preview.png")
+                                  out_dir / "preview.png", window=WINDOWS["lung" if is_lung(organ) else "soft tissue"])
     record = {
         "case_id": case.case_id,
         "case_dir": str(case.case_dir.resolve()),

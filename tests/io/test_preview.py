@@ -82,3 +82,23 @@ def test_before_after_preview_zooms_on_the_lesion(tmp_path: Path) -> None:
 
     zoomed, whole = red_pixels(80.0), red_pixels(1000.0)
     assert zoomed > 2 * whole > 0
+
+
+def test_lung_window_shows_a_ground_glass_nodule(tmp_path: Path) -> None:
+    """A -500 HU nodule in -850 HU lung is black on black in the soft-tissue window; the lung window shows both."""
+    from ld_augment.io.preview import WINDOWS
+
+    before = np.full((60, 60, 30), -850.0, np.float32)
+    lesion = np.zeros(before.shape, bool)
+    lesion[26:34, 26:34, 12:18] = True
+    after = np.where(lesion, -500.0, before).astype(np.float32)
+
+    def grey_pixels(window) -> int:
+        img = read_png(save_before_after_preview(before, after, lesion, None, tmp_path / f"{window[0]}.png",
+                                                 window=window))
+        rgb = img[..., :3]
+        grey = (np.ptp(rgb, axis=-1) < 0.02) & (rgb[..., 0] > 0.2) & (rgb[..., 0] < 0.8)
+        return int(grey.sum())
+
+    soft, lung = grey_pixels(WINDOWS["soft tissue"]), grey_pixels(WINDOWS["lung"])
+    assert lung > 10 * max(soft, 1), (soft, lung)

@@ -88,3 +88,29 @@ def test_nodule_size_follows_its_words_as_in_lidc() -> None:
     lobulated = median_diameter({"specific features": "", "shape": "irregular"})
     plain = median_diameter({"specific features": "", "shape": "round-like"})
     assert spiculated > 14.0 and 9.5 < lobulated < 14.0 and plain < 8.5, (spiculated, lobulated, plain)
+
+
+def test_lung_case_previews_use_the_lung_window(real_ct, real_seg, tmp_path, monkeypatch) -> None:
+    """In the soft-tissue window a lung nodule and its lung are black on black: a lung case's previews (boxes and
+    before/after) take the lung window, an abdominal one keeps the soft-tissue window."""
+    import ld_augment.pipeline.preprocess as pre
+    import ld_augment.pipeline.synthesize as syn
+    from ld_augment.io.preview import WINDOWS
+    from ld_augment.pipeline import preprocess_case, synthesize_case
+
+    windows: list[tuple] = []
+
+    def spy(real):
+        def save(*args, window=None, **kwargs):
+            windows.append(tuple(window))
+            return real(*args, window=window, **kwargs)
+        return save
+
+    monkeypatch.setattr(pre, "save_bbox_preview", spy(pre.save_bbox_preview))
+    monkeypatch.setattr(syn, "save_before_after_preview", spy(syn.save_before_after_preview))
+    for organ, lesion_type in (("lung_lower_lobe_right", "lung nodule"), ("liver", "liver cyst")):
+        case = preprocess_case(str(real_ct), tmp_path / organ, organ=organ, lesion_type=lesion_type, seg=str(real_seg),
+                               seed=1, preview=True)
+        synthesize_case(case.case_dir, tmp_path / f"{organ}_out", seed=1, preview=True)
+        assert (tmp_path / f"{organ}_out" / "preview.png").is_file()
+    assert windows == [WINDOWS["lung"]] * 2 + [WINDOWS["soft tissue"]] * 2
