@@ -137,3 +137,26 @@ def test_auc_without_the_label_convention_reads_the_lesions() -> None:
     apart = two_sample_auc(labelled(_rows(60, rng, shift=1.5), 0.05), labelled(_rows(80, rng), 0.2), seed=0)
     assert apart["without_label_convention"]["logistic"] > 0.9
     assert "without_label_convention" not in two_sample_auc(_rows(30, rng), _rows(40, rng), seed=0)
+
+
+def test_classifier_does_not_read_the_scan_back_from_core_and_contrast() -> None:
+    """The same lesions in a scan whose organ is 100 HU denser (core up by as much, contrast the same): with the
+    core the classifier detects the scan (AUC ~1), so it keeps the contrast only (~0.5)."""
+    rng = np.random.default_rng(6)
+
+    def in_scan(rows: list[dict], organ_hu: float) -> list[dict]:
+        out = []
+        for r in rows:
+            parenchyma = rng.normal(organ_hu, 10.0)
+            out.append({**r, "parenchyma_hu": parenchyma, "core_hu": parenchyma + r["contrast_hu"]})
+        return out
+
+    syn, real = in_scan(_rows(60, rng), 150.0), in_scan(_rows(80, rng), 50.0)
+    leaky = two_sample_auc(syn, real, ["equivalent_diameter_mm", "sphericity", "contrast_hu", "core_hu"], seed=0)
+    assert leaky["logistic"] > 0.9
+    out = two_sample_auc(syn, real, seed=0)
+    assert "core_hu" not in out["features"] and "contrast_hu" in out["features"]
+    assert out["logistic"] < 0.7 and out["random_forest"] < 0.7
+    only_core = [{k: v for k, v in r.items() if k != "contrast_hu"} for r in syn]
+    assert "core_hu" in two_sample_auc(only_core, [{k: v for k, v in r.items() if k != "contrast_hu"} for r in real],
+                                       seed=0)["features"]  # without a contrast the core is the lesion's HU
