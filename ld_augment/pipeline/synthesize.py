@@ -222,7 +222,7 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
         d = by_index[record["index"]]
         history = [quality["failures"]]
         changed, old = undo.pop(d.index)
-        ct.ravel()[changed] = old  # take the failed lesion out again
+        ct.flat[changed] = old  # take the failed lesion out again (ravel() is a copy of an F-ordered CT)
         lesion_ids[lesion_ids == d.index] = 0
         bands.pop(d.index, None)
         accepted = None
