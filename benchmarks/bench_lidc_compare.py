@@ -3,7 +3,7 @@
 Synthesizes lung nodules (offline reports, procedural engines) on the shared CT crop's lung bases in two sets:
 a *population* (``--n-population``, default 40) whose text attributes are those of LIDC nodules drawn at random
 (texture solid / part-solid / ground-glass, spiculated or not, margin sharp or poorly defined: the real mix,
-~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 36) of pairs
+~88 % solid), for the medians and the classifier; and an *attribute design* (``--n``, default 54) of pairs
 that differ in one word (spiculated / smooth, ground-glass / solid, poorly defined / sharp in turn), each pair
 sharing one size (a LIDC nodule's box, from the size terciles of those >= 9 mm) and one seed, for the
 attribute effects (cavity "within the parenchymal organ" throughout). It compares them with the LIDC
@@ -28,7 +28,7 @@ with controls measured in the same run, which must behave or the script exits 1:
 ``--strict`` also exits 1 when a target is missed. Deterministic given ``--seed``. A few CPU minutes
 (synthesis ~10 s per nodule; LIDC loading ~30 s):
 
-    python benchmarks/bench_lidc_compare.py [--n 36] [--n-population 40] [--spacing 3] [--seed 0] [--strict]
+    python benchmarks/bench_lidc_compare.py [--n 54] [--n-population 40] [--spacing 3] [--seed 0] [--strict]
         [--calibrate] [--baseline-ref e21dad5] [--dump rows.json]
 
 ``--baseline-ref REV`` has the package as of git revision REV synthesize the same requests (a subprocess on a
@@ -351,10 +351,10 @@ def fmt(v, digits=2) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=36,
+    parser.add_argument("--n", type=int, default=54,
                         help="nodules of the attribute design: pairs differing in one word (spiculation, texture, "
                              "margin in turn), each sharing a size and a seed, sizes from the terciles of the LIDC "
-                             "nodules >= 9 mm (default 36: 6 pairs per word)")
+                             "nodules >= 9 mm (default 54: 9 pairs per word, 3 at each size)")
     parser.add_argument("--n-population", type=int, default=40,
                         help="nodules with the attributes of LIDC nodules drawn at random (default 40): the "
                              "medians and the classifier test")
