@@ -16,7 +16,8 @@ import numpy as np
 from ld_augment.engines.adherence import measure_adherence
 from ld_augment.engines.attributes import is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
-from ld_augment.engines.quality import lesion_quality
+from ld_augment.engines.procedural.fields import mask_slices
+from ld_augment.engines.quality import FADES, lesion_quality, source_contrast
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
@@ -27,7 +28,8 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import lesion_in_source, source_image_like, transition_band, write_back
+from ld_augment.pipeline.write_back import (SOURCE_SHELL_MM, core_contrast, lesion_in_source, source_core_contrast,
+                                           source_image_like, source_spacing, transition_band, write_back)
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +205,11 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
                 boxes: list[BBox], enforce: bool, gate: dict[str, Any], masker: MaskEngine, texturer: TextureEngine,
                 ctx: LesionContext, lesion_ids: np.ndarray, undo: dict, bands: dict, measure: Callable,
                 source_voxels: Callable[[np.ndarray], int], min_source_voxels: int,
-                hu_range: tuple[float, float], case_id: str) -> np.ndarray:
+                hu_range: tuple[float, float], case_id: str,
+                on_source_voxel: Callable[[BBox], BBox] = lambda box: box) -> np.ndarray:
     """The quality gate after rendering: a failing lesion is redrawn (GATE_REDRAWS times) or dropped.
+
+    A lesion that faded in the source grid is redrawn centred on a source voxel (``on_source_voxel``).
 
     Without ``enforce`` (engines other than the procedural one, unless asked) failures are only recorded,
     and counted as ``failed_written``; a lesion is never written marked ok when it failed.
@@ -226,10 +231,13 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
         lesion_ids[lesion_ids == d.index] = 0
         bands.pop(d.index, None)
         accepted = None
+        box = d.drawn
         for _ in range(GATE_REDRAWS):
+            if any(f.startswith(FADES) for f in history[-1]):
+                box = on_source_voxel(box)
             others = np.asarray(ctx.occupied, dtype=bool) | (lesion_ids > 0)
             try:
-                mask = np.asarray(masker.generate_mask(replace(ctx, occupied=others), d.drawn, d.report, d.rng),
+                mask = np.asarray(masker.generate_mask(replace(ctx, occupied=others), box, d.report, d.rng),
                                   dtype=bool)
             except ConfigError as exc:
                 history.append([f"mask: {exc}"])
@@ -242,7 +250,7 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
                                                        d.rng), dtype=np.float32), *hu_range)
             measured = measure(d, mask, before, after)
             if measured["quality"]["ok"]:
-                accepted = (mask, after, measured)
+                accepted = (mask, after, measured, box)
                 break
             history.append(measured["quality"]["failures"])
             bands.pop(d.index, None)
@@ -253,11 +261,11 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
                             "failures": history})
             log.warning("%s lesion %d dropped by the quality gate: %s", case_id, d.index, history)
             continue
-        mask, ct, measured = accepted
+        mask, ct, measured, box = accepted
         lesion_ids[mask] = d.index
         gate["redrawn"] += 1
         record.update(measured, voxels_std=int(mask.sum()), voxels_source=source_voxels(mask),
-                      gate_attempts=len(history) + 1, gate_history=history)
+                      drawn_bbox=box.to_dict(), gate_attempts=len(history) + 1, gate_history=history)
     return ct
 
 
@@ -336,6 +344,22 @@ def synthesize_case(
     ctx = LesionContext(ct=ct_before, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
                         occupied=occupied)
 
+    organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
+    label_share = LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None
+    # a coarser source grid averages a small lesion's contrast away: the gate measures what is written there
+    coarser = max(source_spacing(source_img)) > 1.25 * min(spacing)
+
+    def on_source_voxel(box: BBox) -> BBox:
+        """``box`` moved (by at most half a source voxel) so that its centre lies on a source voxel's centre:
+        a small lesion straddling coarse voxels splits its contrast among them and fades."""
+        size = np.asarray(box.size, dtype=np.float64)
+        centre = np.asarray(box.center, dtype=np.float64) - size // 2 + (size - 1) / 2  # geometric, std voxels
+        world = std_img.affine @ np.r_[centre, 1.0]
+        src = source_img.affine @ np.r_[np.round(np.linalg.solve(source_img.affine, world)[:3]), 1.0]
+        moved = np.linalg.solve(std_img.affine, src)[:3]
+        new_center = tuple(int(v) for v in np.round(moved + size // 2 - (size - 1) / 2))
+        return BBox(new_center, box.size)
+
     def source_voxels(mask: np.ndarray) -> int:
         return int(lesion_in_source(source_img, std_img.affine, mask).sum()) if mask.any() else 0
 
@@ -375,6 +399,12 @@ def synthesize_case(
             bands[d.index] = transition_band(after - before, mask, spacing)
         quality = (lesion_quality(before, after, mask, target, d.report, spacing, organ_name=organ)
                    if quality_gate != "off" else None)
+        if quality is not None and coarser:
+            written = source_core_contrast(source_img, std_img.affine, after - before, mask, organ_src,
+                                           partial_label_share=label_share, average_under_label=is_lung(organ))
+            near = mask_slices(mask, [int(np.ceil(2.0 * SOURCE_SHELL_MM / s)) for s in spacing])
+            drawn = core_contrast(before[near], after[near], mask[near], target[near], spacing)
+            quality = source_contrast(quality, written, drawn)
         return {"adherence": measure_adherence(before, after, mask, target, d.report, spacing, organ_name=organ),
                 "quality": quality}
 
@@ -400,7 +430,8 @@ def synthesize_case(
             record["seconds"]["texture"] = round(share, 4)
         if quality_gate != "off":
             ct = _apply_gate(ct, kept, lesions, skipped, boxes, enforce, gate, masker, texturer, ctx, lesion_ids,
-                             undo, bands, measure, source_voxels, min_source_voxels, hu_range, case.case_id)
+                             undo, bands, measure, source_voxels, min_source_voxels, hu_range, case.case_id,
+                             on_source_voxel)
     for band in bands.values():
         band_std |= band
     if not (lesion_ids > 0).any():
@@ -415,11 +446,9 @@ def synthesize_case(
         raise ConfigError(f"case {case.case_id}: no lesion in {organ!r} could be written ({'; '.join(reasons)})"
                           + "".join(f"; {a}" for a in advice))
 
-    organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
     written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,
                          organ_src=organ_src, rng=np.random.default_rng(streams[-1]),
-                         partial_label_share=LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None,
-                         average_under_label=is_lung(organ))
+                         partial_label_share=label_share, average_under_label=is_lung(organ))
     label = np.zeros(source_img.shape[:3], dtype=np.uint8)
     if "organ" in scheme:
         label[organ_src] = scheme["organ"]

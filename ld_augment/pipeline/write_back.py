@@ -144,6 +144,87 @@ def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_af
     return ndimage.gaussian_filter(delta_hu.astype(np.float32), sigma, mode="constant")
 
 
+def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
+               region: VoxelBox, partial_label_share: float | None,
+               average_under_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The change (HU) and the label on the source ``region``, as ``write_back`` writes them."""
+    shape = source_img.shape[:3]
+    # partial volume spills into the voxels around the label; under it the lesion's own values stay (a core
+    # that replaced gas or fat is not averaged back towards them)
+    averaged = source_voxel_average(delta_hu, std_affine, source_img.affine)
+    if not average_under_label:
+        averaged = np.where(lesion_std, delta_hu, averaged)
+    delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, shape, source_img.affine,
+                                          region, order=1, cval=0.0, mode="constant")
+    lesion_src = resample_region_to_source(lesion_std.astype(bool), std_affine, shape, source_img.affine,
+                                           region, order=1, cval=0.0, mode="constant")
+    if partial_label_share is not None:
+        coverage = resample_region_to_source(source_voxel_average(lesion_std.astype(np.float32), std_affine,
+                                                                  source_img.affine),
+                                             std_affine, shape, source_img.affine, region, order=1, cval=0.0,
+                                             mode="constant")
+        lesion_src = np.asarray(lesion_src, bool) | (np.asarray(coverage) >= float(partial_label_share))
+    return np.asarray(delta_src, dtype=np.float32), np.asarray(lesion_src, dtype=bool)
+
+
+#: Shell (mm) of organ around a source-grid label whose median is the parenchyma (as ``ld_augment.evaluation``).
+SOURCE_SHELL_MM = 6.0
+
+
+def source_core_contrast(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
+                         lesion_std: np.ndarray, organ_src: np.ndarray, *, partial_label_share: float | None = None,
+                         average_under_label: bool = False) -> float | None:
+    """One lesion's core contrast to its organ as ``write_back`` will put it into the source grid (HU).
+
+    The core is the label's deepest voxels there (distance >= 0.4 of its depth, as ``ld_augment.evaluation``
+    measures lesions), the parenchyma the organ's median in a shell around the label. A small lesion on a
+    coarse grid keeps only part of its drawn contrast; on LIDC's nodules measured at 1 and 3 mm, 95 % of
+    those 4-6 mm keep at least 0.22 of it. Only the source box around the lesion is read. None where the
+    source grid holds no label voxel or no organ around it.
+    """
+    lesion_std = np.asarray(lesion_std, dtype=bool)
+    touched = (np.asarray(delta_hu) != 0) | lesion_std
+    if not touched.any():
+        return None
+    spacing = source_spacing(source_img)
+    std_step = np.sqrt((np.asarray(std_affine, float)[:3, :3] ** 2).sum(axis=0))
+    margin = [int(np.ceil(2.0 * max(spacing) / s)) + 1 for s in std_step]  # room for the averaging kernel
+    box = ndimage.find_objects(touched.astype(np.uint8))[0]
+    crop = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, touched.shape))
+    crop_affine = np.asarray(std_affine, float).copy()
+    crop_affine[:3, 3] = crop_affine[:3, :3] @ np.array([c.start for c in crop], float) + crop_affine[:3, 3]
+    delta_c, lesion_c = np.asarray(delta_hu, np.float32)[crop], lesion_std[crop]
+    found = ndimage.find_objects(((delta_c != 0) | lesion_c).astype(np.uint8))[0]
+    std_box = VoxelBox(tuple(s.start for s in found), tuple(s.stop for s in found))  # type: ignore[arg-type]
+    pad = max(2, int(np.ceil(SOURCE_SHELL_MM / min(spacing))) + 1)
+    region = source_region_for_std_box(std_box, crop_affine, source_img.shape[:3], source_img.affine, pad=pad)
+    if region.is_empty:
+        return None
+    delta_src, lesion_src = _in_source(source_img, crop_affine, delta_c, lesion_c, region, partial_label_share,
+                                       average_under_label)
+    if not lesion_src.any():
+        return None
+    old = np.asarray(source_img.dataobj[region.slices], dtype=np.float32)
+    return core_contrast(old, old + delta_src, lesion_src, np.asarray(organ_src[region.slices], dtype=bool), spacing)
+
+
+def core_contrast(before: np.ndarray, after: np.ndarray, lesion: np.ndarray, organ: np.ndarray,
+                  spacing: tuple[float, ...]) -> float | None:
+    """A lesion's core (its deepest voxels: distance >= 0.4 of its depth) in ``after`` against the organ's
+    median in a SOURCE_SHELL_MM shell around it in ``before``: the same rule in any grid, so the drawn and the
+    written contrast compare like with like. None without a lesion or an organ shell to measure."""
+    lesion = np.asarray(lesion, dtype=bool)
+    if not lesion.any():
+        return None
+    depth_map = ndimage.distance_transform_edt(lesion, sampling=spacing)
+    core = lesion & (depth_map >= 0.4 * float(depth_map.max()))
+    outside = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+    shell = np.asarray(organ, dtype=bool) & ~lesion & (outside <= SOURCE_SHELL_MM)
+    if shell.sum() < 5:
+        return None
+    return float(np.median(np.asarray(after)[core]) - np.median(np.asarray(before)[shell]))
+
+
 def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
                lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
                organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None,
@@ -174,21 +255,8 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     region = source_region_for_std_box(std_box, std_affine, raw.shape, source_img.affine, pad=pad)
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
-    # partial volume spills into the voxels around the label; under it the lesion's own values stay (a core
-    # that replaced gas or fat is not averaged back towards them)
-    averaged = source_voxel_average(delta_hu, std_affine, source_img.affine)
-    if not average_under_label:
-        averaged = np.where(lesion_std, delta_hu, averaged)
-    delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, raw.shape, source_img.affine,
-                                          region, order=1, cval=0.0, mode="constant")
-    lesion_src = resample_region_to_source(lesion_std.astype(bool), std_affine, raw.shape, source_img.affine,
-                                           region, order=1, cval=0.0, mode="constant")
-    if partial_label_share is not None:
-        coverage = resample_region_to_source(source_voxel_average(lesion_std.astype(np.float32), std_affine,
-                                                                  source_img.affine),
-                                             std_affine, raw.shape, source_img.affine, region, order=1, cval=0.0,
-                                             mode="constant")
-        lesion_src = np.asarray(lesion_src, bool) | (np.asarray(coverage) >= float(partial_label_share))
+    delta_src, lesion_src = _in_source(source_img, std_affine, delta_hu, lesion_std, region,
+                                       partial_label_share, average_under_label)
     old = raw[region.slices].astype(np.float64)
     new_hu = old * slope + inter + delta_src
     noise = None

@@ -124,3 +124,21 @@ def test_a_failure_never_prints_the_bound_it_failed() -> None:
 
     assert _past(0.1512, 0.15) == "0.151" and _past(1.1523, 0.9, 1.15) == "1.152"
     assert _past(0.27, 0.15) == "0.27" and _past(1.36, 0.9, 1.15) == "1.36"
+
+
+def test_source_contrast_fails_a_lesion_that_fades_where_it_is_written() -> None:
+    """A nodule drawn at +600 HU that keeps +38 HU in the 3 mm source grid is a label over nothing visible;
+    +150 HU (0.25, within what LIDC's 4-6 mm nodules keep at 3 mm) passes; nothing drawn (isodense, or over
+    tissue already as dark) or unmeasured: unchanged."""
+    from ld_augment.engines.quality import FADES, source_contrast
+
+    drawn = {"ok": True, "failures": [], "contrast_hu": 600.0}
+    faded = source_contrast(drawn, 38.0, 600.0)
+    assert not faded["ok"] and faded["failures"][0].startswith(FADES) and faded["source_contrast_share"] < 0.1
+    assert drawn["failures"] == [] and drawn["ok"]  # the input record is not changed
+    kept = source_contrast(drawn, 150.0, 600.0)
+    assert kept["ok"] and kept["source_contrast_hu"] == 150.0 and kept["source_contrast_share"] == 0.25
+    assert source_contrast(drawn, None, 600.0) is drawn and source_contrast(drawn, 10.0, None) is drawn
+    assert source_contrast(drawn, 0.0, 3.0) is drawn  # nothing drawn to keep
+    earlier = source_contrast({"ok": False, "failures": ["core off"], "contrast_hu": -40.0}, -30.0, -40.0)
+    assert not earlier["ok"] and earlier["failures"] == ["core off"]  # a pass here never clears another failure

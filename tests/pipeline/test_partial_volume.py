@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from ld_augment.pipeline.write_back import write_back
@@ -42,3 +43,31 @@ def test_partial_label_share_labels_the_partial_volume_rim() -> None:
     rim = generous & ~tight
     assert (change[rim] > 0.1 * 800).all() and (change[rim] < 0.6 * 800).all()  # partial volume, not empty air
     assert not (generous & ~ndimage.binary_dilation(tight)).any()
+
+
+def test_source_core_contrast_is_what_write_back_writes() -> None:
+    """A 4 mm nodule on a 3 mm grid keeps more of its +600 HU centred on a source voxel than off it (split
+    among neighbours); the estimate, read from the source box alone, is what write_back writes (measured on its
+    output as ld_augment.evaluation measures lesions), and None where nothing would be labelled."""
+    from ld_augment.evaluation.lesion_features import measure_lesion
+    from ld_augment.pipeline.write_back import source_core_contrast
+
+    source = nib.Nifti1Image(np.full((30, 30, 30), -800, np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+    std_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    organ = np.ones((30, 30, 30), bool)
+    grid = np.indices((90, 90, 90))
+    options = {"partial_label_share": 0.3, "average_under_label": True}
+    kept = {}
+    for centre in ((45.0, 45.0, 45.0), (46.0, 46.0, 46.0), (46.5, 45.0, 45.0), (46.5, 46.5, 45.0)):
+        lesion = sum((grid[a] - centre[a]) ** 2 for a in range(3)) <= 2.0**2  # source voxel 15's centre: 45 mm
+        delta = np.where(lesion, 600.0, 0.0).astype(np.float32)
+        estimate = source_core_contrast(source, std_affine, delta, lesion, organ, **options)
+        written = write_back(source, std_affine, delta, lesion, **options)
+        if not written.lesion.any():
+            assert estimate is None
+            continue
+        measured = measure_lesion(written.ct_raw.astype(np.float32), written.lesion, organ, (3.0, 3.0, 3.0))
+        assert estimate == pytest.approx(measured["contrast_hu"], abs=0.05 * abs(estimate) + 5.0)
+        kept[centre] = estimate / 600.0
+    centred = kept.pop((45.0, 45.0, 45.0))
+    assert len(kept) == 2 and centred > 0.5 and all(centred > 1.5 * share for share in kept.values()), kept
