@@ -235,19 +235,27 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
     }
 
 
-def source_contrast(quality: dict, written_hu: float | None, drawn_hu: float | None,
-                    limits: GateLimits = GateLimits()) -> dict:
-    """``quality`` with the source-grid check added: the lesion's core contrast where it is written (``written_hu``,
-    ``pipeline.write_back.source_core_contrast``) against the same measure where it was drawn (``drawn_hu``).
-    Unchanged where nothing was drawn to keep (below VISIBLE_MIN_HU: isodense, or drawn over tissue already
-    as dark or bright) or where either grid could not be measured."""
-    if written_hu is None or drawn_hu is None or abs(drawn_hu) < VISIBLE_MIN_HU:
-        return quality
-    share = float(written_hu) / float(drawn_hu)
-    out = {**quality, "failures": list(quality["failures"]), "source_contrast_hu": round(float(written_hu), 1),
-           "source_contrast_share": round(share, 3)}
-    if share < limits.min_source_contrast_share:
-        out["failures"].append(f"{FADES}: core contrast {written_hu:+.0f} HU there, {share:.2f} of the "
-                               f"{drawn_hu:+.0f} HU drawn (needs {limits.min_source_contrast_share})")
+def source_grid_checks(quality: dict, written_hu: float | None, drawn_hu: float | None,
+                       visible_ratio: float | None = None, limits: GateLimits = GateLimits()) -> dict:
+    """``quality`` with what the source grid will hold added (``pipeline.write_back.source_view``).
+
+    The core contrast where the lesion is written (``written_hu``) against the same measure where it was drawn
+    (``drawn_hu``), unless nothing was drawn to keep (below VISIBLE_MIN_HU: isodense, or drawn over tissue
+    already as dark or bright); and the half-contrast / label diameter there (``visible_ratio``, None where not
+    measured), the grid nnU-Net trains on (bench_realism measures it there).
+    """
+    out = {**quality, "failures": list(quality["failures"])}
+    if written_hu is not None and drawn_hu is not None and abs(drawn_hu) >= VISIBLE_MIN_HU:
+        share = float(written_hu) / float(drawn_hu)
+        out.update(source_contrast_hu=round(float(written_hu), 1), source_contrast_share=round(share, 3))
+        if share < limits.min_source_contrast_share:
+            out["failures"].append(f"{FADES}: core contrast {written_hu:+.0f} HU there, {share:.2f} of the "
+                                   f"{drawn_hu:+.0f} HU drawn (needs {limits.min_source_contrast_share})")
+    if visible_ratio is not None:
+        out["source_visible_label_ratio"] = round(float(visible_ratio), 3)
+        low, high = limits.visible_ratio
+        if not low <= visible_ratio <= high:
+            out["failures"].append(f"in the source grid: half-contrast / label diameter "
+                                   f"{_past(visible_ratio, low, high)} outside {low}-{high}")
     out["ok"] = not out["failures"]
     return out

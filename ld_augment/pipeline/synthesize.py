@@ -17,7 +17,7 @@ from ld_augment.engines.adherence import measure_adherence
 from ld_augment.engines.attributes import is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
 from ld_augment.engines.procedural.fields import mask_slices
-from ld_augment.engines.quality import FADES, lesion_quality, source_contrast
+from ld_augment.engines.quality import FADES, lesion_quality, source_grid_checks
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
@@ -28,8 +28,9 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import (SOURCE_SHELL_MM, core_contrast, lesion_in_source, source_core_contrast,
-                                           source_image_like, source_spacing, transition_band, write_back)
+from ld_augment.pipeline.write_back import (SOURCE_SHELL_MM, core_contrast, lesion_in_source, match_source_noise,
+                                           source_image_like, source_spacing, source_view, transition_band,
+                                           write_back)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ MIN_SOURCE_VOXELS = 14
 MIN_SOURCE_VOXELS_LUNG = 1
 #: Share of a source voxel's extent that makes it part of a lung lesion's label (write_back.partial_label_share).
 LUNG_PARTIAL_LABEL_SHARE = 0.3
+#: Fewest source-grid label voxels whose half-contrast extent the gate compares with the label (a 3 x 3 x 3
+#: block; below it one voxel more or less moves the diameter ratio by over 1 %, and LIDC's own 4-6 mm nodules
+#: range 1.0-1.6 at 3 mm).
+SOURCE_SHAPE_VOXELS = 27
 #: Redraws of a lesion whose source-grid label would be too small, each with a 1.3x larger box.
 REDRAWS = 3
 
@@ -391,6 +396,31 @@ def synthesize_case(
         return "ignore" in scheme and (ignore_band == "all" or (ignore_band == "ill"
                                                                 and lesion_spec(d.report).margin == "ill"))
 
+    def source_checks(d: _Drawn, mask: np.ndarray, before: np.ndarray, after: np.ndarray,
+                      quality: dict[str, Any]) -> dict[str, Any]:
+        """The gate's verdict with what the source grid will hold: the contrast a lung lesion keeps there, and the
+        half-contrast extent vs the label where the label has SOURCE_SHAPE_VOXELS (fewer: a count of voxels)."""
+        view = source_view(source_img, std_img.affine, after - before, mask, organ_src,
+                           partial_label_share=label_share, average_under_label=is_lung(organ))
+        if view is None:
+            return quality
+        drawn = written = None
+        if is_lung(organ):  # against aerated lung a core's contrast is measured reliably in a thin shell; in a
+            # thin, fatty or hollow abdominal organ (pancreas, stomach) the shell's reference moved by more than
+            # a low-contrast lesion's 15-40 HU between the grids, so there the half-contrast extent alone is judged
+            near = mask_slices(mask, [int(np.ceil(2.0 * SOURCE_SHELL_MM / s)) for s in spacing])
+            drawn = core_contrast(before[near], after[near], mask[near], target[near], spacing, organ)
+            written = core_contrast(view.before, view.after, view.lesion, view.organ, view.spacing, organ)
+        visible = None
+        if view.lesion.sum() >= SOURCE_SHAPE_VOXELS:
+            # with the source grid's noise matched as write_back will (its own draw: a low-contrast lesion near a
+            # bound is judged with noise of the written file's strength, not the smoother interpolated one)
+            noisy, _ = match_source_noise(view.after, view.lesion, view.organ & ~view.lesion, view.spacing,
+                                          np.random.default_rng([int(seed) & 0xFFFFFFFF, d.index]))
+            visible = lesion_quality(view.before, noisy, view.lesion, view.organ, d.report, view.spacing,
+                                     organ_name=organ, flat_mask=mask)["visible_label_ratio"]
+        return source_grid_checks(quality, written, drawn, visible)
+
     def measure(d: _Drawn, mask: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
         """Record one rendered lesion: adherence, quality verdict, its band and how to undo it."""
         changed = np.flatnonzero(after != before)
@@ -400,11 +430,7 @@ def synthesize_case(
         quality = (lesion_quality(before, after, mask, target, d.report, spacing, organ_name=organ)
                    if quality_gate != "off" else None)
         if quality is not None and coarser:
-            written = source_core_contrast(source_img, std_img.affine, after - before, mask, organ_src,
-                                           partial_label_share=label_share, average_under_label=is_lung(organ))
-            near = mask_slices(mask, [int(np.ceil(2.0 * SOURCE_SHELL_MM / s)) for s in spacing])
-            drawn = core_contrast(before[near], after[near], mask[near], target[near], spacing)
-            quality = source_contrast(quality, written, drawn)
+            quality = source_checks(d, mask, before, after, quality)
         return {"adherence": measure_adherence(before, after, mask, target, d.report, spacing, organ_name=organ),
                 "quality": quality}
 

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ld_augment.engines.procedural.density import parenchyma_hu
 from ld_augment.engines.procedural.fields import robust_std
 from ld_augment.engines.procedural.stats import matched_noise, organ_stats, residual
 from ld_augment.io.geometry import VoxelBox, resample_region_to_source, source_region_for_std_box
@@ -171,17 +172,23 @@ def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
 SOURCE_SHELL_MM = 6.0
 
 
-def source_core_contrast(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
-                         lesion_std: np.ndarray, organ_src: np.ndarray, *, partial_label_share: float | None = None,
-                         average_under_label: bool = False) -> float | None:
-    """One lesion's core contrast to its organ as ``write_back`` will put it into the source grid (HU).
+@dataclass
+class SourceView:
+    """One lesion as ``write_back`` will put it into the source grid, on the source box around it."""
 
-    The core is the label's deepest voxels there (distance >= 0.4 of its depth, as ``ld_augment.evaluation``
-    measures lesions), the parenchyma the organ's median in a shell around the label. A small lesion on a
-    coarse grid keeps only part of its drawn contrast; on LIDC's nodules measured at 1 and 3 mm, 95 % of
-    those 4-6 mm keep at least 0.22 of it. Only the source box around the lesion is read. None where the
-    source grid holds no label voxel or no organ around it.
-    """
+    before: np.ndarray  # HU before the lesion
+    after: np.ndarray  # HU with it (partial volume rendered, no noise matching)
+    lesion: np.ndarray  # its label there
+    organ: np.ndarray  # the target organ there
+    spacing: tuple[float, float, float]
+
+
+def source_view(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
+                organ_src: np.ndarray, *, partial_label_share: float | None = None,
+                average_under_label: bool = False) -> SourceView | None:
+    """One lesion's change and label as ``write_back`` renders them in the source grid, reading only the source
+    box around it (the standardized arrays are cropped to the lesion first). None where the source grid holds
+    no label voxel."""
     lesion_std = np.asarray(lesion_std, dtype=bool)
     touched = (np.asarray(delta_hu) != 0) | lesion_std
     if not touched.any():
@@ -205,14 +212,30 @@ def source_core_contrast(source_img: nib.Nifti1Image, std_affine: np.ndarray, de
     if not lesion_src.any():
         return None
     old = np.asarray(source_img.dataobj[region.slices], dtype=np.float32)
-    return core_contrast(old, old + delta_src, lesion_src, np.asarray(organ_src[region.slices], dtype=bool), spacing)
+    return SourceView(old, old + delta_src, lesion_src, np.asarray(organ_src[region.slices], dtype=bool), spacing)
+
+
+def source_core_contrast(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,
+                         lesion_std: np.ndarray, organ_src: np.ndarray, *, partial_label_share: float | None = None,
+                         average_under_label: bool = False, organ_name: str = "organ") -> float | None:
+    """One lesion's core contrast to its organ as ``write_back`` will put it into the source grid (HU).
+
+    ``core_contrast`` on ``source_view``. A small lesion on a coarse grid keeps only part of its drawn contrast;
+    on LIDC's nodules measured at 1 and 3 mm, 95 % of those 4-6 mm keep at least 0.22 of it. None where the
+    source grid holds no label voxel or no organ around it.
+    """
+    view = source_view(source_img, std_affine, delta_hu, lesion_std, organ_src,
+                       partial_label_share=partial_label_share, average_under_label=average_under_label)
+    return None if view is None else core_contrast(view.before, view.after, view.lesion, view.organ, view.spacing,
+                                                   organ_name)
 
 
 def core_contrast(before: np.ndarray, after: np.ndarray, lesion: np.ndarray, organ: np.ndarray,
-                  spacing: tuple[float, ...]) -> float | None:
+                  spacing: tuple[float, ...], organ_name: str = "organ") -> float | None:
     """A lesion's core (its deepest voxels: distance >= 0.4 of its depth) in ``after`` against the organ's
-    median in a SOURCE_SHELL_MM shell around it in ``before``: the same rule in any grid, so the drawn and the
-    written contrast compare like with like. None without a lesion or an organ shell to measure."""
+    parenchyma (``density.parenchyma_hu``: a fatty pancreas's soft tissue, not its fat) in a SOURCE_SHELL_MM
+    shell around it in ``before``: the same rule in any grid, so the drawn and the written contrast compare like
+    with like. None without a lesion or an organ shell to measure."""
     lesion = np.asarray(lesion, dtype=bool)
     if not lesion.any():
         return None
@@ -222,7 +245,7 @@ def core_contrast(before: np.ndarray, after: np.ndarray, lesion: np.ndarray, org
     shell = np.asarray(organ, dtype=bool) & ~lesion & (outside <= SOURCE_SHELL_MM)
     if shell.sum() < 5:
         return None
-    return float(np.median(np.asarray(after)[core]) - np.median(np.asarray(before)[shell]))
+    return float(np.median(np.asarray(after)[core]) - parenchyma_hu(np.asarray(before)[shell], organ_name))
 
 
 def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray,

@@ -126,19 +126,24 @@ def test_a_failure_never_prints_the_bound_it_failed() -> None:
     assert _past(0.27, 0.15) == "0.27" and _past(1.36, 0.9, 1.15) == "1.36"
 
 
-def test_source_contrast_fails_a_lesion_that_fades_where_it_is_written() -> None:
+def test_source_grid_checks_fail_a_lesion_that_fades_or_spreads_where_it_is_written() -> None:
     """A nodule drawn at +600 HU that keeps +38 HU in the 3 mm source grid is a label over nothing visible;
     +150 HU (0.25, within what LIDC's 4-6 mm nodules keep at 3 mm) passes; nothing drawn (isodense, or over
-    tissue already as dark) or unmeasured: unchanged."""
-    from ld_augment.engines.quality import FADES, source_contrast
+    tissue already as dark) or unmeasured: no contrast verdict. A half-contrast extent off the label there
+    fails as it does in the working grid."""
+    from ld_augment.engines.quality import FADES, source_grid_checks
 
     drawn = {"ok": True, "failures": [], "contrast_hu": 600.0}
-    faded = source_contrast(drawn, 38.0, 600.0)
+    faded = source_grid_checks(drawn, 38.0, 600.0)
     assert not faded["ok"] and faded["failures"][0].startswith(FADES) and faded["source_contrast_share"] < 0.1
     assert drawn["failures"] == [] and drawn["ok"]  # the input record is not changed
-    kept = source_contrast(drawn, 150.0, 600.0)
+    kept = source_grid_checks(drawn, 150.0, 600.0, 1.02)
     assert kept["ok"] and kept["source_contrast_hu"] == 150.0 and kept["source_contrast_share"] == 0.25
-    assert source_contrast(drawn, None, 600.0) is drawn and source_contrast(drawn, 10.0, None) is drawn
-    assert source_contrast(drawn, 0.0, 3.0) is drawn  # nothing drawn to keep
-    earlier = source_contrast({"ok": False, "failures": ["core off"], "contrast_hu": -40.0}, -30.0, -40.0)
+    assert kept["source_visible_label_ratio"] == 1.02
+    for written, made in ((None, 600.0), (10.0, None), (0.0, 3.0)):  # unmeasured, or nothing drawn to keep
+        out = source_grid_checks(drawn, written, made)
+        assert out["ok"] and "source_contrast_share" not in out
+    wide = source_grid_checks(drawn, 300.0, 600.0, 0.87)
+    assert not wide["ok"] and "source grid: half-contrast / label diameter 0.87 outside 0.9-1.15" in wide["failures"][0]
+    earlier = source_grid_checks({"ok": False, "failures": ["core off"], "contrast_hu": -40.0}, -30.0, -40.0)
     assert not earlier["ok"] and earlier["failures"] == ["core off"]  # a pass here never clears another failure

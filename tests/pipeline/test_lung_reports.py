@@ -151,7 +151,7 @@ def test_small_nodules_are_redrawn_on_a_source_voxel_when_they_fade(real_ct, rea
     LIDC's 4-6 mm nodules do at 3 mm. (On the files a 1-2 voxel nodule's contrast also carries the noise
     matched there, +-60 HU in this lung: their median is checked.)"""
     import ld_augment.pipeline.synthesize as syn
-    from ld_augment.engines.quality import FADES, GateLimits, source_contrast
+    from ld_augment.engines.quality import FADES, GateLimits, source_grid_checks
 
     nodules = _small_nodules(real_ct, real_seg, tmp_path / "gated")
     assert all(lesion["quality"]["ok"] and lesion["quality"]["source_contrast_share"] >= 0.2 for lesion, _ in nodules)
@@ -159,7 +159,7 @@ def test_small_nodules_are_redrawn_on_a_source_voxel_when_they_fade(real_ct, rea
     moved = [lesion for lesion, _ in nodules if any(f.startswith(FADES) for f in sum(lesion.get("gate_history", []), []))]
     assert moved and all(lesion["drawn_bbox"]["center"] != lesion["bbox"]["center"] for lesion in moved)
     # without the source-grid check the first of them is written as drawn, faded (0.16 of its contrast)
-    monkeypatch.setattr(syn, "source_contrast",
-                        lambda q, w, d: source_contrast(q, w, d, GateLimits(min_source_contrast_share=0.0)))
+    monkeypatch.setattr(syn, "source_grid_checks",
+                        lambda q, w, d, v=None: source_grid_checks(q, w, d, v, GateLimits(min_source_contrast_share=0.0)))
     ((lesion, _),) = _small_nodules(real_ct, real_seg, tmp_path / "ungated", FADING[:1])
     assert lesion["quality"]["ok"] and lesion["quality"]["source_contrast_share"] < 0.2

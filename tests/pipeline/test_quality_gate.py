@@ -108,3 +108,26 @@ def test_cli_avoid_keeps_lesions_off_the_given_voxels(ct_variants, tmp_path) -> 
     assert rc == 0
     label = np.asarray(nib.load(str(tmp_path / "syn" / "label.nii.gz")).dataobj) == 2
     assert label.any() and not (label & (avoid > 0)).any()
+
+
+def test_gate_judges_the_source_grid_as_written(case) -> None:
+    """On a 3 mm source the gate measures the half-contrast extent where the lesion will be written, and that is
+    what the written files show (bench_realism's measurement; noise of the same strength, another draw)."""
+    from ld_augment.engines.quality import lesion_quality
+    from ld_augment.organs.masks import organ_mask
+    from ld_augment.reports.model import load_reports
+
+    case, root = case
+    res = synthesize_case(case.case_dir, root / "source_grid", seed=0, preview=False)
+    (lesion,) = res.lesions
+    src = nib.load(str(case.meta["source"]["path"]))
+    before = np.asarray(src.dataobj, dtype=np.float32)
+    after = np.asarray(nib.load(str(res.ct_path)).dataobj, dtype=np.float32)
+    label = np.asarray(nib.load(str(res.label_path)).dataobj) == 2
+    seg = np.asarray(nib.load(str(case.meta["segmentation"]["path"])).dataobj)
+    (report,) = load_reports(res.report_path)
+    written = lesion_quality(before, after, label, organ_mask(seg, "liver", version="v2"), report,
+                             (3.0, 3.0, 3.0), organ_name="liver")
+    assert label.sum() >= 27 and lesion["quality"]["source_visible_label_ratio"] == pytest.approx(
+        written["visible_label_ratio"], abs=0.05)
+    assert "source_contrast_share" not in lesion["quality"]  # the contrast kept is judged for lung lesions
