@@ -96,7 +96,7 @@ def flat_face_fraction(mask: np.ndarray, min_extent: int = 8, reach: float = 1.5
 
 def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
                          reach_mm: float = 4.0, within: np.ndarray | None = None,
-                         reference: np.ndarray | None = None) -> float | None:
+                         reference: np.ndarray | None = None, two_sided: bool = False) -> float | None:
     """Equivalent diameter of the half-contrast region around the label / the label's (None: no contrast).
 
     Read from the change (after - before, smoothed so new noise does not count), so tissue that
@@ -120,6 +120,12 @@ def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray
         return None
     near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach_mm
     visible = near & (np.sign(contrast) * delta >= 0.5 * abs(contrast))
+    if two_sided:
+        # a ring-enhancing or necrotic lesion is seen by its bright rim or its viable margin as much as by its
+        # darkest part: a voxel counts where the change reaches half that of the label's weaker parts (its
+        # lower-quartile |change|) either way (half the necrotic core's, one-sided, read an enhancing rim and
+        # viable periphery as "not lesion": ring metastases at 0.74 of their labels on a portal-venous liver)
+        visible = near & (np.abs(delta) >= 0.5 * float(np.percentile(np.abs(delta[mask]), 25)))
     if within is not None:
         visible &= within
     labels, count = ndimage.label(visible)
@@ -206,7 +212,8 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
             failures.append(f"{100 * foreign:.1f} % fat/gas/bone voxels under the label")
 
     glass = mask & ~core if spec.density == "soft_tissue_ggo" else None  # part-solid: the ground-glass rim
-    visible = visible_extent_ratio(before, after, mask, spacing, within=organ | mask, reference=glass)
+    visible = visible_extent_ratio(before, after, mask, spacing, within=organ | mask, reference=glass,
+                                   two_sided=spec.density == "ring" or bool(spec.dark_areas))
     if visible is not None:
         low, high = limits.visible_ratio
         if not low <= visible <= high:
@@ -242,7 +249,7 @@ def source_grid_checks(quality: dict, written_hu: float | None, drawn_hu: float 
     The core contrast where the lesion is written (``written_hu``) against the same measure where it was drawn
     (``drawn_hu``), unless nothing was drawn to keep (below VISIBLE_MIN_HU: isodense, or drawn over tissue
     already as dark or bright); and the half-contrast / label diameter there (``visible_ratio``, None where not
-    measured), the grid nnU-Net trains on (bench_realism measures it there).
+    measured; its lower bound), the grid nnU-Net trains on (bench_realism measures it there).
     """
     out = {**quality, "failures": list(quality["failures"])}
     if written_hu is not None and drawn_hu is not None and abs(drawn_hu) >= VISIBLE_MIN_HU:
@@ -253,9 +260,11 @@ def source_grid_checks(quality: dict, written_hu: float | None, drawn_hu: float 
                                    f"{drawn_hu:+.0f} HU drawn (needs {limits.min_source_contrast_share})")
     if visible_ratio is not None:
         out["source_visible_label_ratio"] = round(float(visible_ratio), 3)
-        low, high = limits.visible_ratio
-        if not low <= visible_ratio <= high:
+        low = limits.visible_ratio[0]  # a label wider than the lesion seen there teaches over-segmentation; the
+        # partial volume a coarse grid spreads beyond a small lesion's label is what real scans show (LIDC's
+        # 4-9 mm nodules at 3 mm: upper quartile 1.26-1.44), so the upper bound stays the working grid's
+        if visible_ratio < low:
             out["failures"].append(f"in the source grid: half-contrast / label diameter "
-                                   f"{_past(visible_ratio, low, high)} outside {low}-{high}")
+                                   f"{_past(visible_ratio, low)} below {low}")
     out["ok"] = not out["failures"]
     return out

@@ -129,8 +129,8 @@ def test_a_failure_never_prints_the_bound_it_failed() -> None:
 def test_source_grid_checks_fail_a_lesion_that_fades_or_spreads_where_it_is_written() -> None:
     """A nodule drawn at +600 HU that keeps +38 HU in the 3 mm source grid is a label over nothing visible;
     +150 HU (0.25, within what LIDC's 4-6 mm nodules keep at 3 mm) passes; nothing drawn (isodense, or over
-    tissue already as dark) or unmeasured: no contrast verdict. A half-contrast extent off the label there
-    fails as it does in the working grid."""
+    tissue already as dark) or unmeasured: no contrast verdict. A label wider than the lesion seen there fails;
+    partial volume spreading beyond it does not."""
     from ld_augment.engines.quality import FADES, source_grid_checks
 
     drawn = {"ok": True, "failures": [], "contrast_hu": 600.0}
@@ -144,6 +144,25 @@ def test_source_grid_checks_fail_a_lesion_that_fades_or_spreads_where_it_is_writ
         out = source_grid_checks(drawn, written, made)
         assert out["ok"] and "source_contrast_share" not in out
     wide = source_grid_checks(drawn, 300.0, 600.0, 0.87)
-    assert not wide["ok"] and "source grid: half-contrast / label diameter 0.87 outside 0.9-1.15" in wide["failures"][0]
+    assert not wide["ok"] and "source grid: half-contrast / label diameter 0.87 below 0.9" in wide["failures"][0]
+    assert source_grid_checks(drawn, 300.0, 600.0, 1.2)["ok"]  # a coarse grid's partial volume beyond the label
     earlier = source_grid_checks({"ok": False, "failures": ["core off"], "contrast_hu": -40.0}, -30.0, -40.0)
     assert not earlier["ok"] and earlier["failures"] == ["core off"]  # a pass here never clears another failure
+
+
+def test_ring_enhancing_lesion_is_seen_to_its_rim() -> None:
+    """A dark core in a bright enhancing rim, the rim inside the label: one-sided, half the core's contrast
+    marks only the core (0.7 of the label's diameter, every such metastasis dropped); two-sided, as the gate
+    reads ring and necrotic lesions, the rim counts and the label matches what is seen."""
+    from ld_augment.engines.quality import visible_extent_ratio
+
+    grid = np.indices((40, 40, 40))
+    radius = np.sqrt(sum((g - 20.0) ** 2 for g in grid))
+    mask = radius <= 10.0
+    before = np.full(mask.shape, 100.0, np.float32)
+    after = np.where(radius <= 7.0, 30.0, np.where(mask, 140.0, 100.0)).astype(np.float32)
+    one_sided = visible_extent_ratio(before, after, mask, (1.0, 1.0, 1.0))
+    two_sided = visible_extent_ratio(before, after, mask, (1.0, 1.0, 1.0), two_sided=True)
+    assert one_sided < 0.8 and 0.95 <= two_sided <= 1.1, (one_sided, two_sided)
+    halo = np.where(radius <= 14.0, 60.0, 100.0).astype(np.float32)  # a label 10 mm inside a 14 mm lesion
+    assert visible_extent_ratio(before, halo, mask, (1.0, 1.0, 1.0), two_sided=True) > 1.15  # still fails
