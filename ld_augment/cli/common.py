@@ -24,13 +24,14 @@ def run_command(func: Callable[[], int], prog: str, *, verbose: bool = False) ->
         return int(func() or 0)
     except (LdAugmentError, OSError) as exc:
         message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        kind = type(exc).__name__  # ``exc`` is unbound after the except block
         if verbose:
             log.info("traceback of the error below:", exc_info=exc)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work is kept", file=sys.stderr)
         return 130
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    print(f"{prog}: error: {'; '.join(lines) or type(exc).__name__}", file=sys.stderr)  # the promise: one line
+    print(f"{prog}: error: {'; '.join(lines) or kind}", file=sys.stderr)  # the promise: one line
     return EXIT_ERROR
 
 

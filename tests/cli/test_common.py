@@ -23,6 +23,15 @@ def test_os_error_is_one_line_with_the_path(capsys):
     assert err == "prog: error: /data/bank/imagesTr/x_0000.nii.gz: No space left on device\n"
 
 
+def test_error_without_a_message_is_still_one_line(capsys):
+    """An error raised with no text names its kind (it raised NameError: ``exc`` is unbound after ``except``)."""
+    def silent() -> int:
+        raise ConfigError("")
+
+    assert run_command(silent, "prog") == 2
+    assert capsys.readouterr().err == "prog: error: ConfigError\n"
+
+
 def test_verbose_logs_the_traceback(capsys, caplog):
     with caplog.at_level(logging.INFO, logger="ld_augment.cli"):
         assert run_command(_disk_full, "prog", verbose=True) == 2
