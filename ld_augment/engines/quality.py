@@ -14,9 +14,9 @@ the source grid in the realism benchmark), against limits that are data (``GateL
   beyond it, under-segmentation);
 * no flat faces: the largest end slice along any axis, as a fraction of the lesion's largest cross-section
   (a box-clipped face keeps its area slice after slice, a curved cap grows from a point);
-* seen where it is written: in a coarser source grid the written core keeps at least
-  ``min_source_contrast_share`` of the drawn contrast (``source_contrast``; a 4 mm nodule straddling 3 mm
-  voxels came out 38 HU above lung, a label over nothing visible).
+* seen where it is written (``source_grid_checks``, in a coarser source grid): a lung lesion's core keeps at
+  least ``min_source_contrast_share`` of the drawn contrast (a 4 mm nodule straddling 3 mm voxels came out
+  38 HU above lung, a label over nothing visible), and no label is wider than the lesion seen there.
 
 A box with a halo, a label without contrast, a fat core and a lesion floating outside its organ each fail.
 """
@@ -119,13 +119,14 @@ def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray
     if abs(contrast) < VISIBLE_MIN_HU:
         return None
     near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= reach_mm
-    visible = near & (np.sign(contrast) * delta >= 0.5 * abs(contrast))
     if two_sided:
         # a ring-enhancing or necrotic lesion is seen by its bright rim or its viable margin as much as by its
         # darkest part: a voxel counts where the change reaches half that of the label's weaker parts (its
         # lower-quartile |change|) either way (half the necrotic core's, one-sided, read an enhancing rim and
         # viable periphery as "not lesion": ring metastases at 0.74 of their labels on a portal-venous liver)
         visible = near & (np.abs(delta) >= 0.5 * float(np.percentile(np.abs(delta[mask]), 25)))
+    else:
+        visible = near & (np.sign(contrast) * delta >= 0.5 * abs(contrast))
     if within is not None:
         visible &= within
     labels, count = ndimage.label(visible)
@@ -133,6 +134,16 @@ def visible_extent_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray
     visible = np.isin(labels, keep[keep > 0]) if count else visible
     visible = ndimage.binary_fill_holes(visible)
     return float((visible.sum() / max(int(mask.sum()), 1)) ** (1.0 / 3.0))
+
+
+def label_visible_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray, organ: np.ndarray, spec: Any,
+                        spacing: Sequence[float]) -> float | None:
+    """The gate's half-contrast / label diameter of one lesion (``visible_extent_ratio`` on a crop around it, in
+    its organ): a part-solid nodule's ground glass sets "half", a ring-enhancing or necrotic lesion is read
+    two-sided. The same measure in the working grid and, for ``source_grid_checks``, in the source grid."""
+    glass = mask & ~core_region(mask, spacing, SOLID_CORE_SHARE) if spec.density == "soft_tissue_ggo" else None
+    return visible_extent_ratio(before, after, mask, spacing, within=organ | mask, reference=glass,
+                                two_sided=spec.density == "ring" or bool(spec.dark_areas))
 
 
 def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.ndarray, organ_mask: np.ndarray,
@@ -211,9 +222,7 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
         if foreign > limits.max_foreign:
             failures.append(f"{100 * foreign:.1f} % fat/gas/bone voxels under the label")
 
-    glass = mask & ~core if spec.density == "soft_tissue_ggo" else None  # part-solid: the ground-glass rim
-    visible = visible_extent_ratio(before, after, mask, spacing, within=organ | mask, reference=glass,
-                                   two_sided=spec.density == "ring" or bool(spec.dark_areas))
+    visible = label_visible_ratio(before, after, mask, organ, spec, spacing)
     if visible is not None:
         low, high = limits.visible_ratio
         if not low <= visible <= high:

@@ -17,7 +17,7 @@ from ld_augment.engines.adherence import measure_adherence
 from ld_augment.engines.attributes import is_lung, lesion_spec
 from ld_augment.engines.base import LesionContext, MaskEngine, TextureEngine
 from ld_augment.engines.procedural.fields import mask_slices
-from ld_augment.engines.quality import FADES, lesion_quality, source_grid_checks
+from ld_augment.engines.quality import FADES, label_visible_ratio, lesion_quality, source_grid_checks
 from ld_augment.engines.registry import create_mask_engine, create_texture_engine
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.io.atomic import atomic_save_nifti, atomic_write_json
@@ -210,8 +210,7 @@ def _apply_gate(ct: np.ndarray, kept: list[_Drawn], lesions: list[dict[str, Any]
                 boxes: list[BBox], enforce: bool, gate: dict[str, Any], masker: MaskEngine, texturer: TextureEngine,
                 ctx: LesionContext, lesion_ids: np.ndarray, undo: dict, bands: dict, measure: Callable,
                 source_voxels: Callable[[np.ndarray], int], min_source_voxels: int,
-                hu_range: tuple[float, float], case_id: str,
-                on_source_voxel: Callable[[BBox], BBox] = lambda box: box) -> np.ndarray:
+                hu_range: tuple[float, float], case_id: str, on_source_voxel: Callable[[BBox], BBox]) -> np.ndarray:
     """The quality gate after rendering: a failing lesion is redrawn (GATE_REDRAWS times) or dropped.
 
     A lesion that faded in the source grid is redrawn centred on a source voxel (``on_source_voxel``).
@@ -417,8 +416,8 @@ def synthesize_case(
             # bound is judged with noise of the written file's strength, not the smoother interpolated one)
             noisy, _ = match_source_noise(view.after, view.lesion, view.organ & ~view.lesion, view.spacing,
                                           np.random.default_rng([int(seed) & 0xFFFFFFFF, d.index]))
-            visible = lesion_quality(view.before, noisy, view.lesion, view.organ, d.report, view.spacing,
-                                     organ_name=organ, flat_mask=mask)["visible_label_ratio"]
+            visible = label_visible_ratio(view.before, noisy, view.lesion, view.organ, lesion_spec(d.report),
+                                          view.spacing)
         return source_grid_checks(quality, written, drawn, visible)
 
     def measure(d: _Drawn, mask: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:

@@ -45,12 +45,17 @@ def test_partial_label_share_labels_the_partial_volume_rim() -> None:
     assert not (generous & ~ndimage.binary_dilation(tight)).any()
 
 
-def test_source_core_contrast_is_what_write_back_writes() -> None:
+def test_source_view_contrast_is_what_write_back_writes() -> None:
     """A 4 mm nodule on a 3 mm grid keeps more of its +600 HU centred on a source voxel than off it (split
     among neighbours); the estimate, read from the source box alone, is what write_back writes (measured on its
     output as ld_augment.evaluation measures lesions), and None where nothing would be labelled."""
     from ld_augment.evaluation.lesion_features import measure_lesion
-    from ld_augment.pipeline.write_back import source_core_contrast
+    from ld_augment.pipeline.write_back import core_contrast, source_view
+
+    def source_core_contrast(*args, **options):
+        view = source_view(*args, **options)
+        return None if view is None else core_contrast(view.before, view.after, view.lesion, view.organ,
+                                                       view.spacing)
 
     source = nib.Nifti1Image(np.full((30, 30, 30), -800, np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
     std_affine = np.diag([1.0, 1.0, 1.0, 1.0])
