@@ -16,8 +16,9 @@ mask, where a box face is a face and not a voxel staircase):
 * crashes, and lesions the gate dropped (recorded with their reasons).
 
 Negative controls, built on the same CT's liver in the source grid, must FAIL the same check: an axis-aligned
-+60 HU box with a 45 HU halo, a label with no contrast (invisible lesion), a fat core, and a lesion floating
-mostly outside its organ. The benchmark exits 1 when a control passes or a target is missed.
++60 HU box with a 45 HU halo, a label with no contrast (invisible lesion), a fat core, a lesion floating
+mostly outside its organ, and one drawn inside a structure already as dark as itself (no edge of its own).
+The benchmark exits 1 when a control passes or a target is missed.
 
 Baseline in the same run: ``--baseline-ref REV`` generates the SAME cases with the package as of git revision
 REV (``git archive`` into a temporary folder, run in a subprocess) and measures them with the same code.
@@ -143,7 +144,7 @@ def measure_case(scan: Scan, case_root: Path, organ: str) -> dict | None:
 
 # ------------------------------------------------------------------------------------------ negative controls
 def negative_controls(scan: Scan) -> dict[str, dict]:
-    """Four lesions that must fail the check, built on the liver of the shared CT in its source grid."""
+    """Five lesions that must fail the check, built on the liver of the shared CT in its source grid."""
     from scipy import ndimage
 
     from ld_augment.engines.procedural.density import parenchyma_hu
@@ -179,8 +180,13 @@ def negative_controls(scan: Scan) -> dict[str, dict]:
     floating = np.sqrt(sum(((grid[a] - spot[a]) * scan.spacing[a]) ** 2 for a in range(3))) <= 10.0
     controls["floating (mostly outside the organ)"] = (
         np.where(floating, ref - 30.0 + noise, scan.before), floating, report("hypodense lesion", ref - 30.0))
-    return {name: lesion_quality(scan.before, after.astype(np.float32), mask, liver, rep, scan.spacing,
-                                 organ_name="liver")
+    # drawn into a structure already as dark (a vessel, an unlabelled lesion): -30 HU against the wider
+    # neighbourhood, but no edge of its own; the CT "before" is the one with the structure in it
+    structure = np.where(dist <= 15.0, ref - 30.0 + noise, scan.before).astype(np.float32)
+    controls["drawn into tissue already as dark"] = (structure, dist <= 8.0, report("hypodense lesion", ref - 30.0))
+    befores = {"drawn into tissue already as dark": structure}
+    return {name: lesion_quality(befores.get(name, scan.before), after.astype(np.float32), mask, liver, rep,
+                                 scan.spacing, organ_name="liver")
             for name, (after, mask, rep) in controls.items()}
 
 

@@ -84,6 +84,9 @@ class TextureEngine(ABC):
     """CT + mask + report -> CT with the lesion."""
 
     name: str = "abstract"
+    #: True where the output is the lesion itself, edges as sharp as drawn, not an image of it (no scanner
+    #: blur): writing it into a scan adds the scan's point-spread function (``pipeline.write_back``)
+    ideal_edges: bool = False
 
     @abstractmethod
     def render(

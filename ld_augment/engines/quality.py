@@ -12,6 +12,9 @@ the source grid in the realism benchmark), against limits that are data (``GateL
 * label = visible extent: the half-contrast region around the label has an equivalent diameter within
   ``visible_ratio`` of the label's (a label larger than the lesion teaches over-segmentation; a halo
   beyond it, under-segmentation);
+* an edge of its own: the core stands out from the organ within ``LOCAL_SHELL_MM`` of the label as it was
+  before (at least ``min_local_contrast_share`` of the requested contrast), not only from the wider
+  neighbourhood (a lesion drawn into a vessel or an existing lesion as dark as itself);
 * no flat faces: the largest end slice along any axis, as a fraction of the lesion's largest cross-section
   (a box-clipped face keeps its area slice after slice, a curved cap grows from a point);
 * seen where it is written (``source_grid_checks``, in a coarser source grid): a lung lesion's core keeps at
@@ -50,6 +53,10 @@ class GateLimits:
     # least share of the drawn core contrast the written core keeps in a coarser source grid (LIDC nodules
     # measured at 1 and 3 mm: 95 % of those 4-6 mm keep >= 0.22, 95 % of those 6-9 mm >= 0.30)
     min_source_contrast_share: float = 0.2
+    # least share of the requested contrast the core shows against the tissue right around it (LOCAL_SHELL_MM)
+    # before synthesis: a lesion drawn into a structure already as dark (a vessel, an unlabelled lesion) has no
+    # edge of its own, and its label names what was there
+    min_local_contrast_share: float = 0.5
 
 
 #: HU limits: fat/gas below, bone above (under a soft-tissue label); soft tissue window for exophytic growth.
@@ -65,6 +72,10 @@ VISIBLE_SMOOTH_VOX = 0.7
 FADES = "fades in the source grid"
 #: Neighbourhood (mm) of the lesion in which the organ's parenchyma is measured.
 NEIGHBOURHOOD_MM = 15.0
+#: Shell (mm) of organ around the label whose tissue, before synthesis, the core must stand out from.
+LOCAL_SHELL_MM = 6.0
+#: How a lesion without an edge of its own is reported.
+NO_EDGE = "no edge against the tissue around it"
 
 
 def _past(value: float, *bounds: float) -> str:
@@ -146,6 +157,19 @@ def label_visible_ratio(before: np.ndarray, after: np.ndarray, mask: np.ndarray,
                                 two_sided=spec.density == "ring" or bool(spec.dark_areas))
 
 
+def local_contrast_hu(before: np.ndarray, core_hu: float, mask: np.ndarray, organ: np.ndarray,
+                      spacing: Sequence[float], organ_name: str, min_voxels: int = 10) -> float | None:
+    """The core's contrast to the organ within LOCAL_SHELL_MM of the label as it was before synthesis (None
+    where fewer than ``min_voxels`` organ voxels lie there). The gate's parenchyma reference comes from the
+    wider neighbourhood: a lesion drawn into a vessel or an unlabelled lesion as dark as itself reads -40 HU
+    against it and about 0 here."""
+    near = ndimage.distance_transform_edt(~mask, sampling=tuple(float(s) for s in spacing)) <= LOCAL_SHELL_MM
+    shell = near & organ & ~mask
+    if int(shell.sum()) < min_voxels:
+        return None
+    return float(core_hu - parenchyma_hu(before[shell], organ_name))
+
+
 def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.ndarray, organ_mask: np.ndarray,
                    report: Any, spacing: Sequence[float], *, organ_name: str = "organ",
                    limits: GateLimits = GateLimits(), flat_mask: np.ndarray | None = None) -> dict:
@@ -193,6 +217,14 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
             if sign * contrast < least:
                 failures.append(f"density {'below' if sign < 0 else 'above'} the organ requested: core contrast "
                                 f"{contrast:+.0f} HU (needs {'-' if sign < 0 else '+'}{least:.0f} or more)")
+    local = local_contrast_hu(before, core_hu, mask, organ, spacing, organ_name)
+    if local is not None and sign in (-1, 1):
+        least = limits.min_contrast_hu
+        if requested_contrast is not None and np.sign(requested_contrast) == sign:
+            least = max(least, limits.min_local_contrast_share * abs(requested_contrast))
+        if sign * local < least:
+            failures.append(f"{NO_EDGE}: core {local:+.0f} HU against the {LOCAL_SHELL_MM:g} mm around it before "
+                            f"synthesis (needs {'-' if sign < 0 else '+'}{least:.0f} or more)")
     core_error = None if requested is None else core_hu - requested
     if core_error is not None and abs(core_error) > limits.core_tolerance_hu:
         failures.append(f"core {core_hu:.0f} HU is {core_error:+.0f} HU from the requested {requested:.0f}")
@@ -240,6 +272,7 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
         "requested_ct_value": requested,
         "core_error_hu": None if core_error is None else round(core_error, 1),
         "contrast_hu": round(contrast, 1),
+        "local_contrast_hu": None if local is None else round(local, 1),
         "requested_contrast_hu": None if requested_contrast is None else round(requested_contrast, 1),
         "fraction_inside_organ": round(inside, 3),
         "exophytic": exophytic,

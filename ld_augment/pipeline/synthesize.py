@@ -28,9 +28,9 @@ from ld_augment.organs.masks import organ_mask
 from ld_augment.placement.bboxes import BBox
 from ld_augment.reports.model import load_reports, reports_to_type_json, save_reports
 from ld_augment.pipeline.case import PreprocessedCase
-from ld_augment.pipeline.write_back import (SOURCE_SHELL_MM, core_contrast, lesion_in_source, match_source_noise,
-                                           source_image_like, source_spacing, source_view, transition_band,
-                                           write_back)
+from ld_augment.pipeline.write_back import (SCAN_PSF_FWHM_MM, SOURCE_SHELL_MM, core_contrast, lesion_in_source,
+                                           match_source_noise, source_image_like, source_spacing, source_view,
+                                           transition_band, write_back)
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +350,7 @@ def synthesize_case(
 
     organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
     label_share = LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None
+    psf_floor = SCAN_PSF_FWHM_MM if texturer.ideal_edges else 0.0  # a network's output is an image already
     # a coarser source grid averages a small lesion's contrast away: the gate measures what is written there
     coarser = max(source_spacing(source_img)) > 1.25 * min(spacing)
 
@@ -400,7 +401,8 @@ def synthesize_case(
         """The gate's verdict with what the source grid will hold: the contrast a lung lesion keeps there, and the
         half-contrast extent vs the label where the label has SOURCE_SHAPE_VOXELS (fewer: a count of voxels)."""
         view = source_view(source_img, std_img.affine, after - before, mask, organ_src,
-                           partial_label_share=label_share, average_under_label=is_lung(organ))
+                           partial_label_share=label_share, average_under_label=is_lung(organ),
+                           psf_floor_mm=psf_floor)
         if view is None:
             return quality
         drawn = written = None
@@ -473,7 +475,8 @@ def synthesize_case(
 
     written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,
                          organ_src=organ_src, rng=np.random.default_rng(streams[-1]),
-                         partial_label_share=label_share, average_under_label=is_lung(organ))
+                         partial_label_share=label_share, average_under_label=is_lung(organ),
+                         psf_floor_mm=psf_floor)
     label = np.zeros(source_img.shape[:3], dtype=np.uint8)
     if "organ" in scheme:
         label[organ_src] = scheme["organ"]

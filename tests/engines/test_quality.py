@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from ld_augment.engines.procedural import ProceduralMaskEngine, ProceduralTextureEngine
-from ld_augment.engines.quality import flat_face_fraction, lesion_quality
+from ld_augment.engines.quality import NO_EDGE, flat_face_fraction, lesion_quality
 from ld_augment.organs.registry import CAVITY_PARENCHYMA
 from ld_augment.placement.bboxes import BBox
 
@@ -166,3 +166,22 @@ def test_ring_enhancing_lesion_is_seen_to_its_rim() -> None:
     assert one_sided < 0.8 and 0.95 <= two_sided <= 1.1, (one_sided, two_sided)
     halo = np.where(radius <= 14.0, 60.0, 100.0).astype(np.float32)  # a label 10 mm inside a 14 mm lesion
     assert visible_extent_ratio(before, halo, mask, (1.0, 1.0, 1.0), two_sided=True) > 1.15  # still fails
+
+
+def test_lesion_drawn_into_tissue_already_as_dark_fails(liver, make_report) -> None:
+    """A hypodense lesion drawn inside a structure that was already as dark (a vessel, an unlabelled lesion):
+    against the wider neighbourhood it reads -30 HU and its change is nil, so only its missing edge gives it
+    away. The same lesion in plain liver passes."""
+    ref = float(np.median(liver.ct[liver.organ_mask]))
+    mask = _ball(liver.ct.shape, CENTRE, 6)
+    report = make_report(ct_value=ref - 30.0, cavity=CAVITY_PARENCHYMA)
+    dark = _ball(liver.ct.shape, CENTRE, 11)
+    before = np.where(dark, liver.ct - 30.0, liver.ct).astype(np.float32)
+    quality = lesion_quality(before, before.copy(), mask, liver.organ_mask, report, liver.spacing, organ_name="liver")
+    assert not quality["ok"], quality
+    assert [f.split(":")[0] for f in quality["failures"]] == [NO_EDGE], quality
+    assert abs(quality["local_contrast_hu"]) < 5 and quality["contrast_hu"] < -25
+
+    plain = np.where(mask, liver.ct - 30.0, liver.ct).astype(np.float32)
+    quality = _check(liver, plain, mask, report)
+    assert quality["ok"] and quality["local_contrast_hu"] < -25, quality

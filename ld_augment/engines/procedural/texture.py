@@ -88,6 +88,7 @@ class ProceduralTextureEngine(TextureEngine):
     """Weight-free texture engine following the report's density, variations, features and margin."""
 
     name = "procedural"
+    ideal_edges = True  # a well-defined margin is painted as a step
 
     def __init__(self, *, hu_range: tuple[float, float] = (-1024.0, 3071.0), neighbourhood_mm: float = 15.0,
                  mass_effect: bool = True) -> None:
