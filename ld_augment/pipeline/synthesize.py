@@ -515,6 +515,8 @@ def synthesize_case(
         "lesion_voxels_source": int(written.lesion.sum()),
         "ignore_voxels_source": int((label == scheme["ignore"]).sum()) if "ignore" in scheme else 0,
         "source_noise": written.noise,
+        "write_back": {"partial_label_share": label_share, "average_under_label": is_lung(organ),
+                       "psf_floor_mm": psf_floor},
         "quality_gate": gate,
         "report_resolutions": case.meta.get("report_resolutions", []),
     }

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from ld_augment.errors import ConfigError, InputError
 from ld_augment.pipeline import preprocess_case, synthesize_case
+from ld_augment.pipeline.write_back import SCAN_PSF_FWHM_MM
 
 
 def sha(path: Path) -> str:
@@ -84,6 +85,9 @@ def test_outputs_recorded(synthesized) -> None:
     rec = json.loads((result.out_dir / "synthesis.json").read_text())
     assert rec["engine"]["mask"] and rec["engine"]["texture"]
     assert rec["label_scheme"] == {"background": 0, "organ": 1, "lesion": 2}
+    # the procedural engine paints ideal edges: written with the scan's point-spread function
+    assert rec["write_back"] == {"partial_label_share": None, "average_under_label": False,
+                                 "psf_floor_mm": SCAN_PSF_FWHM_MM}
     assert (result.out_dir / "preview.png").stat().st_size > 1000
     assert (result.out_dir / "report.json").is_file()
 
