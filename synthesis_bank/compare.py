@@ -228,9 +228,10 @@ def format_report(bank: LesionSet, real: LesionSet, results: Sequence[GroupResul
     for r in results:
         out += [f"## {r.group}", "", f"**{r.verdict()}** ({r.n_synthetic} synthetic, {r.n_real} real)", ""]
         if "logistic" in r.auc:
+            ci = {k: f" (95 % interval {_fmt(lo)}-{_fmt(hi)})" for k, (lo, hi) in r.auc.get("interval", {}).items()}
             out += ["| two-sample test (cross-validated AUC) | value |", "| --- | --- |",
-                    f"| logistic regression | {_fmt(r.auc['logistic'])} |",
-                    f"| random forest | {_fmt(r.auc['random_forest'])} |",
+                    f"| logistic regression | {_fmt(r.auc['logistic'])}{ci.get('logistic', '')} |",
+                    f"| random forest | {_fmt(r.auc['random_forest'])}{ci.get('random_forest', '')} |",
                     f"| random forest, shuffled labels (control) | {_fmt(r.auc['shuffled_control'])} |"]
             own = r.auc.get("without_label_convention")
             if own:  # a generously contoured real set differs in these whatever the lesions look like

@@ -44,6 +44,8 @@ def test_same_kind_is_indistinguishable_and_box_lesions_are_caught(tmp_path: Pat
     report = (tmp_path / "differ" / "report.md").read_text()
     assert "distinguishable" in report and "| flat_face_fraction |" in report
     assert "Most telling features alone" in report  # what gives the bank away, for the user to fix
+    lo, hi = differ.auc["interval"]["random_forest"]  # how far another draw of the bank could move the AUC
+    assert lo <= differ.auc["random_forest"] <= hi and f"95 % interval {lo:.2f}-{hi:.2f}" in report
     assert "without the label-convention features" in report  # a box differs in its lesions, not just its label
     assert differ.auc["without_label_convention"]["logistic"] > 0.9
     assert (tmp_path / "differ" / "features_liver_metastasis.png").stat().st_size > 10_000
