@@ -131,8 +131,9 @@ def match_source_noise(new_hu: np.ndarray, lesion: np.ndarray, organ: np.ndarray
 #: Full width at half maximum (mm) of the point-spread function of a CT image at least, whatever its grid.
 #: An engine with ideal edges (a sharp lesion painted as a step) gets it beyond its label when written into a
 #: grid no coarser than the standardized one: LIDC nodules on <= 1.25 mm slices, at 1 mm, carry 0.08-0.14 of
-#: their contrast within 1 mm outside the reader's contour, procedural ones 0.00-0.03 without it and
-#: 0.07-0.14 with it. A coarser source grid's own partial volume is wider (3 mm: 2.8 mm) and stands for it.
+#: their contrast within 1 mm outside the reader's contour, procedural ones written into a 1 mm scan 0.00-0.09
+#: without it and 0.10-0.18 with it (size bands; benchmarks/bench_edge_profile.py: median 0.11, LIDC 0.10).
+#: A coarser source grid's own partial volume is wider (3 mm: 2.8 mm) and stands for it.
 SCAN_PSF_FWHM_MM = 1.25
 
 
