@@ -70,9 +70,10 @@ def edge_shares(ct: np.ndarray, lesion: np.ndarray, spacing=SPACING) -> tuple[fl
 
 
 def _crop(ct: np.ndarray, lesion: np.ndarray, margin: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.argwhere(lesion)
-    sl = tuple(slice(max(int(lo) - margin, 0), int(hi) + margin + 1) for lo, hi in zip(idx.min(0), idx.max(0)))
-    return ct[sl], lesion[sl]
+    from ld_augment.engines.procedural.fields import mask_slices
+
+    box = mask_slices(lesion, (margin,) * 3)
+    return ct[box], lesion[box]
 
 
 def real_rows(root: Path) -> list[dict]:
@@ -141,7 +142,7 @@ def controls(ct_path: Path, seg_path: Path) -> dict[str, tuple[float, float] | N
     from scipy import ndimage
 
     from ld_augment.organs.masks import organ_mask
-    from ld_augment.pipeline.write_back import write_back
+    from ld_augment.pipeline.write_back import source_image_like, write_back
 
     img = nib.load(str(ct_path))
     lung = organ_mask(np.asarray(nib.load(str(seg_path)).dataobj), "lung_lower_lobe_right", version="v2")
@@ -153,7 +154,7 @@ def controls(ct_path: Path, seg_path: Path) -> dict[str, tuple[float, float] | N
     out = {}
     for name, delta in (("step (no point-spread function)", step), ("blurred 4 mm beyond the label", blurred)):
         written = write_back(img, img.affine, delta, ball)
-        ct = np.asarray(written.ct_raw, dtype=np.float32) * float(img.dataobj.slope or 1) + float(img.dataobj.inter or 0)
+        ct = np.asarray(source_image_like(img, written.ct_raw).dataobj, dtype=np.float32)  # HU, scaled or not
         out[name] = edge_shares(*_crop(ct, written.lesion))
     return out
 

@@ -206,22 +206,25 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
     requested = spec.ct_value
     requested_contrast = None if requested is None else requested - ref
     sign = expected_contrast_sign(spec, organ_name)
+
+    def needed(share: float) -> float:
+        """Least |contrast| a hypo/hyperdense lesion shows: ``share`` of the requested contrast, if any."""
+        if requested_contrast is not None and np.sign(requested_contrast) == sign:
+            return max(limits.min_contrast_hu, share * abs(requested_contrast))
+        return limits.min_contrast_hu
+
     if np.isfinite(contrast) and sign is not None:
         if sign == 0:
             if abs(contrast) > limits.iso_tolerance_hu:
                 failures.append(f"isodense requested, core contrast {contrast:+.0f} HU")
         else:
-            least = limits.min_contrast_hu
-            if requested_contrast is not None and np.sign(requested_contrast) == sign:
-                least = max(least, 0.5 * abs(requested_contrast))
+            least = needed(0.5)
             if sign * contrast < least:
                 failures.append(f"density {'below' if sign < 0 else 'above'} the organ requested: core contrast "
                                 f"{contrast:+.0f} HU (needs {'-' if sign < 0 else '+'}{least:.0f} or more)")
     local = local_contrast_hu(before, core_hu, mask, organ, spacing, organ_name)
     if local is not None and sign in (-1, 1):
-        least = limits.min_contrast_hu
-        if requested_contrast is not None and np.sign(requested_contrast) == sign:
-            least = max(least, limits.min_local_contrast_share * abs(requested_contrast))
+        least = needed(limits.min_local_contrast_share)
         if sign * local < least:
             failures.append(f"{NO_EDGE}: core {local:+.0f} HU against the {LOCAL_SHELL_MM:g} mm around it before "
                             f"synthesis (needs {'-' if sign < 0 else '+'}{least:.0f} or more)")

@@ -349,8 +349,11 @@ def synthesize_case(
                         occupied=occupied)
 
     organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
-    label_share = LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None
-    psf_floor = SCAN_PSF_FWHM_MM if texturer.ideal_edges else 0.0  # a network's output is an image already
+    # how write_back renders this case's lesions in the source grid (the gate's source view renders them alike)
+    write_options = {"partial_label_share": LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None,
+                     "average_under_label": is_lung(organ),
+                     # a network's output is an image already; the procedural engine's edges are ideal
+                     "psf_floor_mm": SCAN_PSF_FWHM_MM if texturer.ideal_edges else 0.0}
     # a coarser source grid averages a small lesion's contrast away: the gate measures what is written there
     coarser = max(source_spacing(source_img)) > 1.25 * min(spacing)
 
@@ -400,9 +403,7 @@ def synthesize_case(
                       quality: dict[str, Any]) -> dict[str, Any]:
         """The gate's verdict with what the source grid will hold: the contrast a lung lesion keeps there, and the
         half-contrast extent vs the label where the label has SOURCE_SHAPE_VOXELS (fewer: a count of voxels)."""
-        view = source_view(source_img, std_img.affine, after - before, mask, organ_src,
-                           partial_label_share=label_share, average_under_label=is_lung(organ),
-                           psf_floor_mm=psf_floor)
+        view = source_view(source_img, std_img.affine, after - before, mask, organ_src, **write_options)
         if view is None:
             return quality
         drawn = written = None
@@ -474,9 +475,7 @@ def synthesize_case(
                           + "".join(f"; {a}" for a in advice))
 
     written = write_back(source_img, std_img.affine, ct - ct_before, lesion_ids > 0, hu_range=hu_range,
-                         organ_src=organ_src, rng=np.random.default_rng(streams[-1]),
-                         partial_label_share=label_share, average_under_label=is_lung(organ),
-                         psf_floor_mm=psf_floor)
+                         organ_src=organ_src, rng=np.random.default_rng(streams[-1]), **write_options)
     label = np.zeros(source_img.shape[:3], dtype=np.uint8)
     if "organ" in scheme:
         label[organ_src] = scheme["organ"]
@@ -515,8 +514,7 @@ def synthesize_case(
         "lesion_voxels_source": int(written.lesion.sum()),
         "ignore_voxels_source": int((label == scheme["ignore"]).sum()) if "ignore" in scheme else 0,
         "source_noise": written.noise,
-        "write_back": {"partial_label_share": label_share, "average_under_label": is_lung(organ),
-                       "psf_floor_mm": psf_floor},
+        "write_back": write_options,
         "quality_gate": gate,
         "report_resolutions": case.meta.get("report_resolutions", []),
     }
