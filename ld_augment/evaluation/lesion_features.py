@@ -22,6 +22,10 @@ Features (keys of the dict ``measure_lesion`` returns; NaN where a lesion is too
 * ``inside_organ_fraction`` (share of the voxels just outside the lesion that are organ: 1 inside it, ~0.5 half
   out; works whether or not the organ mask includes the lesion), ``visible_diameter_ratio`` (diameter of the region past half the core's contrast
   / label diameter), ``label_below_half_fraction`` (label voxels short of half the contrast), ``components``.
+
+Not in that dict: ``surface_roughness`` (voxel-scale notches and bumps of the raw mask, which the smoothed surface
+above deliberately ignores; it depends on the grid, so it is compared at one spacing, as on a thin-slice grid by
+``benchmarks/bench_thin_slice_shape.py``).
 """
 
 from __future__ import annotations
@@ -165,6 +169,18 @@ def shape_features(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, floa
         flat |= facing & ((centres[:, axis] <= lo + tol) | (centres[:, axis] >= hi - tol))
     out["flat_face_fraction"] = float(tri_area[flat].sum() / tri_area.sum())
     return out
+
+
+def surface_roughness(mask: np.ndarray) -> float:
+    """Voxel-scale raggedness: voxels a one-voxel opening removes plus those a one-voxel closing adds, per lesion
+    voxel. Sphericity and convexity weigh lobes; this sees notches and single-voxel bumps, which a surface drawn
+    from near-white noise has and an imaged nodule does not. Depends on the grid: compare at one spacing."""
+    mask = np.pad(np.asarray(mask, bool), 2)
+    if not mask.any():
+        return math.nan
+    opened = ndimage.binary_opening(mask)
+    closed = ndimage.binary_closing(mask)
+    return float(((mask & ~opened).sum() + (closed & ~mask).sum()) / mask.sum())
 
 
 def longest_axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:

@@ -226,3 +226,19 @@ def test_lesion_of_a_few_voxels_has_no_margin_width(organ: np.ndarray) -> None:
     ball = _ball(6.0)
     ct_ball = np.where(ball, 0.0, -800.0).astype(np.float32)
     assert math.isfinite(measure_lesion(ndimage.gaussian_filter(ct_ball, 1.0), ball, organ, (1.0,) * 3)["margin_width_mm"])
+
+
+def test_surface_roughness_tells_a_notched_surface_from_a_smooth_one() -> None:
+    """A voxelized ball has (almost) no voxel a one-voxel opening or closing changes; a ball whose surface is drawn
+    from one-voxel noise has many; a mask touching the array's border is measured as if padded."""
+    from ld_augment.evaluation.lesion_features import surface_roughness
+
+    grid = np.indices((25, 25, 25)) - 12
+    radius = np.sqrt((grid**2).sum(axis=0))
+    rng = np.random.default_rng(0)
+    smooth = surface_roughness(radius <= 5)
+    notched = surface_roughness(radius + rng.uniform(-1.0, 1.0, radius.shape) <= 5)
+    assert smooth < 0.08 and notched > 0.25, (smooth, notched)
+    touching = radius[:, :, 12:] <= 5  # cut through the ball's middle by the array's edge
+    assert surface_roughness(touching) == surface_roughness(np.pad(touching, 3))
+    assert np.isnan(surface_roughness(np.zeros((4, 4, 4), bool)))

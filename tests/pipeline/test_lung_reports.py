@@ -108,9 +108,12 @@ def test_lung_case_previews_use_the_lung_window(real_ct, real_seg, tmp_path, mon
 
     monkeypatch.setattr(pre, "save_bbox_preview", spy(pre.save_bbox_preview))
     monkeypatch.setattr(syn, "save_before_after_preview", spy(syn.save_before_after_preview))
-    for organ, lesion_type in (("lung_lower_lobe_right", "lung nodule"), ("liver", "liver cyst")):
+    # a plain solid nodule: this is about the window, and the gate may drop a faint lobulated ground-glass draw
+    solid = {"density": "isodense soft tissue mass", "shape": "round-like", "cavity": "within the parenchymal organ"}
+    for organ, lesion_type, attributes in (("lung_lower_lobe_right", "lung nodule", solid),
+                                           ("liver", "liver cyst", None)):
         case = preprocess_case(str(real_ct), tmp_path / organ, organ=organ, lesion_type=lesion_type, seg=str(real_seg),
-                               seed=1, preview=True)
+                               seed=1, preview=True, attributes=attributes)
         synthesize_case(case.case_dir, tmp_path / f"{organ}_out", seed=1, preview=True)
         assert (tmp_path / f"{organ}_out" / "preview.png").is_file()
     assert windows == [WINDOWS["lung"]] * 2 + [WINDOWS["soft tissue"]] * 2

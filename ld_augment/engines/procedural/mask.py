@@ -19,7 +19,7 @@ rather than being clipped by a box face (box-clipped faces were found on 16 of 5
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -63,6 +63,12 @@ LUNG_SPICULE_BASE_MIN_MM = 0.75
 #: 0.94-0.96). 4.2 brought the medians to 0.82-0.86 / 0.91-0.94 but the population further from LIDC (80
 #: nodules, seed 0: AUC 0.79 / 0.81 against 0.75 / 0.73, 3 nodules dropped by the gate against none).
 LUNG_DEFORMATION = 3.2
+#: Least smoothing (mm, Gaussian sigma) of the surface's finer bumps. It was 0.7 voxel, so the shape depended on
+#: the grid, and on a 1 mm grid it was near-white noise that notched small nodules. bench_thin_slice_shape (seeds
+#: 0 / 1; LIDC's thin-slice solid nodules < 7 mm at 1 mm: convexity 0.91 [0.87, 0.93], sphericity 0.88 [0.84,
+#: 0.90]): convexity 0.85 / 0.85 with the voxel floor, 0.88 / 0.90 at 1.5 mm; 1.0 mm left one of the two outside
+#: the IQR on each seed. Lesions >= 20 mm (0.15 of the semi-axis binds) and grids >= 2.1 mm (0.7 voxel) are unchanged.
+FINE_BUMP_MIN_MM = 1.5
 #: HU window a protruding lesion may grow into outside its organ: soft tissue only (not fat, air or bone).
 PROTRUDE_HU = (-30.0, 150.0)
 #: How far (fraction of the smallest semi-axis, mm) an exophytic lesion may reach out of its organ.
@@ -141,7 +147,7 @@ class ProceduralMaskEngine(MaskEngine):
         body = semi * (LUNG_SPICULE_BODY if lung else SPICULE_BODY) if spec.spiculated else semi
         lesion = self._level_set(crop_shape, centre, body, spec, rng, inner,
                                  roughness=LUNG_DEFORMATION if lung else 1.0,
-                                 spicule_lobes=LUNG_SPICULE_LOBES if lung else SPICULE_LOBES)
+                                 spicule_lobes=LUNG_SPICULE_LOBES if lung else SPICULE_LOBES, spacing=spacing)
         if spec.spiculated and lesion.any():  # thin strands radiating out to the box: a low convexity
             lesion |= self._spicules(lesion, centre, semi, spacing, rng,
                                      thickness=LUNG_SPICULE_THICKNESS if lung else 1.0,
@@ -242,6 +248,7 @@ class ProceduralMaskEngine(MaskEngine):
     def _level_set(
         self, crop_shape: tuple[int, ...], centre: np.ndarray, semi: np.ndarray, spec: Any, rng: np.random.Generator,
         inner: np.ndarray | None = None, roughness: float = 1.0, spicule_lobes: float = SPICULE_LOBES,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> np.ndarray:
         """The deformed ellipsoid: ``r (1 + A) + A tanh(noise) <= 1`` with ``r`` the normalized radius.
 
@@ -254,7 +261,10 @@ class ProceduralMaskEngine(MaskEngine):
         amplitude = DEFORMATION[spec.shape] * (spicule_lobes if spec.spiculated else 1.0) * roughness
         # coarse lobes plus finer bumps (multi-scale lobulation)
         bumps = 0.85 * smooth_noise(crop_shape, self.deformation_scale * semi, rng)
-        bumps += 0.55 * smooth_noise(crop_shape, np.maximum(0.15 * semi, 0.7), rng)
+        # the finer bumps are smoothed over at least FINE_BUMP_MIN_MM, a physical scale: a floor in voxels drew
+        # a different surface on every grid (and on a 1 mm grid near-white noise, a ragged small nodule)
+        fine = np.maximum(0.7, FINE_BUMP_MIN_MM / np.asarray(spacing, dtype=np.float64))
+        bumps += 0.55 * smooth_noise(crop_shape, np.maximum(0.15 * semi, fine), rng)
         if spec.spiculated:  # thin high-frequency spikes on top of the lobulation
             bumps = 0.7 * bumps + 0.7 * smooth_noise(crop_shape, 0.1 * semi + 0.5, rng)
         bumps = amplitude * np.tanh(bumps)
