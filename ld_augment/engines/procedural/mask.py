@@ -61,7 +61,10 @@ LUNG_SPICULE_BASE_MIN_MM = 0.75
 #: with the abdominal amplitudes ours had 0.90 and 0.97 (a small nodule's bumps are sub-voxel and a 3 mm grid
 #: rounds them off). 3.2 gives round nodules an amplitude of 0.35 of the radius (bench_lidc_compare: 0.85-0.87 /
 #: 0.94-0.96). 4.2 brought the medians to 0.82-0.86 / 0.91-0.94 but the population further from LIDC (80
-#: nodules, seed 0: AUC 0.79 / 0.81 against 0.75 / 0.73, 3 nodules dropped by the gate against none).
+#: nodules, seed 0: AUC 0.79 / 0.81 against 0.75 / 0.73, 3 nodules dropped by the gate against none). With the
+#: fine bumps smoothed in mm (FINE_BUMP_MIN_MM), 3.6 lowered the pooled AUC of 3 seeds (120 nodules, logistic /
+#: forest 0.770 / 0.825 -> 0.727 / 0.798) but halved the attribute effects (seed 0: spiculated - smooth convexity
+#: -0.07 -> -0.03, poorly defined - sharp margin +0.17 -> +0.06 mm; LIDC -0.11, +0.20).
 LUNG_DEFORMATION = 3.2
 #: Least smoothing (mm, Gaussian sigma) of the surface's finer bumps. It was 0.7 voxel, so the shape depended on
 #: the grid, and on a 1 mm grid it was near-white noise that notched small nodules. bench_thin_slice_shape (seeds
