@@ -76,14 +76,13 @@ def _crop(ct: np.ndarray, lesion: np.ndarray, margin: int = 10) -> tuple[np.ndar
     return ct[box], lesion[box]
 
 
-def real_rows(root: Path) -> list[dict]:
-    """Thin-slice solid LIDC nodules: their ratings (for the plan) and edge shares at 1 mm."""
+def thin_solid_nodules(root: Path):
+    """Yield (row, image, mask) of every LIDC solid nodule (texture rating 4-5) on slices <= THIN_MM: the row holds
+    its case, texture class and the margin / spiculation / lobulation ratings (what ``matched_plan`` reads)."""
     import nibabel as nib
 
-    from ld_augment.evaluation.datasets import lidc_texture_class, lung_beyond_end_slices
-    from ld_augment.evaluation.lesion_features import to_common_spacing
+    from ld_augment.evaluation.datasets import lidc_texture_class
 
-    rows = []
     with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     for row in table:
@@ -95,14 +94,23 @@ def real_rows(root: Path) -> list[dict]:
         img = nib.load(str(image))
         if texture != "solid" or float(max(nib.affines.voxel_sizes(img.affine))) > THIN_MM:
             continue
-        voi, voi_mask, _ = lung_beyond_end_slices(img, nib.load(str(mask)), SPACING)
+        yield ({"case": case, "texture_class": texture,
+                **{f"rating_{k}": float(row[f"{k.title()}_value"]) for k in ("margin", "spiculation", "lobulation")}},
+               img, nib.load(str(mask)))
+
+
+def real_rows(root: Path) -> list[dict]:
+    """Thin-slice solid LIDC nodules: their ratings (for the plan) and edge shares at 1 mm."""
+    from ld_augment.evaluation.datasets import lung_beyond_end_slices
+    from ld_augment.evaluation.lesion_features import to_common_spacing
+
+    rows = []
+    for row, img, mask in thin_solid_nodules(root):
+        voi, voi_mask, _ = lung_beyond_end_slices(img, mask, SPACING)
         ct, (lesion,), _ = to_common_spacing(voi, [voi_mask], SPACING)
         shares = edge_shares(ct, lesion) if lesion.any() else None
-        if shares is None:
-            continue
-        rows.append({"case": case, "texture_class": texture, "outside": shares[0], "inside": shares[1],
-                     **{f"rating_{k}": float(row[f"{k.title()}_value"]) for k in ("margin", "spiculation",
-                                                                                   "lobulation")}})
+        if shares is not None:
+            rows.append({**row, "outside": shares[0], "inside": shares[1]})
     return rows
 
 
@@ -120,20 +128,45 @@ def thin_scene(work: Path) -> tuple[Path, Path]:
     return ct_path, seg_path
 
 
+def written_lesions(results: list[dict]):
+    """Yield (result, lesion mask) of every nodule ``lidc.synthesize`` wrote (label 2), failures skipped."""
+    import nibabel as nib
+
+    for res in results:
+        if res["error"]:
+            continue
+        lesion = np.asarray(nib.load(str(res["label"])).dataobj) == 2
+        if lesion.any():
+            yield res, lesion
+
+
 def synthetic_shares(results: list[dict]) -> list[tuple[float, float]]:
     import nibabel as nib
 
     out = []
-    for res in results:
-        if res["error"]:
-            continue
+    for res, lesion in written_lesions(results):
         ct = np.asarray(nib.load(str(res["ct"])).dataobj, dtype=np.float32)
-        lesion = np.asarray(nib.load(str(res["label"])).dataobj) == 2
-        if lesion.any():
-            shares = edge_shares(*_crop(ct, lesion))
-            if shares is not None:
-                out.append(shares)
+        shares = edge_shares(*_crop(ct, lesion))
+        if shares is not None:
+            out.append(shares)
     return out
+
+
+def runs_with(module, attribute: str, settings: list[tuple[str, float]], plan: list[dict], scene: tuple[Path, Path],
+              work: Path, seed: int, measure) -> dict[str, list]:
+    """The same plan synthesized once per (name, value) of ``module.attribute`` (restored afterwards), each run
+    measured by ``measure(results)``: the current setting and a same-run baseline."""
+    before = getattr(module, attribute)
+    runs = {}
+    for name, value in settings:
+        setattr(module, attribute, value)
+        try:
+            t1 = time.perf_counter()
+            runs[name] = measure(lidc.synthesize(plan, *scene, work / name.split()[0], seed))
+            print(f"{name}: {len(runs[name])} of {len(plan)} nodules measured ({time.perf_counter() - t1:.0f} s)")
+        finally:
+            setattr(module, attribute, before)
+    return runs
 
 
 def controls(ct_path: Path, seg_path: Path) -> dict[str, tuple[float, float] | None]:
@@ -176,21 +209,13 @@ def main(argv=None) -> int:
     outside = np.asarray([r["outside"] for r in real])
     q1, q3 = (float(v) for v in np.percentile(outside, [25, 75]))
     print(f"real: {len(real)} solid LIDC nodules on <= {THIN_MM:g} mm slices, at 1 mm ({time.perf_counter() - t0:.0f} s)")
-    runs = {}
     with tempfile.TemporaryDirectory(prefix="ld_edge_") as tmp:
         work = Path(tmp)
         ct_path, seg_path = thin_scene(work)
         plan = lidc.matched_plan(args.n, real, args.seed, lidc.lidc_boxes(root))
-        floor = synthesize_module.SCAN_PSF_FWHM_MM
-        for name, value in (("current", floor), ("baseline (no floor)", 0.0)):
-            synthesize_module.SCAN_PSF_FWHM_MM = value
-            try:
-                t1 = time.perf_counter()
-                results = lidc.synthesize(plan, ct_path, seg_path, work / name.split()[0], args.seed + 1000)
-                runs[name] = synthetic_shares(results)
-                print(f"{name}: {len(runs[name])} of {len(plan)} nodules measured ({time.perf_counter() - t1:.0f} s)")
-            finally:
-                synthesize_module.SCAN_PSF_FWHM_MM = floor
+        settings = [("current", synthesize_module.SCAN_PSF_FWHM_MM), ("baseline (no floor)", 0.0)]
+        runs = runs_with(synthesize_module, "SCAN_PSF_FWHM_MM", settings, plan, (ct_path, seg_path), work,
+                         args.seed + 1000, synthetic_shares)
         ctrl = controls(ct_path, seg_path)
 
     def inside_target(value: float | None) -> bool:

@@ -24,7 +24,6 @@ synthetic median of each feature inside the real interquartile range. Exits 1 wh
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import tempfile
@@ -57,43 +56,18 @@ def shape_row(lesion: np.ndarray) -> dict[str, float]:
 
 def real_rows(root: Path) -> list[dict]:
     """Thin-slice solid LIDC nodules: their ratings (for the plan) and shape at 1 mm."""
-    import nibabel as nib
-
-    from ld_augment.evaluation.datasets import lidc_texture_class
     from ld_augment.evaluation.lesion_features import to_common_spacing
 
     rows = []
-    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
-        table = list(csv.DictReader(fh))
-    for row in table:
-        case = f"{row['patient_id']}_R_{row['nodule_id']}"
-        image, mask = root / "images" / f"{case}.nii.gz", root / "masks" / f"{case}.nii.gz"
-        if not image.is_file() or not mask.is_file():
-            continue
-        texture = lidc_texture_class(float(row.get("Texture_value") or 5))
-        img = nib.load(str(image))
-        if texture != "solid" or float(max(nib.affines.voxel_sizes(img.affine))) > edge.THIN_MM:
-            continue
-        _, (lesion,), _ = to_common_spacing(img, [nib.load(str(mask))], SPACING)
-        if lesion.sum() < MIN_VOXELS:
-            continue
-        rows.append({"case": case, "texture_class": texture, **shape_row(lesion),
-                     **{f"rating_{k}": float(row[f"{k.title()}_value"]) for k in ("margin", "spiculation",
-                                                                                   "lobulation")}})
+    for row, img, mask in edge.thin_solid_nodules(root):
+        _, (lesion,), _ = to_common_spacing(img, [mask], SPACING)
+        if lesion.sum() >= MIN_VOXELS:
+            rows.append({**row, **shape_row(lesion)})
     return rows
 
 
 def synthetic_rows(results: list[dict]) -> list[dict]:
-    import nibabel as nib
-
-    out = []
-    for res in results:
-        if res["error"]:
-            continue
-        lesion = np.asarray(nib.load(str(res["label"])).dataobj) == 2
-        if lesion.sum() >= MIN_VOXELS:
-            out.append(shape_row(lesion))
-    return out
+    return [shape_row(lesion) for _, lesion in edge.written_lesions(results) if lesion.sum() >= MIN_VOXELS]
 
 
 def control_rows(sizes: list[float], seed: int) -> dict[str, list[dict]]:
@@ -145,21 +119,13 @@ def main(argv=None) -> int:
     real = real_rows(root)
     print(f"real: {len(real)} solid LIDC nodules on <= {edge.THIN_MM:g} mm slices, at 1 mm "
           f"({time.perf_counter() - t0:.0f} s)")
-    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ld_shape_") as tmp:
         work = Path(tmp)
         ct_path, seg_path = edge.thin_scene(work)
         plan = lidc.matched_plan(args.n, real, args.seed, lidc.lidc_boxes(root))
-        floor = mask_module.FINE_BUMP_MIN_MM
-        for name, value in (("current", floor), ("baseline (0.7 voxel floor)", 0.0)):
-            mask_module.FINE_BUMP_MIN_MM = value
-            try:
-                t1 = time.perf_counter()
-                results = lidc.synthesize(plan, ct_path, seg_path, work / name.split()[0], args.seed + 1000)
-                runs[name] = synthetic_rows(results)
-                print(f"{name}: {len(runs[name])} of {len(plan)} nodules measured ({time.perf_counter() - t1:.0f} s)")
-            finally:
-                mask_module.FINE_BUMP_MIN_MM = floor
+        settings = [("current", mask_module.FINE_BUMP_MIN_MM), ("baseline (0.7 voxel floor)", 0.0)]
+        runs = edge.runs_with(mask_module, "FINE_BUMP_MIN_MM", settings, plan, (ct_path, seg_path), work,
+                              args.seed + 1000, synthetic_rows)
     ctrl = control_rows([r["equivalent_diameter_mm"] for r in runs["current"]], args.seed)
 
     sets = {"LIDC, thin slices": real, **runs, **{f"CONTROL {k}": v for k, v in ctrl.items()}}
