@@ -40,8 +40,9 @@ def test_density_word_sets_the_nodule_hu() -> None:
 
 
 def test_solid_nodule_cores_follow_lidc_by_size() -> None:
-    """LIDC solid cores at 1 mm: median -218 HU under 6 mm, +36 HU from 13 mm (a uniform -30..50 HU for every
-    size made small nodules 130 HU too dense on a 3 mm grid and the spread a third of the real one)."""
+    """LIDC solid cores at 1 mm on thin-slice scans: median -175 HU under 6 mm, +39 HU from 13 mm (a uniform
+    -30..50 HU for every size made small nodules 130 HU too dense on a 3 mm grid and the spread a third of the
+    real one; thick-slice scans' cores, -411 HU under 6 mm, carry a partial volume write_back adds again)."""
     rng = np.random.default_rng(2)
 
     def cores(size: tuple[int, int, int]) -> np.ndarray:
@@ -51,9 +52,9 @@ def test_solid_nodule_cores_follow_lidc_by_size() -> None:
                          for _ in range(300)])
 
     small, large = cores((6, 6, 5)), cores((22, 20, 18))
-    assert np.median(small) == pytest.approx(-218.0, abs=40.0) and np.median(large) == pytest.approx(36.0, abs=15.0)
-    assert np.percentile(small, 75) - np.percentile(small, 25) > 200.0  # real IQR -377..-93
-    assert small.min() >= -520.0 and large.max() <= 86.0  # within LIDC's 10th-90th percentiles
+    assert np.median(small) == pytest.approx(-175.0, abs=40.0) and np.median(large) == pytest.approx(39.0, abs=15.0)
+    assert np.percentile(small, 75) - np.percentile(small, 25) > 150.0  # real IQR -308..-66
+    assert small.min() >= -483.0 and large.max() <= 93.0  # within LIDC's 10th-90th percentiles
 
 
 def test_small_nodules_on_a_3mm_grid_are_allowed() -> None:
@@ -123,7 +124,7 @@ SMALL_NODULE = {"density": "isodense soft tissue mass", "surface characteristics
                 "cavity": "within the parenchymal organ", "specific features": "", "size": "4x4x4",
                 "shape": "round-like"}
 #: 4 mm nodules on the shared 3 mm CT whose first draw straddles source voxels and fades there.
-FADING = ((4, "lung_lower_lobe_right"), (14, "lung_lower_lobe_left"), (24, "lung_lower_lobe_right"))
+FADING = ((4, "lung_lower_lobe_right"), (8, "lung_lower_lobe_right"), (22, "lung_lower_lobe_left"))
 
 
 def _small_nodules(real_ct, real_seg, root, cases=FADING) -> list[tuple[dict, float]]:
@@ -161,8 +162,8 @@ def test_small_nodules_are_redrawn_on_a_source_voxel_when_they_fade(real_ct, rea
     assert np.median([share for _, share in nodules]) >= 0.2, nodules
     moved = [lesion for lesion, _ in nodules if any(f.startswith(FADES) for f in sum(lesion.get("gate_history", []), []))]
     assert moved and all(lesion["drawn_bbox"]["center"] != lesion["bbox"]["center"] for lesion in moved)
-    # without the source-grid check the first of them is written as drawn, faded (0.16 of its contrast)
+    # without the source-grid check some of them are written as drawn, faded (< 0.2 of their contrast)
     monkeypatch.setattr(syn, "source_grid_checks",
                         lambda q, w, d, v=None: source_grid_checks(q, w, d, v, GateLimits(min_source_contrast_share=0.0)))
-    ((lesion, _),) = _small_nodules(real_ct, real_seg, tmp_path / "ungated", FADING[:1])
-    assert lesion["quality"]["ok"] and lesion["quality"]["source_contrast_share"] < 0.2
+    ungated = _small_nodules(real_ct, real_seg, tmp_path / "ungated")
+    assert any(lesion["quality"]["ok"] and lesion["quality"]["source_contrast_share"] < 0.2 for lesion, _ in ungated)

@@ -38,16 +38,18 @@ MIN_CONTRAST_HU = 8.0
 LUNG_HU = {"soft_tissue": (-30.0, 50.0), "hypo": (-30.0, 50.0), "iso": (-30.0, 50.0), "hyper": (20.0, 80.0),
            "mixed": (-40.0, 40.0), "soft_tissue_ggo": (-40.0, 30.0), "ground_glass": (-680.0, -480.0),
            "ring": (-30.0, 50.0)}
-#: Solid nodule core HU by size, as LIDC-IDRI shows them at 1 mm (756 solid nodules rated calcification
-#: "absent", measured by ``ld_augment.evaluation`` at 1 mm): (equivalent diameter below, mm;
-#: HU at the 10/25/50/75/90th percentiles). Small nodules' cores are less dense (the scanner's blur, finer
-#: structure): a uniform -30..50 HU for every size gave 3 mm cores 130 HU too dense under 9 mm and a spread a
-#: third of the real one (bench_lidc_compare: core HU the most telling feature).
+#: Solid nodule core HU by size, as LIDC-IDRI shows them at 1 mm on thin-slice scans (439 solid nodules rated
+#: calcification "absent", slices <= 1.3 mm, measured by ``ld_augment.evaluation`` at 1 mm): (equivalent
+#: diameter below, mm; HU at the 10/25/50/75/90th percentiles). Small nodules' cores are less dense (the
+#: scanner's blur, finer structure): a uniform -30..50 HU for every size gave 3 mm cores 130 HU too dense under
+#: 9 mm. Thick-slice scans (>= 2 mm) are left out: their cores carry the slice's partial volume (6-9 mm:
+#: median -209 HU against -69 on thin slices), which ``pipeline.write_back`` renders again for the scan it writes
+#: into, so a table of all scans (6-9 mm: -115) counted a thick slice's blur twice.
 LUNG_SOLID_CORE_BY_SIZE = (
-    (6.0, (-520.0, -377.0, -218.0, -93.0, -11.0)),
-    (9.0, (-292.0, -211.0, -115.0, -27.0, 28.0)),
-    (13.0, (-134.0, -63.0, 14.0, 44.0, 71.0)),
-    (math.inf, (-45.0, 9.0, 36.0, 57.0, 86.0)),
+    (6.0, (-483.0, -308.0, -175.0, -66.0, -1.0)),
+    (9.0, (-225.0, -139.0, -69.0, 8.0, 44.0)),
+    (13.0, (-112.0, -14.0, 18.0, 50.0, 81.0)),
+    (math.inf, (-43.0, 13.0, 39.0, 63.0, 93.0)),
 )
 _CORE_LEVELS = (0.10, 0.25, 0.50, 0.75, 0.90)
 #: Equivalent diameter of a procedural nodule / its box's geometric-mean side (the level set's lobes fill ~0.6
@@ -143,7 +145,7 @@ def solid_nodule_core_range(size: Sequence[float] | None) -> tuple[float, float]
 
 def _solid_core_quantiles(size: Sequence[float] | None) -> tuple[float, ...]:
     if not size:
-        return (-330.0, -192.0, -58.0, 26.0, 59.0)  # LIDC solid cores at 1 mm, all sizes
+        return (-308.0, -166.0, -40.0, 26.0, 61.0)  # LIDC solid cores at 1 mm, thin slices, all sizes
     diameter = NODULE_FILL * float(np.exp(np.mean(np.log(np.maximum(np.asarray(size, dtype=float), 1.0)))))
     return next(q for limit, q in LUNG_SOLID_CORE_BY_SIZE if diameter < limit)
 
