@@ -43,8 +43,18 @@ MIN_SOURCE_VOXELS = 14
 #: 15 % of the 992 nodules are 1-3 voxels, 64 % under 9 mm); a floor of 4 voxels made every small request a
 #: 6 mm nodule and left that whole tail out.
 MIN_SOURCE_VOXELS_LUNG = 1
-#: Share of a source voxel's extent that makes it part of a lung lesion's label (write_back.partial_label_share).
+#: Share of a source voxel's extent that makes it part of a lung lesion's label (write_back.partial_label_share):
+#: the partial-volume rim a reader labels on a thick slice.
 LUNG_PARTIAL_LABEL_SHARE = 0.3
+#: Share of its contrast where a reader traces a lung nodule's outline (write_back.contour_share): the foot of
+#: the edge's ramp. LIDC's thin-slice readers leave a median 32 % of their label voxels below half contrast.
+LUNG_CONTOUR_SHARE = 0.22
+#: A lung nodule's edge blur (FWHM, mm) where the source grid adds less (thin slices), on both sides of its
+#: surface. LIDC's solid nodules on <= 1.3 mm slices, at 1 mm: 10-90 % edge rise 2.0 mm, 0.62 of the contrast
+#: in the label's outer 1 mm, 0.10 in the 1 mm outside it, a median 32 % of label voxels below half contrast.
+#: The scanner's 1.25 mm spilled outside a label on the lesion's surface gave 1.2 mm, 0.98, 0.10 and 0 %: a step
+#: at the label (benchmarks/bench_edge_profile.py). A 3 mm grid's own partial volume is wider and stands for it.
+LUNG_EDGE_FWHM_MM = 1.85
 #: Fewest source-grid label voxels whose half-contrast extent the gate compares with the label (a 3 x 3 x 3
 #: block; below it one voxel more or less moves the diameter ratio by over 1 %, and LIDC's own 4-6 mm nodules
 #: range 1.0-1.6 at 3 mm).
@@ -351,9 +361,11 @@ def synthesize_case(
     organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
     # how write_back renders this case's lesions in the source grid (the gate's source view renders them alike)
     write_options = {"partial_label_share": LUNG_PARTIAL_LABEL_SHARE if is_lung(organ) else None,
+                     "contour_share": LUNG_CONTOUR_SHARE if is_lung(organ) else None,
                      "average_under_label": is_lung(organ),
                      # a network's output is an image already; the procedural engine's edges are ideal
-                     "psf_floor_mm": SCAN_PSF_FWHM_MM if texturer.ideal_edges else 0.0}
+                     "psf_floor_mm": (LUNG_EDGE_FWHM_MM if is_lung(organ) else SCAN_PSF_FWHM_MM)
+                     if texturer.ideal_edges else 0.0}
     # a coarser source grid averages a small lesion's contrast away: the gate measures what is written there
     coarser = max(source_spacing(source_img)) > 1.25 * min(spacing)
 

@@ -145,6 +145,27 @@ def _blur_sigma(std_affine: np.ndarray, source_affine: np.ndarray, floor_mm: flo
             for a, w in enumerate(order)]
 
 
+def _in_plane_cross(std_affine: np.ndarray) -> np.ndarray:
+    """The 4-neighbour cross in the axial plane of the standardized grid (its array axes along world x and y)."""
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1, 1, 1] = True
+    for axis in np.flatnonzero(np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0) != 2):
+        index = [1, 1, 1]
+        for end in (0, 2):
+            index[axis] = end
+            cross[tuple(index)] = True
+    return cross
+
+
+def _psf_blur(mask: np.ndarray, std_affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
+    """``mask`` (standardized grid) blurred by the scan's point-spread function alone (0: unchanged)."""
+    step = np.sqrt((np.asarray(std_affine, float)[:3, :3] ** 2).sum(axis=0))
+    if fwhm_mm <= 0.0:
+        return np.asarray(mask, dtype=np.float32)
+    return ndimage.gaussian_filter(np.asarray(mask, dtype=np.float32), [fwhm_mm / 2.355 / s for s in step],
+                                   mode="constant")
+
+
 def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_affine: np.ndarray,
                          floor_mm: float = 0.0) -> np.ndarray:
     """The standardized change averaged over a source voxel's extent (partial volume), before point sampling.
@@ -162,27 +183,40 @@ def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_af
 
 def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
                region: VoxelBox, partial_label_share: float | None,
-               average_under_label: bool, psf_floor_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               average_under_label: bool, psf_floor_mm: float = 0.0,
+               contour_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The change (HU) and the label on the source ``region``, as ``write_back`` writes them."""
     shape = source_img.shape[:3]
     # partial volume (at least the scan's blur, ``psf_floor_mm``) spills into the voxels around the label;
     # under it the lesion's own values stay (a core that replaced gas or fat is not averaged back towards
-    # them), or with ``average_under_label`` the source voxels' partial volume alone
+    # them), or with ``average_under_label`` the same blur acts under the label too, as it does on a real
+    # nodule: the edge's ramp straddles the surface instead of starting at it
     averaged = source_voxel_average(delta_hu, std_affine, source_img.affine, psf_floor_mm)
     if not average_under_label:
         averaged = np.where(lesion_std, delta_hu, averaged)
-    elif _blur_sigma(std_affine, source_img.affine, psf_floor_mm) != _blur_sigma(std_affine, source_img.affine, 0.0):
-        averaged = np.where(lesion_std, source_voxel_average(delta_hu, std_affine, source_img.affine), averaged)
     delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, shape, source_img.affine,
                                           region, order=1, cval=0.0, mode="constant")
-    lesion_src = resample_region_to_source(lesion_std.astype(bool), std_affine, shape, source_img.affine,
-                                           region, order=1, cval=0.0, mode="constant")
+    lesion_std = np.asarray(lesion_std, bool)
+    outline = lesion_std
+    if contour_share is not None:
+        # a reader's contour on the imaged lesion: where it still shows that share of its contrast, traced slice
+        # by slice (one voxel out in the axial plane at most: the blur summed between spicules would fill the
+        # gaps a reader traces around, and a contour grown through the caps too rounds a 1 mm mask off)
+        outline = lesion_std.copy()
+        found = ndimage.find_objects(lesion_std.astype(np.uint8))
+        if found:  # on the lesion's box (the standardized arrays span the whole scan): exact, as zero lies beyond
+            wide = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(found[0], lesion_std.shape))
+            seen = _psf_blur(lesion_std[wide], std_affine, psf_floor_mm) >= float(contour_share)
+            grown = ndimage.binary_dilation(lesion_std[wide], _in_plane_cross(std_affine)) & seen
+            outline[wide] |= grown
+    lesion_src = np.asarray(resample_region_to_source(outline, std_affine, shape, source_img.affine, region,
+                                                      order=1, cval=0.0, mode="constant"), bool)
     if partial_label_share is not None:
         coverage = resample_region_to_source(source_voxel_average(lesion_std.astype(np.float32), std_affine,
                                                                   source_img.affine),
                                              std_affine, shape, source_img.affine, region, order=1, cval=0.0,
                                              mode="constant")
-        lesion_src = np.asarray(lesion_src, bool) | (np.asarray(coverage) >= float(partial_label_share))
+        lesion_src |= np.asarray(coverage) >= float(partial_label_share)
     return np.asarray(delta_src, dtype=np.float32), np.asarray(lesion_src, dtype=bool)
 
 
@@ -203,7 +237,8 @@ class SourceView:
 
 def source_view(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
                 organ_src: np.ndarray, *, partial_label_share: float | None = None,
-                average_under_label: bool = False, psf_floor_mm: float = 0.0) -> SourceView | None:
+                average_under_label: bool = False, psf_floor_mm: float = 0.0,
+                contour_share: float | None = None) -> SourceView | None:
     """One lesion's change and label as ``write_back`` renders them in the source grid, reading only the source
     box around it (the standardized arrays are cropped to the lesion first). None where the source grid holds
     no label voxel."""
@@ -226,7 +261,7 @@ def source_view(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: n
     if region.is_empty:
         return None
     delta_src, lesion_src = _in_source(source_img, crop_affine, delta_c, lesion_c, region, partial_label_share,
-                                       average_under_label, psf_floor_mm)
+                                       average_under_label, psf_floor_mm, contour_share)
     if not lesion_src.any():
         return None
     old = np.asarray(source_img.dataobj[region.slices], dtype=np.float32)
@@ -256,16 +291,19 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
                lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
                organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None,
                partial_label_share: float | None = None, average_under_label: bool = False,
-               psf_floor_mm: float = 0.0) -> SourceWrite:
+               psf_floor_mm: float = 0.0, contour_share: float | None = None) -> SourceWrite:
     """Add the standardized-space HU change `delta_hu` and map `lesion_std` into the source grid.
 
-    A source voxel is labelled where its centre lies in the lesion; with `partial_label_share` also where at
-    least that share of its extent is lesion (the partial-volume rim a reader contours with a nodule against
-    aerated lung: LIDC's consensus masks leave 8-29 % of their voxels below half the nodule's contrast).
-    With `average_under_label` the change is averaged over each source voxel under the label too (a small lung
-    nodule on a thick-slice scan: its edge voxels and its core carry the slice profile's partial volume);
-    otherwise the lesion's own values stay under its label. `psf_floor_mm` (SCAN_PSF_FWHM_MM for an engine with
-    ideal edges): the least blur spilled beyond the label, the scan's own where the source grid adds none.
+    A source voxel is labelled where its centre lies in the lesion, or with `contour_share` in a reader's contour
+    of it (drawn where the lesion imaged with `psf_floor_mm` still shows that share of its contrast, one voxel
+    out at most: LIDC's readers trace the foot of a thin-slice nodule's ramp, leaving a median 32 % of their label
+    voxels below half its contrast at 1 mm); with `partial_label_share` also where at least that share of its
+    extent is lesion (the partial-volume rim a reader contours with a nodule against aerated lung on a thick
+    slice: 8-29 % below half contrast at 3 mm). With `average_under_label` the change is blurred under the label
+    too (a lung nodule: on a thick-slice scan its edge voxels and its core carry the slice profile's partial
+    volume, on a thin-slice one its edge's ramp straddles the surface); otherwise the lesion's own values stay
+    under its label. `psf_floor_mm` (SCAN_PSF_FWHM_MM for an engine with ideal edges): the least blur, the
+    scan's own where the source grid adds none.
 
     Only the source box covering the changed voxels (plus two voxels of padding for interpolation) is
     resampled; voxels whose rounded change is zero keep their exact stored value. With the target organ in
@@ -285,7 +323,7 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
     delta_src, lesion_src = _in_source(source_img, std_affine, delta_hu, lesion_std, region,
-                                       partial_label_share, average_under_label, psf_floor_mm)
+                                       partial_label_share, average_under_label, psf_floor_mm, contour_share)
     old = raw[region.slices].astype(np.float64)
     new_hu = old * slope + inter + delta_src
     noise = None

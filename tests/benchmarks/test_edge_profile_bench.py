@@ -38,6 +38,19 @@ def test_edge_shares_rise_with_the_blur_beyond_the_label(bench) -> None:
     assert 0.05 < psf_out < 0.2 < halo_out  # the scan's blur; a 4 mm halo far past real nodules (LIDC IQR ~0.06-0.16)
 
 
+def test_edge_shares_tell_a_ramp_across_the_label_from_a_step_at_it(bench) -> None:
+    """A nodule blurred on both sides of its surface and labelled to the ramp's foot (as LIDC's readers do) has
+    about half its contrast in the label's outer 1 mm; blurred beyond its label only, all of it."""
+    grid = np.indices((40, 40, 40))
+    ball = sum((grid[a] - 20.3) ** 2 for a in range(3)) <= 5.0**2
+    change = ndimage.gaussian_filter(np.where(ball, 800.0, 0.0), 1.85 / 2.355)
+    label = ball | (change >= 0.3 * 800.0)
+    ct = (-820.0 + change + np.random.default_rng(0).normal(0.0, 10.0, ball.shape)).astype(np.float32)
+    ramp_out, ramp_in = bench.edge_shares(ct, label)
+    _, step_in = bench.edge_shares(*_nodule(1.25))
+    assert 0.4 < ramp_in < 0.75 < 0.95 < step_in and 0.03 < ramp_out < 0.2
+
+
 def test_edge_shares_skip_what_has_no_edge_to_measure(bench) -> None:
     ct, ball = _nodule(0.0)
     assert bench.edge_shares(np.where(ball, -750.0, ct).astype(np.float32), ball) is None  # 70 HU: too faint
