@@ -196,15 +196,24 @@ def controls(ct_path: Path, seg_path: Path) -> dict[str, tuple[float, float] | N
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=24, help="synthetic nodules per run (default 24)")
+def thin_bench_setup(name: str, doc: str, n: int, argv=None) -> tuple[argparse.Namespace, Path | None]:
+    """The thin-slice benchmarks' command line (``--n``, ``--seed``, ``--strict``) and LIDC folder (None, said on
+    stderr, where it is missing)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=n, help=f"synthetic nodules per run (default {n})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed, too")
     args = parser.parse_args(argv)
     root = lidc._data_dir() / "lesions" / "lidc_nodules"
     if not (root / "metadata.csv").is_file():
-        print(f"bench_edge_profile: missing {root / 'metadata.csv'} (set LD_TEST_DATA)", file=sys.stderr)
+        print(f"{name}: missing {root / 'metadata.csv'} (set LD_TEST_DATA)", file=sys.stderr)
+        return args, None
+    return args, root
+
+
+def main(argv=None) -> int:
+    args, root = thin_bench_setup("bench_edge_profile", __doc__, 24, argv)
+    if root is None:
         return 2
     import ld_augment.pipeline.synthesize as synthesize_module
     from ld_augment.pipeline.write_back import SCAN_PSF_FWHM_MM

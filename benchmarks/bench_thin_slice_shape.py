@@ -23,7 +23,6 @@ synthetic median of each feature inside the real interquartile range. Exits 1 wh
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -104,14 +103,8 @@ def inside(rows: list[dict], real: list[dict]) -> dict[str, bool]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=40, help="synthetic nodules per run (default 40)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed, too")
-    args = parser.parse_args(argv)
-    root = lidc._data_dir() / "lesions" / "lidc_nodules"
-    if not (root / "metadata.csv").is_file():
-        print(f"bench_thin_slice_shape: missing {root / 'metadata.csv'} (set LD_TEST_DATA)", file=sys.stderr)
+    args, root = edge.thin_bench_setup("bench_thin_slice_shape", __doc__, 40, argv)
+    if root is None:
         return 2
     import ld_augment.engines.procedural.mask as mask_module
 

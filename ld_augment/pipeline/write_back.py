@@ -145,16 +145,22 @@ def _blur_sigma(std_affine: np.ndarray, source_affine: np.ndarray, floor_mm: flo
             for a, w in enumerate(order)]
 
 
-def _in_plane_cross(std_affine: np.ndarray) -> np.ndarray:
-    """The 4-neighbour cross in the axial plane of the standardized grid (its array axes along world x and y)."""
-    cross = np.zeros((3, 3, 3), dtype=bool)
-    cross[1, 1, 1] = True
-    for axis in np.flatnonzero(np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0) != 2):
-        index = [1, 1, 1]
-        for end in (0, 2):
-            index[axis] = end
-            cross[tuple(index)] = True
-    return cross
+def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: float, share: float) -> np.ndarray:
+    """The lesion grown to a reader's contour: where, imaged with ``fwhm_mm``, it still shows ``share`` of its
+    contrast, traced slice by slice (one voxel out in the axial plane at most: the blur summed between spicules
+    would fill the gaps a reader traces around, and a contour grown through the caps rounds a 1 mm mask off).
+    Computed on the lesion's box (the standardized arrays span the whole scan): exact, as zero lies beyond."""
+    outline = lesion_std.copy()
+    found = ndimage.find_objects(lesion_std.astype(np.uint8))
+    if not found:
+        return outline
+    box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(found[0], lesion_std.shape))
+    in_plane = ndimage.generate_binary_structure(3, 1)
+    z_axis = int(np.flatnonzero(np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0) == 2)[0])
+    np.moveaxis(in_plane, z_axis, 0)[[0, 2]] = False  # no neighbour along world z
+    seen = _psf_blur(lesion_std[box], std_affine, fwhm_mm) >= float(share)
+    outline[box] |= ndimage.binary_dilation(lesion_std[box], in_plane) & seen
+    return outline
 
 
 def _psf_blur(mask: np.ndarray, std_affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
@@ -197,18 +203,8 @@ def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, shape, source_img.affine,
                                           region, order=1, cval=0.0, mode="constant")
     lesion_std = np.asarray(lesion_std, bool)
-    outline = lesion_std
-    if contour_share is not None:
-        # a reader's contour on the imaged lesion: where it still shows that share of its contrast, traced slice
-        # by slice (one voxel out in the axial plane at most: the blur summed between spicules would fill the
-        # gaps a reader traces around, and a contour grown through the caps too rounds a 1 mm mask off)
-        outline = lesion_std.copy()
-        found = ndimage.find_objects(lesion_std.astype(np.uint8))
-        if found:  # on the lesion's box (the standardized arrays span the whole scan): exact, as zero lies beyond
-            wide = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(found[0], lesion_std.shape))
-            seen = _psf_blur(lesion_std[wide], std_affine, psf_floor_mm) >= float(contour_share)
-            grown = ndimage.binary_dilation(lesion_std[wide], _in_plane_cross(std_affine)) & seen
-            outline[wide] |= grown
+    outline = lesion_std if contour_share is None else _reader_contour(lesion_std, std_affine, psf_floor_mm,
+                                                                       contour_share)
     lesion_src = np.asarray(resample_region_to_source(outline, std_affine, shape, source_img.affine, region,
                                                       order=1, cval=0.0, mode="constant"), bool)
     if partial_label_share is not None:
