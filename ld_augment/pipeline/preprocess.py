@@ -77,7 +77,7 @@ def harmonize_ct_value(report: LesionReport, organ_hu: float, organ: str, rng: n
         sign = expected_contrast_sign(spec, organ)
         low = CONTRAST_RANGE.get(phase_of(report.enhancement_status), CONTRAST_RANGE[None])[0]
         if is_lung(organ) and spec.density in SOLID_NODULE:
-            lo, hi = solid_nodule_core_range(spec.size)  # LIDC's solid cores of this size
+            lo, hi = solid_nodule_core_range(spec.size, spec.margin)  # LIDC's solid nodules of this size
             ok = lo <= hu <= hi
         elif is_lung(organ) and spec.density in LUNG_HU:
             lo, hi = LUNG_HU[spec.density]

@@ -58,6 +58,23 @@ def test_solid_nodule_cores_follow_lidc_by_size() -> None:
     assert small.min() >= -256.0 and large.max() <= 93.0  # within LIDC's 10th-90th percentiles
 
 
+def test_poorly_defined_solid_nodules_are_less_dense_as_in_lidc() -> None:
+    """The margin word selects LIDC's nodules of that margin rating: 6-9 mm poorly defined (rating <= 3) median
+    -79 HU against -11 for sharp ones; a report without a margin word draws from all of them."""
+    rng = np.random.default_rng(5)
+
+    def median_core(surface: str) -> float:
+        report = LesionReport(organ_id=LUNG).with_values(enhancement_status="non-contrast ct", size=(9, 9, 8),
+                                                        density="isodense soft tissue mass", ct_value=0.0,
+                                                        surface_characteristics=surface)
+        return float(np.median([harmonize_ct_value(report, -850.0, "lung_lower_lobe_left", rng, resample=True).ct_value
+                                for _ in range(300)]))
+
+    sharp, poorly, unsaid = median_core("well-defined margin"), median_core("ill-defined margin"), median_core("")
+    assert sharp == pytest.approx(-11.0, abs=25.0) and poorly == pytest.approx(-79.0, abs=35.0)
+    assert poorly < unsaid < sharp
+
+
 def test_small_nodules_on_a_3mm_grid_are_allowed() -> None:
     """The 3-voxel size floor of a 3 mm scan (9 mm) kept every nodule above 9 mm; a nodule keeps 0.6 of it, while
     an abdominal lesion keeps the whole floor. Nodules are ovoid (LIDC rates 80 % ovoid or linear)."""

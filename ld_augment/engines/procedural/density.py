@@ -53,6 +53,24 @@ LUNG_SOLID_CORE_BY_SIZE = (
     (13.0, (-105.0, -5.0, 24.0, 56.0, 88.0)),
     (math.inf, (-43.0, 14.0, 41.0, 64.0, 93.0)),
 )
+#: The same by the margin word (LIDC margin rating >= 4: "well", sharp; <= 3: "ill", poorly defined), where a
+#: size band holds at least 20 such nodules (else the band of all margins above). Poorly defined nodules are
+#: less dense (6-9 mm: median -79 HU against -11; 9-13 mm held 12 of them); a report without a margin word takes
+#: the table of all margins.
+LUNG_SOLID_CORE_BY_MARGIN = {
+    "well": (
+        (6.0, (-227.0, -134.0, -26.0, 62.0, 142.0)),
+        (9.0, (-146.0, -80.0, -11.0, 34.0, 82.0)),
+        (13.0, (-36.0, -2.0, 25.0, 56.0, 86.0)),
+        (math.inf, (3.0, 26.0, 42.0, 61.0, 85.0)),
+    ),
+    "ill": (
+        (6.0, (-329.0, -234.0, -95.0, 35.0, 152.0)),
+        (9.0, (-236.0, -188.0, -79.0, 34.0, 90.0)),
+        (13.0, LUNG_SOLID_CORE_BY_SIZE[2][1]),
+        (math.inf, (-77.0, -31.0, 31.0, 65.0, 116.0)),
+    ),
+}
 _CORE_LEVELS = (0.10, 0.25, 0.50, 0.75, 0.90)
 #: Equivalent diameter of a procedural nodule / its box's geometric-mean side (the level set's lobes fill ~0.6
 #: of the box's inscribed ellipsoid).
@@ -139,23 +157,26 @@ def fluid_hu(organ_hu: float | None, rng: np.random.Generator) -> float:
     return float(rng.uniform(low, max(high, low + 1.0)))
 
 
-def solid_nodule_core_range(size: Sequence[float] | None) -> tuple[float, float]:
-    """The 10th-90th percentile core HU of LIDC solid nodules of this box size (mm; all sizes when unknown)."""
-    quantiles = _solid_core_quantiles(size)
+def solid_nodule_core_range(size: Sequence[float] | None, margin: str | None = None) -> tuple[float, float]:
+    """The 10th-90th percentile tissue HU of LIDC solid nodules of this box size (mm; all sizes when unknown)
+    and margin word ("well" / "ill"; others: all margins)."""
+    quantiles = _solid_core_quantiles(size, margin)
     return quantiles[0], quantiles[-1]
 
 
-def _solid_core_quantiles(size: Sequence[float] | None) -> tuple[float, ...]:
+def _solid_core_quantiles(size: Sequence[float] | None, margin: str | None = None) -> tuple[float, ...]:
     if not size:
         return (-182.0, -93.0, 4.0, 50.0, 111.0)  # LIDC solid tissue (blur-corrected), thin slices, all sizes
     diameter = NODULE_FILL * float(np.exp(np.mean(np.log(np.maximum(np.asarray(size, dtype=float), 1.0)))))
-    return next(q for limit, q in LUNG_SOLID_CORE_BY_SIZE if diameter < limit)
+    table = LUNG_SOLID_CORE_BY_MARGIN.get(margin or "", LUNG_SOLID_CORE_BY_SIZE)
+    return next(q for limit, q in table if diameter < limit)
 
 
-def solid_nodule_core_hu(size: Sequence[float] | None, rng: np.random.Generator) -> float:
-    """A solid nodule's core HU drawn from LIDC's cores of its size (between the 10th and 90th percentile)."""
+def solid_nodule_core_hu(size: Sequence[float] | None, rng: np.random.Generator, margin: str | None = None) -> float:
+    """A solid nodule's tissue HU drawn from LIDC's of its size and margin (between the 10th and 90th
+    percentile)."""
     return float(np.interp(rng.uniform(_CORE_LEVELS[0], _CORE_LEVELS[-1]), _CORE_LEVELS,
-                           _solid_core_quantiles(size)))
+                           _solid_core_quantiles(size, margin)))
 
 
 def bound_lesion_hu(spec: LesionSpec, hu: float, organ_name: str, rng: np.random.Generator,
@@ -187,7 +208,7 @@ def lesion_hu(spec: LesionSpec, organ_hu: float, organ_name: str, phase: str | N
     if spec.density == "fluid":
         return fluid_hu(None if is_lung(organ_name) or is_bone(organ_name) else organ_hu, rng)
     if is_lung(organ_name) and spec.density in SOLID_NODULE:  # LIDC cores of the nodule's size
-        hu = solid_nodule_core_hu(spec.size, rng)
+        hu = solid_nodule_core_hu(spec.size, rng, spec.margin)
     elif is_lung(organ_name):  # LIDC cores: ground glass about -575 HU, part-solid's solid part about 0
         hu = rng.uniform(*LUNG_HU.get(spec.density, LUNG_HU["soft_tissue"]))
     elif is_bone(organ_name) and spec.density in ("hypo", "ground_glass", "fluid", "mixed"):
