@@ -158,18 +158,10 @@ def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: flo
     in_plane = ndimage.generate_binary_structure(3, 1)
     z_axis = int(np.flatnonzero(np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0) == 2)[0])
     np.moveaxis(in_plane, z_axis, 0)[[0, 2]] = False  # no neighbour along world z
-    seen = _psf_blur(lesion_std[box], std_affine, fwhm_mm) >= float(share)
+    # the point-spread function alone: the standardized grid as its own source adds no partial volume
+    seen = source_voxel_average(lesion_std[box].astype(np.float32), std_affine, std_affine, fwhm_mm) >= float(share)
     outline[box] |= ndimage.binary_dilation(lesion_std[box], in_plane) & seen
     return outline
-
-
-def _psf_blur(mask: np.ndarray, std_affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
-    """``mask`` (standardized grid) blurred by the scan's point-spread function alone (0: unchanged)."""
-    step = np.sqrt((np.asarray(std_affine, float)[:3, :3] ** 2).sum(axis=0))
-    if fwhm_mm <= 0.0:
-        return np.asarray(mask, dtype=np.float32)
-    return ndimage.gaussian_filter(np.asarray(mask, dtype=np.float32), [fwhm_mm / 2.355 / s for s in step],
-                                   mode="constant")
 
 
 def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_affine: np.ndarray,
