@@ -12,7 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -31,6 +31,12 @@ LIDC_RATINGS = ("Texture", "Margin", "Spiculation", "Lobulation", "Sphericity", 
                 "InternalStructure", "Subtlety", "Malignancy")
 #: Source voxels kept around the lesion/organ when cropping a large CT before resampling (mm).
 CROP_MARGIN_MM = 30.0
+
+#: A caller's own per-lesion measurement, added to the lesion's row: (ct, lesion, organ, grid spacing, the source
+#: image's affine) -> extra fields. For what a comparison must not see (a calibration's blur correction needs
+#: the source grid), so such fields stay out of ``FEATURES`` and the classifier.
+LesionHook = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray],
+                      Mapping[str, float]]
 
 
 @dataclass
@@ -58,7 +64,8 @@ def lidc_texture_class(value: float) -> str:
 
 def _measure_case(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacing: tuple[float, float, float], *,
                   base: Mapping[str, Any], per_component: bool, min_voxels: int, patch_mm: float,
-                  negatives: int, rng: np.random.Generator, out: LesionSet) -> None:
+                  negatives: int, rng: np.random.Generator, out: LesionSet, extra: LesionHook | None = None,
+                  source_affine: np.ndarray | None = None) -> None:
     size = patch_voxels(spacing, patch_mm)
     comps = lesion_components(lesion, min_voxels) if per_component else ([lesion] if lesion.any() else [])
     total = count_components(lesion)
@@ -66,6 +73,8 @@ def _measure_case(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacing
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             feats = measure_lesion(ct, comp, organ, spacing, components=total)
+            if extra is not None:
+                feats.update(extra(ct, comp, organ, spacing, np.asarray(source_affine, dtype=np.float64)))
         out.rows.append({**base, "lesion_index": i, **feats})
         out.positives.append(patch_at(ct, centre_of(comp), size))
     for c in lesion_free_centres(lesion, organ & ~lesion, size, negatives, rng):
@@ -103,7 +112,7 @@ def lung_beyond_end_slices(image: nib.spatialimages.SpatialImage, mask: nib.spat
 
 
 def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None = None, patch_mm: float = PATCH_MM,
-              negatives_per_case: int = 0, seed: int = 0) -> LesionSet:
+              negatives_per_case: int = 0, seed: int = 0, extra: LesionHook | None = None) -> LesionSet:
     """The LIDC nodule VOIs (``images/``, ``masks/``, ``metadata.csv``) as rows with the radiologists' ratings
     (``rating_texture``, ``rating_margin``, ``rating_spiculation``, ...: the numeric values of metadata.csv).
 
@@ -111,6 +120,7 @@ def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None =
     air (no lung label exists in the VOIs), so ``inside_organ_fraction`` is set to NaN (it would be 1 by
     construction). The VOIs have no margin along z: shells come from in-plane context, and lesion-free patches
     (``negatives_per_case``, default none) would be VOI corners padded with their edge, not lung tissue.
+    ``extra`` adds a caller's fields to each row (:data:`LesionHook`).
     """
     root = Path(root)
     meta_path = root / "metadata.csv"
@@ -136,7 +146,7 @@ def load_lidc(root: str | Path, spacing: Sequence[float], *, limit: int | None =
                 "texture_class": lidc_texture_class(ratings.get("rating_texture", 5.0)),
                 "reported_diameter_mm": float(row.get("diameter_mm") or "nan")}
         _measure_case(ct, lesion, organ, grid, base=base, per_component=False, min_voxels=1, patch_mm=patch_mm,
-                      negatives=negatives_per_case, rng=rng, out=out)
+                      negatives=negatives_per_case, rng=rng, out=out, extra=extra, source_affine=voi.affine)
         if out.rows and out.rows[-1]["case"] == case:
             out.rows[-1]["inside_organ_fraction"] = math.nan
     if not out.rows:
@@ -207,12 +217,13 @@ def load_nnunet_raw(root: str | Path, spacing: Sequence[float], *, lesion_labels
                     organ_labels: Sequence[str] | None = None, organ_name: str = "organ",
                     lesion_type: str = "lesion", case_meta: Mapping[str, Mapping[str, Any]] | None = None,
                     cases: Iterable[str] | None = None, min_voxels: int = 3, patch_mm: float = PATCH_MM,
-                    negatives_per_case: int = 4, seed: int = 0) -> LesionSet:
+                    negatives_per_case: int = 4, seed: int = 0, extra: LesionHook | None = None) -> LesionSet:
     """Every lesion (connected component of the lesion label(s)) of a labelled nnU-Net raw dataset.
 
     The organ is the union of the organ labels (none: every voxel outside the lesions counts, so the
     parenchyma shell is whatever surrounds the lesion). ``case_meta`` adds per-case fields (a bank's organ,
-    lesion type and report attributes) and overrides ``organ_name``/``lesion_type``.
+    lesion type and report attributes) and overrides ``organ_name``/``lesion_type``. ``extra`` adds a caller's
+    fields to each row (:data:`LesionHook`).
     """
     root = Path(root)
     data = read_dataset_json(root)
@@ -242,7 +253,8 @@ def load_nnunet_raw(root: str | Path, spacing: Sequence[float], *, lesion_labels
         base = {"case": case, "organ": meta.pop("organ", organ_name), "lesion_type": meta.pop("lesion_type", lesion_type),
                 **meta}
         _measure_case(ct, lesion, organ, grid, base=base, per_component=True, min_voxels=min_voxels,
-                      patch_mm=patch_mm, negatives=negatives_per_case, rng=rng, out=out)
+                      patch_mm=patch_mm, negatives=negatives_per_case, rng=rng, out=out, extra=extra,
+                      source_affine=image_img.affine)
     return out
 
 

@@ -7,7 +7,9 @@ bootstrap, which keeps size, density and edge of one lesion together) and writes
 * size: the lesion's equivalent diameter (mm, +-8 % jitter, per-axis aspect as the offline writer), with no
   clinical floor (real small lesions stay small), capped by what the organ holds;
 * CT value: its core HU, and the density word from its contrast to the parenchyma (hypo/iso/hyperdense; for
-  the lung: ground-glass / part-solid / solid from the core HU);
+  the lung: ground-glass / part-solid / solid from the core HU). A lung lesion's CT value is its tissue: the
+  core's contrast divided by ``core_kept_share``, the share its scan's blur left in the core, since
+  ``write_back`` blurs a lung lesion's tissue again (set as measured, 6-9 mm LIDC cores came out 60-75 HU low);
 * margin: ill-defined when its 10-90 % edge width exceeds ``ill_margin_mm``, else well-defined;
 * density variations: heterogeneous when its IQR exceeds ``heterogeneous_ratio`` times the parenchyma's;
 * shape: irregular below ``irregular_convexity`` convexity (lung: spiculated margins below
@@ -36,16 +38,29 @@ from ld_augment.reports.priors import SURFACE_PHRASES, profile_for, surface_fami
 from ld_augment.reports.writers import check_request, finalize_report, normalize_overrides
 
 #: Fields a calibration lesion carries (NaN allowed except the diameter).
-FIELDS = ("diameter_mm", "core_hu", "contrast_hu", "margin_width_mm", "heterogeneity_ratio", "sphericity", "convexity")
+FIELDS = ("diameter_mm", "core_hu", "contrast_hu", "margin_width_mm", "heterogeneity_ratio", "sphericity", "convexity",
+          "core_kept_share", "source_spacing_mm")
 WILDCARD = "*"
 #: Relative jitter of a drawn diameter (a bootstrap that never repeats a size exactly).
 DIAMETER_JITTER = 0.08
 LUNG_GGO_HU = -300.0   # core below: ground-glass
 LUNG_SOLID_HU = -100.0  # core above: solid (between: part-solid)
+#: Least kept share a lung tissue value is divided by: a lesion of a voxel or two on a coarse grid keeps less,
+#: and dividing by it would make tissue no nodule has (the LIDC thin-slice 10th percentile under 6 mm is ~0.75).
+MIN_KEPT_SHARE = 0.5
 
 
 def calibration_key(organ: str, lesion_type: str) -> str:
     return f"{organ}|{lesion_type}"
+
+
+def lung_tissue_hu(lesion: Mapping[str, float]) -> float:
+    """A measured lung lesion's tissue HU: its parenchyma plus its core's contrast over the share its scan's blur
+    kept there (the measured core where the share or the contrast is unknown)."""
+    core, contrast, kept = lesion["core_hu"], lesion["contrast_hu"], lesion.get("core_kept_share", math.nan)
+    if not (math.isfinite(contrast) and math.isfinite(kept)):
+        return float(core)
+    return float(core - contrast + contrast / min(max(kept, MIN_KEPT_SHARE), 1.0))
 
 
 class CalibratedReportWriter(OfflineReportWriter):
@@ -148,7 +163,7 @@ class CalibratedReportWriter(OfflineReportWriter):
         core, contrast = lesion["core_hu"], lesion["contrast_hu"]
         lung = organ.startswith("lung")
         if math.isfinite(core):
-            out[CT_VALUE] = float(round(core))
+            out[CT_VALUE] = float(round(lung_tissue_hu(lesion) if lung else core))
             if lung:
                 out[DENSITY] = ("low-density ground-glass opacity" if core < LUNG_GGO_HU else
                                 "isodense soft tissue mass with peripheral low-density ground-glass opacity"
