@@ -147,6 +147,37 @@ def test_noise_matches_the_organ(generated_case, make_report) -> None:
     assert 0.75 < lesion_noise / organ_noise < 1.33
 
 
+def test_solid_lung_nodules_carry_the_scans_soft_tissue_noise(make_report, make_case) -> None:
+    """A lung's residual is mostly its structure (the shared 3 mm CT: 41-56 HU in the lower lobes, 9 HU in liver
+    and spleen); a solid nodule is soft tissue: its noise is the scan's soft tissue's times its own texture
+    (SOLID_NODULE_NOISE_GAIN, from LIDC), while ground glass keeps the lung's."""
+    from ld_augment.engines.procedural.texture import SOLID_NODULE_NOISE_GAIN
+
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 48)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    lung = (grid[0] < 44) & (sum(((g - c) / a) ** 2 for g, c, a in zip(grid[1:], (32, 24), (30, 22))) <= 1.0)
+    structure = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    fine = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    ct = np.where(lung, -820.0 + structure * (45.0 / structure.std()), 40.0 + fine * (8.0 / fine.std()))
+    ctx = make_case(ct.astype(np.float32), lung.astype(np.int16), (1.0, 1.0, 1.0)).context(1, "lung_lower_lobe_left")
+    ball = sum(((g - c) / 13.0) ** 2 for g, c in zip(grid, (22, 32, 24))) <= 1.0
+    sigma = (2.0, 2.0, 2.0)  # the engine's own residual (stats.TREND_MM); the deep core lies 8 mm inside
+
+    def inner_noise(density: str, ct_value: float) -> float:
+        report = make_report(density=density, ct_value=ct_value, density_variations="homogeneous", size=(26, 26, 26))
+        after = ProceduralTextureEngine().render(ctx, ball, report, np.random.default_rng(1))
+        deep = ndimage.binary_erosion(ball, iterations=8)
+        return robust_std((after - ndimage.gaussian_filter(after, sigma))[deep])
+
+    soft = robust_std((ct - ndimage.gaussian_filter(ct, sigma))[ndimage.binary_erosion(~lung, iterations=3)])
+    lung_noise = robust_std((ct - ndimage.gaussian_filter(ct, sigma))[ndimage.binary_erosion(lung & ~ball, iterations=3)])
+    solid = inner_noise("isodense soft tissue mass", 20.0)
+    glass = inner_noise("low-density ground-glass opacity", -600.0)
+    assert solid == pytest.approx(SOLID_NODULE_NOISE_GAIN * soft, rel=0.3) and solid < 0.5 * lung_noise
+    assert glass > 0.6 * lung_noise
+
+
 def test_fluid_stone_and_hu_range(generated_case, make_report) -> None:
     ctx = generated_case.context(LIVER, "liver")
     box = BBox((45, 40, 25), (24, 24, 16))

@@ -104,6 +104,32 @@ def organ_stats(
     )
 
 
+#: Neighbourhoods (mm beyond the lesion's box) searched in turn for the scan's soft tissue, then the whole scan.
+SOFT_TISSUE_SEARCH_MM = (30.0, 60.0)
+
+
+def soft_tissue_stats(ct: np.ndarray, lesion_mask: np.ndarray, spacing: Sequence[float], *,
+                      min_voxels: int = 200) -> OrganStats | None:
+    """The scan's own soft-tissue noise near a lesion (voxels in NOISE_WINDOW, two voxels from any other tissue),
+    or None where the scan holds too little soft tissue to measure.
+
+    A solid lung lesion is soft tissue: it carries the scan's quantum noise, not the lung's residual, which is
+    mostly the lung's structure (vessels, septa): 41-56 HU in the shared 3 mm CT's lower lobes against 9 HU in
+    its liver and spleen; matched to the lung, large solid nodules were 1.4x as heterogeneous as LIDC's at 3 mm.
+    """
+    for grow_mm in (*SOFT_TISSUE_SEARCH_MM, None):
+        region = (mask_slices(lesion_mask, [int(np.ceil(grow_mm / float(s))) for s in spacing])
+                  if grow_mm is not None else tuple(slice(None) for _ in range(3)))
+        values = ct[region].astype(np.float32)
+        soft = (values >= NOISE_WINDOW[0]) & (values <= NOISE_WINDOW[1]) & ~lesion_mask[region]
+        soft = ndimage.binary_erosion(soft, iterations=2)  # a trend across a tissue edge is no noise
+        if soft.sum() >= min_voxels:
+            residual_ = values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
+            return OrganStats(median_hu=float(np.median(values[soft])), noise_std=robust_std(residual_[soft]),
+                              noise_sigma_vox=_correlation_sigma(residual_, soft), voxels=int(soft.sum()))
+    return None
+
+
 def matched_noise(shape: Sequence[int], stats: OrganStats, spacing: Sequence[float], rng: np.random.Generator) -> np.ndarray:
     """Noise with the organ's correlation whose detrended robust std equals the organ's (same measurement)."""
     noise = rng.standard_normal(tuple(shape)).astype(np.float32)
