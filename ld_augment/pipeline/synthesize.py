@@ -49,14 +49,6 @@ LUNG_PARTIAL_LABEL_SHARE = 0.3
 #: Share of its contrast where a reader traces a lung nodule's outline (write_back.contour_share): the foot of
 #: the edge's ramp. LIDC's thin-slice readers leave a median 32 % of their label voxels below half contrast.
 LUNG_CONTOUR_SHARE = 0.22
-#: How much wider (standardized voxels, across the lesion) a lung nodule's written label is than its mask in
-#: the slice plane (``LesionContext.contour_vox``): the reader's contour (LUNG_CONTOUR_SHARE) grows it up to a
-#: voxel per side. LIDC's thin-slice solid nodules at 1 mm, boxes 6-8 mm (60): longest axial diameter / box
-#: 0.99, equivalent diameter / box geometric mean 0.91; procedural masks with their contour 1.12 / 1.00 filling
-#: the box, 1.01 / 0.93 drawn a voxel narrower in-plane (3 mm: LIDC 1.06 / 0.90, 1.20 / 1.00, 1.06 / 0.93); boxes
-#: 5-10 mm (80) a voxel narrower 1.02 / 0.94, two 0.91 / 0.87 (LIDC 0.97 / 0.92). Labels a segmenter learns from
-#: were 1-2 mm wider in-plane than a reader's. Boxes under ``mask.CONTOUR_MIN_SIDE`` are drawn whole.
-LUNG_CONTOUR_VOX = 1.0
 #: A lung nodule's edge blur (FWHM, mm) where the source grid adds less (thin slices), on both sides of its
 #: surface. LIDC's solid nodules on <= 1.3 mm slices, at 1 mm: 10-90 % edge rise 2.0 mm, 0.62 of the contrast
 #: in the label's outer 1 mm, 0.10 in the 1 mm outside it, a median 32 % of label voxels below half contrast.
@@ -363,10 +355,8 @@ def synthesize_case(
     streams = np.random.SeedSequence(
         [int(seed) & 0xFFFFFFFF, zlib.crc32(f"{organ}|{case.meta.get('lesion_type', '')}".encode())]
     ).spawn(len(boxes) + 1)
-    # the standardized grid is RAS: its third axis runs along the slices, which the reader's contour never grows
     ctx = LesionContext(ct=ct_before, organ_seg=seg, organ_mask=target, organ_name=organ, spacing=spacing,
-                        occupied=occupied,
-                        contour_vox=(LUNG_CONTOUR_VOX, LUNG_CONTOUR_VOX, 0.0) if is_lung(organ) else (0.0, 0.0, 0.0))
+                        occupied=occupied)
 
     organ_src = _source_organ_mask(case, source_img, target, std_img.affine)
     # how write_back renders this case's lesions in the source grid (the gate's source view renders them alike)
