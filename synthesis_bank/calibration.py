@@ -106,8 +106,8 @@ def parse_spec(value: Any, *, base: Path, origin: str) -> CalibrationSpec:
 
 def core_kept_share(lesion: np.ndarray, grid: Sequence[float], source_affine: np.ndarray,
                     paint_spacing: Sequence[float], floor_mm: float) -> float:
-    """The share of a real lesion's contrast its scan left in its core (median over the voxels at least 0.4 of
-    its depth inside, the core ``measure_lesion`` reads), as the writer's blur model gives it: per world axis a
+    """The share of a real lesion's contrast its scan left in its core (median over ``core_mask``, the core
+    ``measure_lesion`` reads), as the writer's blur model gives it: per world axis a
     Gaussian of the source voxel's extent beyond the grid the engine paints on (``paint_spacing``), at least
     ``floor_mm`` (``write_back.source_voxel_average``), applied to the lesion's mask on the measurement ``grid``
     (RAS, ``to_common_spacing``). Thin slices: the floor alone (a 6-9 mm LIDC nodule keeps ~0.96 under 1.85 mm);
@@ -115,7 +115,7 @@ def core_kept_share(lesion: np.ndarray, grid: Sequence[float], source_affine: np
 
     Kept here rather than in ``ld_augment.evaluation``: it models what the writer renders, and a comparison of
     synthetic with real lesions must not see it (a classifier would read the source grid off it)."""
-    from ld_augment.evaluation.lesion_features import signed_distance_mm
+    from ld_augment.evaluation.lesion_features import core_mask, signed_distance_mm
 
     g = np.asarray([float(s) for s in grid], dtype=np.float64)
     paint = np.asarray([float(s) for s in paint_spacing], dtype=np.float64)
@@ -127,9 +127,7 @@ def core_kept_share(lesion: np.ndarray, grid: Sequence[float], source_affine: np
     found = ndimage.find_objects(np.asarray(lesion, dtype=np.uint8))[0]
     mask = np.pad(np.asarray(lesion, dtype=bool)[found], [(p, p) for p in pad])
     blurred = ndimage.gaussian_filter(mask.astype(np.float32), sigma, mode="constant")
-    sd = signed_distance_mm(mask, g)
-    core = mask & (sd >= 0.4 * float(sd[mask].max()))
-    return float(np.median(blurred[core]))
+    return float(np.median(blurred[core_mask(mask, signed_distance_mm(mask, g))]))
 
 
 def kept_share_hook(paint_spacing: Sequence[float]) -> Any:

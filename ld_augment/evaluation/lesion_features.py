@@ -53,6 +53,8 @@ SHELL_MM = 5.0
 FLAT_ANGLE_DEG = 10.0
 #: Smallest lesion (voxels) whose shape features are measured.
 MIN_SHAPE_VOXELS = 4
+#: A lesion's core, whose median is its ``core_hu``: the voxels at least this share of its depth inside.
+CORE_DEPTH_SHARE = 0.4
 
 
 def to_common_spacing(ct: nib.spatialimages.SpatialImage, masks: Sequence[nib.spatialimages.SpatialImage],
@@ -183,6 +185,11 @@ def surface_roughness(mask: np.ndarray) -> float:
     return float(((mask & ~opened).sum() + (closed & ~mask).sum()) / mask.sum())
 
 
+def core_mask(lesion: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """The lesion's core (``core_hu`` is its median) given its signed distance ``sd`` (``signed_distance_mm``)."""
+    return lesion & (sd >= CORE_DEPTH_SHARE * float(sd[lesion].max()))
+
+
 def longest_axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Largest in-plane Feret diameter (mm) over the axial slices (third array axis), pixel corners included."""
     from scipy.spatial import ConvexHull, QhullError
@@ -292,8 +299,7 @@ def measure_lesion(ct: np.ndarray, lesion: np.ndarray, organ: np.ndarray, spacin
     ring = (sd < 0) & (sd >= -float(max(sp)))
     feats["inside_organ_fraction"] = float(organ[ring].mean()) if ring.any() else math.nan
     shell = organ & ~lesion & (sd >= -shell_mm)
-    depth = float(sd[lesion].max())
-    core = lesion & (sd >= 0.4 * depth)
+    core = core_mask(lesion, sd)
     interior = lesion & (sd > 0.6 * float(np.mean(sp)))
     if interior.sum() < 3:
         interior = lesion

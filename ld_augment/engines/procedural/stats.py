@@ -124,9 +124,9 @@ def soft_tissue_stats(ct: np.ndarray, lesion_mask: np.ndarray, spacing: Sequence
         soft = (values >= NOISE_WINDOW[0]) & (values <= NOISE_WINDOW[1]) & ~lesion_mask[region]
         soft = ndimage.binary_erosion(soft, iterations=2)  # a trend across a tissue edge is no noise
         if soft.sum() >= min_voxels:
-            residual_ = values - ndimage.gaussian_filter(values, _trend_sigma(spacing))
-            return OrganStats(median_hu=float(np.median(values[soft])), noise_std=robust_std(residual_[soft]),
-                              noise_sigma_vox=_correlation_sigma(residual_, soft), voxels=int(soft.sum()))
+            noise = residual(values, spacing)
+            return OrganStats(median_hu=float(np.median(values[soft])), noise_std=robust_std(noise[soft]),
+                              noise_sigma_vox=_correlation_sigma(noise, soft), voxels=int(soft.sum()))
     return None
 
 
