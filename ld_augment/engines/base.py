@@ -28,6 +28,10 @@ class LesionContext:
     organ_name: str  # canonical organ name, e.g. "liver"
     spacing: tuple[float, float, float]
     occupied: np.ndarray  # bool, voxels taken by earlier lesions / existing lesions
+    #: Voxels the written label is wider than the mask along each axis (across the lesion): ``write_back``'s
+    #: reader contour grows a lung nodule's label about a voxel in-plane. The box is the label's extent (a
+    #: reader's), so an engine that fills its box draws the lesion's body that much narrower.
+    contour_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         shape = self.ct.shape

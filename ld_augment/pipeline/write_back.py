@@ -14,6 +14,7 @@ lesion has beyond the organ's noise is kept.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -145,11 +146,18 @@ def _blur_sigma(std_affine: np.ndarray, source_affine: np.ndarray, floor_mm: flo
             for a, w in enumerate(order)]
 
 
-def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: float, share: float) -> np.ndarray:
+def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: float, share: float,
+                    spread: float = 0.0) -> np.ndarray:
     """The lesion grown to a reader's contour: where, imaged with ``fwhm_mm``, it still shows ``share`` of its
     contrast, traced slice by slice (one voxel out in the axial plane at most: the blur summed between spicules
     would fill the gaps a reader traces around, and a contour grown through the caps rounds a 1 mm mask off).
-    Computed on the lesion's box (the standardized arrays span the whole scan): exact, as zero lies beyond."""
+    Computed on the lesion's box (the standardized arrays span the whole scan): exact, as zero lies beyond.
+
+    With ``spread`` each slice's share is drawn from ``share`` +- ``spread``: a reader traces every slice anew,
+    and where on the edge's ramp the contour falls varies from slice to slice. One share for all slices grew a
+    ring that rounded a small nodule off (LIDC's thin-slice solid nodules under 8 mm at 1 mm: convexity 0.89,
+    sphericity 0.87; procedural ones with one share 0.95 / 0.92). The draw is seeded by the lesion's own voxels,
+    so the quality gate's view of the label and the written label are the same."""
     outline = lesion_std.copy()
     found = ndimage.find_objects(lesion_std.astype(np.uint8))
     if not found:
@@ -158,8 +166,17 @@ def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: flo
     in_plane = ndimage.generate_binary_structure(3, 1)
     z_axis = int(np.flatnonzero(np.argmax(np.abs(np.asarray(std_affine, float)[:3, :3]), axis=0) == 2)[0])
     np.moveaxis(in_plane, z_axis, 0)[[0, 2]] = False  # no neighbour along world z
+    threshold: float | np.ndarray = float(share)
+    if spread > 0:
+        tight = lesion_std[found[0]]
+        rng = np.random.default_rng(zlib.crc32(np.packbits(tight).tobytes() + str(tight.shape).encode()))
+        per_slice = np.full(box[z_axis].stop - box[z_axis].start, float(share))
+        first = found[0][z_axis].start - box[z_axis].start
+        per_slice[first:first + tight.shape[z_axis]] = rng.uniform(share - spread, share + spread,
+                                                                   tight.shape[z_axis])
+        threshold = np.clip(per_slice, 0.0, 1.0).reshape([-1 if a == z_axis else 1 for a in range(3)])
     # the point-spread function alone: the standardized grid as its own source adds no partial volume
-    seen = source_voxel_average(lesion_std[box].astype(np.float32), std_affine, std_affine, fwhm_mm) >= float(share)
+    seen = source_voxel_average(lesion_std[box].astype(np.float32), std_affine, std_affine, fwhm_mm) >= threshold
     outline[box] |= ndimage.binary_dilation(lesion_std[box], in_plane) & seen
     return outline
 
@@ -182,7 +199,7 @@ def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_af
 def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
                region: VoxelBox, partial_label_share: float | None,
                average_under_label: bool, psf_floor_mm: float = 0.0,
-               contour_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+               contour_share: float | None = None, contour_spread: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The change (HU) and the label on the source ``region``, as ``write_back`` writes them."""
     shape = source_img.shape[:3]
     # partial volume (at least the scan's blur, ``psf_floor_mm``) spills into the voxels around the label;
@@ -196,7 +213,7 @@ def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
                                           region, order=1, cval=0.0, mode="constant")
     lesion_std = np.asarray(lesion_std, bool)
     outline = lesion_std if contour_share is None else _reader_contour(lesion_std, std_affine, psf_floor_mm,
-                                                                       contour_share)
+                                                                       contour_share, contour_spread)
     lesion_src = np.asarray(resample_region_to_source(outline, std_affine, shape, source_img.affine, region,
                                                       order=1, cval=0.0, mode="constant"), bool)
     if partial_label_share is not None:
@@ -226,7 +243,7 @@ class SourceView:
 def source_view(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np.ndarray, lesion_std: np.ndarray,
                 organ_src: np.ndarray, *, partial_label_share: float | None = None,
                 average_under_label: bool = False, psf_floor_mm: float = 0.0,
-                contour_share: float | None = None) -> SourceView | None:
+                contour_share: float | None = None, contour_spread: float = 0.0) -> SourceView | None:
     """One lesion's change and label as ``write_back`` renders them in the source grid, reading only the source
     box around it (the standardized arrays are cropped to the lesion first). None where the source grid holds
     no label voxel."""
@@ -249,7 +266,7 @@ def source_view(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: n
     if region.is_empty:
         return None
     delta_src, lesion_src = _in_source(source_img, crop_affine, delta_c, lesion_c, region, partial_label_share,
-                                       average_under_label, psf_floor_mm, contour_share)
+                                       average_under_label, psf_floor_mm, contour_share, contour_spread)
     if not lesion_src.any():
         return None
     old = np.asarray(source_img.dataobj[region.slices], dtype=np.float32)
@@ -279,7 +296,8 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
                lesion_std: np.ndarray, *, hu_range: tuple[float, float] | None = None,
                organ_src: np.ndarray | None = None, rng: np.random.Generator | None = None,
                partial_label_share: float | None = None, average_under_label: bool = False,
-               psf_floor_mm: float = 0.0, contour_share: float | None = None) -> SourceWrite:
+               psf_floor_mm: float = 0.0, contour_share: float | None = None,
+               contour_spread: float = 0.0) -> SourceWrite:
     """Add the standardized-space HU change `delta_hu` and map `lesion_std` into the source grid.
 
     A source voxel is labelled where its centre lies in the lesion, or with `contour_share` in a reader's contour
@@ -311,7 +329,8 @@ def write_back(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     if region.is_empty:
         return SourceWrite(raw, lesion, changed, None)
     delta_src, lesion_src = _in_source(source_img, std_affine, delta_hu, lesion_std, region,
-                                       partial_label_share, average_under_label, psf_floor_mm, contour_share)
+                                       partial_label_share, average_under_label, psf_floor_mm, contour_share,
+                                       contour_spread)
     old = raw[region.slices].astype(np.float64)
     new_hu = old * slope + inter + delta_src
     noise = None

@@ -245,3 +245,32 @@ def test_small_lung_nodules_are_not_ragged_at_1mm(make_report, make_case, monkey
     rough_before, sphericity_before = shapes()
     assert rough_before > rough + 0.05 and sphericity_before < sphericity, (rough_before, sphericity_before)
 
+
+
+def test_a_nodule_body_leaves_room_in_plane_for_the_readers_contour(make_report, make_case) -> None:
+    """``write_back`` grows a lung label by a reader's contour, about a voxel out in the slice plane; the box is
+    the label's extent, so a small or mid-sized body is drawn a voxel narrower in-plane (``contour_vox``) and as
+    long along z (drawn in the full box, labels were 1-2 mm wider in-plane than LIDC's readers' for the same box:
+    longest axial diameter / box 1.13 against 0.97 at 1 mm). From CONTOUR_MAX_SIDE on the box is drawn whole
+    (a voxel is little there, and those bodies already came out smaller than LIDC's for their box)."""
+    from ld_augment.engines.procedural.mask import CONTOUR_MAX_SIDE, CONTOUR_MIN_SIDE
+
+    shape = (60, 60, 60)
+    ctx = make_case(np.full(shape, -850.0, np.float32), np.ones(shape, np.int16), (1.0, 1.0, 1.0)).context(
+        1, "lung_lower_lobe_left")
+    narrow = replace(ctx, contour_vox=(1.0, 1.0, 0.0))
+    assert CONTOUR_MIN_SIDE <= 9 < 10 < CONTOUR_MAX_SIDE <= 14
+
+    def extents(context, box):
+        report = make_report(density="isodense soft tissue mass", size=box.size)
+        return [_extent(ProceduralMaskEngine().generate_mask(context, box, report, np.random.default_rng(s)))
+                for s in range(4)]
+
+    box = BBox((30, 30, 30), (10, 9, 9))
+    full, body = extents(ctx, box), extents(narrow, box)
+    assert all((e <= np.array(box.size)).all() for e in full + body)
+    assert max(e[0] for e in body) <= 9 and max(e[1] for e in body) <= 8  # a voxel narrower in-plane
+    assert np.median([e[2] for e in body]) == np.median([e[2] for e in full])  # not along the slices
+    assert np.mean([e[:2].sum() for e in body]) < np.mean([e[:2].sum() for e in full]) - 1.0
+    large = BBox((30, 30, 30), (CONTOUR_MAX_SIDE + 2,) * 3)
+    assert [e.tolist() for e in extents(narrow, large)] == [e.tolist() for e in extents(ctx, large)]

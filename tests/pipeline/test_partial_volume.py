@@ -110,7 +110,8 @@ def test_a_thin_slice_lung_nodule_has_a_ramp_across_its_surface_and_a_readers_la
     0.10, 32 % of label voxels below half contrast). The scanner's blur beyond the label only wrote a step at
     it (outer 1 mm: the full contrast, no label voxel below half) -- bench_edge_profile measures both."""
     from ld_augment.evaluation.lesion_features import signed_distance_mm
-    from ld_augment.pipeline.synthesize import LUNG_CONTOUR_SHARE, LUNG_EDGE_FWHM_MM, LUNG_PARTIAL_LABEL_SHARE
+    from ld_augment.pipeline.synthesize import (LUNG_CONTOUR_SHARE, LUNG_CONTOUR_SPREAD, LUNG_EDGE_FWHM_MM,
+                                                LUNG_PARTIAL_LABEL_SHARE)
     from ld_augment.pipeline.write_back import SCAN_PSF_FWHM_MM
 
     grid = np.indices((60, 60, 60))
@@ -128,14 +129,15 @@ def test_a_thin_slice_lung_nodule_has_a_ramp_across_its_surface_and_a_readers_la
         return float(np.median(share[outer])), float(np.median(share[outside])), below, float(written.lesion.sum())
 
     lung = profile(partial_label_share=LUNG_PARTIAL_LABEL_SHARE, contour_share=LUNG_CONTOUR_SHARE,
-                   average_under_label=True, psf_floor_mm=LUNG_EDGE_FWHM_MM)
+                   contour_spread=LUNG_CONTOUR_SPREAD, average_under_label=True, psf_floor_mm=LUNG_EDGE_FWHM_MM)
     outer, outside, below, voxels = lung
     assert 0.4 <= outer <= 0.75 and 0.03 <= outside <= 0.2 and 0.1 <= below <= 0.45, lung
     assert ball.sum() < voxels < 1.6 * ball.sum()  # the foot of the ramp, not a halo
     # traced slice by slice: the contour grows in the axial plane, not through the caps (a 1 mm mask grown in
     # 3-D came out rounder and smoother than LIDC's, bench_thin_slice_shape)
     label = write_back(thin, np.eye(4), delta, ball, partial_label_share=LUNG_PARTIAL_LABEL_SHARE,
-                       contour_share=LUNG_CONTOUR_SHARE, average_under_label=True, psf_floor_mm=LUNG_EDGE_FWHM_MM).lesion
+                       contour_share=LUNG_CONTOUR_SHARE, contour_spread=LUNG_CONTOUR_SPREAD, average_under_label=True,
+                       psf_floor_mm=LUNG_EDGE_FWHM_MM).lesion
     slices = lambda mask: np.flatnonzero(mask.any(axis=(0, 1)))  # noqa: E731 - axis 2 runs along world z here
     assert np.array_equal(slices(label), slices(ball)) and label[:, :, 30].sum() > ball[:, :, 30].sum()
     step = profile(psf_floor_mm=SCAN_PSF_FWHM_MM)  # the scanner's blur beyond the label only
@@ -145,4 +147,34 @@ def test_a_thin_slice_lung_nodule_has_a_ramp_across_its_surface_and_a_readers_la
     rim = {"partial_label_share": LUNG_PARTIAL_LABEL_SHARE, "average_under_label": True,
            "psf_floor_mm": LUNG_EDGE_FWHM_MM}
     assert np.array_equal(write_back(coarse, np.eye(4), delta, ball, **rim).lesion,
-                          write_back(coarse, np.eye(4), delta, ball, contour_share=LUNG_CONTOUR_SHARE, **rim).lesion)
+                          write_back(coarse, np.eye(4), delta, ball, contour_share=LUNG_CONTOUR_SHARE,
+                                     contour_spread=LUNG_CONTOUR_SPREAD, **rim).lesion)
+
+
+def test_a_readers_contour_is_traced_slice_by_slice_and_the_gate_sees_the_written_label() -> None:
+    """With a spread the contour's share is drawn per slice (a reader traces every slice anew): the ring a slice
+    gains varies from slice to slice, where one share grew a ring of the same width on every slice of a ball
+    and rounded small nodules off (bench_thin_slice_shape). The draw comes from the lesion's own voxels: the
+    same lesion gets the same label, and the quality gate's source view labels what write_back writes."""
+    from ld_augment.pipeline.write_back import source_view
+
+    grid = np.indices((60, 60, 60))
+    ball = sum((grid[a] - 30.3) ** 2 for a in range(3)) <= 5.5**2  # an 11 mm nodule, 1 mm grid
+    delta = np.where(ball, 800.0, 0.0).astype(np.float32)
+    thin = nib.Nifti1Image(np.full((60, 60, 60), -800, np.int16), np.eye(4))
+    lung = {"average_under_label": True, "psf_floor_mm": 1.85, "contour_share": 0.25}
+
+    def ring_per_slice(label: np.ndarray) -> np.ndarray:
+        z = np.flatnonzero(ball.any(axis=(0, 1)))
+        return np.array([(label[:, :, k] & ~ball[:, :, k]).sum() / max(ball[:, :, k].sum(), 1) for k in z])
+
+    even = write_back(thin, np.eye(4), delta, ball, **lung).lesion
+    traced = write_back(thin, np.eye(4), delta, ball, contour_spread=0.25, **lung).lesion
+    assert np.array_equal(traced, write_back(thin, np.eye(4), delta, ball, contour_spread=0.25, **lung).lesion)
+    in_plane = ndimage.generate_binary_structure(3, 1)
+    in_plane[:, :, [0, 2]] = False  # axis 2 runs along world z here
+    assert not (traced & ~ndimage.binary_dilation(ball, in_plane)).any()  # a voxel in-plane at most
+    middle = slice(3, -3)  # the caps' few voxels grow wholly or not at all under either rule
+    assert np.std(ring_per_slice(traced)[middle]) > 2 * np.std(ring_per_slice(even)[middle])
+    view = source_view(thin, np.eye(4), delta, ball, np.ones((60, 60, 60), bool), contour_spread=0.25, **lung)
+    assert view is not None and view.lesion.sum() == traced.sum()

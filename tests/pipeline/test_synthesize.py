@@ -86,8 +86,8 @@ def test_outputs_recorded(synthesized) -> None:
     assert rec["engine"]["mask"] and rec["engine"]["texture"]
     assert rec["label_scheme"] == {"background": 0, "organ": 1, "lesion": 2}
     # the procedural engine paints ideal edges: written with the scan's point-spread function
-    assert rec["write_back"] == {"partial_label_share": None, "contour_share": None, "average_under_label": False,
-                                 "psf_floor_mm": SCAN_PSF_FWHM_MM}
+    assert rec["write_back"] == {"partial_label_share": None, "contour_share": None, "contour_spread": 0.0,
+                                 "average_under_label": False, "psf_floor_mm": SCAN_PSF_FWHM_MM}
     assert (result.out_dir / "preview.png").stat().st_size > 1000
     assert (result.out_dir / "report.json").is_file()
 
