@@ -11,8 +11,8 @@ readers' contours). Synthetic: the same LIDC nodules' ratings and boxes as repor
 .matched_plan``), synthesized by the real pipeline (procedural engines) into the shared CT crop resampled to
 1 mm (``bench_edge_profile.thin_scene``).
 
-Baseline in the same run: the same requests with the mask engine's fine-bump floor as it was (0.7 voxel,
-``mask.FINE_BUMP_MIN_MM`` = 0). Negative controls (each must fail the target): ideal voxelized balls (too
+Baseline in the same run: the same requests with the lung nodules' fine bumps smoothed over 1.5 mm as they
+were (``mask.LUNG_FINE_BUMP_MIN_MM`` = 1.5; now the 0.7 voxel floor, under the reader's contour). Negative controls (each must fail the target): ideal voxelized balls (too
 smooth) and balls with a one-voxel random surface (too ragged), both at the synthetic nodules' sizes.
 Target: in the smallest band (< 7 mm, half of LIDC's thin-slice solid nodules) and over all nodules, the
 synthetic median of each feature inside the real interquartile range. Exits 1 when a control passes or (with
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         ct_path, seg_path = edge.thin_scene(work)
         plan = lidc.matched_plan(args.n, real, args.seed, lidc.lidc_boxes(root))
-        settings = [("current", mask_module.FINE_BUMP_MIN_MM), ("baseline (0.7 voxel floor)", 0.0)]
-        runs = edge.runs_with(mask_module, "FINE_BUMP_MIN_MM", settings, plan, (ct_path, seg_path), work,
+        settings = [("current", mask_module.LUNG_FINE_BUMP_MIN_MM), ("baseline (1.5 mm floor)", 1.5)]
+        runs = edge.runs_with(mask_module, "LUNG_FINE_BUMP_MIN_MM", settings, plan, (ct_path, seg_path), work,
                               args.seed + 1000, synthetic_rows)
     ctrl = control_rows([r["equivalent_diameter_mm"] for r in runs["current"]], args.seed)
 
