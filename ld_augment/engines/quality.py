@@ -172,11 +172,14 @@ def local_contrast_hu(before: np.ndarray, core_hu: float, mask: np.ndarray, orga
 
 def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.ndarray, organ_mask: np.ndarray,
                    report: Any, spacing: Sequence[float], *, organ_name: str = "organ",
-                   limits: GateLimits = GateLimits(), flat_mask: np.ndarray | None = None) -> dict:
+                   limits: GateLimits = GateLimits(), flat_mask: np.ndarray | None = None,
+                   label_mask: np.ndarray | None = None) -> dict:
     """Measurements and verdict of one lesion (JSON-ready): ``ok`` and the ``failures`` (reasons) list.
 
     ``flat_mask`` is the mask to measure flat faces on (default the lesion mask; the benchmark passes the
-    1 mm standardized mask when it checks the coarse source grid).
+    1 mm standardized mask when it checks the coarse source grid). ``label_mask`` is the label as it will be
+    written where that is not the mask (a lung nodule's reader's contour): the half-contrast extent is judged
+    against it.
     """
     lesion_mask = np.asarray(lesion_mask, dtype=bool)
     spacing = tuple(float(s) for s in spacing)
@@ -258,10 +261,15 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
             failures.append(f"{100 * foreign:.1f} % fat/gas/bone voxels under the label")
 
     visible = label_visible_ratio(before, after, mask, organ, spec, spacing)
-    if visible is not None:
-        low, high = limits.visible_ratio
-        if not low <= visible <= high:
-            failures.append(f"half-contrast / label diameter {_past(visible, low, high)} outside {low}-{high}")
+    # the contrast must not reach past the label as written; a lung nodule's reader's contour is a voxel wider
+    # than the drawn lesion by design (at 1/5 of its contrast), so "no wider than the lesion" reads the drawn mask
+    written = (visible if label_mask is None else
+               label_visible_ratio(before, after, np.asarray(label_mask, dtype=bool)[region], organ, spec, spacing))
+    low, high = limits.visible_ratio
+    if visible is not None and visible < low:
+        failures.append(f"half-contrast / label diameter {_past(visible, low)} outside {low}-{high}")
+    elif written is not None and written > high:
+        failures.append(f"half-contrast / label diameter {_past(written, high)} outside {low}-{high}")
     flat_source = lesion_mask if flat_mask is None else np.asarray(flat_mask, dtype=bool)
     flat = flat_face_fraction(flat_source[mask_slices(flat_source, (1, 1, 1))]) if flat_source.any() else 0.0
     if flat > limits.max_flat_face:
@@ -282,6 +290,8 @@ def lesion_quality(ct_before: np.ndarray, ct_after: np.ndarray, lesion_mask: np.
         "outside_soft_fraction": outside_soft,
         "foreign_fraction": foreign,
         "visible_label_ratio": None if visible is None else round(visible, 3),
+        **({} if label_mask is None else
+           {"visible_written_label_ratio": None if written is None else round(written, 3)}),
         "flat_face_fraction": round(flat, 3),
         "limits": asdict(limits),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -181,6 +182,17 @@ def _reader_contour(lesion_std: np.ndarray, std_affine: np.ndarray, fwhm_mm: flo
     return outline
 
 
+def written_outline(lesion_std: np.ndarray, std_affine: np.ndarray, psf_floor_mm: float = 0.0,
+                    contour_share: float | None = None, contour_spread: float = 0.0, **_: Any) -> np.ndarray:
+    """The label ``write_back`` writes, on the standardized grid: the mask, or with ``contour_share`` the mask
+    grown to the reader's contour. Takes ``write_back``'s options (others ignored), so the quality gate can judge
+    the label as written."""
+    lesion_std = np.asarray(lesion_std, bool)
+    if contour_share is None:
+        return lesion_std
+    return _reader_contour(lesion_std, std_affine, psf_floor_mm, contour_share, contour_spread)
+
+
 def source_voxel_average(delta_hu: np.ndarray, std_affine: np.ndarray, source_affine: np.ndarray,
                          floor_mm: float = 0.0) -> np.ndarray:
     """The standardized change averaged over a source voxel's extent (partial volume), before point sampling.
@@ -212,8 +224,7 @@ def _in_source(source_img: nib.Nifti1Image, std_affine: np.ndarray, delta_hu: np
     delta_src = resample_region_to_source(averaged.astype(np.float32), std_affine, shape, source_img.affine,
                                           region, order=1, cval=0.0, mode="constant")
     lesion_std = np.asarray(lesion_std, bool)
-    outline = lesion_std if contour_share is None else _reader_contour(lesion_std, std_affine, psf_floor_mm,
-                                                                       contour_share, contour_spread)
+    outline = written_outline(lesion_std, std_affine, psf_floor_mm, contour_share, contour_spread)
     lesion_src = np.asarray(resample_region_to_source(outline, std_affine, shape, source_img.affine, region,
                                                       order=1, cval=0.0, mode="constant"), bool)
     if partial_label_share is not None:

@@ -185,3 +185,28 @@ def test_lesion_drawn_into_tissue_already_as_dark_fails(liver, make_report) -> N
     plain = np.where(mask, liver.ct - 30.0, liver.ct).astype(np.float32)
     quality = _check(liver, plain, mask, report)
     assert quality["ok"] and quality["local_contrast_hu"] < -25, quality
+
+
+def test_the_visible_extent_is_bounded_by_the_written_label(lung, make_report) -> None:
+    """A lung nodule's label is its mask grown by the reader's contour. The contrast may not reach past the label
+    as written (upper bound on ``label_mask``), and the label may not be wider than the lesion drawn (lower bound
+    on the mask: the contour is a voxel wider by design). Against the bare mask, 4 mm nodules with voxel-scale
+    notches read 1.16-1.27 x and were dropped on every redraw."""
+    mask = _ball(lung.ct.shape, (28, 28, 24), 4)
+    grown = _ball(lung.ct.shape, (28, 28, 24), 5)  # the label as written, a voxel out
+    after = lung.ct + 800.0 * grown  # the contrast reaches a voxel past the drawn mask
+    report = make_report(density="isodense soft tissue mass", size=(8, 8, 8))
+
+    def judge(**kwargs) -> dict:
+        return lesion_quality(lung.ct, after, mask, lung.organ_mask, report, lung.spacing,
+                              organ_name="lung_lower_lobe_left", **kwargs)
+
+    bare, written = judge(), judge(label_mask=grown)
+    assert bare["visible_label_ratio"] > 1.15 and not bare["ok"], bare
+    assert written["visible_written_label_ratio"] <= 1.15 and written["ok"], written
+    assert written["visible_label_ratio"] == bare["visible_label_ratio"]  # the drawn lesion's own, recorded
+    # a label far wider than what is seen still fails: the lower bound reads the drawn mask
+    wide = lesion_quality(lung.ct, lung.ct + 800.0 * _ball(lung.ct.shape, (28, 28, 24), 2), mask,
+                          lung.organ_mask, report, lung.spacing, organ_name="lung_lower_lobe_left",
+                          label_mask=grown)
+    assert any("below" in f or "outside 0.9" in f for f in wide["failures"]), wide

@@ -166,6 +166,22 @@ def _small_nodules(real_ct, real_seg, root, cases=FADING) -> list[tuple[dict, fl
     return out
 
 
+#: 4 mm nodules whose drawn masks' voxel-scale notches read 1.17-1.18 x in half-contrast diameter against the
+#: bare mask (dropped on every redraw while the gate judged it), 1.01-1.06 x against the label as written.
+NOTCHED = ((6, "lung_lower_lobe_right"), (6, "lung_lower_lobe_left"), (9, "lung_lower_lobe_right"))
+
+
+def test_a_small_nodule_is_judged_by_the_label_it_is_written_with(real_ct, real_seg, tmp_path) -> None:
+    """The gate bounds a lung nodule's visible extent by its label as written (the mask grown by the reader's
+    contour, ``write_back.written_outline``): the 4 mm nodules of these seeds are written on their first draw,
+    and their records keep both ratios."""
+    for lesion, _ in _small_nodules(real_ct, real_seg, tmp_path, NOTCHED):
+        quality = lesion["quality"]
+        low, high = quality["limits"]["visible_ratio"]
+        assert quality["ok"] and not lesion.get("gate_history"), lesion
+        assert quality["visible_label_ratio"] > high and low <= quality["visible_written_label_ratio"] <= high
+
+
 def test_small_nodules_are_redrawn_on_a_source_voxel_when_they_fade(real_ct, real_seg, tmp_path, monkeypatch) -> None:
     """A 4 mm nodule straddling 3 mm voxels splits its contrast among them (+14 to +116 HU of +480 to +737
     drawn: a label over next to nothing). The gate measures what the source grid will hold and redraws such a
