@@ -89,9 +89,10 @@ FINE_BUMP_MIN_MM = 1.5
 #: The same in lung: none (the 0.7 voxel floor). A lung nodule's label is not its mask but the reader's contour
 #: traced around it slice by slice (``write_back.contour_spread``), which fills the voxel-scale notches the raw
 #: mask has at 1 mm, and on a 3 mm grid the in-plane bumps smoothed over 1.5 mm left nodules too regular.
-#: bench_lidc_compare (4 seeds, 160 vs 600 nodules pooled, logistic / forest): 0.705 / 0.794 with 1.5 mm,
-#: 0.662 / 0.779 without; bench_thin_slice_shape (seeds 0 / 1 / 2): 6 / 5 / 4 of 6 medians inside LIDC's
-#: IQR with 1.5 mm, 6 / 6 / 6 without.
+#: The floor alone: bench_lidc_compare (4 seeds, 160 vs 600 nodules pooled, logistic / forest) 0.705 / 0.794
+#: with 1.5 mm, 0.662 / 0.779 without, but the spiculation and margin effects fell below a quarter of LIDC's on
+#: 3 of 4 seeds (LUNG_SPICULE_LOBES, texture.LUNG_MARGIN_OUT_DEPTH_SHARE restore them); bench_thin_slice_shape
+#: (seeds 0 / 1 / 2): 6 / 5 / 4 of 6 medians inside LIDC's IQR with 1.5 mm, 6 / 6 / 6 without.
 LUNG_FINE_BUMP_MIN_MM = 0.0
 #: HU window a protruding lesion may grow into outside its organ: soft tissue only (not fat, air or bone).
 PROTRUDE_HU = (-30.0, 150.0)
