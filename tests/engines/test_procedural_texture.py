@@ -250,9 +250,10 @@ def test_renal_cyst_is_darker_than_the_kidney(make_report, make_case) -> None:
 
 def test_an_ill_defined_lung_nodule_keeps_its_margin_outwards(make_report, make_case) -> None:
     """A small nodule's blend is capped at half its depth, inwards so its core keeps the requested value; in lung
-    the ill-defined margin keeps more of it outwards (LUNG_MARGIN_OUT_DEPTH_SHARE, into aerated lung) unless spiculated (the
-    strands' halos would add up past half contrast). Capped both ways, poorly defined and sharp 9-12 mm nodules
-    measured alike on a 3 mm grid (bench_lidc_compare: +0.04 to +0.07 mm, LIDC +0.20)."""
+    the ill-defined margin keeps more of its width outwards (LUNG_MARGIN_OUT_DEPTH_SHARE, into aerated lung)
+    unless spiculated (the strands' halos would add up past half contrast). Capped both ways, poorly defined and
+    sharp 9-12 mm nodules measured alike on a 3 mm grid (bench_lidc_compare: +0.04 to +0.06 mm on three of four
+    seeds, LIDC +0.20)."""
     from ld_augment.engines.procedural.texture import MARGIN_MM
 
     shape = (40, 40, 40)

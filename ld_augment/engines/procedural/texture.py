@@ -50,10 +50,10 @@ LUNG_NOISE_HU = (-650.0, -150.0)
 SOLID_NODULE_NOISE_GAIN = 1.3
 #: A smooth lung nodule's blend outwards is capped at this share of its depth (elsewhere, and inwards, at half;
 #: at most MARGIN_MM either way). Capped at half, poorly defined and sharp nodules of 9-12 mm measured alike on a
-#: 3 mm grid (bench_lidc_compare's design pairs, seeds 0-3: +0.06 to +0.20 mm, +0.04 to +0.07 on three of
-#: them; LIDC +0.20); 0.8 gives +0.07 to +0.21. Uncapped (MARGIN_MM), the quality gate dropped 6 of 13 poorly
-#: defined nodules of seed 0's population (half contrast 1.16-1.28 x the label's diameter); 0.8 none of 73
-#: over seeds 0-6 beyond the one that 0.5 drops too.
+#: 3 mm grid (bench_lidc_compare's design pairs with the lung's voxel floor, seeds 0-3: +0.06, +0.04, +0.19,
+#: +0.06 mm of margin width; LIDC +0.20); 0.8 gives +0.19, +0.15, +0.21, +0.07. Uncapped (MARGIN_MM), the
+#: quality gate dropped 6 of 13 poorly defined nodules of seed 0's population (half contrast 1.16-1.28 x the
+#: label's diameter); 0.8 none of 73 over seeds 0-6 beyond the one that 0.5 drops too.
 LUNG_MARGIN_OUT_DEPTH_SHARE = 0.8
 
 
