@@ -12,8 +12,9 @@ readers' contours). Synthetic: the same LIDC nodules' ratings and boxes as repor
 1 mm (``bench_edge_profile.thin_scene``).
 
 Baseline in the same run: the same requests with the lung nodules' fine bumps smoothed over 1.5 mm as they
-were (``mask.LUNG_FINE_BUMP_MIN_MM`` = 1.5; now the 0.7 voxel floor, under the reader's contour). Negative controls (each must fail the target): ideal voxelized balls (too
-smooth) and balls with a one-voxel random surface (too ragged), both at the synthetic nodules' sizes.
+were (``mask.LUNG_FINE_BUMP_MIN_MM`` = 1.5; now the 0.7 voxel floor, under the reader's contour). Negative
+controls (each must fail the target): ideal voxelized balls (too smooth) and balls with a one-voxel random
+surface (too ragged), both at the synthetic nodules' sizes.
 Target: in the smallest band (< 7 mm, half of LIDC's thin-slice solid nodules) and over all nodules, the
 synthetic median of each feature inside the real interquartile range. Exits 1 when a control passes or (with
 ``--strict``) the target is missed.
